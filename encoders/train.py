@@ -1,0 +1,156 @@
+"""Train an encoder from a recorded event log.
+
+The log is replayed through the consumer's own decoder and
+:class:`~state.user_store.UserStore` (same code, same feature configuration),
+and the features of users changed in each micro-batch are sampled (a seeded
+reservoir, uniform over the replay) as the training set. Training and
+serving therefore see identical features.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from encoders.artifact import EncoderArtifact, save_artifact
+from encoders.models import StateAutoencoder
+from eventlogs.recorded import read_event_chunks, read_events
+from state.features import DEFAULT_HALF_LIFE_S, FeatureSpec
+from state.user_store import Features, UserStore
+from stream.events import EventDecoder
+
+__all__ = ["TrainConfig", "train_encoder", "replay_features", "category_vocabulary", "TRAINERS"]
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    kind: str = "state-ae"
+    dim: int = 16
+    hidden: int = 64
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 3e-3
+    max_samples: int = 200_000
+    batch_events: int = 5000
+    seed: int = 0
+    half_life_s: float = DEFAULT_HALF_LIFE_S
+    category_buckets: int = 32
+    item_history: int = 16
+
+
+def category_vocabulary(log_path: str | os.PathLike[str], limit: int) -> tuple[str, ...]:
+    """The ``limit`` most frequent categories of the log (ties by name), for fixed category columns."""
+    counts: collections.Counter[str] = collections.Counter()
+    for ev in read_events(log_path):
+        if isinstance(ev, dict) and isinstance(ev.get("categories"), list):
+            counts.update(c for c in ev["categories"] if isinstance(c, str))
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return tuple(c for c, _ in ranked[:limit])
+
+
+def replay_features(log_path: str | os.PathLike[str], spec: FeatureSpec, *, batch_events: int = 5000,
+                    max_samples: int = 200_000, seed: int = 0, progress: Progress | None = None) -> Features:
+    """Replay the log through the consumer's state code; a seeded reservoir of changed users' features."""
+    decoder = EventDecoder(spec)  # the consumer's own validation: bad records are skipped, as they would be dead-lettered
+    store = UserStore(spec, capacity=10_000_000)
+    rng = np.random.default_rng([seed, 3])
+    dense = np.zeros((max_samples, spec.feature_width), np.float32)
+    items = np.full((max_samples, spec.item_history), -1, np.int32)
+    weights = np.zeros((max_samples, spec.item_history), np.float32)
+    seen = 0
+    events = 0
+    for chunk in read_event_chunks(log_path, batch_events):
+        batch, _ = decoder.decode_objects(chunk)
+        events += len(chunk)
+        rows = store.apply(batch).rows
+        if len(rows) == 0:
+            continue
+        f = store.features(rows)
+        n = len(rows)
+        # reservoir sampling (Algorithm R), vectorised per batch
+        fill = min(max(0, max_samples - seen), n)
+        if fill:
+            dense[seen : seen + fill], items[seen : seen + fill], weights[seen : seen + fill] = (
+                f.dense[:fill], f.item_tokens[:fill], f.item_weights[:fill])
+        if fill < n:
+            j = rng.integers(0, seen + fill + np.arange(1, n - fill + 1))
+            hit = np.flatnonzero(j < max_samples)
+            src = fill + hit
+            dense[j[hit]], items[j[hit]], weights[j[hit]] = f.dense[src], f.item_tokens[src], f.item_weights[src]
+        seen += n
+    if progress:
+        progress(f"replayed {events:,} events: {len(store):,} users, {seen:,} state snapshots")
+    k = min(seen, max_samples)
+    return Features(dense[:k], items[:k], weights[:k])
+
+
+def _batches(n: int, size: int, rng: np.random.Generator):
+    order = rng.permutation(n)
+    for s in range(0, n, size):
+        yield order[s : s + size]
+
+
+def train_state_autoencoder(features: Features, spec: FeatureSpec, cfg: TrainConfig, progress: Progress) -> tuple[torch.nn.Module, dict[str, Any]]:
+    torch.manual_seed(cfg.seed)
+    model = StateAutoencoder(spec, dim=cfg.dim, hidden=cfg.hidden)
+    x = torch.from_numpy(features.dense)
+    model.mean.copy_(x.mean(0))
+    model.scale.copy_(x.std(0).clamp_min(1e-3))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    rng = np.random.default_rng([cfg.seed, 5])
+    history = []
+    for epoch in range(cfg.epochs):
+        t = time.perf_counter()
+        total, count = 0.0, 0
+        model.train()
+        for idx in _batches(len(x), cfg.batch_size, rng):
+            loss = model.reconstruction_loss(x[torch.from_numpy(idx)])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+            count += len(idx)
+        history.append(total / max(count, 1))
+        progress(f"epoch {epoch + 1}/{cfg.epochs}  loss {history[-1]:.5f}  ({time.perf_counter() - t:.2f}s)")
+    model.eval()
+    return model, {"loss_history": history}
+
+
+Trainer = Callable[[Features, FeatureSpec, TrainConfig, Progress], "tuple[torch.nn.Module, dict[str, Any]]"]
+TRAINERS: dict[str, Trainer] = {"state-ae": train_state_autoencoder}
+MODEL_CONFIG_KEYS: dict[str, tuple[str, ...]] = {"state-ae": ("dim", "hidden")}
+
+
+def train_encoder(log_path: str | os.PathLike[str], out_path: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(),
+                  *, progress: Progress = print) -> EncoderArtifact:
+    if cfg.kind not in TRAINERS:
+        raise ValueError(f"unknown encoder kind {cfg.kind!r}; known: {', '.join(sorted(TRAINERS))}")
+    t0 = time.perf_counter()
+    vocab = category_vocabulary(log_path, max(0, cfg.category_buckets - 8))
+    spec = FeatureSpec(category_buckets=cfg.category_buckets, category_vocab=vocab, item_history=cfg.item_history,
+                       half_life_s=cfg.half_life_s)
+    progress(f"feature spec: {spec.feature_width} features, {len(vocab)} named categories, half-life {spec.half_life_s:.0f}s")
+    features = replay_features(log_path, spec, batch_events=cfg.batch_events, max_samples=cfg.max_samples,
+                               seed=cfg.seed, progress=progress)
+    if len(features) == 0:
+        raise ValueError(f"{log_path}: no valid events to train on")
+    model, info = TRAINERS[cfg.kind](features, spec, cfg, progress)
+    model_config = {k: getattr(cfg, k) for k in MODEL_CONFIG_KEYS[cfg.kind]}
+    art = EncoderArtifact(
+        kind=cfg.kind, feature_spec=spec, config=model_config,
+        state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+        metadata={"train_config": asdict(cfg), "log": os.path.basename(os.fspath(log_path)),
+                  "samples": len(features), "seconds": round(time.perf_counter() - t0, 2), **info},
+    )
+    save_artifact(art, out_path)
+    progress(f"saved {cfg.kind} encoder {art.version} to {out_path}")
+    return art

@@ -1,0 +1,209 @@
+"""Online k-means segmenter: river ``KMeans`` as the learner, seeded so it does not collapse.
+
+River's KMeans starts from random Gaussian centres and, on real embeddings,
+ends up using two or three of eight clusters. Here the first
+``warmup_users`` users' embeddings are buffered, seeded with k-means++ and
+refined with a few Lloyd iterations, and the result is written into river's
+centres; river then keeps learning from a bounded, seeded sample of each
+micro-batch. Every ``update_every_events`` events the learner's centres are
+published as a new :class:`~state.segments.SegmentModel` version, after a
+consolidation step over recent embeddings (see :meth:`OnlineKMeans._publish`).
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> blobs = np.concatenate([rng.normal(c, 0.05, (50, 2)) for c in (0.0, 1.0, 2.0)]).astype(np.float32)
+    >>> km = OnlineKMeans(k=3, dim=2, warmup_users=150, seed=0)
+    >>> km.add_warmup([f"u{i}" for i in range(150)], blobs)
+    >>> km.ready()
+    True
+    >>> users, emb = km.seed_model(event_time=0.0)
+    >>> (np.sort(km.model.centroids[:, 0]).round(1) + 0.0).tolist()
+    [0.0, 1.0, 2.0]
+    >>> km.model.version, km.model.segment_ids.tolist()
+    (1, [0, 1, 2])
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from river import cluster
+
+from state.segments import SegmentModel, kmeans_plus_plus, lloyd, squared_distances
+
+__all__ = ["OnlineKMeans", "LineageEvent"]
+
+
+@dataclass(frozen=True)
+class LineageEvent:
+    """Why a segment id appeared or disappeared (``born``, ``retired``, ``merged``, ``split``)."""
+
+    kind: str
+    segments: tuple[int, ...]
+    model_version: int
+    event_time: float
+    parents: tuple[int, ...] = ()
+    detail: str = ""
+
+
+@dataclass
+class _Recent:
+    """Ring buffer of recent embeddings (candidates for re-seeding dead centres)."""
+
+    size: int
+    dim: int
+    data: np.ndarray = field(init=False)
+    n: int = 0
+
+    def __post_init__(self) -> None:
+        self.data = np.zeros((self.size, self.dim), dtype=np.float32)
+
+    def add(self, x: np.ndarray) -> None:
+        for row in x[-self.size :]:
+            self.data[self.n % self.size] = row
+            self.n += 1
+
+    def view(self) -> np.ndarray:
+        return self.data[: min(self.n, self.size)]
+
+
+class OnlineKMeans:
+    name = "kmeans"
+
+    def __init__(self, k: int, dim: int, *, learning_rate: float = 0.02, warmup_users: int = 200,
+                 learn_sample: int = 256, update_every_events: int = 5000, seed: int = 0,
+                 recent_size: int = 8192, refine_iterations: int = 3, min_share_factor: float = 0.25) -> None:
+        if warmup_users < k:
+            raise ValueError("warmup_users must be >= k")
+        self.k = k
+        self.dim = dim
+        self.learn_sample = learn_sample
+        self.update_every_events = update_every_events
+        self.warmup_users = warmup_users
+        self.learner = cluster.KMeans(n_clusters=k, halflife=learning_rate, seed=seed)
+        self.model: SegmentModel | None = None
+        self.lineage: list[LineageEvent] = []  # pending, drained by the pipeline
+        self._rng = np.random.default_rng([seed, 7])
+        self._warm: dict[str, np.ndarray] = {}
+        self._since_update = 0
+        self._next_id = 0
+        self._recent = _Recent(recent_size, dim)
+        self.refine_iterations = refine_iterations
+        self.min_share_factor = min_share_factor
+
+    # ----- warm-up -----------------------------------------------------------
+    @property
+    def warming(self) -> bool:
+        return self.model is None
+
+    def add_warmup(self, user_ids: list[str], emb: np.ndarray) -> None:
+        for uid, e in zip(user_ids, emb):
+            self._warm[uid] = e
+        self._recent.add(emb)
+
+    def forget(self, user_id: str) -> None:
+        self._warm.pop(user_id, None)
+
+    def ready(self) -> bool:
+        return self.model is None and len(self._warm) >= self.warmup_users
+
+    def seed_model(self, event_time: float) -> tuple[list[str], np.ndarray]:
+        """Seed from the warm-up buffer; returns the buffered users and embeddings to assign."""
+        users = list(self._warm)
+        x = np.stack([self._warm[u] for u in users]).astype(np.float32)
+        centers = lloyd(x, kmeans_plus_plus(x, self.k, self._rng))
+        for j in range(self.k):
+            self.learner.centers[j] = collections.defaultdict(float, enumerate(centers[j].tolist()))
+        ids = np.arange(self.k, dtype=np.int64)
+        self._next_id = self.k
+        self.model = SegmentModel(1, centers, ids, event_time)
+        self.lineage += [LineageEvent("born", (int(i),), 1, event_time, detail="seeded") for i in ids]
+        self._warm.clear()
+        return users, x
+
+    # ----- learning ----------------------------------------------------------
+    def learn(self, emb: np.ndarray) -> None:
+        """Feed a bounded, seeded sample of this batch to river."""
+        if len(emb) == 0:
+            return
+        if len(emb) > self.learn_sample:
+            emb = emb[np.sort(self._rng.choice(len(emb), self.learn_sample, replace=False))]
+        learn = self.learner.learn_one
+        for row in emb.tolist():
+            learn(dict(enumerate(row)))
+        self._recent.add(emb)
+
+    def learner_centroids(self) -> np.ndarray:
+        c = self.learner.centers
+        return np.array([[c[j][i] for i in range(self.dim)] for j in range(self.k)], dtype=np.float32)
+
+    def tick(self, n_events: int, event_time: float, users_per_segment: dict[int, int]) -> SegmentModel | None:
+        """Count events; publish a new model version every ``update_every_events``."""
+        if self.model is None:
+            return None
+        self._since_update += n_events
+        if self._since_update < self.update_every_events:
+            return None
+        self._since_update = 0
+        return self._publish(event_time, users_per_segment)
+
+    def _publish(self, event_time: float, users_per_segment: dict[int, int]) -> SegmentModel:
+        """Consolidate river's centres and publish them as the next model version.
+
+        River moves one centre per point and never recovers from a poor start, so
+        publication also (1) refines the centres with a few Lloyd steps over the
+        recent embeddings and (2) re-seeds every starving centre (fewer than a
+        quarter of its fair share of recent points) by splitting the cluster with
+        the largest error: the starving id retires and a new id is born.
+        """
+        assert self.model is not None
+        version = self.model.version + 1
+        centers = self.learner_centroids()
+        ids = self.model.segment_ids.copy()
+        recent = self._recent.view()
+        if len(recent) >= 4 * self.k:
+            centers = lloyd(recent, centers, iterations=self.refine_iterations)
+            for _round in range(self.k):
+                labels = squared_distances(recent, centers).argmin(axis=1)
+                share = np.bincount(labels, minlength=self.k) / len(recent)
+                starving = np.flatnonzero(share < self.min_share_factor / self.k)
+                if len(starving) == 0:
+                    break
+                j = int(starving[0])
+                d2 = squared_distances(recent, centers)[np.arange(len(recent)), labels]  # error of each point
+                sse = np.bincount(labels, weights=d2, minlength=self.k)
+                big = int(sse.argmax())
+                members = recent[labels == big]
+                if len(members) < 2:
+                    break
+                halves = lloyd(members, kmeans_plus_plus(members, 2, self._rng), iterations=10)
+                centers[big], centers[j] = halves[0], halves[1]
+                centers = lloyd(recent, centers, iterations=self.refine_iterations)
+                new_id = self._next_id
+                self._next_id += 1
+                self.lineage.append(LineageEvent("retired", (int(ids[j]),), version, event_time,
+                                                 detail=f"starving: {share[j]:.2%} of recent users"))
+                self.lineage.append(LineageEvent("split", (new_id,), version, event_time, parents=(int(ids[big]),),
+                                                 detail="bisected the largest-error segment"))
+                ids[j] = new_id
+        for j in range(self.k):
+            self.learner.centers[j] = collections.defaultdict(float, enumerate(centers[j].tolist()))
+        self.model = SegmentModel(version, centers.astype(np.float32), ids, event_time)
+        return self.model
+
+    def drain_lineage(self) -> list[LineageEvent]:
+        out, self.lineage = self.lineage, []
+        return out
+
+    def state_dict(self) -> dict[str, Any]:  # for checkpoints
+        return {
+            "model": None if self.model is None else {
+                "version": self.model.version, "centroids": self.model.centroids,
+                "segment_ids": self.model.segment_ids, "event_time": self.model.event_time},
+            "learner": self.learner_centroids() if self.model is not None else None,
+            "next_id": self._next_id,
+            "since_update": self._since_update,
+        }

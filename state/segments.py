@@ -1,0 +1,113 @@
+"""Segment models and the vectorised assignment of users to segments.
+
+A :class:`SegmentModel` is a frozen, versioned snapshot of the clusterer:
+centroids plus the stable segment id of each. Users are assigned against the
+published snapshot, never against the learner mid-update, so every
+segment-change event names the model version that produced it.
+
+Assignment is one numpy pass per micro-batch with hysteresis: a user who
+already holds a segment moves only when another centroid is closer by the
+relative ``margin``, so users on a boundary do not flap::
+
+    >>> import numpy as np
+    >>> m = SegmentModel(1, np.array([[0.0, 0.0], [1.0, 0.0]], np.float32), np.array([10, 11]), 0.0)
+    >>> x = np.array([[0.1, 0.0], [0.52, 0.0], [0.52, 0.0]], np.float32)
+    >>> seg, dist = assign(m, x, current=np.array([-1, 10, -1]), margin=0.1)
+    >>> seg.tolist()   # the 2nd user stays in 10: 11 is closer, but not by 10%
+    [10, 10, 11]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["SegmentModel", "assign", "squared_distances", "kmeans_plus_plus", "lloyd"]
+
+
+@dataclass(frozen=True)
+class SegmentModel:
+    version: int
+    centroids: np.ndarray  # float32 [k, dim]
+    segment_ids: np.ndarray  # int64 [k], stable ids (never reused)
+    event_time: float  # event time at which this version was published
+
+    def __post_init__(self) -> None:
+        if len(self.centroids) != len(self.segment_ids):
+            raise ValueError("one segment id per centroid")
+
+    @property
+    def k(self) -> int:
+        return len(self.segment_ids)
+
+    def index_of(self, segment_ids: np.ndarray) -> np.ndarray:
+        """Centroid index of each segment id (-1 when the id is not in this model)."""
+        order = np.argsort(self.segment_ids)
+        sorted_ids = self.segment_ids[order]
+        pos = np.searchsorted(sorted_ids, segment_ids)
+        pos = np.clip(pos, 0, len(sorted_ids) - 1)
+        found = sorted_ids[pos] == segment_ids
+        return np.where(found, order[pos], -1)
+
+
+def squared_distances(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """[n, k] squared Euclidean distances, computed as one matrix product."""
+    x = x.astype(np.float32, copy=False)
+    c = c.astype(np.float32, copy=False)
+    d2 = (x * x).sum(1)[:, None] - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]
+    return np.maximum(d2, 0.0)
+
+
+def assign(model: SegmentModel, x: np.ndarray, current: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Segment id and distance for each row of ``x``, with hysteresis against ``current`` (-1: none)."""
+    n = len(x)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    d2 = squared_distances(x, model.centroids)
+    best = d2.argmin(axis=1)
+    rows = np.arange(n)
+    best_d = np.sqrt(d2[rows, best])
+    cur_ix = model.index_of(current.astype(np.int64))
+    has_cur = (current >= 0) & (cur_ix >= 0)
+    cur_d = np.sqrt(d2[rows, np.maximum(cur_ix, 0)])
+    move = ~has_cur | (best_d < cur_d * (1.0 - margin))
+    seg = np.where(move, model.segment_ids[best], current).astype(np.int64)
+    dist = np.where(move, best_d, cur_d).astype(np.float32)
+    return seg, dist
+
+
+def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (D² sampling), deterministic for a seeded ``rng``."""
+    n = len(x)
+    if n < k:
+        raise ValueError(f"need at least k={k} points to seed, got {n}")
+    centers = [x[rng.integers(n)]]
+    d2 = squared_distances(x, np.asarray(centers))[:, 0]
+    for _ in range(1, k):
+        total = float(d2.sum())
+        if total <= 0.0:  # every point already on a centre: pick distinct rows
+            idx = rng.integers(n)
+        else:
+            idx = int(np.searchsorted(np.cumsum(d2 / total), rng.random()))
+            idx = min(idx, n - 1)
+        centers.append(x[idx])
+        d2 = np.minimum(d2, squared_distances(x, x[idx : idx + 1])[:, 0])
+    return np.asarray(centers, dtype=np.float32)
+
+
+def lloyd(x: np.ndarray, centers: np.ndarray, iterations: int = 20) -> np.ndarray:
+    """A few batch k-means (Lloyd) iterations from ``centers``; empty clusters keep their centre."""
+    c = centers.astype(np.float32).copy()
+    for _ in range(iterations):
+        lab = squared_distances(x, c).argmin(axis=1)
+        moved = False
+        for j in range(len(c)):
+            m = lab == j
+            if m.any():
+                new = x[m].mean(axis=0)
+                moved |= not np.allclose(new, c[j])
+                c[j] = new
+        if not moved:
+            break
+    return c

@@ -1,0 +1,326 @@
+"""Columnar per-user state, updated a micro-batch at a time in event time.
+
+Each user owns one row of a few numpy arrays (no Python object per user). The
+dense columns are exponentially decayed sums; decay uses a shared reference
+time ``t0`` so that adding an event is a plain addition whatever the order of
+events inside a batch: an event at time ``t`` adds ``2 ** ((t - t0) / h)``
+(``h`` the half-life), and a user's state as of its last event ``t_u`` is the
+row times ``2 ** (-(t_u - t0) / h)``. When the batch's newest event drifts
+far from ``t0`` every row is rescaled once ("rebase"), keeping float32 safe.
+
+    >>> from state.features import FeatureSpec
+    >>> from stream.events import EventDecoder
+    >>> spec = FeatureSpec(half_life_s=10.0)
+    >>> dec = EventDecoder(spec, now=lambda: 2e9)
+    >>> batch, _ = dec.decode_objects([
+    ...     {"user_id": "a", "action": "view", "ts": 1e9},
+    ...     {"user_id": "a", "action": "purchase", "ts": 1e9 + 10, "value": 3.0},
+    ... ])
+    >>> store = UserStore(spec, capacity=10)
+    >>> rows = store.apply(batch).rows
+    >>> f = store.features(rows)
+    >>> round(float(f.dense[0, spec.action_index("view")]), 3)  # the view is one half-life old
+    0.333
+    >>> round(float(f.dense[0, spec.action_index("purchase")]), 3)
+    0.667
+    >>> len(store), store.user_id(int(rows[0]))
+    (1, 'a')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from state.features import FeatureSpec
+from stream.events import EventBatch
+
+__all__ = ["UserStore", "Features", "ApplyResult"]
+
+#: Rescale every row once the newest event is this many half-lives past t0 (2**48 << float32 max).
+REBASE_HALF_LIVES = 48.0
+_TINY = 1e-30
+
+
+@dataclass
+class Features:
+    """Encoder input for a set of rows: normalised dense features and the recent items."""
+
+    dense: np.ndarray  # float32 [n, spec.feature_width]
+    item_tokens: np.ndarray  # int32 [n, spec.item_history], -1 = empty slot
+    item_weights: np.ndarray  # float32 [n, spec.item_history], decayed weight as of the user's last event
+
+    def __len__(self) -> int:
+        return len(self.dense)
+
+    def take(self, idx: np.ndarray) -> Features:
+        return Features(self.dense[idx], self.item_tokens[idx], self.item_weights[idx])
+
+
+@dataclass
+class ApplyResult:
+    rows: np.ndarray  # rows touched by the batch, in order of first appearance
+    new_users: int  # rows created by this batch
+    last_event: np.ndarray  # per touched row: batch index of its newest event (by ts, then arrival)
+    evicted_rows: np.ndarray  # rows freed to make room (their user ids are gone)
+    evicted_segments: np.ndarray  # segment each evicted user held (-1: none)
+    evicted_user_ids: list[str]
+
+
+class UserStore:
+    """Bounded, columnar store of per-user state.
+
+    ``capacity`` users at most; beyond it the least recently active users (by
+    event time) are evicted, 1% of capacity at a time.
+    """
+
+    def __init__(self, spec: FeatureSpec, capacity: int, initial_rows: int = 1024) -> None:
+        if capacity <= 0:
+            raise ValueError("capacity must be > 0")
+        self.spec = spec
+        self.capacity = capacity
+        self.t0: float | None = None
+        self._index: dict[str, int] = {}
+        self._ids: list[str | None] = []
+        self._free: list[int] = []
+        self._used = 0  # rows ever handed out (high-water mark)
+        self._alloc(min(capacity, initial_rows))
+
+    # ----- storage -------------------------------------------------------
+    def _alloc(self, rows: int) -> None:
+        spec = self.spec
+        old = getattr(self, "dense", None)
+        n_old = 0 if old is None else len(old)
+
+        def grow(name: str, shape: tuple[int, ...], dtype: type, fill: float) -> None:
+            new = np.full(shape, fill, dtype=dtype)
+            if n_old:
+                new[:n_old] = getattr(self, name)
+            setattr(self, name, new)
+
+        grow("dense", (rows, spec.dense_width), np.float32, 0.0)
+        grow("last_ts", (rows,), np.float64, -np.inf)
+        grow("items", (rows, spec.item_history), np.int32, -1)
+        grow("item_w", (rows, spec.item_history), np.float32, 0.0)
+        grow("item_head", (rows,), np.uint8, 0)
+        grow("segment", (rows,), np.int32, -1)
+        grow("seq", (rows,), np.uint32, 0)
+        grow("distance", (rows,), np.float32, np.nan)
+        self._ids.extend([None] * (rows - n_old))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def nbytes(self) -> int:
+        """Bytes held by the numpy columns (the id map comes on top)."""
+        return sum(getattr(self, n).nbytes for n in ("dense", "last_ts", "items", "item_w", "item_head", "segment", "seq", "distance"))
+
+    def row_of(self, user_id: str) -> int | None:
+        return self._index.get(user_id)
+
+    def user_id(self, row: int) -> str:
+        uid = self._ids[row]
+        if uid is None:
+            raise KeyError(f"row {row} holds no user")
+        return uid
+
+    def user_ids(self, rows: np.ndarray) -> list[str]:
+        ids = self._ids
+        return [ids[r] for r in rows.tolist()]  # type: ignore[misc]
+
+    def live_rows(self) -> np.ndarray:
+        return np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index))
+
+    # ----- rows ------------------------------------------------------------
+    def _rows_for(self, user_ids: list[str]) -> tuple[np.ndarray, int, ApplyResult | None]:
+        index = self._index
+        rows = np.empty(len(user_ids), dtype=np.int64)
+        missing: list[int] = []
+        for i, uid in enumerate(user_ids):
+            r = index.get(uid)
+            if r is None:
+                missing.append(i)
+            else:
+                rows[i] = r
+        evicted = None
+        if missing:
+            available = len(self._free) + (self.capacity - self._used)
+            if available < len(missing):
+                known = np.ones(len(user_ids), dtype=bool)
+                known[missing] = False
+                evicted = self._evict(len(missing) - available, rows[known])
+            for i in missing:
+                r = self._take_row()
+                uid = user_ids[i]
+                index[uid] = r
+                self._ids[r] = uid
+                rows[i] = r
+        return rows, len(missing), evicted
+
+    def _take_row(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._used == len(self.dense):
+            self._alloc(min(self.capacity, max(2 * len(self.dense), 1024)))
+        r = self._used
+        self._used += 1
+        return r
+
+    def _evict(self, needed: int, protect: np.ndarray) -> ApplyResult:
+        count = max(needed, self.capacity // 100, 1)
+        keys = self.last_ts[: self._used].copy()
+        keys[keys == -np.inf] = np.inf  # free rows are not candidates
+        keys[protect] = np.inf
+        count = min(count, int(np.isfinite(keys).sum()))
+        if count < needed:
+            raise RuntimeError("max_users is smaller than the users of one micro-batch")
+        victims = np.argpartition(keys, count - 1)[:count] if count < len(keys) else np.arange(len(keys))
+        victims = np.sort(victims)
+        segs = self.segment[victims].copy()
+        ids = self.user_ids(victims)
+        for uid in ids:
+            del self._index[uid]
+        self._clear(victims)
+        self._free.extend(victims.tolist()[::-1])
+        return ApplyResult(rows=victims[:0], new_users=0, last_event=victims[:0], evicted_rows=victims, evicted_segments=segs, evicted_user_ids=ids)
+
+    def _clear(self, rows: np.ndarray) -> None:
+        self.dense[rows] = 0.0
+        self.last_ts[rows] = -np.inf
+        self.items[rows] = -1
+        self.item_w[rows] = 0.0
+        self.item_head[rows] = 0
+        self.segment[rows] = -1
+        self.seq[rows] = 0
+        self.distance[rows] = np.nan
+        for r in rows.tolist():
+            self._ids[r] = None
+
+    def delete(self, user_id: str) -> int | None:
+        """Forget a user entirely (right to erasure). Returns the segment it held, or None if unknown."""
+        row = self._index.pop(user_id, None)
+        if row is None:
+            return None
+        seg = int(self.segment[row])
+        self._clear(np.array([row]))
+        self._free.append(row)
+        return seg
+
+    # ----- decay -----------------------------------------------------------
+    def _rebase(self, t_new: float) -> None:
+        assert self.t0 is not None
+        factor = np.float32(np.exp2(-(t_new - self.t0) / self.spec.half_life_s))
+        n = self._used
+        self.dense[:n] *= factor
+        self.item_w[:n] *= factor
+        self.t0 = t_new
+
+    # ----- the update ------------------------------------------------------
+    def apply(self, batch: EventBatch) -> ApplyResult:
+        """Fold a batch of events into the state; returns the rows it touched."""
+        n = len(batch)
+        if n == 0:
+            e = np.zeros(0, dtype=np.int64)
+            return ApplyResult(e, 0, e, e, e.astype(np.int32), [])
+        local: dict[str, int] = {}
+        inv_list = [local.setdefault(u, len(local)) for u in batch.user_ids]
+        uniq = list(local)
+        rows_u, new_users, evicted = self._rows_for(uniq)
+        inv = np.asarray(inv_list, dtype=np.int64)
+        spec = self.spec
+        h = spec.half_life_s
+        ts = batch.ts
+        t_max = float(ts.max())
+        if self.t0 is None:
+            self.t0 = t_max
+        elif (t_max - self.t0) / h > REBASE_HALF_LIVES:
+            self._rebase(t_max)
+        w = np.exp2((ts - self.t0) / h)
+
+        # dense columns: one bincount over (local user, column) pairs
+        D = spec.dense_width
+        U = len(uniq)
+        base = inv * D
+        has_v = ~np.isnan(batch.values)
+        idx = [base + spec.COUNT, base + spec.action_offset + batch.actions]
+        wts = [w, w]
+        if has_v.any():
+            bv = base[has_v]
+            idx += [bv + spec.VALUE_SUM, bv + spec.VALUE_COUNT]
+            wts += [w[has_v] * batch.values[has_v], w[has_v]]
+        if len(batch.cat_event):
+            ev = batch.cat_event
+            per_event = np.bincount(ev, minlength=n)
+            idx.append(base[ev] + spec.category_offset + batch.cat_bucket)
+            wts.append(w[ev] / per_event[ev])
+        delta = np.bincount(np.concatenate(idx), np.concatenate(wts), minlength=U * D).reshape(U, D)
+        self.dense[rows_u] += delta.astype(np.float32)
+
+        newest = np.full(U, -np.inf)
+        np.maximum.at(newest, inv, ts)
+        self.last_ts[rows_u] = np.maximum(self.last_ts[rows_u], newest)
+
+        self._push_items(batch, inv, w, rows_u)
+        order = np.lexsort((np.arange(n), ts, inv))
+        inv_sorted = inv[order]
+        is_last = np.r_[inv_sorted[1:] != inv_sorted[:-1], True]
+        last_event = np.empty(U, dtype=np.int64)
+        last_event[inv_sorted[is_last]] = order[is_last]
+        if evicted is None:
+            e = np.zeros(0, dtype=np.int64)
+            return ApplyResult(rows_u, new_users, last_event, e, e.astype(np.int32), [])
+        return ApplyResult(rows_u, new_users, last_event, evicted.evicted_rows, evicted.evicted_segments,
+                           evicted.evicted_user_ids)
+
+    def _push_items(self, batch: EventBatch, inv: np.ndarray, w: np.ndarray, rows_u: np.ndarray) -> None:
+        """Write each user's newest items of the batch into its ring of recent items."""
+        ev = np.flatnonzero(batch.item_tokens >= 0)
+        if len(ev) == 0:
+            return
+        N = self.spec.item_history
+        order = np.lexsort((ev, batch.ts[ev], inv[ev]))  # by user, then event time, then arrival
+        ev = ev[order]
+        users = inv[ev]
+        counts = np.bincount(users, minlength=len(rows_u))
+        starts = np.cumsum(counts) - counts
+        rank = np.arange(len(ev)) - starts[users]
+        keep_n = np.minimum(counts, N)
+        skipped = counts - keep_n  # older events overwritten within this same batch
+        keep = rank >= skipped[users]
+        ev, users, rank = ev[keep], users[keep], rank[keep] - skipped[users[keep]]
+        rows = rows_u[users]
+        pos = (self.item_head[rows].astype(np.int64) + rank) % N
+        self.items[rows, pos] = batch.item_tokens[ev]
+        self.item_w[rows, pos] = w[ev]
+        touched = keep_n > 0
+        self.item_head[rows_u[touched]] = ((self.item_head[rows_u[touched]].astype(np.int64) + keep_n[touched]) % N).astype(np.uint8)
+
+    # ----- reading ---------------------------------------------------------
+    def decay_scale(self, rows: np.ndarray) -> np.ndarray:
+        """Factor turning a row's stored sums into sums as of the user's last event."""
+        assert self.t0 is not None
+        # capped so that a row whose sums underflowed to 0 reads as 0, never as 0 * inf
+        return np.exp2(np.minimum(-(self.last_ts[rows] - self.t0) / self.spec.half_life_s, 1000.0))
+
+    def features(self, rows: np.ndarray) -> Features:
+        """Normalised encoder input for ``rows`` (as of each user's last event)."""
+        spec = self.spec
+        d = self.dense[rows]
+        count = d[:, spec.COUNT].astype(np.float64)
+        safe = np.maximum(count, _TINY)
+        scale = self.decay_scale(rows) if len(rows) else np.zeros(0)
+        a0, c0 = spec.action_offset, spec.category_offset
+        actions = d[:, a0:c0] / safe[:, None]
+        cats = d[:, c0:]
+        cats = cats / np.maximum(cats.sum(axis=1, dtype=np.float64), _TINY)[:, None]
+        vcount = d[:, spec.VALUE_COUNT].astype(np.float64)
+        mean_value = np.where(vcount > 0, d[:, spec.VALUE_SUM] / np.maximum(vcount, _TINY), 0.0)
+        out = np.empty((len(rows), spec.feature_width), dtype=np.float32)
+        out[:, : spec.n_actions] = actions
+        out[:, spec.n_actions : spec.n_actions + spec.category_buckets] = cats
+        out[:, -3] = np.log1p(count * scale)
+        out[:, -2] = mean_value
+        out[:, -1] = vcount / safe
+        iw = (self.item_w[rows] * scale[:, None]).astype(np.float32)
+        return Features(out, self.items[rows], iw)

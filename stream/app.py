@@ -1,0 +1,69 @@
+"""Assemble and run the consumer: settings -> pipeline, Kafka clients, metrics endpoint, run loop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry
+
+from stream.kafka_io import Publisher, ensure_topics, make_admin, make_consumer, make_producer, wait_for_broker
+from stream.metrics import Metrics
+from stream.pipeline import BatchResult, Pipeline
+from stream.runner import RunSummary, StreamRunner
+from stream.settings import Settings
+
+__all__ = ["run_consumer"]
+
+log = logging.getLogger(__name__)
+
+
+def _input_partitions(settings: Settings) -> int:
+    admin = make_admin(settings)
+    try:
+        meta = admin.describe_topics([settings.input_topic])
+        parts = meta[0].get("partitions") or []
+        return max(1, len(parts))
+    except Exception:  # topic missing or broker without DescribeTopics: fall back to one partition
+        return 1
+    finally:
+        admin.close()
+
+
+def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max_events: int | None = None,
+                 idle_exit_s: float | None = None, registry: CollectorRegistry | None = None,
+                 on_batch: Callable[[BatchResult, RunSummary], None] | None = None,
+                 on_ready: Callable[[StreamRunner], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> RunSummary:
+    """Run ``segstream run`` until stopped; returns what was processed."""
+    pipeline = Pipeline.from_settings(settings)
+    log.info("encoder %s (%s, %d dims), %d segments", pipeline.encoder.kind, pipeline.encoder.version,
+             pipeline.encoder.dim, settings.segments)
+    metrics = Metrics(registry)
+    if settings.metrics_port:
+        port = metrics.serve(settings.metrics_port, settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+    wait_for_broker(settings)
+    if settings.create_topics:
+        n = _input_partitions(settings)
+        ensure_topics(settings, {settings.output_topic: n, settings.dlq_topic: n})
+    consumer = make_consumer(settings)
+    producer = make_producer(settings)
+    runner = StreamRunner(settings, pipeline, consumer, Publisher(producer, metrics), metrics, clock=clock,
+                          on_batch=on_batch)
+    runner.subscribe()
+    if on_ready is not None:
+        on_ready(runner)
+    try:
+        summary = runner.run(stop, max_events=max_events, idle_exit_s=idle_exit_s)
+        log.info("stopped (%s) after %d events, %d invalid, %d segment changes", summary.stopped_by,
+                 summary.events, summary.invalid, summary.changes)
+        return summary
+    finally:
+        try:
+            consumer.close(autocommit=False)
+        finally:
+            producer.close(timeout=10)
+            metrics.shutdown()

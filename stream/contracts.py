@@ -1,0 +1,111 @@
+"""Output contracts: what recommenders read from segstream's topics.
+
+``user-segments`` (schema 1), key = user id (UTF-8), value = msgpack map::
+
+    schema            1
+    user_id           str    the user (ids are always published as strings)
+    segment           int    the new segment id
+    previous_segment  int | nil
+    event_time        float  ts of the event that caused the change (epoch s)
+    emitted_at        float  wall clock when published (epoch s)
+    model_version     int    segment model version that made the decision
+    distance          float  distance to the segment's centroid
+    seq               int    per-user change counter (+1 per change)
+
+A null value (tombstone) for a user key means the user was erased.
+
+Dead letters (``user-events-dlq``): key and value are the original record's,
+byte for byte; headers say why (``segstream.dlq.reason``, ``.detail``) and
+where it came from (``segstream.source.topic``, ``.partition``, ``.offset``).
+
+    >>> import numpy as np
+    >>> from stream.pipeline import SegmentChanges
+    >>> ch = SegmentChanges(["u1"], np.array([3]), np.array([-1]), np.array([0.5], np.float32),
+    ...                     np.array([1], np.uint32), np.array([1.7e9]), np.array([0]), 2)
+    >>> (key, value), = encode_segment_changes(ch, emitted_at=1.7e9 + 1)
+    >>> key, decode_segment_event(value)["previous_segment"]
+    (b'u1', None)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from stream.events import Rejected
+
+__all__ = ["SEGMENT_SCHEMA_VERSION", "encode_segment_changes", "decode_segment_event", "dead_letter_headers",
+           "ContractError", "SEGMENT_EVENT_FIELDS"]
+
+SEGMENT_SCHEMA_VERSION = 1
+
+#: field -> accepted Python types after msgpack decoding
+SEGMENT_EVENT_FIELDS: dict[str, tuple[type, ...]] = {
+    "schema": (int,),
+    "user_id": (str,),
+    "segment": (int,),
+    "previous_segment": (int, type(None)),
+    "event_time": (float,),
+    "emitted_at": (float,),
+    "model_version": (int,),
+    "distance": (float,),
+    "seq": (int,),
+}
+
+
+class ContractError(ValueError):
+    """A message does not conform to the published contract."""
+
+
+def encode_segment_changes(changes: Any, emitted_at: float) -> list[tuple[bytes, bytes]]:
+    """(key, value) per change, in order."""
+    packb = msgpack.packb
+    version = int(changes.model_version)
+    out = []
+    for uid, seg, prev, et, dist, seq in zip(
+        changes.user_ids, changes.segments.tolist(), changes.previous.tolist(), changes.event_time.tolist(),
+        changes.distances.tolist(), changes.seq.tolist(),
+    ):
+        value = packb({
+            "schema": SEGMENT_SCHEMA_VERSION,
+            "user_id": uid,
+            "segment": seg,
+            "previous_segment": None if prev < 0 else prev,
+            "event_time": et,
+            "emitted_at": emitted_at,
+            "model_version": version,
+            "distance": dist,
+            "seq": seq,
+        })
+        out.append((uid.encode(), value))
+    return out
+
+
+def decode_segment_event(value: bytes) -> dict[str, Any]:
+    """Decode and check one ``user-segments`` value against schema 1 (what a careful client does)."""
+    try:
+        obj = msgpack.unpackb(value, raw=False)
+    except Exception as exc:
+        raise ContractError(f"not msgpack: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ContractError("not a map")
+    if obj.get("schema") != SEGMENT_SCHEMA_VERSION:
+        raise ContractError(f"schema {obj.get('schema')!r}, expected {SEGMENT_SCHEMA_VERSION}")
+    for name, types in SEGMENT_EVENT_FIELDS.items():
+        if name not in obj:
+            raise ContractError(f"missing field {name}")
+        if type(obj[name]) not in types:
+            raise ContractError(f"{name}: {type(obj[name]).__name__} not in {[t.__name__ for t in types]}")
+    return obj
+
+
+def dead_letter_headers(rejected: Rejected, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    return [
+        ("segstream.dlq.schema", b"1"),
+        ("segstream.dlq.reason", rejected.reason.encode()),
+        ("segstream.dlq.detail", rejected.detail.encode("utf-8", "replace")[:1000]),
+        ("segstream.source.topic", topic.encode()),
+        ("segstream.source.partition", str(partition).encode()),
+        ("segstream.source.offset", str(offset).encode()),
+    ]

@@ -1,0 +1,319 @@
+"""Input contract v1: decode and validate behaviour events into a columnar batch.
+
+A record value is a msgpack map::
+
+    user_id     str | int   required, 1..256 chars
+    action      str         required (view, click, add_to_cart, purchase, rate, ...;
+                            unknown actions count under "other")
+    ts          int | float required, event time in epoch seconds
+    item_id     str | int   optional
+    categories  [str]       optional, at most 64 entries
+    value       float       optional (rating, price, dwell seconds)
+    event_id    str | int   optional (lets the consumer drop re-delivered events)
+
+Extra fields are ignored. Anything else is *rejected* with one of
+:data:`REASONS`, never raised:
+
+    >>> import msgpack
+    >>> from state.features import FeatureSpec
+    >>> dec = EventDecoder(FeatureSpec(), now=lambda: 2e9)
+    >>> good = msgpack.packb({"user_id": 7, "action": "view", "ts": 1.7e9, "categories": ["a"]})
+    >>> bad = msgpack.packb({"user_id": 7, "action": "view", "ts": float("nan")})
+    >>> batch, rejected = dec.decode_records([good, b"\\xc1", bad])
+    >>> batch.user_ids, batch.source_index.tolist()
+    (['7'], [0])
+    >>> [(r.index, r.reason) for r in rejected]
+    [(1, 'undecodable'), (2, 'non_finite')]
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from state.features import FeatureSpec
+
+__all__ = ["EventBatch", "EventDecoder", "Rejected", "REASONS", "DELETE_ACTION"]
+
+#: Every reason a record can be rejected for (a bounded label set for metrics).
+REASONS: tuple[str, ...] = (
+    "oversized",
+    "null_value",
+    "undecodable",
+    "not_a_map",
+    "missing_field",
+    "bad_type",
+    "bad_value",
+    "non_finite",
+    "ts_out_of_range",
+)
+
+#: Action that erases a user (right to erasure); handled by the pipeline, not counted as behaviour.
+DELETE_ACTION = "delete"
+
+MAX_ID_CHARS = 256
+MAX_ACTION_CHARS = 64
+MAX_CATEGORIES = 64
+MAX_CATEGORY_CHARS = 256
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record that broke the contract: its position in the input, why, and its original bytes."""
+
+    index: int
+    reason: str
+    detail: str
+    raw: bytes | None
+
+
+@dataclass
+class EventBatch:
+    """Valid events of one micro-batch, column by column (row i = i-th valid event)."""
+
+    user_ids: list[str]
+    actions: np.ndarray  # int16, index into FeatureSpec actions (+ other)
+    ts: np.ndarray  # float64 event time, epoch seconds
+    item_tokens: np.ndarray  # int64, -1 when the event names no item
+    values: np.ndarray  # float32, NaN when the event carries no value
+    cat_event: np.ndarray  # int32, event row of each category occurrence
+    cat_bucket: np.ndarray  # int32, category column of each occurrence
+    source_index: np.ndarray  # int64, position of each event in the decoded input
+    event_ids: list[str | None] = field(default_factory=list)
+    deletes: list[tuple[int, str]] = field(default_factory=list)  # (source index, user id) of delete events
+    item_ids: list[Any] = field(default_factory=list)  # original item ids (for segment profiles)
+    categories: list[list[str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def select(self, keep: np.ndarray) -> EventBatch:
+        """The events where ``keep`` is True (category occurrences follow their events)."""
+        idx = np.flatnonzero(keep)
+        new_row = np.full(len(self), -1, dtype=np.int64)
+        new_row[idx] = np.arange(len(idx))
+        cat_keep = keep[self.cat_event] if len(self.cat_event) else np.zeros(0, dtype=bool)
+        pick = idx.tolist()
+        return EventBatch(
+            user_ids=[self.user_ids[i] for i in pick],
+            actions=self.actions[idx], ts=self.ts[idx], item_tokens=self.item_tokens[idx], values=self.values[idx],
+            cat_event=new_row[self.cat_event[cat_keep]].astype(np.int32), cat_bucket=self.cat_bucket[cat_keep],
+            source_index=self.source_index[idx],
+            event_ids=[self.event_ids[i] for i in pick] if self.event_ids else [],
+            deletes=self.deletes,
+            item_ids=[self.item_ids[i] for i in pick] if self.item_ids else [],
+            categories=[self.categories[i] for i in pick] if self.categories else [],
+        )
+
+    @classmethod
+    def empty(cls) -> EventBatch:
+        return _Columns().finish()
+
+
+class _Columns:
+    __slots__ = ("user_ids", "actions", "ts", "items", "values", "cat_event", "cat_bucket", "source", "event_ids",
+                 "deletes", "item_ids", "categories", "any_event_id")
+
+    def __init__(self) -> None:
+        self.user_ids: list[str] = []
+        self.actions: list[int] = []
+        self.ts: list[float] = []
+        self.items: list[int] = []
+        self.values: list[float] = []
+        self.cat_event: list[int] = []
+        self.cat_bucket: list[int] = []
+        self.source: list[int] = []
+        self.event_ids: list[str | None] = []
+        self.deletes: list[tuple[int, str]] = []
+        self.item_ids: list[Any] = []
+        self.categories: list[list[str]] = []
+        self.any_event_id = False
+
+    def finish(self) -> EventBatch:
+        return EventBatch(
+            user_ids=self.user_ids,
+            actions=np.asarray(self.actions, dtype=np.int16),
+            ts=np.asarray(self.ts, dtype=np.float64),
+            item_tokens=np.asarray(self.items, dtype=np.int64),
+            values=np.asarray(self.values, dtype=np.float32),
+            cat_event=np.asarray(self.cat_event, dtype=np.int32),
+            cat_bucket=np.asarray(self.cat_bucket, dtype=np.int32),
+            source_index=np.asarray(self.source, dtype=np.int64),
+            event_ids=self.event_ids if self.any_event_id else [],
+            deletes=self.deletes,
+            item_ids=self.item_ids,
+            categories=self.categories,
+        )
+
+
+def _id(obj: dict, name: str, *, required: bool) -> str | None:
+    v = obj.get(name)
+    if v is None:
+        if required:
+            raise _Invalid("missing_field", name)
+        return None
+    t = type(v)
+    if t is str:
+        if not v or len(v) > MAX_ID_CHARS:
+            raise _Invalid("bad_value", f"{name}: empty or longer than {MAX_ID_CHARS} chars")
+        return v
+    if t is int:
+        return str(v)
+    raise _Invalid("bad_type", f"{name}: expected str or int, got {t.__name__}")
+
+
+class EventDecoder:
+    """Turns raw record values (or already-decoded maps) into an :class:`EventBatch`.
+
+    ``now`` is the wall clock used only for the far-future check; inject a fixed
+    one to make replays independent of when they run.
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        *,
+        max_event_bytes: int = 65536,
+        min_ts: float = 631152000.0,
+        max_clock_skew_s: float = 86400.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.max_event_bytes = max_event_bytes
+        self.min_ts = min_ts
+        self.max_clock_skew_s = max_clock_skew_s
+        self.now = now
+
+    # ------------------------------------------------------------------
+    def decode_records(self, raws: Sequence[bytes | None]) -> tuple[EventBatch, list[Rejected]]:
+        """Decode msgpack record values; position i of ``raws`` is ``source_index`` i."""
+        cols = _Columns()
+        rejected: list[Rejected] = []
+        max_ts = self.now() + self.max_clock_skew_s
+        unpackb = msgpack.unpackb
+        limit = self.max_event_bytes
+        for i, raw in enumerate(raws):
+            if raw is None:
+                rejected.append(Rejected(i, "null_value", "record value is null", None))
+                continue
+            if len(raw) > limit:
+                rejected.append(Rejected(i, "oversized", f"{len(raw)} bytes > {limit}", raw))
+                continue
+            try:
+                obj = unpackb(raw, raw=False, strict_map_key=False)
+            except (ValueError, TypeError, RecursionError, OverflowError, MemoryError) as exc:  # bad input, not our crash
+                rejected.append(Rejected(i, "undecodable", f"{type(exc).__name__}: {str(exc)[:200]}", raw))
+                continue
+            try:
+                self._append(cols, i, obj, max_ts)
+            except _Invalid as bad:
+                rejected.append(Rejected(i, bad.reason, bad.detail, raw))
+        return cols.finish(), rejected
+
+    def decode_objects(self, objs: Iterable[Any]) -> tuple[EventBatch, list[Rejected]]:
+        """Validate already-decoded maps (recorded-log replay without a broker)."""
+        cols = _Columns()
+        rejected: list[Rejected] = []
+        max_ts = self.now() + self.max_clock_skew_s
+        for i, obj in enumerate(objs):
+            try:
+                self._append(cols, i, obj, max_ts)
+            except _Invalid as bad:
+                rejected.append(Rejected(i, bad.reason, bad.detail, msgpack.packb(obj, default=repr)))
+        return cols.finish(), rejected
+
+    # ------------------------------------------------------------------
+    def _append(self, cols: _Columns, i: int, obj: Any, max_ts: float) -> None:
+        if type(obj) is not dict:
+            raise _Invalid("not_a_map", f"expected a map, got {type(obj).__name__}")
+        user = _id(obj, "user_id", required=True)
+        action = obj.get("action")
+        if action is None:
+            raise _Invalid("missing_field", "action")
+        if type(action) is not str:
+            raise _Invalid("bad_type", f"action: expected str, got {type(action).__name__}")
+        if not action or len(action) > MAX_ACTION_CHARS:
+            raise _Invalid("bad_value", f"action: empty or longer than {MAX_ACTION_CHARS} chars")
+        ts = obj.get("ts")
+        if ts is None:
+            raise _Invalid("missing_field", "ts")
+        tt = type(ts)
+        if tt is not float and tt is not int:
+            raise _Invalid("bad_type", f"ts: expected int or float, got {tt.__name__}")
+        if tt is int:
+            if not -(2**53) < ts < 2**53:
+                raise _Invalid("ts_out_of_range", f"ts={ts}")
+            ts = float(ts)
+        if not math.isfinite(ts):
+            raise _Invalid("non_finite", f"ts={ts}")
+        if ts < self.min_ts or ts > max_ts:
+            raise _Invalid("ts_out_of_range", f"ts={ts} outside [{self.min_ts:.0f}, {max_ts:.0f}]")
+        event_id = _id(obj, "event_id", required=False)
+        if action == DELETE_ACTION:
+            cols.deletes.append((i, user))  # type: ignore[arg-type]
+            return
+        item = obj.get("item_id")
+        token = -1
+        if item is not None:
+            it = type(item)
+            if it is str:
+                if not item or len(item) > MAX_ID_CHARS:
+                    raise _Invalid("bad_value", f"item_id: empty or longer than {MAX_ID_CHARS} chars")
+            elif it is not int:
+                raise _Invalid("bad_type", f"item_id: expected str or int, got {it.__name__}")
+            token = self.spec.item_token(item)
+        value = obj.get("value")
+        if value is None:
+            v = math.nan
+        else:
+            vt = type(value)
+            if vt is not float and vt is not int:
+                raise _Invalid("bad_type", f"value: expected float, got {vt.__name__}")
+            try:
+                v = float(value)
+            except OverflowError:
+                raise _Invalid("bad_value", "value: integer too large") from None
+            if not math.isfinite(v) or abs(v) > 3.0e38:
+                raise _Invalid("non_finite", f"value={value}")
+        cats = obj.get("categories")
+        buckets: list[int] = []
+        if cats is not None:
+            if type(cats) is not list:
+                raise _Invalid("bad_type", f"categories: expected list, got {type(cats).__name__}")
+            if len(cats) > MAX_CATEGORIES:
+                raise _Invalid("bad_value", f"categories: {len(cats)} entries > {MAX_CATEGORIES}")
+            bucket = self.spec.category_bucket
+            for c in cats:
+                if type(c) is not str:
+                    raise _Invalid("bad_type", f"categories: expected str entries, got {type(c).__name__}")
+                if len(c) > MAX_CATEGORY_CHARS:
+                    raise _Invalid("bad_value", f"categories: entry longer than {MAX_CATEGORY_CHARS} chars")
+                buckets.append(bucket(c))
+        # --- all checks passed: append the event's columns ---
+        row = len(cols.user_ids)
+        cols.user_ids.append(user)  # type: ignore[arg-type]
+        cols.actions.append(self.spec.action_index(action))
+        cols.ts.append(ts)
+        cols.items.append(token)
+        cols.values.append(v)
+        if buckets:
+            cols.cat_event.extend([row] * len(buckets))
+            cols.cat_bucket.extend(buckets)
+        cols.source.append(i)
+        cols.event_ids.append(event_id)
+        if event_id is not None:
+            cols.any_event_id = True
+        cols.item_ids.append(item)
+        cols.categories.append(cats if cats else [])

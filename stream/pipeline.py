@@ -1,0 +1,262 @@
+"""The processing core, free of Kafka: events -> user state -> encoder -> segments -> changes.
+
+:class:`Pipeline` takes one decoded micro-batch at a time and returns what
+must be published. The Kafka run loop, the recorded-log replay, training
+and the benchmarks all drive this same object, so they see identical
+features and identical segment decisions.
+
+    >>> from eventlogs.synthetic import SyntheticConfig, generate
+    >>> from stream.settings import Settings
+    >>> p = Pipeline.from_settings(Settings(segments=2, warmup_users=20, model_update_events=100))
+    >>> evs = list(generate(SyntheticConfig(users=40, groups=2, events=400)))
+    >>> changes = [p.process_objects(evs[i:i + 100]).changes for i in range(0, 400, 100)]
+    >>> sum(len(c) for c in changes) >= 40   # every user got a first assignment
+    True
+    >>> p.model.version > 1, sorted(p.users_per_segment())
+    (True, [0, 1])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from encoders.serving import Encoder, load_encoder
+from state.features import FeatureSpec
+from state.kmeans import LineageEvent, OnlineKMeans
+from state.segments import SegmentModel, assign
+from state.user_store import UserStore
+from stream.events import EventBatch, EventDecoder, Rejected
+from stream.settings import Settings
+
+__all__ = ["Pipeline", "BatchResult", "SegmentChanges", "spec_from_settings"]
+
+
+@dataclass
+class SegmentChanges:
+    """Users whose segment changed in one batch (columnar)."""
+
+    user_ids: list[str]
+    segments: np.ndarray  # int64
+    previous: np.ndarray  # int64, -1 = no previous segment
+    distances: np.ndarray  # float32
+    seq: np.ndarray  # uint32, per-user change counter after this change
+    event_time: np.ndarray  # float64, ts of the event that caused the change
+    source_index: np.ndarray  # int64, batch position of that event (-1: assigned at seeding)
+    model_version: int
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def empty(cls, version: int = 0) -> SegmentChanges:
+        z = np.zeros(0, np.int64)
+        return cls([], z, z, z.astype(np.float32), z.astype(np.uint32), z.astype(np.float64), z, version)
+
+
+@dataclass
+class BatchResult:
+    events: int
+    changes: SegmentChanges
+    rejected: list[Rejected] = field(default_factory=list)
+    erased: list[str] = field(default_factory=list)  # users deleted: publish tombstones
+    users_updated: int = 0
+    new_users: int = 0
+    evicted: int = 0
+    new_model: SegmentModel | None = None
+    lineage: list[LineageEvent] = field(default_factory=list)
+    encode_seconds: float = 0.0
+    max_event_time: float = float("nan")
+
+
+def spec_from_settings(settings: Settings, base: FeatureSpec | None = None) -> FeatureSpec:
+    spec = base or FeatureSpec()
+    if settings.half_life_s > 0 and settings.half_life_s != spec.half_life_s:
+        spec = FeatureSpec.from_dict({**spec.to_dict(), "half_life_s": settings.half_life_s})
+    return spec
+
+
+class Pipeline:
+    def __init__(self, store: UserStore, encoder: Encoder, segmenter: OnlineKMeans, decoder: EventDecoder,
+                 *, hysteresis: float = 0.05) -> None:
+        if store.spec != encoder.spec:
+            raise ValueError("the user store and the encoder disagree on the feature configuration")
+        self.store = store
+        self.encoder = encoder
+        self.segmenter = segmenter
+        self.decoder = decoder
+        self.hysteresis = hysteresis
+        self._segment_users = np.zeros(0, dtype=np.int64)  # users per segment id
+        self._stale = np.zeros(0, dtype=np.int64)  # rows holding a retired segment id
+        self.reassign_per_batch = 2000
+        self.events_seen = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, now: Callable[[], float] = time.time) -> Pipeline:
+        """Build everything the settings name: encoder (or raw), state, segmenter, decoder."""
+        if settings.encoder:
+            encoder = load_encoder(settings.encoder, device=settings.encoder_device, max_batch=settings.encoder_batch)
+            if settings.half_life_s > 0 and settings.half_life_s != encoder.spec.half_life_s:
+                from encoders.artifact import ArtifactError
+
+                raise ArtifactError(
+                    f"{settings.encoder}: trained with half_life_s={encoder.spec.half_life_s}, "
+                    f"but SEGSTREAM_HALF_LIFE_S={settings.half_life_s}; retrain or unset it")
+        else:
+            encoder = Encoder.raw(spec_from_settings(settings))
+        spec = encoder.spec
+        store = UserStore(spec, capacity=settings.max_users)
+        segmenter = OnlineKMeans(
+            settings.segments, encoder.dim, learning_rate=settings.learning_rate, warmup_users=settings.warmup_users,
+            learn_sample=settings.learn_sample, update_every_events=settings.model_update_events, seed=settings.seed)
+        decoder = EventDecoder(spec, max_event_bytes=settings.max_event_bytes, min_ts=settings.min_event_ts,
+                               max_clock_skew_s=settings.max_clock_skew_s, now=now)
+        return cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis)
+
+    # ----- views -------------------------------------------------------------
+    @property
+    def model(self) -> SegmentModel | None:
+        return self.segmenter.model
+
+    def users_per_segment(self) -> dict[int, int]:
+        nz = np.flatnonzero(self._segment_users)
+        return {int(s): int(self._segment_users[s]) for s in nz}
+
+    def segment_of(self, user_id: str) -> int | None:
+        row = self.store.row_of(user_id)
+        if row is None or self.store.segment[row] < 0:
+            return None
+        return int(self.store.segment[row])
+
+    # ----- processing ----------------------------------------------------------
+    def process_records(self, raws: Sequence[bytes | None]) -> BatchResult:
+        batch, rejected = self.decoder.decode_records(raws)
+        result = self.process(batch)
+        result.rejected = rejected
+        return result
+
+    def process_objects(self, objs: Sequence[Any]) -> BatchResult:
+        batch, rejected = self.decoder.decode_objects(objs)
+        result = self.process(batch)
+        result.rejected = rejected
+        return result
+
+    def process(self, batch: EventBatch) -> BatchResult:
+        store, seg = self.store, self.segmenter
+        erased: list[str] = []
+        if batch.deletes:
+            batch, erased = self._erase(batch)
+        applied = store.apply(batch)
+        self._count(applied.evicted_segments, -1)
+        for uid in applied.evicted_user_ids:
+            seg.forget(uid)
+        rows = applied.rows
+        n = len(batch)
+        self.events_seen += n
+        result = BatchResult(events=n, changes=SegmentChanges.empty(self._version()), erased=erased,
+                             users_updated=len(rows), new_users=applied.new_users, evicted=len(applied.evicted_rows))
+        if n == 0:
+            return result
+        result.max_event_time = float(batch.ts.max())
+        t = time.perf_counter()
+        emb = self.encoder.encode(store.features(rows))
+        result.encode_seconds = time.perf_counter() - t
+        source = batch.source_index[applied.last_event]
+        event_time = batch.ts[applied.last_event]
+
+        if seg.warming:
+            seg.add_warmup(store.user_ids(rows), emb)
+            if not seg.ready():
+                return result
+            users, wemb = seg.seed_model(result.max_event_time)
+            wrows = np.array([store.row_of(u) for u in users], dtype=np.int64)
+            in_batch = dict(zip(rows.tolist(), range(len(rows))))
+            pos = np.array([in_batch.get(r, -1) for r in wrows.tolist()], dtype=np.int64)
+            source = np.where(pos >= 0, source[np.maximum(pos, 0)], -1)
+            event_time = np.where(pos >= 0, event_time[np.maximum(pos, 0)], store.last_ts[wrows])
+            rows, emb = wrows, wemb
+            result.new_model = seg.model
+
+        learn_emb = emb
+        stale = self._take_stale(rows)
+        if len(stale):
+            rows = np.concatenate([rows, stale])
+            emb = np.concatenate([emb, self.encoder.encode(store.features(stale))])
+            source = np.concatenate([source, np.full(len(stale), -1, dtype=np.int64)])
+            event_time = np.concatenate([event_time, store.last_ts[stale]])
+        result.changes = self._assign(rows, emb, source, event_time)
+        seg.learn(learn_emb)
+        new_model = seg.tick(n, result.max_event_time, self.users_per_segment())
+        if new_model is not None:
+            result.new_model = new_model
+        result.lineage = seg.drain_lineage()
+        retired = [s for ev in result.lineage if ev.kind in ("retired", "merged") for s in ev.segments]
+        if retired:
+            used = store.segment
+            self._stale = np.union1d(self._stale, np.flatnonzero(np.isin(used, retired)))
+        return result
+
+    def _take_stale(self, exclude: np.ndarray) -> np.ndarray:
+        """Users still holding a retired segment id: re-assigned a bounded number per batch."""
+        if len(self._stale) == 0:
+            return self._stale
+        live = self._stale[self.store.segment[self._stale] >= 0]
+        live = live[~np.isin(self.store.segment[live], self.segmenter.model.segment_ids)]
+        take, self._stale = live[: self.reassign_per_batch], live[self.reassign_per_batch :]
+        return take[~np.isin(take, exclude)]
+
+    def _version(self) -> int:
+        m = self.segmenter.model
+        return 0 if m is None else m.version
+
+    def _erase(self, batch: EventBatch) -> tuple[EventBatch, list[str]]:
+        """Forget deleted users; their events *before* the delete in this batch are dropped too."""
+        erased = []
+        deleted_at: dict[str, int] = {}
+        for src, uid in batch.deletes:
+            deleted_at[uid] = max(src, deleted_at.get(uid, -1))
+            prev = self.store.delete(uid)
+            self.segmenter.forget(uid)
+            if prev is not None:
+                if prev >= 0:
+                    self._count(np.array([prev]), -1)
+                erased.append(uid)
+        src = batch.source_index.tolist()
+        keep = np.array([src[i] > deleted_at.get(u, -1) for i, u in enumerate(batch.user_ids)], dtype=bool)
+        return (batch if keep.all() else batch.select(keep)), erased
+
+    def _count(self, segments: np.ndarray, delta: int) -> None:
+        segments = segments[segments >= 0]
+        if len(segments) == 0:
+            return
+        top = int(segments.max()) + 1
+        if top > len(self._segment_users):
+            grown = np.zeros(max(top, 2 * len(self._segment_users)), dtype=np.int64)
+            grown[: len(self._segment_users)] = self._segment_users
+            self._segment_users = grown
+        np.add.at(self._segment_users, segments, delta)
+
+    def _assign(self, rows: np.ndarray, emb: np.ndarray, source: np.ndarray, event_time: np.ndarray) -> SegmentChanges:
+        store = self.store
+        model = self.segmenter.model
+        assert model is not None
+        current = store.segment[rows].astype(np.int64)
+        new, dist = assign(model, emb, current, self.hysteresis)
+        store.distance[rows] = dist
+        changed = np.flatnonzero(new != current)
+        if len(changed) == 0:
+            return SegmentChanges.empty(model.version)
+        crow = rows[changed]
+        prev = current[changed]
+        self._count(prev, -1)
+        self._count(new[changed], +1)
+        store.segment[crow] = new[changed]
+        store.seq[crow] += 1
+        return SegmentChanges(
+            user_ids=store.user_ids(crow), segments=new[changed], previous=prev, distances=dist[changed],
+            seq=store.seq[crow].copy(), event_time=event_time[changed].astype(np.float64),
+            source_index=source[changed].astype(np.int64), model_version=model.version)

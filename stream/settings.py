@@ -1,0 +1,181 @@
+"""One frozen, typed settings object for the whole consumer.
+
+Every field names its environment variable and its default, so that the
+configuration table in README, the CLI flags and the container's environment
+all come from this one place::
+
+    >>> s = Settings.from_env({"SEGSTREAM_SEGMENTS": "16"})
+    >>> s.segments, s.input_topic
+    (16, 'user-events')
+    >>> s.replace(segments=4).segments
+    4
+    >>> Settings.from_env({"SEGSTREAM_SEGMENTS": "many"})
+    Traceback (most recent call last):
+    ...
+    stream.settings.SettingsError: SEGSTREAM_SEGMENTS='many': expected int
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Settings", "SettingsError", "setting_fields"]
+
+
+class SettingsError(ValueError):
+    """A setting could not be parsed or is out of range."""
+
+
+def _opt(env: str, default: Any, help: str, *, group: str = "core", choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"env": env, "help": help, "group": group, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka -------------------------------------------------------------
+    bootstrap: str = _opt("SEGSTREAM_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers (host:port[,host:port]).", group="kafka")
+    input_topic: str = _opt("SEGSTREAM_INPUT_TOPIC", "user-events", "Topic of behaviour events (input contract v1).", group="kafka")
+    output_topic: str = _opt("SEGSTREAM_OUTPUT_TOPIC", "user-segments", "Topic of segment-change events (output contract v1).", group="kafka")
+    dlq_topic: str = _opt("SEGSTREAM_DLQ_TOPIC", "user-events-dlq", "Dead-letter topic for records that break the input contract.", group="kafka")
+    group_id: str = _opt("SEGSTREAM_GROUP_ID", "segstream", "Consumer group id.", group="kafka")
+    client_id: str = _opt("SEGSTREAM_CLIENT_ID", "segstream", "Kafka client id (shows up in broker logs and quotas).", group="kafka")
+    session_timeout_ms: int = _opt("SEGSTREAM_SESSION_TIMEOUT_MS", 6000, "Consumer group session timeout.", group="kafka")
+    heartbeat_interval_ms: int = _opt("SEGSTREAM_HEARTBEAT_INTERVAL_MS", 1000, "Consumer group heartbeat interval.", group="kafka")
+    max_poll_interval_ms: int = _opt("SEGSTREAM_MAX_POLL_INTERVAL_MS", 300000, "Longest allowed gap between polls before the group evicts this member.", group="kafka")
+    security_protocol: str = _opt("SEGSTREAM_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", group="kafka", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    sasl_mechanism: str = _opt("SEGSTREAM_SASL_MECHANISM", "", "SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) when a SASL protocol is used.", group="kafka")
+    sasl_username: str = _opt("SEGSTREAM_SASL_USERNAME", "", "SASL user name.", group="kafka")
+    sasl_password: str = _opt("SEGSTREAM_SASL_PASSWORD", "", "SASL password (prefer the environment over the command line).", group="kafka")
+    ssl_cafile: str = _opt("SEGSTREAM_SSL_CAFILE", "", "CA bundle to verify the brokers' certificates.", group="kafka")
+    ssl_certfile: str = _opt("SEGSTREAM_SSL_CERTFILE", "", "Client certificate (mutual TLS).", group="kafka")
+    ssl_keyfile: str = _opt("SEGSTREAM_SSL_KEYFILE", "", "Client private key (mutual TLS).", group="kafka")
+    create_topics: bool = _opt("SEGSTREAM_CREATE_TOPICS", True, "Create missing output and dead-letter topics at start-up.", group="kafka")
+
+    # --- micro-batching ----------------------------------------------------
+    batch_max_events: int = _opt("SEGSTREAM_BATCH_MAX_EVENTS", 5000, "Largest micro-batch, in events.", group="batching")
+    batch_max_wait_ms: int = _opt("SEGSTREAM_BATCH_MAX_WAIT_MS", 50, "Longest a record waits for its micro-batch to fill (bounds latency).", group="batching")
+    max_event_bytes: int = _opt("SEGSTREAM_MAX_EVENT_BYTES", 65536, "Records larger than this are dead-lettered as 'oversized'.", group="batching")
+    max_clock_skew_s: float = _opt("SEGSTREAM_MAX_CLOCK_SKEW_S", 86400.0, "Events stamped further than this in the future (wall clock) are dead-lettered.", group="batching")
+    min_event_ts: float = _opt("SEGSTREAM_MIN_EVENT_TS", 631152000.0, "Events stamped before this epoch second (default 1990-01-01) are dead-lettered.", group="batching")
+
+    # --- user state --------------------------------------------------------
+    half_life_s: float = _opt("SEGSTREAM_HALF_LIFE_S", 0.0, "Event-time half-life of the per-user state, in seconds (0: take the encoder artifact's).", group="state")
+    max_users: int = _opt("SEGSTREAM_MAX_USERS", 1_000_000, "Most users held; the least recently active are evicted beyond this.", group="state")
+
+    # --- encoder -----------------------------------------------------------
+    encoder: str = _opt("SEGSTREAM_ENCODER", "", "Path of the encoder artifact (empty: raw normalised state, no model).", group="encoder")
+    encoder_device: str = _opt("SEGSTREAM_ENCODER_DEVICE", "auto", "auto (CUDA when present), cpu or cuda.", group="encoder", choices=("auto", "cpu", "cuda"))
+    encoder_batch: int = _opt("SEGSTREAM_ENCODER_BATCH", 1024, "Largest inference batch handed to the encoder.", group="encoder")
+
+    # --- segments ----------------------------------------------------------
+    segments: int = _opt("SEGSTREAM_SEGMENTS", 8, "Number of segments (k).", group="segments")
+    warmup_users: int = _opt("SEGSTREAM_WARMUP_USERS", 200, "Distinct users buffered before the segments are seeded (k-means++).", group="segments")
+    learning_rate: float = _opt("SEGSTREAM_LEARNING_RATE", 0.02, "Step towards each learned point (river KMeans 'halflife').", group="segments")
+    learn_sample: int = _opt("SEGSTREAM_LEARN_SAMPLE", 256, "Most embeddings per micro-batch fed to the river learner (seeded sample).", group="segments")
+    model_update_events: int = _opt("SEGSTREAM_MODEL_UPDATE_EVENTS", 5000, "Events between published model versions.", group="segments")
+    hysteresis: float = _opt("SEGSTREAM_HYSTERESIS", 0.05, "A user moves only to a segment closer by this relative margin.", group="segments")
+    seed: int = _opt("SEGSTREAM_SEED", 0, "Seed of every random choice (replays are deterministic).", group="segments")
+
+    # --- metrics and logs --------------------------------------------------
+    metrics_port: int = _opt("SEGSTREAM_METRICS_PORT", 9400, "Prometheus endpoint port (0: disabled).", group="ops")
+    metrics_host: str = _opt("SEGSTREAM_METRICS_HOST", "127.0.0.1", "Address the Prometheus endpoint binds to.", group="ops")
+    log_format: str = _opt("SEGSTREAM_LOG_FORMAT", "text", "text or json.", group="ops", choices=("text", "json"))
+    log_level: str = _opt("SEGSTREAM_LOG_LEVEL", "INFO", "Python logging level.", group="ops")
+
+    # ------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise SettingsError(f"{f.metadata['env']}={value!r}: expected one of {', '.join(choices)}")
+        positive = ("batch_max_events", "max_event_bytes", "max_users", "encoder_batch", "segments", "warmup_users", "model_update_events")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_env(name)} must be > 0")
+        if self.warmup_users < self.segments:
+            raise SettingsError(f"{_env('warmup_users')} must be >= {_env('segments')}")
+        if not 0.0 <= self.hysteresis < 1.0:
+            raise SettingsError(f"{_env('hysteresis')} must be in [0, 1)")
+        if not 0.0 < self.learning_rate <= 1.0:
+            raise SettingsError(f"{_env('learning_rate')} must be in (0, 1]")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from environment variables, then explicit overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            env = f.metadata["env"]
+            if env in environ:
+                values[f.name] = parse_value(_field_type(f), environ[env], env)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def kafka_security(self) -> dict[str, Any]:
+        """Security options passed through to every kafka-python client."""
+        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            opts.update(sasl_mechanism=self.sasl_mechanism or "PLAIN",
+                        sasl_plain_username=self.sasl_username or None,
+                        sasl_plain_password=self.sasl_password or None)
+        if self.security_protocol.endswith("SSL"):
+            opts.update(ssl_check_hostname=True)
+            for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, key):
+                    opts[key] = getattr(self, key)
+        return opts
+
+
+def setting_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(Settings))
+
+
+def _env(name: str) -> str:
+    return Settings.__dataclass_fields__[name].metadata["env"]
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(Settings)
+    tp = hints[f.name]
+    if isinstance(tp, types.UnionType):  # pragma: no cover - no optional fields today
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def parse_value(tp: type, raw: str, name: str) -> Any:
+    try:
+        if tp is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if tp is int:
+            return int(raw.replace("_", ""))
+        if tp is float:
+            return float(raw)
+        return raw
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected {tp.__name__}") from None
+
+
+def markdown_table() -> str:
+    """The configuration table README shows (kept in sync by a test)."""
+    rows = ["| Flag | Environment variable | Default | Meaning |", "|---|---|---|---|"]
+    for f in setting_fields():
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        shown = f"`{default}`" if default != "" else "(empty)"
+        rows.append(f"| `{flag}` | `{f.metadata['env']}` | {shown} | {f.metadata['help']} |")
+    return "\n".join(rows)
