@@ -117,7 +117,7 @@ def train_state_autoencoder(features: Features, spec: FeatureSpec, cfg: TrainCon
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
         history.append(total / max(count, 1))
         progress(f"epoch {epoch + 1}/{cfg.epochs}  loss {history[-1]:.5f}  ({time.perf_counter() - t:.2f}s)")

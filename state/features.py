@@ -101,7 +101,7 @@ class FeatureSpec:
     def feature_names(self) -> list[str]:
         cats = [f"cat:{c}" for c in self.category_vocab]
         cats += [f"cat#{i}" for i in range(len(self.category_vocab), self.category_buckets)]
-        return [f"action:{a}" for a in (*self.actions, "other")] + cats + ["log_count", "mean_value", "value_share"]
+        return [f"action:{a}" for a in (*self.actions, "other")] + cats + ["log_count", "log_mean_value", "value_share"]
 
     # ----- string -> column ---------------------------------------------
     def action_index(self, action: str) -> int:

@@ -3,7 +3,7 @@
 River's KMeans starts from random Gaussian centres and, on real embeddings,
 ends up using two or three of eight clusters. Here the first
 ``warmup_users`` users' embeddings are buffered, seeded with k-means++ and
-refined with a few Lloyd iterations, and the result is written into river's
+refined with Lloyd iterations (best of several seeded restarts), and the result is written into river's
 centres; river then keeps learning from a bounded, seeded sample of each
 micro-batch. Every ``update_every_events`` events the learner's centres are
 published as a new :class:`~state.segments.SegmentModel` version, after a
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from river import cluster
 
-from state.segments import SegmentModel, kmeans_plus_plus, lloyd, squared_distances
+from state.segments import SegmentModel, best_of_restarts, kmeans_plus_plus, lloyd, squared_distances
 
 __all__ = ["OnlineKMeans", "LineageEvent"]
 
@@ -75,7 +75,8 @@ class OnlineKMeans:
 
     def __init__(self, k: int, dim: int, *, learning_rate: float = 0.02, warmup_users: int = 200,
                  learn_sample: int = 256, update_every_events: int = 5000, seed: int = 0,
-                 recent_size: int = 8192, refine_iterations: int = 3, min_share_factor: float = 0.25) -> None:
+                 recent_size: int = 8192, refine_iterations: int = 3, min_share_factor: float = 0.25,
+                 seed_restarts: int = 8) -> None:
         if warmup_users < k:
             raise ValueError("warmup_users must be >= k")
         self.k = k
@@ -92,6 +93,7 @@ class OnlineKMeans:
         self._next_id = 0
         self._recent = _Recent(recent_size, dim)
         self.refine_iterations = refine_iterations
+        self.seed_restarts = seed_restarts
         self.min_share_factor = min_share_factor
 
     # ----- warm-up -----------------------------------------------------------
@@ -114,7 +116,7 @@ class OnlineKMeans:
         """Seed from the warm-up buffer; returns the buffered users and embeddings to assign."""
         users = list(self._warm)
         x = np.stack([self._warm[u] for u in users]).astype(np.float32)
-        centers = lloyd(x, kmeans_plus_plus(x, self.k, self._rng))
+        centers = best_of_restarts(x, self.k, self._rng, self.seed_restarts)
         for j in range(self.k):
             self.learner.centers[j] = collections.defaultdict(float, enumerate(centers[j].tolist()))
         ids = np.arange(self.k, dtype=np.int64)

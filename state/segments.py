@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SegmentModel", "assign", "squared_distances", "kmeans_plus_plus", "lloyd"]
+__all__ = ["SegmentModel", "assign", "squared_distances", "kmeans_plus_plus", "lloyd", "best_of_restarts", "inertia"]
 
 
 @dataclass(frozen=True)
@@ -111,3 +111,20 @@ def lloyd(x: np.ndarray, centers: np.ndarray, iterations: int = 20) -> np.ndarra
         if not moved:
             break
     return c
+
+
+def inertia(x: np.ndarray, centers: np.ndarray) -> float:
+    """Sum of squared distances of each point to its nearest centre."""
+    return float(squared_distances(x, centers).min(axis=1).sum())
+
+
+def best_of_restarts(x: np.ndarray, k: int, rng: np.random.Generator, restarts: int = 8, iterations: int = 30) -> np.ndarray:
+    """k-means++ then Lloyd, ``restarts`` times; the centres with the lowest inertia win."""
+    best, best_cost = None, np.inf
+    for _ in range(max(1, restarts)):
+        c = lloyd(x, kmeans_plus_plus(x, k, rng), iterations)
+        cost = inertia(x, c)
+        if cost < best_cost:
+            best, best_cost = c, cost
+    assert best is not None
+    return best

@@ -41,6 +41,8 @@ __all__ = ["UserStore", "Features", "ApplyResult"]
 #: Rescale every row once the newest event is this many half-lives past t0 (2**48 << float32 max).
 REBASE_HALF_LIVES = 48.0
 _TINY = 1e-30
+#: log1p(x) / _LOG_SCALE is ~1 at x = 1000: keeps count and value features in the range of the mixes
+_LOG_SCALE = float(np.log1p(1000.0))
 
 
 @dataclass
@@ -304,7 +306,12 @@ class UserStore:
         return np.exp2(np.minimum(-(self.last_ts[rows] - self.t0) / self.spec.half_life_s, 1000.0))
 
     def features(self, rows: np.ndarray) -> Features:
-        """Normalised encoder input for ``rows`` (as of each user's last event)."""
+        """Normalised encoder input for ``rows`` (as of each user's last event).
+
+        Columns: action mix (sums to 1), category mix (sums to 1, or all 0),
+        log decayed event count, signed log mean value (both /log(1001)), and
+        the share of events that carried a value.
+        """
         spec = self.spec
         d = self.dense[rows]
         count = d[:, spec.COUNT].astype(np.float64)
@@ -319,8 +326,8 @@ class UserStore:
         out = np.empty((len(rows), spec.feature_width), dtype=np.float32)
         out[:, : spec.n_actions] = actions
         out[:, spec.n_actions : spec.n_actions + spec.category_buckets] = cats
-        out[:, -3] = np.log1p(count * scale)
-        out[:, -2] = mean_value
+        out[:, -3] = np.log1p(count * scale) / _LOG_SCALE
+        out[:, -2] = np.sign(mean_value) * np.log1p(np.abs(mean_value)) / _LOG_SCALE
         out[:, -1] = vcount / safe
         iw = (self.item_w[rows] * scale[:, None]).astype(np.float32)
         return Features(out, self.items[rows], iw)

@@ -158,7 +158,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         stop = threading.Event()
         _install_stop_handlers(stop)
-        run_consumer(settings, stop=stop, max_events=args.max_events, idle_exit_s=args.idle_exit)
+        summary = run_consumer(settings, stop=stop, max_events=args.max_events, idle_exit_s=args.idle_exit)
+        print(json.dumps({"events": summary.events, "invalid": summary.invalid, "segment_changes": summary.changes,
+                          "batches": summary.batches, "stopped_by": summary.stopped_by,
+                          "committed": {f"{tp.topic}:{tp.partition}": off for tp, off in sorted(summary.committed.items())}}),
+              flush=True)
         return 0
     if cmd == "demo":
         from stream.demo import run_demo

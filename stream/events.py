@@ -174,6 +174,13 @@ def _id(obj: dict, name: str, *, required: bool) -> str | None:
     raise _Invalid("bad_type", f"{name}: expected str or int, got {t.__name__}")
 
 
+def _repack(obj: Any) -> bytes:
+    try:
+        return msgpack.packb(obj, default=repr)
+    except (OverflowError, ValueError, TypeError):
+        return repr(obj).encode("utf-8", "replace")
+
+
 class EventDecoder:
     """Turns raw record values (or already-decoded maps) into an :class:`EventBatch`.
 
@@ -231,7 +238,7 @@ class EventDecoder:
             try:
                 self._append(cols, i, obj, max_ts)
             except _Invalid as bad:
-                rejected.append(Rejected(i, bad.reason, bad.detail, msgpack.packb(obj, default=repr)))
+                rejected.append(Rejected(i, bad.reason, bad.detail, _repack(obj)))
         return cols.finish(), rejected
 
     # ------------------------------------------------------------------

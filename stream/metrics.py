@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterable
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -30,6 +30,8 @@ from prometheus_client.utils import floatToGoString
 from stream.events import REASONS
 
 __all__ = ["Metrics", "ArrayHistogram", "LATENCY_BUCKETS"]
+
+disable_created_metrics()  # the *_created series only add noise to dashboards
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 20000, 50000)

@@ -151,7 +151,8 @@ class StreamRunner:
             self.publisher.send(out, key, value)
         for rej in result.rejected:
             rec = records[rej.index]
-            self.publisher.send(self.settings.dlq_topic, rec.key, rec.value,
+            key = rec.key if rec.key is not None or rec.value is not None else b""  # Kafka needs one of the two
+            self.publisher.send(self.settings.dlq_topic, key, rec.value,
                                 headers=dead_letter_headers(rej, rec.topic, rec.partition, rec.offset))
         if result.rejected:
             first = records[result.rejected[0].index]

@@ -1,0 +1,158 @@
+"""Helpers for integration tests: running ``segstream`` as a real process, scraping its metrics,
+and reading topics as a separate client would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream.embedded_broker import free_port
+from stream.kafka_io import ensure_topics
+from stream.settings import Settings
+
+FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+
+
+@dataclass
+class Broker:
+    bootstrap: str
+    embedded: Any
+
+    def settings(self, topics: dict[str, str], **kw: Any) -> Settings:
+        return Settings(bootstrap=self.bootstrap, input_topic=topics["input"], output_topic=topics["output"],
+                        dlq_topic=topics["dlq"], group_id=topics["group"], metrics_port=0, **kw)
+
+    def create(self, topics: dict[str, str], partitions: int = 1) -> None:
+        s = Settings(bootstrap=self.bootstrap)
+        ensure_topics(s, {topics["input"]: partitions, topics["output"]: partitions, topics["dlq"]: 1})
+
+
+def produce(bootstrap: str, topic: str, values: Iterable[bytes | None], keys: Iterable[bytes | None] | None = None,
+            partition: int | None = None) -> int:
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    n = 0
+    keys = iter(keys) if keys is not None else None
+    futures = []
+    for v in values:
+        k = next(keys) if keys is not None else None
+        futures.append(p.send(topic, key=k, value=v, partition=partition))
+        n += 1
+    p.flush()
+    for f in futures:
+        f.get(timeout=30)
+    p.close()
+    return n
+
+
+def pack_events(events: Iterable[dict]) -> list[bytes]:
+    return [msgpack.packb(e) for e in events]
+
+
+def read_topic(bootstrap: str, topic: str, *, expected: int | None = None, timeout_s: float = 60.0,
+               idle_s: float = 3.0) -> list[Any]:
+    """Every record of ``topic`` from the beginning, as an independent client (manual assignment, no group)."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    deadline = time.monotonic() + timeout_s
+    parts = None
+    while parts is None and time.monotonic() < deadline:
+        parts = c.partitions_for_topic(topic)
+        if parts is None:
+            time.sleep(0.2)
+    if not parts:
+        c.close()
+        return []
+    c.assign([TopicPartition(topic, p) for p in sorted(parts)])
+    out: list[Any] = []
+    last = time.monotonic()
+    while time.monotonic() < deadline:
+        polled = c.poll(timeout_ms=300)
+        got = sum(len(v) for v in polled.values())
+        for recs in polled.values():
+            out.extend(recs)
+        if got:
+            last = time.monotonic()
+        if expected is not None and len(out) >= expected and time.monotonic() - last > 0.5:
+            break
+        if expected is None and time.monotonic() - last > idle_s:
+            break
+    c.close()
+    return out
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> dict[int, int | None]:
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: c.committed(TopicPartition(topic, p)) for p in range(partitions)}
+    finally:
+        c.close(autocommit=False)
+
+
+class SegstreamProcess:
+    """``segstream run`` as a child process with its own metrics port."""
+
+    def __init__(self, settings: Settings, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.metrics_port = free_port()
+        args = [sys.executable, "-m", "stream.cli", "run", "--bootstrap", settings.bootstrap,
+                "--input-topic", settings.input_topic, "--output-topic", settings.output_topic,
+                "--dlq-topic", settings.dlq_topic, "--group-id", settings.group_id,
+                "--metrics-port", str(self.metrics_port), "--session-timeout-ms", "6000",
+                "--heartbeat-interval-ms", "1000", *extra]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.metrics_port)
+
+    def wait_metric(self, name: str, ok: Callable[[float], bool], timeout_s: float = 120.0) -> float:
+        deadline = time.monotonic() + timeout_s
+        value = float("nan")
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out, err = self.proc.communicate()
+                raise AssertionError(f"segstream exited early ({self.proc.returncode}):\n{err[-4000:]}")
+            try:
+                value = self.metrics().get(name, float("nan"))
+                if ok(value):
+                    return value
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{name} = {value} did not satisfy the condition within {timeout_s}s")
+
+    def terminate(self, timeout_s: float = 30.0) -> tuple[int, dict[str, Any], str]:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout_s)
+
+    def wait(self, timeout_s: float = 120.0) -> tuple[int, dict[str, Any], str]:
+        out, err = self.proc.communicate(timeout=timeout_s)
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        return self.proc.returncode, (json.loads(lines[-1]) if lines else {}), err
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Scrape ``/metrics`` over HTTP; returns sample name (with labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
