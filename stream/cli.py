@@ -102,6 +102,11 @@ def main_parser() -> argparse.ArgumentParser:
                      help="emitted_at from the wall clock or from event time (deterministic)")
     _add_settings(rep)
 
+    ev = sub.add_parser("evaluate", help="offline evaluation harnesses (JSON figures + PNG plots)")
+    from evaluation import register_commands
+
+    register_commands(ev)
+
     brk = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")
     brk.add_argument("--port", type=int, default=9092)
 
@@ -211,6 +216,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"events": s.events, "invalid": s.invalid, "segment_changes": s.changes,
                           "seconds": round(s.seconds, 3), "events_per_second": round(s.events_per_second)}))
         return 0
+    if cmd == "evaluate":
+        return int(args.evaluation_main(args))
     if cmd == "broker":
         from stream.embedded_broker import EmbeddedBroker
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
@@ -28,6 +29,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from stream.events import REASONS
+
+if TYPE_CHECKING:
+    from stream.pipeline import BatchResult, Pipeline
 
 __all__ = ["Metrics", "ArrayHistogram", "LATENCY_BUCKETS"]
 
@@ -120,6 +124,31 @@ class Metrics:
         if server is not None:
             server.shutdown()
             server.server_close()
+
+    def observe_batch(self, result: BatchResult, pipeline: Pipeline, *, records: int, value_bytes: int,
+                      seconds: float) -> None:
+        """Everything one processed micro-batch tells the metrics."""
+        self.events_consumed.inc(records)
+        self.bytes_consumed.inc(value_bytes)
+        self.events_applied.inc(result.events)
+        for rej in result.rejected:
+            self.events_invalid.labels(rej.reason).inc()
+        self.dead_letters.inc(len(result.rejected))
+        self.segment_changes.inc(len(result.changes))
+        self.users_tracked.set(len(pipeline.store))
+        self.users_evicted.inc(result.evicted)
+        self.users_erased.inc(len(result.erased))
+        self.batch_events.observe(records)
+        self.batch_duration.observe(seconds)
+        self.encoder_duration.observe(result.encode_seconds)
+        if result.max_event_time == result.max_event_time:  # not NaN
+            self.last_event_time.set(result.max_event_time)
+        model = pipeline.model
+        if model is not None:
+            self.model_version.set(model.version)
+            if result.new_model is not None:
+                self.model_updates.inc()
+            self.set_segments(pipeline.users_per_segment(), model.segment_ids.tolist())
 
     def set_segments(self, users_per_segment: dict[int, int], live_segments: Iterable[int]) -> None:
         """Per-segment gauges for live segments (capped); series of retired segments are removed."""

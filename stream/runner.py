@@ -13,7 +13,6 @@ partitions no longer owned are dropped, never committed).
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -26,9 +25,9 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from stream.contracts import dead_letter_headers, encode_segment_changes
 from stream.kafka_io import Publisher
 from stream.metrics import Metrics
+from stream.outputs import OutputWriter
 from stream.pipeline import BatchResult, Pipeline
 from stream.settings import Settings
 
@@ -84,6 +83,7 @@ class StreamRunner:
         self.pipeline = pipeline
         self.consumer = consumer
         self.publisher = publisher
+        self.outputs = OutputWriter(publisher, settings)
         self.metrics = metrics
         self.clock = clock
         self.on_batch = on_batch
@@ -142,36 +142,17 @@ class StreamRunner:
 
     def _process(self, records: list) -> None:
         t0 = time.perf_counter()
-        m = self.metrics
-        values = [r.value for r in records]
-        result = self.pipeline.process_records(values)
-        emitted_at = self.clock()
-        out = self.settings.output_topic
-        for key, value in encode_segment_changes(result.changes, emitted_at):
-            self.publisher.send(out, key, value)
-        for rej in result.rejected:
-            rec = records[rej.index]
-            key = rec.key if rec.key is not None or rec.value is not None else b""  # Kafka needs one of the two
-            self.publisher.send(self.settings.dlq_topic, key, rec.value,
-                                headers=dead_letter_headers(rej, rec.topic, rec.partition, rec.offset))
-        if result.rejected:
-            first = records[result.rejected[0].index]
-            reasons = collections.Counter(r.reason for r in result.rejected)
-            log.warning("dead-lettered %d records (%s); first: %s", len(result.rejected),
-                        ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())), result.rejected[0].detail,
-                        extra={"topic": first.topic, "partition": first.partition, "offset": first.offset})
-        for uid in result.erased:
-            self.publisher.send(out, uid.encode(), None)
+        result = self.pipeline.process_records([r.value for r in records])
+        self.outputs.write(result, records, self.clock())
         offsets: dict[TopicPartition, int] = {}
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             if r.offset + 1 > offsets.get(tp, -1):
                 offsets[tp] = r.offset + 1
         self.checkpoint(offsets)
-
         confirmed_at = time.time()
         ts = np.fromiter((r.timestamp for r in records), dtype=np.float64, count=len(records))
-        m.event_to_publish.observe_many(confirmed_at - ts / 1000.0)
+        self.metrics.event_to_publish.observe_many(confirmed_at - ts / 1000.0)
         self._observe(result, records, time.perf_counter() - t0)
 
     def checkpoint(self, offsets: dict[TopicPartition, int]) -> None:
@@ -207,38 +188,19 @@ class StreamRunner:
         self.summary.committed.update(done)
 
     def _observe(self, result: BatchResult, records: list, seconds: float) -> None:
-        m, s, p = self.metrics, self.summary, self.pipeline
-        n = len(records)
-        s.events += n
+        s, p = self.summary, self.pipeline
+        s.events += len(records)
         s.invalid += len(result.rejected)
         s.changes += len(result.changes)
         s.batches += 1
-        m.events_consumed.inc(n)
-        m.bytes_consumed.inc(sum(len(r.value) for r in records if r.value is not None))
-        m.events_applied.inc(result.events)
-        for rej in result.rejected:
-            m.events_invalid.labels(rej.reason).inc()
-        m.dead_letters.inc(len(result.rejected))
-        m.segment_changes.inc(len(result.changes))
-        m.users_tracked.set(len(p.store))
-        m.users_evicted.inc(result.evicted)
-        m.users_erased.inc(len(result.erased))
-        m.batch_events.observe(n)
-        m.batch_duration.observe(seconds)
-        m.encoder_duration.observe(result.encode_seconds)
-        if result.max_event_time == result.max_event_time:  # not NaN
-            m.last_event_time.set(result.max_event_time)
-        model = p.model
-        if model is not None:
-            m.model_version.set(model.version)
-            if result.new_model is not None:
-                m.model_updates.inc()
-            m.set_segments(p.users_per_segment(), model.segment_ids.tolist())
+        self.metrics.observe_batch(result, p, records=len(records),
+                                   value_bytes=sum(len(r.value) for r in records if r.value is not None),
+                                   seconds=seconds)
         lags = {}
         for tp, pos in self._positions.items():
             hw = self.consumer.highwater(tp)
             if hw is not None:
                 lags[(tp.topic, tp.partition)] = max(0, hw - pos)
-        m.set_lag(lags)
+        self.metrics.set_lag(lags)
         if self.on_batch is not None:
             self.on_batch(result, s)

@@ -1,0 +1,53 @@
+"""Everything a processed micro-batch publishes, in one place.
+
+Segment changes go to the output topic (contract v1), rejected records to the
+dead-letter topic (original bytes + reason headers), erased users become
+tombstones. Sends are only *started* here; :class:`~stream.kafka_io.Publisher`
+confirms them during the checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from stream.contracts import dead_letter_headers, encode_segment_changes
+from stream.kafka_io import Publisher
+from stream.pipeline import BatchResult
+from stream.settings import Settings
+
+__all__ = ["OutputWriter"]
+
+log = logging.getLogger(__name__)
+
+
+class OutputWriter:
+    def __init__(self, publisher: Publisher, settings: Settings) -> None:
+        self.publisher = publisher
+        self.settings = settings
+
+    def write(self, result: BatchResult, records: Sequence[Any], emitted_at: float) -> None:
+        """Start every send the batch causes (``records`` are the batch's Kafka records, in order)."""
+        out = self.settings.output_topic
+        send = self.publisher.send
+        for key, value in encode_segment_changes(result.changes, emitted_at):
+            send(out, key, value)
+        for uid in result.erased:
+            send(out, uid.encode(), None)
+        self._dead_letters(result, records)
+
+    def _dead_letters(self, result: BatchResult, records: Sequence[Any]) -> None:
+        if not result.rejected:
+            return
+        for rej in result.rejected:
+            rec = records[rej.index]
+            key = rec.key if rec.key is not None or rec.value is not None else b""  # Kafka needs one of the two
+            self.publisher.send(self.settings.dlq_topic, key, rec.value,
+                                headers=dead_letter_headers(rej, rec.topic, rec.partition, rec.offset))
+        first = records[result.rejected[0].index]
+        reasons = collections.Counter(r.reason for r in result.rejected)
+        log.warning("dead-lettered %d records (%s); first: %s", len(result.rejected),
+                    ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())), result.rejected[0].detail,
+                    extra={"topic": first.topic, "partition": first.partition, "offset": first.offset})
