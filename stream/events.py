@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ import msgpack
 import numpy as np
 
 from state.features import FeatureSpec
+from stream.fastdecode import fast_columns
 
 __all__ = ["EventBatch", "EventDecoder", "Rejected", "REASONS", "DELETE_ACTION"]
 
@@ -206,9 +207,9 @@ class EventDecoder:
     # ------------------------------------------------------------------
     def decode_records(self, raws: Sequence[bytes | None]) -> tuple[EventBatch, list[Rejected]]:
         """Decode msgpack record values; position i of ``raws`` is ``source_index`` i."""
-        cols = _Columns()
         rejected: list[Rejected] = []
-        max_ts = self.now() + self.max_clock_skew_s
+        objs: list[Any] = []
+        source: list[int] = []
         unpackb = msgpack.unpackb
         limit = self.max_event_bytes
         for i, raw in enumerate(raws):
@@ -219,27 +220,41 @@ class EventDecoder:
                 rejected.append(Rejected(i, "oversized", f"{len(raw)} bytes > {limit}", raw))
                 continue
             try:
-                obj = unpackb(raw, raw=False, strict_map_key=False)
+                objs.append(unpackb(raw, raw=False, strict_map_key=False))
             except (ValueError, TypeError, RecursionError, OverflowError, MemoryError) as exc:  # bad input, not our crash
                 rejected.append(Rejected(i, "undecodable", f"{type(exc).__name__}: {str(exc)[:200]}", raw))
                 continue
-            try:
-                self._append(cols, i, obj, max_ts)
-            except _Invalid as bad:
-                rejected.append(Rejected(i, bad.reason, bad.detail, raw))
-        return cols.finish(), rejected
+            source.append(i)
+        batch, more = self._validate(objs, source, lambda j: raws[source[j]])  # type: ignore[arg-type, return-value]
+        rejected.extend(more)
+        rejected.sort(key=lambda r: r.index)
+        return batch, rejected
 
-    def decode_objects(self, objs: Iterable[Any]) -> tuple[EventBatch, list[Rejected]]:
+    def decode_objects(self, objs: Sequence[Any]) -> tuple[EventBatch, list[Rejected]]:
         """Validate already-decoded maps (recorded-log replay without a broker)."""
-        cols = _Columns()
-        rejected: list[Rejected] = []
+        objs = list(objs)
+        return self._validate(objs, None, lambda j: _repack(objs[j]))
+
+    def _validate(self, objs: list[Any], source: list[int] | None,
+                  original: Callable[[int], bytes]) -> tuple[EventBatch, list[Rejected]]:
+        """Column tests for the bulk of the batch, the per-record path for the rest (precise reasons)."""
         max_ts = self.now() + self.max_clock_skew_s
-        for i, obj in enumerate(objs):
+        cols, accepted = fast_columns(
+            objs, self.spec, min_ts=self.min_ts, max_ts=max_ts, delete_action=DELETE_ACTION, max_id=MAX_ID_CHARS,
+            max_action=MAX_ACTION_CHARS, max_categories=MAX_CATEGORIES, max_category=MAX_CATEGORY_CHARS)
+        src = np.arange(len(objs), dtype=np.int64) if source is None else np.asarray(source, dtype=np.int64)
+        fast = EventBatch(**cols)
+        fast.source_index = src[fast.source_index] if len(fast) else fast.source_index
+        rejected: list[Rejected] = []
+        if accepted.all():
+            return fast, rejected
+        slow = _Columns()
+        for j in np.flatnonzero(~accepted).tolist():
             try:
-                self._append(cols, i, obj, max_ts)
+                self._append(slow, int(src[j]), objs[j], max_ts)
             except _Invalid as bad:
-                rejected.append(Rejected(i, bad.reason, bad.detail, _repack(obj)))
-        return cols.finish(), rejected
+                rejected.append(Rejected(int(src[j]), bad.reason, bad.detail, original(j)))
+        return _merge(fast, slow.finish()), rejected
 
     # ------------------------------------------------------------------
     def _append(self, cols: _Columns, i: int, obj: Any, max_ts: float) -> None:
@@ -324,3 +339,31 @@ class EventDecoder:
             cols.any_event_id = True
         cols.item_ids.append(item)
         cols.categories.append(cats if cats else [])
+
+
+def _merge(a: EventBatch, b: EventBatch) -> EventBatch:
+    """Both batches' events in source order (a and b hold disjoint source positions)."""
+    if len(b) == 0 and not b.deletes:
+        return a
+    if len(a) == 0:
+        b.deletes = sorted(a.deletes + b.deletes)
+        return b
+    order = np.argsort(np.concatenate([a.source_index, b.source_index]), kind="stable")
+    new_row = np.empty(len(order), dtype=np.int32)
+    new_row[order] = np.arange(len(order), dtype=np.int32)
+    both = lambda x, y: [(x + y)[i] for i in order.tolist()]  # noqa: E731
+    cat_event = np.concatenate([new_row[a.cat_event], new_row[len(a) + b.cat_event]]).astype(np.int32)
+    cat_bucket = np.concatenate([a.cat_bucket, b.cat_bucket]).astype(np.int32)
+    corder = np.argsort(cat_event, kind="stable")
+    any_ids = bool(a.event_ids or b.event_ids)
+    return EventBatch(
+        user_ids=both(a.user_ids, b.user_ids),
+        actions=np.concatenate([a.actions, b.actions])[order], ts=np.concatenate([a.ts, b.ts])[order],
+        item_tokens=np.concatenate([a.item_tokens, b.item_tokens])[order],
+        values=np.concatenate([a.values, b.values])[order],
+        cat_event=cat_event[corder], cat_bucket=cat_bucket[corder],
+        source_index=np.concatenate([a.source_index, b.source_index])[order],
+        event_ids=both(a.event_ids or [None] * len(a), b.event_ids or [None] * len(b)) if any_ids else [],
+        deletes=sorted(a.deletes + b.deletes),
+        item_ids=both(a.item_ids, b.item_ids), categories=both(a.categories, b.categories),
+    )

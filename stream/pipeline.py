@@ -98,6 +98,10 @@ class Pipeline:
     @classmethod
     def from_settings(cls, settings: Settings, *, now: Callable[[], float] = time.time) -> Pipeline:
         """Build everything the settings name: encoder (or raw), state, segmenter, decoder."""
+        if settings.encoder_threads > 0:
+            import torch
+
+            torch.set_num_threads(settings.encoder_threads)
         if settings.encoder:
             encoder = load_encoder(settings.encoder, device=settings.encoder_device, max_batch=settings.encoder_batch)
             if settings.half_life_s > 0 and settings.half_life_s != encoder.spec.half_life_s:

@@ -72,6 +72,7 @@ class Settings:
     encoder: str = _opt("SEGSTREAM_ENCODER", "", "Path of the encoder artifact (empty: raw normalised state, no model).", group="encoder")
     encoder_device: str = _opt("SEGSTREAM_ENCODER_DEVICE", "auto", "auto (CUDA when present), cpu or cuda.", group="encoder", choices=("auto", "cpu", "cuda"))
     encoder_batch: int = _opt("SEGSTREAM_ENCODER_BATCH", 1024, "Largest inference batch handed to the encoder.", group="encoder")
+    encoder_threads: int = _opt("SEGSTREAM_ENCODER_THREADS", 1, "torch intra-op threads (0: torch's default). One thread leaves the other cores to the Kafka client and the broker; more threads spin-wait on a busy machine.", group="encoder")
 
     # --- segments ----------------------------------------------------------
     segments: int = _opt("SEGSTREAM_SEGMENTS", 8, "Number of segments (k).", group="segments")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import msgpack
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,3 +80,67 @@ def test_random_maps_never_raise(obj):
 def test_replayed_objects_that_msgpack_cannot_hold_are_still_rejected():
     batch, rejected = DEC.decode_objects([{"user_id": "u", "action": "view", "ts": 2**80}])
     assert rejected[0].reason == "ts_out_of_range" and rejected[0].raw
+
+
+# --- the column-at-a-time fast path must agree with the per-record reference ---------------------
+def _reference(objs):
+    """Per-record validation only (the path that names precise reasons)."""
+    from stream.events import Rejected, _Columns, _Invalid, _repack
+
+    cols, rejected = _Columns(), []
+    max_ts = DEC.now() + DEC.max_clock_skew_s
+    for i, obj in enumerate(objs):
+        try:
+            DEC._append(cols, i, obj, max_ts)
+        except _Invalid as bad:
+            rejected.append(Rejected(i, bad.reason, bad.detail, _repack(obj)))
+    return cols.finish(), rejected
+
+
+field_values = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([math.inf, -math.inf, math.nan, 1e39, 1.7e9, 1_700_000_000, 1.79e9, 5.0, "view"]),
+    st.text(max_size=5), st.text(min_size=255, max_size=258),
+    st.lists(st.one_of(st.text(max_size=4), st.integers()), max_size=3),
+    st.sampled_from(["view", "click", "delete", "wishlist", "", ["a", "b"], []]),
+)
+good_event = st.fixed_dictionaries(
+    {"user_id": st.one_of(st.integers(0, 50), st.sampled_from(["a", "b", "c"])), "action": st.sampled_from(["view", "rate", "x"]),
+     "ts": st.floats(1.6e9, 1.75e9)},
+    optional={"item_id": st.one_of(st.integers(0, 9), st.text(min_size=1, max_size=3)),
+              "value": st.floats(-5, 5), "categories": st.lists(st.text(max_size=3), max_size=3),
+              "event_id": st.integers(0, 99)})
+mutated_event = st.builds(lambda ev, k, v: {**ev, k: v}, good_event,
+                          st.sampled_from(["user_id", "action", "ts", "item_id", "categories", "value", "event_id"]),
+                          field_values)
+dropped_field = st.builds(lambda ev, k: {f: v for f, v in ev.items() if f != k}, good_event,
+                          st.sampled_from(["user_id", "action", "ts"]))
+any_event = st.one_of(good_event, mutated_event, mutated_event, dropped_field, st.dictionaries(
+    st.sampled_from(["user_id", "action", "ts", "item_id", "categories", "value", "event_id"]), field_values),
+    st.integers(), st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(any_event, max_size=30))
+def test_fast_path_agrees_with_per_record_reference(objs):
+    fast, fast_rej = DEC.decode_objects(objs)
+    ref, ref_rej = _reference(objs)
+    assert [(r.index, r.reason, r.detail) for r in fast_rej] == [(r.index, r.reason, r.detail) for r in ref_rej]
+    assert fast.user_ids == ref.user_ids and fast.item_ids == ref.item_ids and fast.categories == ref.categories
+    assert (fast.event_ids or [None] * len(fast)) == (ref.event_ids or [None] * len(ref))
+    assert fast.deletes == ref.deletes
+    for name in ("actions", "ts", "item_tokens", "values", "cat_event", "cat_bucket", "source_index"):
+        a, b = getattr(fast, name), getattr(ref, name)
+        assert a.dtype == b.dtype and a.tolist() == b.tolist() or (name == "values" and
+                                                                  np.array_equal(a, b, equal_nan=True)), name
+
+
+def test_fast_path_keeps_good_records_around_bad_ones():
+    objs = [{"user_id": "a", "action": "view", "ts": 1.7e9, "categories": ["x"]}, {"user_id": None},
+            {"user_id": 5, "action": "delete", "ts": 1.7e9}, {"user_id": "b", "action": "view", "ts": 1.7e9,
+                                                               "value": math.nan}, {"user_id": "c", "action": "rate", "ts": 1.7e9, "categories": ["y", "z"]}]
+    batch, rej = DEC.decode_objects(objs)
+    assert batch.user_ids == ["a", "c"] and batch.source_index.tolist() == [0, 4]
+    assert batch.cat_event.tolist() == [0, 1, 1]
+    assert [(r.index, r.reason) for r in rej] == [(1, "missing_field"), (3, "non_finite")]
+    assert batch.deletes == [(2, "5")]
