@@ -31,11 +31,12 @@ class OutputWriter:
     def write(self, result: BatchResult, records: Sequence[Any], emitted_at: float) -> None:
         """Start every send the batch causes (``records`` are the batch's Kafka records, in order)."""
         out = self.settings.output_topic
-        send = self.publisher.send
-        for key, value in encode_segment_changes(result.changes, emitted_at):
-            send(out, key, value)
-        for uid in result.erased:
-            send(out, uid.encode(), None)
+        encoded = encode_segment_changes(result.changes, emitted_at)
+        if encoded:
+            keys, values = zip(*encoded)
+            self.publisher.send_many(out, keys, values)
+        if result.erased:
+            self.publisher.send_many(out, [uid.encode() for uid in result.erased], [None] * len(result.erased))
         self._dead_letters(result, records)
 
     def _dead_letters(self, result: BatchResult, records: Sequence[Any]) -> None:
