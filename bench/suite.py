@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for ln in lines:
             r = json.loads(ln)
+            if "bench" not in r:
+                continue
             r["run"], r["command"] = name, "python -m " + " ".join(cmd)
             r["wall_s"] = round(time.monotonic() - t, 1)
             results.append(r)
