@@ -13,7 +13,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from stream.contracts import dead_letter_headers, encode_segment_changes
+import numpy as np
+
+from stream.contracts import change_ids, dead_letter_headers, encode_segment_changes
 from stream.kafka_io import Publisher
 from stream.pipeline import BatchResult
 from stream.settings import Settings
@@ -32,7 +34,12 @@ class OutputWriter:
         """Start every send the batch causes (``records`` are the batch's Kafka records, in order)."""
         out = self.settings.output_topic
         send = self.publisher.send
-        for key, value in encode_segment_changes(result.changes, emitted_at):
+        ids = None
+        if len(result.changes) and records:
+            parts = np.fromiter((r.partition for r in records), dtype=np.int64, count=len(records))
+            offs = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
+            ids = change_ids(result.changes, parts, offs, (int(parts[-1]), int(offs[-1])))
+        for key, value in encode_segment_changes(result.changes, emitted_at, ids):
             send(out, key, value)
         for uid in result.erased:
             send(out, uid.encode(), None)
