@@ -65,7 +65,9 @@ def test_restored_pipeline_continues_bit_exactly(tmp_path):
     out += _run(second, raws, 1500, len(raws))
 
     assert out == ref_out
-    assert sum(o[4] for o in out) == 40 - sum(1 for i in range(len(raws) - 40, len(raws)) if i % 97 == 13)
+    n = len(raws)
+    repeats = [i for i in range(n - 40, n) if i % 97 != 13 and (i - (n - 40)) % 97 != 13]  # deletes carry no id
+    assert sum(o[4] for o in out) == len(repeats) > 30
     a, b = _store_state(ref), _store_state(second)
     assert a["ids"] == b["ids"] and a["rows"] == b["rows"] and a["t0"] == b["t0"]
     for c in COLUMNS:
