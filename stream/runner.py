@@ -125,6 +125,8 @@ class StreamRunner:
                 summary.stopped_by = "max-events"
                 break
             records = self._collect_aligned(stop) if self.settings.aligned_batches else self._collect(stop)
+            if self._reset or not self.rebalance.owned():  # idle time counts while partitions are owned
+                last_record = max(last_record, time.monotonic())
             if not records:
                 self._maybe_checkpoint(force=False)
                 if idle_exit_s is not None and time.monotonic() - last_record >= idle_exit_s:
@@ -300,6 +302,11 @@ class StreamRunner:
             if snap is None:
                 c = committed[tp]
                 self._state_offsets[tp] = c if c is not None else -1
+                # records fetched along with this assignment were dropped: rewind to where they started
+                if c is not None:
+                    self.consumer.seek(tp, c)
+                else:
+                    self.consumer.seek_to_beginning(tp)
                 if c is not None and self.checkpoints is not None:
                     log.warning("no snapshot of partition %s at or before committed offset %d: its users start empty",
                                 tp, c, extra={"partition": tp.partition, "offset": c})

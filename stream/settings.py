@@ -55,6 +55,7 @@ class Settings:
     ssl_cafile: str = _opt("SEGSTREAM_SSL_CAFILE", "", "CA bundle to verify the brokers' certificates.", group="kafka")
     ssl_certfile: str = _opt("SEGSTREAM_SSL_CERTFILE", "", "Client certificate (mutual TLS).", group="kafka")
     ssl_keyfile: str = _opt("SEGSTREAM_SSL_KEYFILE", "", "Client private key (mutual TLS).", group="kafka")
+    group_instance_id: str = _opt("SEGSTREAM_GROUP_INSTANCE_ID", "", "Static group membership (KIP-345): a restarted member with the same id takes its partitions back without waiting for the session timeout (empty: dynamic membership).", group="kafka")
     create_topics: bool = _opt("SEGSTREAM_CREATE_TOPICS", True, "Create missing output and dead-letter topics at start-up.", group="kafka")
 
     # --- micro-batching ----------------------------------------------------
