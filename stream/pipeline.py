@@ -244,9 +244,9 @@ class Pipeline:
             deleted_at[uid] = max(src, deleted_at.get(uid, -1))
             prev = self.store.delete(uid)
             self.segmenter.forget(uid)
-            if prev is not None:
-                if prev >= 0:
-                    self._count(np.array([prev]), -1)
+            if prev is not None and prev >= 0:
+                self._count(np.array([prev]), -1)
+            if uid not in erased:  # a tombstone even for a user not (or no longer) held: erasure is idempotent
                 erased.append(uid)
         src = batch.source_index.tolist()
         keep = np.array([src[i] > deleted_at.get(u, -1) for i, u in enumerate(batch.user_ids)], dtype=bool)
