@@ -107,6 +107,8 @@ class StreamRunner:
         self._deadline: dict[TopicPartition, float] = {}
         self._last_checkpoint = time.monotonic()
         self._reset: set[TopicPartition] = set()
+        # back-pressure: the batch size shrinks while batches take too large a share of max_poll_interval_ms
+        self._batch_cap = settings.batch_max_events
 
     def subscribe(self) -> None:
         self.consumer.subscribe([self.settings.input_topic], listener=self.rebalance)
@@ -154,7 +156,7 @@ class StreamRunner:
 
     def _collect(self, stop: threading.Event) -> list:
         """One micro-batch: up to ``batch_max_events`` records or ``batch_max_wait_ms`` after the first."""
-        max_n = self.settings.batch_max_events
+        max_n = min(self.settings.batch_max_events, self._batch_cap)
         wait_s = self.settings.batch_max_wait_ms / 1000.0
         records: list = []
         deadline: float | None = None
@@ -341,7 +343,23 @@ class StreamRunner:
         confirmed_at = time.time()
         ts = np.fromiter((r.timestamp for r in records), dtype=np.float64, count=len(records))
         self.metrics.event_to_publish.observe_many(confirmed_at - ts / 1000.0)
-        self._observe(result, records, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self._observe(result, records, seconds)
+        self._pace(seconds, len(records))
+
+    def _pace(self, seconds: float, n: int) -> None:
+        """Keep one batch (process, publish, confirm, checkpoint) under a quarter of the poll budget.
+
+        Aligned batching keeps its fixed block size (determinism first) and only warns.
+        """
+        budget = self.settings.max_poll_interval_ms / 4000.0
+        if seconds > budget:
+            if not self.settings.aligned_batches:
+                self._batch_cap = max(1, n // 2)
+            log.warning("a batch of %d records took %.1fs (> %.1fs, a quarter of max_poll_interval_ms): "
+                        "batch size now at most %d", n, seconds, budget, self._batch_cap)
+        elif seconds < budget / 8 and self._batch_cap < self.settings.batch_max_events:
+            self._batch_cap = min(self.settings.batch_max_events, 2 * self._batch_cap)
 
     def _maybe_checkpoint(self, *, force: bool) -> bool:
         due = (time.monotonic() - self._last_checkpoint) * 1000.0 >= self.settings.checkpoint_interval_ms
