@@ -95,6 +95,7 @@ def test_sigterm_is_bounded_and_a_later_kill_loses_nothing(broker, topics, tmp_p
     finally:
         first.kill()
     assert code == 0 and s1["stopped_by"] == "signal", err[-3000:]
+    print(f"SIGTERM to exit: {took:.2f}s")
     assert took < 10.0, took  # one batch, one checkpoint, leave the group
     c1 = committed(broker.bootstrap, topics["group"], topics["input"])[0]
     assert c1 == s1["events"] and 0 < c1 < n

@@ -16,6 +16,8 @@ from state.features import FeatureSpec
 from state.user_store import COLUMNS
 from stream.checkpoints import CheckpointStore
 from stream.contracts import decode_segment_event
+from stream.replay import replay_log
+from stream.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +141,16 @@ def test_kill_9_at_seeded_points_recovers_the_uninterrupted_state(broker, topics
     assert n_want == len(want_out) > USERS  # the uninterrupted run has no duplicates
     assert got_out == want_out
     print(f"outputs: {n_want} changes; killed runs published {n_got} records ({n_got - n_want} re-sent duplicates)")
+
+    # and the same changes, ids included, as an offline replay of the log in the same batches
+    log_path = tmp_path / "log.msgpack"
+    log_path.write_bytes(b"".join(msgpack.packb(e) for e in events))
+    settings = Settings(batch_max_events=B, warmup_users=60, segments=4, model_update_events=1500,
+                        half_life_s=HALF_LIFE, seed=0, dedup_window=5000)
+    replay_log(settings, log_path, tmp_path / "replay.msgpack", clock="event")
+    replayed = {}
+    for key, value in msgpack.Unpacker(open(tmp_path / "replay.msgpack", "rb"), raw=False):
+        ev = decode_segment_event(value)
+        replayed[ev["change_id"]] = (ev["user_id"], ev["segment"], ev["previous_segment"], ev["seq"],
+                                     ev["model_version"], ev["event_time"], ev["distance"])
+    assert replayed == want_out
