@@ -200,12 +200,51 @@ class OnlineKMeans:
         out, self.lineage = self.lineage, []
         return out
 
-    def state_dict(self) -> dict[str, Any]:  # for checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume learning exactly where it stopped (checkpoints, issue 6).
+
+        Plain values and numpy arrays only (no pickle); :meth:`load_state_dict` is its inverse.
+        """
+        import json
+
+        m = self.model
         return {
-            "model": None if self.model is None else {
-                "version": self.model.version, "centroids": self.model.centroids,
-                "segment_ids": self.model.segment_ids, "event_time": self.model.event_time},
-            "learner": self.learner_centroids() if self.model is not None else None,
+            "name": self.name,
+            "model": None if m is None else {
+                "version": m.version, "centroids": m.centroids, "segment_ids": m.segment_ids,
+                "event_time": m.event_time},
+            # river's centres are Python floats: kept as float64 so that a restore is bit-exact
+            "learner": None if m is None else np.array(
+                [[self.learner.centers[j][i] for i in range(self.dim)] for j in range(self.k)], dtype=np.float64),
             "next_id": self._next_id,
             "since_update": self._since_update,
+            "rng": json.dumps(self._rng.bit_generator.state),
+            "warm_ids": list(self._warm),
+            "warm_emb": (np.stack(list(self._warm.values())).astype(np.float32) if self._warm
+                         else np.zeros((0, self.dim), np.float32)),
+            "recent": self._recent.data.copy(),
+            "recent_n": self._recent.n,
         }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (same k and dim)."""
+        import json
+
+        if state.get("name", self.name) != self.name:
+            raise ValueError(f"checkpoint holds a {state['name']!r} segmenter, not {self.name!r}")
+        m = state["model"]
+        self.model = None if m is None else SegmentModel(
+            int(m["version"]), np.asarray(m["centroids"], np.float32), np.asarray(m["segment_ids"], np.int64),
+            float(m["event_time"]))
+        if self.model is not None:
+            if self.model.centroids.shape != (self.k, self.dim):
+                raise ValueError(f"checkpoint model is {self.model.centroids.shape}, expected {(self.k, self.dim)}")
+            for j, row in enumerate(np.asarray(state["learner"], np.float64).tolist()):
+                self.learner.centers[j] = collections.defaultdict(float, enumerate(row))
+        self._next_id = int(state["next_id"])
+        self._since_update = int(state["since_update"])
+        self._rng.bit_generator.state = json.loads(state["rng"])
+        self._warm = dict(zip(state["warm_ids"], np.asarray(state["warm_emb"], np.float32)))
+        self._recent.data[:] = state["recent"]
+        self._recent.n = int(state["recent_n"])
+        self.lineage = []

@@ -43,6 +43,8 @@ REBASE_HALF_LIVES = 48.0
 _TINY = 1e-30
 #: log1p(x) / _LOG_SCALE is ~1 at x = 1000: keeps count and value features in the range of the mixes
 _LOG_SCALE = float(np.log1p(1000.0))
+#: Every per-row column (what a checkpoint saves for each user).
+COLUMNS = ("dense", "last_ts", "items", "item_w", "item_head", "segment", "seq", "distance", "partition")
 
 
 @dataclass
@@ -109,6 +111,7 @@ class UserStore:
         grow("segment", (rows,), np.int32, -1)
         grow("seq", (rows,), np.uint32, 0)
         grow("distance", (rows,), np.float32, np.nan)
+        grow("partition", (rows,), np.int32, -1)  # source partition of the user's newest event (-1: unknown)
         self._ids.extend([None] * (rows - n_old))
 
     def __len__(self) -> int:
@@ -116,7 +119,7 @@ class UserStore:
 
     def nbytes(self) -> int:
         """Bytes held by the numpy columns (the id map comes on top)."""
-        return sum(getattr(self, n).nbytes for n in ("dense", "last_ts", "items", "item_w", "item_head", "segment", "seq", "distance"))
+        return sum(getattr(self, n).nbytes for n in COLUMNS)
 
     def row_of(self, user_id: str) -> int | None:
         return self._index.get(user_id)
@@ -196,6 +199,7 @@ class UserStore:
         self.segment[rows] = -1
         self.seq[rows] = 0
         self.distance[rows] = np.nan
+        self.partition[rows] = -1
         for r in rows.tolist():
             self._ids[r] = None
 
@@ -331,3 +335,99 @@ class UserStore:
         out[:, -1] = vcount / safe
         iw = (self.item_w[rows] * scale[:, None]).astype(np.float32)
         return Features(out, self.items[rows], iw)
+
+    # ----- checkpoints and rebalances (issue 6) -----------------------------
+    def rows_of_partition(self, partition: int) -> np.ndarray:
+        """Live rows whose newest event came from ``partition`` (ascending)."""
+        live = np.sort(self.live_rows())
+        return live[self.partition[live] == partition]
+
+    def export_rows(self, rows: np.ndarray) -> dict:
+        """The rows' users and columns, plus the decay reference they are stored against."""
+        rows = np.asarray(rows, dtype=np.int64)
+        block: dict = {"ids": self.user_ids(rows), "rows": rows, "t0": self.t0}
+        for name in COLUMNS:
+            block[name] = getattr(self, name)[rows].copy()
+        return block
+
+    def layout(self) -> dict:
+        """Row bookkeeping: with it, a restore puts every user back on its own row (bit-exact replays)."""
+        return {"used": self._used, "free": np.asarray(self._free, dtype=np.int64), "t0": self.t0}
+
+    def import_rows(self, block: dict, *, keep_rows: bool = False) -> list[str]:
+        """Add users saved by :meth:`export_rows`; returns the ids evicted to make room.
+
+        ``keep_rows`` puts each user back on its saved row when that row is free.
+        Rows stored against another decay reference are rescaled to this store's.
+        """
+        ids: list[str] = list(block["ids"])
+        t0b = block["t0"]
+        if not ids:
+            return []
+        if self.t0 is None:
+            self.t0 = t0b
+        elif t0b is not None and t0b > self.t0:
+            self._rebase(t0b)
+        factor = np.float32(1.0) if t0b is None or t0b == self.t0 else np.float32(np.exp2(-(self.t0 - t0b) / self.spec.half_life_s))
+        saved_rows = np.asarray(block["rows"], dtype=np.int64)
+        evicted: list[str] = []
+        if keep_rows and len(saved_rows):
+            top = int(saved_rows.max()) + 1
+            if top > len(self.dense):
+                self._alloc(min(self.capacity, max(top, 2 * len(self.dense))))
+        rows = np.empty(len(ids), dtype=np.int64)
+        missing = []
+        for i, uid in enumerate(ids):
+            r = self._index.get(uid)
+            if r is None and keep_rows and saved_rows[i] < len(self.dense) and self._ids[saved_rows[i]] is None:
+                r = int(saved_rows[i])
+                self._index[uid] = r
+                self._ids[r] = uid
+                self._used = max(self._used, r + 1)
+            if r is None:
+                missing.append(i)
+            else:
+                rows[i] = r
+        if missing:
+            if keep_rows:
+                taken = set(rows[np.setdiff1d(np.arange(len(ids)), missing)].tolist())
+                self._free = [r for r in self._free if r not in taken]
+            available = len(self._free) + (self.capacity - self._used)
+            if available < len(missing):
+                known = np.setdiff1d(np.arange(len(ids)), missing)
+                evicted = self._evict(len(missing) - available, rows[known]).evicted_user_ids
+            for i in missing:
+                r = self._take_row()
+                self._index[ids[i]] = r
+                self._ids[r] = ids[i]
+                rows[i] = r
+        elif keep_rows:
+            taken = set(rows.tolist())
+            self._free = [r for r in self._free if r not in taken]
+        for name in COLUMNS:
+            getattr(self, name)[rows] = block[name]
+        if factor != 1.0:
+            self.dense[rows] *= factor
+            self.item_w[rows] *= factor
+        return evicted
+
+    def set_layout(self, layout: dict) -> None:
+        """Restore the free-row order saved by :meth:`layout` (after :meth:`import_rows` with ``keep_rows``)."""
+        used = max(self._used, int(layout["used"]))
+        if used > len(self.dense):
+            self._alloc(min(self.capacity, used))
+        self._used = used
+        saved = [int(r) for r in layout["free"] if r < used and self._ids[int(r)] is None]
+        in_saved = set(saved)
+        holes = [r for r in range(used) if self._ids[r] is None and r not in in_saved]
+        self._free = holes + saved
+
+    def drop_rows(self, rows: np.ndarray) -> list[str]:
+        """Forget these users without any erasure semantics (their partition moved to another consumer)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ids = self.user_ids(rows)
+        for uid in ids:
+            del self._index[uid]
+        self._clear(rows)
+        self._free.extend(rows.tolist()[::-1])
+        return ids

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
+from stream.checkpoints import CheckpointStore
 from stream.kafka_io import Publisher, ensure_topics, make_admin, make_consumer, make_producer, wait_for_broker
 from stream.metrics import Metrics
 from stream.pipeline import BatchResult, Pipeline
@@ -51,8 +52,10 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
         ensure_topics(settings, {settings.output_topic: n, settings.dlq_topic: n})
     consumer = make_consumer(settings)
     producer = make_producer(settings)
+    checkpoints = (CheckpointStore(settings.checkpoint_dir, settings.group_id, settings.input_topic)
+                   if settings.checkpoint_dir else None)
     runner = StreamRunner(settings, pipeline, consumer, Publisher(producer, metrics), metrics, clock=clock,
-                          on_batch=on_batch)
+                          on_batch=on_batch, checkpoints=checkpoints)
     runner.subscribe()
     if on_ready is not None:
         on_ready(runner)

@@ -156,7 +156,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             print(markdown_table())
         else:
             print(json.dumps({f.name: getattr(settings, f.name) for f in setting_fields()
-                              if "password" not in f.name}, indent=2))
+                              if "password" not in f.name and not f.name.endswith("_key")}, indent=2))
         return 0
     if cmd == "run":
         from stream.app import run_consumer

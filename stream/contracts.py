@@ -11,6 +11,8 @@
     model_version     int    segment model version that made the decision
     distance          float  distance to the segment's centroid
     seq               int    per-user change counter (+1 per change)
+    change_id         str    deterministic id of this change: a hash of (user, source partition,
+                             source offset, new segment); a re-sent change after a crash has the same id
 
 A null value (tombstone) for a user key means the user was erased.
 
@@ -29,13 +31,14 @@ where it came from (``segstream.source.topic``, ``.partition``, ``.offset``).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgpack
 
 from stream.events import Rejected
 
-__all__ = ["SEGMENT_SCHEMA_VERSION", "encode_segment_changes", "decode_segment_event", "dead_letter_headers",
+__all__ = ["SEGMENT_SCHEMA_VERSION", "encode_segment_changes", "change_id", "change_ids", "decode_segment_event", "dead_letter_headers",
            "ContractError", "SEGMENT_EVENT_FIELDS"]
 
 SEGMENT_SCHEMA_VERSION = 1
@@ -54,20 +57,47 @@ SEGMENT_EVENT_FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
+#: optional fields: checked when present
+SEGMENT_EVENT_OPTIONAL: dict[str, tuple[type, ...]] = {"change_id": (str,)}
+
+
+def change_id(user_id: str, partition: int, offset: int, segment: int) -> str:
+    """Deterministic id of a segment change (idempotent outputs, issue 6).
+
+    >>> change_id("u1", 0, 41, 3) == change_id("u1", 0, 41, 3) != change_id("u1", 0, 42, 3)
+    True
+    """
+    raw = f"{user_id}\x1f{partition}\x1f{offset}\x1f{segment}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def change_ids(changes: Any, partitions: Any, offsets: Any, fallback: tuple[int, int]) -> list[str]:
+    """One id per change; ``partitions``/``offsets`` indexed by the change's ``source_index``.
+
+    A change with no source event in the batch (seeding, re-assignment after a segment retired)
+    takes ``fallback`` = (partition, offset) of the batch's last record.
+    """
+    out = []
+    for uid, seg, src in zip(changes.user_ids, changes.segments.tolist(), changes.source_index.tolist()):
+        p, o = (fallback if src < 0 else (int(partitions[src]), int(offsets[src])))
+        out.append(change_id(uid, p, o, seg))
+    return out
+
+
 class ContractError(ValueError):
     """A message does not conform to the published contract."""
 
 
-def encode_segment_changes(changes: Any, emitted_at: float) -> list[tuple[bytes, bytes]]:
-    """(key, value) per change, in order."""
+def encode_segment_changes(changes: Any, emitted_at: float, ids: list[str] | None = None) -> list[tuple[bytes, bytes]]:
+    """(key, value) per change, in order (``ids``: each change's :func:`change_id`)."""
     packb = msgpack.packb
     version = int(changes.model_version)
     out = []
-    for uid, seg, prev, et, dist, seq in zip(
+    for i, (uid, seg, prev, et, dist, seq) in enumerate(zip(
         changes.user_ids, changes.segments.tolist(), changes.previous.tolist(), changes.event_time.tolist(),
         changes.distances.tolist(), changes.seq.tolist(),
-    ):
-        value = packb({
+    )):
+        value = {
             "schema": SEGMENT_SCHEMA_VERSION,
             "user_id": uid,
             "segment": seg,
@@ -77,8 +107,10 @@ def encode_segment_changes(changes: Any, emitted_at: float) -> list[tuple[bytes,
             "model_version": version,
             "distance": dist,
             "seq": seq,
-        })
-        out.append((uid.encode(), value))
+        }
+        if ids is not None:
+            value["change_id"] = ids[i]
+        out.append((uid.encode(), packb(value)))
     return out
 
 
@@ -96,6 +128,9 @@ def decode_segment_event(value: bytes) -> dict[str, Any]:
         if name not in obj:
             raise ContractError(f"missing field {name}")
         if type(obj[name]) not in types:
+            raise ContractError(f"{name}: {type(obj[name]).__name__} not in {[t.__name__ for t in types]}")
+    for name, types in SEGMENT_EVENT_OPTIONAL.items():
+        if name in obj and type(obj[name]) not in types:
             raise ContractError(f"{name}: {type(obj[name]).__name__} not in {[t.__name__ for t in types]}")
     return obj
 

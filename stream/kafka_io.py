@@ -45,6 +45,8 @@ def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> KafkaCo
         fetch_max_wait_ms=min(100, max(1, settings.batch_max_wait_ms)),
         **settings.kafka_security(),
     )
+    if settings.group_instance_id:
+        cfg["group_instance_id"] = settings.group_instance_id
     cfg.update(overrides)
     return KafkaConsumer(*topics, **cfg)
 

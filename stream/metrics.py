@@ -110,6 +110,12 @@ class Metrics:
         self.consumer_lag = Gauge("segstream_consumer_lag_records", "High-water mark minus this consumer's position.",
                                   ["topic", "partition"], registry=r)
         self.last_event_time = Gauge("segstream_last_event_timestamp_seconds", "Event time of the newest event processed.", registry=r)
+        # --- checkpoints, recovery, duplicates (issue 6) ---
+        self.checkpoint_duration = Histogram("segstream_checkpoint_duration_seconds",
+                                             "Wall time of one checkpoint (confirm outputs, snapshot state, commit).",
+                                             buckets=LATENCY_BUCKETS, registry=r)
+        self.restores = Counter("segstream_partition_restores", "Partitions whose state was restored on assignment.", registry=r)
+        self.duplicates = Counter("segstream_events_duplicate", "Events dropped as repeats of a recent event_id.", registry=r)
         self._segment_labels: set[str] = set()
         self._lag_labels: set[tuple[str, str]] = set()
 
@@ -138,6 +144,7 @@ class Metrics:
         self.users_tracked.set(len(pipeline.store))
         self.users_evicted.inc(result.evicted)
         self.users_erased.inc(len(result.erased))
+        self.duplicates.inc(result.duplicates)
         self.batch_events.observe(records)
         self.batch_duration.observe(seconds)
         self.encoder_duration.observe(result.encode_seconds)

@@ -13,7 +13,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from stream.contracts import dead_letter_headers, encode_segment_changes
+import numpy as np
+
+from stream.contracts import change_ids, dead_letter_headers, encode_segment_changes
 from stream.kafka_io import Publisher
 from stream.pipeline import BatchResult
 from stream.settings import Settings
@@ -31,7 +33,12 @@ class OutputWriter:
     def write(self, result: BatchResult, records: Sequence[Any], emitted_at: float) -> None:
         """Start every send the batch causes (``records`` are the batch's Kafka records, in order)."""
         out = self.settings.output_topic
-        encoded = encode_segment_changes(result.changes, emitted_at)
+        ids = None
+        if len(result.changes) and records:
+            parts = np.fromiter((r.partition for r in records), dtype=np.int64, count=len(records))
+            offs = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
+            ids = change_ids(result.changes, parts, offs, (int(parts[-1]), int(offs[-1])))
+        encoded = encode_segment_changes(result.changes, emitted_at, ids)
         if encoded:
             keys, values = zip(*encoded)
             self.publisher.send_many(out, keys, values)

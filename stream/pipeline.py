@@ -30,7 +30,9 @@ from state.features import FeatureSpec
 from state.kmeans import LineageEvent, OnlineKMeans
 from state.segments import SegmentModel, assign
 from state.user_store import UserStore
+from stream.dedup import EventIdWindow
 from stream.events import EventBatch, EventDecoder, Rejected
+from stream.pseudonym import Pseudonymiser
 from stream.settings import Settings
 
 __all__ = ["Pipeline", "BatchResult", "SegmentChanges", "spec_from_settings"]
@@ -71,6 +73,7 @@ class BatchResult:
     lineage: list[LineageEvent] = field(default_factory=list)
     encode_seconds: float = 0.0
     max_event_time: float = float("nan")
+    duplicates: int = 0  # events dropped as repeats of a recent event_id (issue 6)
 
 
 def spec_from_settings(settings: Settings, base: FeatureSpec | None = None) -> FeatureSpec:
@@ -94,6 +97,8 @@ class Pipeline:
         self._stale = np.zeros(0, dtype=np.int64)  # rows holding a retired segment id
         self.reassign_per_batch = 2000
         self.events_seen = 0
+        self.pseudonymiser: Pseudonymiser | None = None  # keyed hash of user ids before anything is stored
+        self.dedup: EventIdWindow | None = None  # drops repeated event_ids within a bounded window
 
     @classmethod
     def from_settings(cls, settings: Settings, *, now: Callable[[], float] = time.time) -> Pipeline:
@@ -119,7 +124,12 @@ class Pipeline:
             learn_sample=settings.learn_sample, update_every_events=settings.model_update_events, seed=settings.seed)
         decoder = EventDecoder(spec, max_event_bytes=settings.max_event_bytes, min_ts=settings.min_event_ts,
                                max_clock_skew_s=settings.max_clock_skew_s, now=now)
-        return cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis)
+        pipeline = cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis)
+        if settings.pseudonymise_key:
+            pipeline.pseudonymiser = Pseudonymiser(settings.pseudonymise_key)
+        if settings.dedup_window > 0:
+            pipeline.dedup = EventIdWindow(settings.dedup_window)
+        return pipeline
 
     # ----- views -------------------------------------------------------------
     @property
@@ -137,9 +147,10 @@ class Pipeline:
         return int(self.store.segment[row])
 
     # ----- processing ----------------------------------------------------------
-    def process_records(self, raws: Sequence[bytes | None]) -> BatchResult:
+    def process_records(self, raws: Sequence[bytes | None], partitions: np.ndarray | None = None) -> BatchResult:
+        """Decode and process record values; ``partitions[i]``: source partition of ``raws[i]``."""
         batch, rejected = self.decoder.decode_records(raws)
-        result = self.process(batch)
+        result = self.process(batch, partitions)
         result.rejected = rejected
         return result
 
@@ -149,12 +160,19 @@ class Pipeline:
         result.rejected = rejected
         return result
 
-    def process(self, batch: EventBatch) -> BatchResult:
+    def process(self, batch: EventBatch, partitions: np.ndarray | None = None) -> BatchResult:
         store, seg = self.store, self.segmenter
         erased: list[str] = []
+        if self.pseudonymiser is not None:
+            batch = self.pseudonymiser.apply(batch)
+        duplicates = 0
+        if self.dedup is not None and batch.event_ids:
+            batch, duplicates = self.dedup.filter(batch)
         if batch.deletes:
             batch, erased = self._erase(batch)
         applied = store.apply(batch)
+        if partitions is not None and len(applied.rows):
+            store.partition[applied.rows] = partitions[batch.source_index[applied.last_event]]
         self._count(applied.evicted_segments, -1)
         for uid in applied.evicted_user_ids:
             seg.forget(uid)
@@ -162,7 +180,8 @@ class Pipeline:
         n = len(batch)
         self.events_seen += n
         result = BatchResult(events=n, changes=SegmentChanges.empty(self._version()), erased=erased,
-                             users_updated=len(rows), new_users=applied.new_users, evicted=len(applied.evicted_rows))
+                             users_updated=len(rows), new_users=applied.new_users, evicted=len(applied.evicted_rows),
+                             duplicates=duplicates)
         if n == 0:
             return result
         result.max_event_time = float(batch.ts.max())
@@ -225,9 +244,9 @@ class Pipeline:
             deleted_at[uid] = max(src, deleted_at.get(uid, -1))
             prev = self.store.delete(uid)
             self.segmenter.forget(uid)
-            if prev is not None:
-                if prev >= 0:
-                    self._count(np.array([prev]), -1)
+            if prev is not None and prev >= 0:
+                self._count(np.array([prev]), -1)
+            if uid not in erased:  # a tombstone even for a user not (or no longer) held: erasure is idempotent
                 erased.append(uid)
         src = batch.source_index.tolist()
         keep = np.array([src[i] > deleted_at.get(u, -1) for i, u in enumerate(batch.user_ids)], dtype=bool)
@@ -264,3 +283,34 @@ class Pipeline:
             user_ids=store.user_ids(crow), segments=new[changed], previous=prev, distances=dist[changed],
             seq=store.seq[crow].copy(), event_time=event_time[changed].astype(np.float64),
             source_index=source[changed].astype(np.int64), model_version=model.version)
+
+    # ----- checkpoints and rebalances (issue 6) ----------------------------------
+    def recount(self) -> None:
+        """Recompute users per segment from the store (after users were restored or dropped)."""
+        live = self.store.live_rows()
+        segs = self.store.segment[live].astype(np.int64)
+        segs = segs[segs >= 0]
+        self._segment_users = np.bincount(segs, minlength=len(self._segment_users)) if len(segs) else \
+            np.zeros(len(self._segment_users), dtype=np.int64)
+
+    def drop_partition(self, partition: int) -> int:
+        """Forget the users of a partition this consumer no longer owns; returns how many."""
+        rows = self.store.rows_of_partition(partition)
+        for uid in self.store.drop_rows(rows):
+            self.segmenter.forget(uid)
+        self._stale = self._stale[~np.isin(self._stale, rows)]
+        self.recount()
+        return len(rows)
+
+    def global_state(self) -> dict[str, Any]:
+        """State shared by all partitions: segmenter, row layout, pending re-assignments, dedup window."""
+        return {"segmenter": self.segmenter.state_dict(), "layout": self.store.layout(), "stale": self._stale.copy(),
+                "events_seen": self.events_seen,
+                "dedup": None if self.dedup is None else self.dedup.state()}
+
+    def load_global_state(self, state: dict[str, Any]) -> None:
+        self.segmenter.load_state_dict(state["segmenter"])
+        self._stale = np.asarray(state["stale"], dtype=np.int64)
+        self.events_seen = int(state["events_seen"])
+        if self.dedup is not None and state.get("dedup") is not None:
+            self.dedup.load(state["dedup"])

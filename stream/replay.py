@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgpack
+import numpy as np
 
 from eventlogs.recorded import read_event_chunks
-from stream.contracts import encode_segment_changes
+from stream.contracts import change_ids, encode_segment_changes
 from stream.pipeline import BatchResult, Pipeline
 from stream.settings import Settings
 
@@ -48,13 +49,16 @@ def replay_log(settings: Settings, log_path: str | os.PathLike[str], out_path: s
     try:
         for chunk in read_event_chunks(log_path, settings.batch_max_events):
             result = pipeline.process_objects(chunk)
+            base = summary.events  # a log replays like one partition: offset = position in the log
             summary.events += len(chunk)
             summary.invalid += len(result.rejected)
             summary.changes += len(result.changes)
             summary.batches += 1
             if out is not None:
                 emitted_at = result.max_event_time if clock == "event" else time.time()
-                for key, value in encode_segment_changes(result.changes, emitted_at):
+                offsets = base + np.arange(len(chunk), dtype=np.int64)
+                ids = change_ids(result.changes, np.zeros(len(chunk), np.int64), offsets, (0, base + len(chunk) - 1))
+                for key, value in encode_segment_changes(result.changes, emitted_at, ids):
                     out.write(msgpack.packb([key, value]))
                 for uid in result.erased:
                     out.write(msgpack.packb([uid.encode(), None]))

@@ -1,14 +1,17 @@
-"""The Kafka run loop: poll a micro-batch, process it, publish, confirm, commit.
+"""The Kafka run loop: poll a micro-batch, process it, publish, confirm, checkpoint.
 
-Delivery is at-least-once. A batch's offsets are committed only after every
-output it caused (segment changes, dead letters, tombstones) is confirmed by
-the broker: see :meth:`StreamRunner.checkpoint`, the one place that order is
-written down. A stop request (SIGTERM/SIGINT) lets the current batch finish
-and commit before the consumer leaves the group.
+Delivery is at-least-once, and a checkpoint is one named sequence,
+:meth:`StreamRunner.checkpoint`: flush outputs and confirm every send, persist
+state and model with the offsets they reflect, then commit those offsets
+explicitly. A stop request (SIGTERM/SIGINT) lets the current batch finish and
+checkpoint before the consumer leaves the group.
 
 Rebalance callbacks run on kafka-python's IO thread, so the listener only
-records what happened; the loop acts on it between batches (records of
-partitions no longer owned are dropped, never committed).
+queues what happened; the loop applies it right after the poll that ran the
+callbacks, before any record is processed: revoked partitions' state is
+dropped (their last commit stands), lost partitions are dropped without
+committing, assigned partitions are restored from their snapshot and the
+consumer seeks to the snapshot's offset.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from stream.checkpoints import CheckpointStore
 from stream.kafka_io import Publisher
 from stream.metrics import Metrics
 from stream.outputs import OutputWriter
@@ -47,38 +51,45 @@ class RunSummary:
 
 
 class RebalanceTracker(ConsumerRebalanceListener):
-    """Records assignment changes without blocking the client's IO thread."""
+    """Queues assignment changes without blocking the client's IO thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.assigned: set[TopicPartition] = set()
         self.generations = 0
+        self._events: list[tuple[str, set[TopicPartition]]] = []
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         with self._lock:
             self.assigned -= set(revoked)
-        log.info("partitions revoked", extra={"partitions": sorted(str(tp) for tp in revoked)})
+            self._events.append(("revoked", set(revoked)))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         with self._lock:
             self.assigned |= set(assigned)
             self.generations += 1
-        log.info("partitions assigned", extra={"partitions": sorted(str(tp) for tp in assigned)})
+            self._events.append(("assigned", set(assigned)))
 
     def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
         with self._lock:
             self.assigned -= set(lost)
-        log.warning("partitions lost (not committing them)", extra={"partitions": sorted(str(tp) for tp in lost)})
+            self._events.append(("lost", set(lost)))
 
     def owned(self) -> set[TopicPartition]:
         with self._lock:
             return set(self.assigned)
 
+    def drain(self) -> list[tuple[str, set[TopicPartition]]]:
+        with self._lock:
+            out, self._events = self._events, []
+        return out
+
 
 class StreamRunner:
     def __init__(self, settings: Settings, pipeline: Pipeline, consumer: KafkaConsumer, publisher: Publisher,
                  metrics: Metrics, *, clock: Callable[[], float] = time.time,
-                 on_batch: Callable[[BatchResult, RunSummary], None] | None = None) -> None:
+                 on_batch: Callable[[BatchResult, RunSummary], None] | None = None,
+                 checkpoints: CheckpointStore | None = None) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.consumer = consumer
@@ -87,9 +98,17 @@ class StreamRunner:
         self.metrics = metrics
         self.clock = clock
         self.on_batch = on_batch
+        self.checkpoints = checkpoints
         self.rebalance = RebalanceTracker()
         self.summary = RunSummary()
-        self._positions: dict[TopicPartition, int] = {}
+        self._positions: dict[TopicPartition, int] = {}  # last committed offset per owned partition
+        self._state_offsets: dict[TopicPartition, int] = {}  # next offset the in-memory state reflects
+        self._buffer: dict[TopicPartition, list] = {}  # aligned batching: records not yet processed
+        self._deadline: dict[TopicPartition, float] = {}
+        self._last_checkpoint = time.monotonic()
+        self._reset: set[TopicPartition] = set()
+        # back-pressure: the batch size shrinks while batches take too large a share of max_poll_interval_ms
+        self._batch_cap = settings.batch_max_events
 
     def subscribe(self) -> None:
         self.consumer.subscribe([self.settings.input_topic], listener=self.rebalance)
@@ -107,27 +126,46 @@ class StreamRunner:
             if max_events is not None and summary.events >= max_events:
                 summary.stopped_by = "max-events"
                 break
-            records = self._collect(stop)
+            records = self._collect_aligned(stop) if self.settings.aligned_batches else self._collect(stop)
+            if self._reset or not self.rebalance.owned():  # idle time counts while partitions are owned
+                last_record = max(last_record, time.monotonic())
             if not records:
+                self._maybe_checkpoint(force=False)
                 if idle_exit_s is not None and time.monotonic() - last_record >= idle_exit_s:
                     summary.stopped_by = "idle"
                     break
                 continue
             last_record = time.monotonic()
             self._process(records)
+        self._maybe_checkpoint(force=True)
         return summary
+
+    def _poll(self, timeout_ms: int, max_records: int) -> list:
+        """One poll, with any rebalance it caused applied before its records are used."""
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        reset = self._reset = self._apply_rebalance()
+        owned = self.rebalance.owned()
+        out = []
+        for tp, recs in polled.items():
+            if tp in owned and tp not in reset:
+                out.extend(recs)
+            elif recs:
+                log.info("dropped %d fetched records of partition %s (revoked or restored)", len(recs), tp,
+                         extra={"topic": tp.topic, "partition": tp.partition})
+        return out
 
     def _collect(self, stop: threading.Event) -> list:
         """One micro-batch: up to ``batch_max_events`` records or ``batch_max_wait_ms`` after the first."""
-        max_n = self.settings.batch_max_events
+        max_n = min(self.settings.batch_max_events, self._batch_cap)
         wait_s = self.settings.batch_max_wait_ms / 1000.0
         records: list = []
         deadline: float | None = None
         while not stop.is_set():
             timeout_ms = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_n - len(records))
-            for recs in polled.values():
-                records.extend(recs)
+            got = self._poll(timeout_ms, max_n - len(records))
+            if self._reset:  # partitions restored (re-seeked) or dropped: earlier records of theirs are void
+                records = [r for r in records if TopicPartition(r.topic, r.partition) not in self._reset]
+            records.extend(got)
             if records and deadline is None:
                 deadline = time.monotonic() + wait_s
             if len(records) >= max_n or (deadline is not None and time.monotonic() >= deadline):
@@ -140,37 +178,229 @@ class StreamRunner:
             log.warning("dropped %d records of partitions revoked during the batch", len(records) - len(kept))
         return kept
 
+    def _collect_aligned(self, stop: threading.Event) -> list:
+        """One partition's block of offsets [k*B, (k+1)*B), so that a replay cuts the very same batches.
+
+        A block is processed once its last offset (or a later one) has been fetched, or
+        ``batch_max_wait_ms`` after its first record arrived (the tail of a partition).
+        """
+        B = self.settings.batch_max_events
+        wait_s = self.settings.batch_max_wait_ms / 1000.0
+        while True:
+            block = self._ready_block(B)
+            if block or stop.is_set():
+                return block
+            if self._deadline:
+                timeout_ms = max(0, int((min(self._deadline.values()) - time.monotonic()) * 1000))
+            else:
+                timeout_ms = 200
+            records = self._poll(min(timeout_ms, 200), B)
+            now = time.monotonic()
+            for r in records:
+                tp = TopicPartition(r.topic, r.partition)
+                buf = self._buffer.setdefault(tp, [])
+                if not buf:
+                    self._deadline[tp] = now + wait_s
+                buf.append(r)
+            if not records and not self._deadline:
+                return []  # idle tick
+
+    def _ready_block(self, B: int) -> list:
+        now = time.monotonic()
+        for tp in sorted(self._buffer, key=lambda t: (t.topic, t.partition)):
+            buf = self._buffer[tp]
+            if not buf:
+                continue
+            end = (buf[0].offset // B + 1) * B
+            n = 0
+            while n < len(buf) and buf[n].offset < end:
+                n += 1
+            complete = n < len(buf) or buf[n - 1].offset == end - 1
+            if complete or now >= self._deadline.get(tp, now):
+                block, self._buffer[tp] = buf[:n], buf[n:]
+                if self._buffer[tp]:
+                    self._deadline[tp] = now + self.settings.batch_max_wait_ms / 1000.0
+                else:
+                    del self._buffer[tp]
+                    self._deadline.pop(tp, None)
+                return block
+        return []
+
+    # ----- rebalances ----------------------------------------------------
+    def _apply_rebalance(self) -> set[TopicPartition]:
+        """Act on queued rebalance events; returns partitions whose fetched records must be dropped."""
+        events = self.rebalance.drain()
+        if not events:
+            return set()
+        gone: dict[TopicPartition, str] = {}
+        assigned: set[TopicPartition] = set()
+        for kind, tps in events:
+            if kind == "assigned":
+                assigned |= tps
+            else:
+                assigned -= tps
+                for tp in tps:
+                    gone[tp] = "lost" if "lost" in (kind, gone.get(tp)) else kind
+        # revoked and handed straight back (eager rebalancing): keep the state if it is all committed
+        keep = {tp for tp in assigned if gone.get(tp, "revoked") == "revoked" and self._in_sync(tp)}
+        for tp in keep:
+            gone.pop(tp, None)
+        meta = self.consumer.group_metadata()
+        for tp, kind in sorted(gone.items(), key=lambda x: x[0].partition):
+            self._drop(tp, kind)
+        restore = assigned - keep
+        if restore:
+            self._restore(restore)
+        log.info("rebalance applied", extra={
+            "generation": meta.generation_id, "member": meta.member_id,
+            "assigned": sorted(tp.partition for tp in self.rebalance.owned()),
+            "dropped": sorted(tp.partition for tp in gone), "restored": sorted(tp.partition for tp in restore)})
+        return restore | set(gone)
+
+    def _in_sync(self, tp: TopicPartition) -> bool:
+        """Whether the in-memory state of ``tp`` is exactly what was last committed (nothing to redo)."""
+        return tp in self._state_offsets and self._state_offsets[tp] == self._positions.get(tp)
+
+    def _drop(self, tp: TopicPartition, kind: str) -> None:
+        n = self.pipeline.drop_partition(tp.partition)
+        self._state_offsets.pop(tp, None)
+        self._positions.pop(tp, None)
+        self._buffer.pop(tp, None)
+        self._deadline.pop(tp, None)
+        log.info("partition %s %s: dropped the state of %d users%s", tp, kind, n,
+                 "" if kind == "revoked" else " (not committed)", extra={"partition": tp.partition})
+
+    def _restore(self, tps: set[TopicPartition]) -> None:
+        """Load each partition's snapshot at or before its committed offset, then seek there.
+
+        The state is complete once the consumer's position reaches the committed offset:
+        records between the snapshot and the commit (normally none) are processed again as
+        usual, and their outputs carry the same change ids as the first time.
+        """
+        t0 = time.perf_counter()
+        committed = {tp: self.consumer.committed(tp) for tp in tps}
+        for tp in tps:
+            self._buffer.pop(tp, None)
+            self._deadline.pop(tp, None)
+            # a partition may come back while this member still holds users of it: start clean
+            if len(self.pipeline.store.rows_of_partition(tp.partition)):
+                self.pipeline.drop_partition(tp.partition)
+        chosen = {tp: (self.checkpoints.best(tp.partition, c) if self.checkpoints else None)
+                  for tp, c in committed.items()}
+        snaps = [s for s in chosen.values() if s is not None]
+        fresh = self.pipeline.model is None and len(self.pipeline.store) == 0 and self.pipeline.events_seen == 0
+        exact = None
+        layout = None
+        if fresh and snaps and self.checkpoints is not None:
+            newest = max(snaps, key=lambda s: s.ckpt)
+            state = self.checkpoints.load_global(newest.ckpt)
+            if state is not None:
+                self.pipeline.load_global_state(state)
+                exact, layout = newest.ckpt, state["layout"]
+        users = 0
+        for tp, snap in sorted(chosen.items(), key=lambda x: x[0].partition):
+            if committed[tp] is not None:
+                self._positions[tp] = committed[tp]
+            if snap is None:
+                c = committed[tp]
+                self._state_offsets[tp] = c if c is not None else -1
+                # records fetched along with this assignment were dropped: rewind to where they started
+                if c is not None:
+                    self.consumer.seek(tp, c)
+                else:
+                    self.consumer.seek_to_beginning(tp)
+                if c is not None and self.checkpoints is not None:
+                    log.warning("no snapshot of partition %s at or before committed offset %d: its users start empty",
+                                tp, c, extra={"partition": tp.partition, "offset": c})
+                continue
+            block = snap.load()["users"]
+            for uid in self.pipeline.store.import_rows(block, keep_rows=snap.ckpt == exact):
+                self.pipeline.segmenter.forget(uid)
+            users += len(block["ids"])
+            self.consumer.seek(tp, snap.offset)
+            self._state_offsets[tp] = snap.offset
+        if layout is not None:
+            self.pipeline.store.set_layout(layout)
+        self.pipeline.recount()
+        self.metrics.restores.inc(len(tps))
+        self.metrics.users_tracked.set(len(self.pipeline.store))
+        log.info("restored %d partitions (%d users) in %.3fs", len(tps), users, time.perf_counter() - t0, extra={
+            "partitions": sorted(tp.partition for tp in tps),
+            "offsets": {tp.partition: (s.offset if s else committed[tp]) for tp, s in chosen.items()}})
+
+    # ----- processing ----------------------------------------------------
     def _process(self, records: list) -> None:
         t0 = time.perf_counter()
-        result = self.pipeline.process_records([r.value for r in records])
+        parts = np.fromiter((r.partition for r in records), dtype=np.int32, count=len(records))
+        result = self.pipeline.process_records([r.value for r in records], parts)
         self.outputs.write(result, records, self.clock())
-        offsets: dict[TopicPartition, int] = {}
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
-            if r.offset + 1 > offsets.get(tp, -1):
-                offsets[tp] = r.offset + 1
-        self.checkpoint(offsets)
+            if r.offset + 1 > self._state_offsets.get(tp, -1):
+                self._state_offsets[tp] = r.offset + 1
+        if not self._maybe_checkpoint(force=False):
+            self.publisher.confirm()
         confirmed_at = time.time()
         ts = np.fromiter((r.timestamp for r in records), dtype=np.float64, count=len(records))
         self.metrics.event_to_publish.observe_many(confirmed_at - ts / 1000.0)
-        self._observe(result, records, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self._observe(result, records, seconds)
+        self._pace(seconds, len(records))
+
+    def _pace(self, seconds: float, n: int) -> None:
+        """Keep one batch (process, publish, confirm, checkpoint) under a quarter of the poll budget.
+
+        Aligned batching keeps its fixed block size (determinism first) and only warns.
+        """
+        budget = self.settings.max_poll_interval_ms / 4000.0
+        if seconds > budget:
+            if not self.settings.aligned_batches:
+                self._batch_cap = max(1, n // 2)
+            log.warning("a batch of %d records took %.1fs (> %.1fs, a quarter of max_poll_interval_ms): "
+                        "batch size now at most %d", n, seconds, budget, self._batch_cap)
+        elif seconds < budget / 8 and self._batch_cap < self.settings.batch_max_events:
+            self._batch_cap = min(self.settings.batch_max_events, 2 * self._batch_cap)
+
+    def _maybe_checkpoint(self, *, force: bool) -> bool:
+        due = (time.monotonic() - self._last_checkpoint) * 1000.0 >= self.settings.checkpoint_interval_ms
+        if not (force or due):
+            return False
+        owned = self.rebalance.owned()
+        offsets = {tp: off for tp, off in self._state_offsets.items() if tp in owned and off >= 0}
+        if not offsets or all(self._positions.get(tp) == off for tp, off in offsets.items()):
+            self.publisher.confirm()
+            return True
+        self.checkpoint(offsets)
+        return True
 
     def checkpoint(self, offsets: dict[TopicPartition, int]) -> None:
         """The checkpoint order, in one place:
 
-        1. flush outputs and confirm every send (raises, so nothing is committed, if any fails);
-        2. persist state and model with the offsets they reflect (no durable state store yet: state is
-           rebuilt by re-consuming, so this step is empty);
-        3. commit the source offsets, explicitly, for partitions this member still owns.
+        1. flush outputs and confirm every send (raises, so nothing is persisted or committed, if any fails);
+        2. persist state and model with the offsets they reflect (one snapshot per owned partition);
+        3. commit exactly those offsets, explicitly, for partitions this member still owns.
         """
+        t0 = time.perf_counter()
         self.publisher.confirm()
-        self._commit(offsets)
+        if self.checkpoints is not None:
+            store = self.pipeline.store
+            self.checkpoints.write(self.pipeline.global_state(), {
+                tp.partition: (off, store.export_rows(store.rows_of_partition(tp.partition)))
+                for tp, off in offsets.items()})
+        committed = self._commit(offsets)
+        if committed and self.checkpoints is not None:
+            self.checkpoints.prune({tp.partition: off for tp, off in committed.items()})
+        self._last_checkpoint = time.monotonic()
+        self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
+        meta = self.consumer.group_metadata()
+        log.debug("checkpoint", extra={"generation": meta.generation_id, "member": meta.member_id,
+                                       "offsets": {tp.partition: off for tp, off in offsets.items()}})
 
-    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def _commit(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         owned = self.rebalance.owned()
         commit = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items() if tp in owned}
         if not commit:
-            return
+            return {}
         try:
             self.consumer.commit(commit)
         except (CommitFailedError, KafkaError) as exc:
@@ -180,12 +410,13 @@ class StreamRunner:
                 log.warning("offset commit failed: %s", exc, extra={
                     "topic": tp.topic, "partition": tp.partition, "offset": om.offset,
                     "generation": meta.generation_id})
-            return
+            return {}
         self.metrics.commits.inc()
         done = {tp: om.offset for tp, om in commit.items()}
         self._positions = {tp: pos for tp, pos in self._positions.items() if tp in owned}
         self._positions.update(done)
         self.summary.committed.update(done)
+        return done
 
     def _observe(self, result: BatchResult, records: list, seconds: float) -> None:
         s, p = self.summary, self.pipeline
@@ -196,6 +427,11 @@ class StreamRunner:
         self.metrics.observe_batch(result, p, records=len(records),
                                    value_bytes=sum(len(r.value) for r in records if r.value is not None),
                                    seconds=seconds)
+        if self.settings.log_level.upper() == "DEBUG":
+            meta = self.consumer.group_metadata()
+            log.debug("batch", extra={"generation": meta.generation_id, "member": meta.member_id,
+                                      "partitions": sorted({r.partition for r in records}),
+                                      "first_offset": records[0].offset, "last_offset": records[-1].offset})
         lags = {}
         for tp, pos in self._positions.items():
             hw = self.consumer.highwater(tp)

@@ -55,6 +55,7 @@ class Settings:
     ssl_cafile: str = _opt("SEGSTREAM_SSL_CAFILE", "", "CA bundle to verify the brokers' certificates.", group="kafka")
     ssl_certfile: str = _opt("SEGSTREAM_SSL_CERTFILE", "", "Client certificate (mutual TLS).", group="kafka")
     ssl_keyfile: str = _opt("SEGSTREAM_SSL_KEYFILE", "", "Client private key (mutual TLS).", group="kafka")
+    group_instance_id: str = _opt("SEGSTREAM_GROUP_INSTANCE_ID", "", "Static group membership (KIP-345): a restarted member with the same id takes its partitions back without waiting for the session timeout (empty: dynamic membership).", group="kafka")
     create_topics: bool = _opt("SEGSTREAM_CREATE_TOPICS", True, "Create missing output and dead-letter topics at start-up.", group="kafka")
 
     # --- micro-batching ----------------------------------------------------
@@ -83,6 +84,13 @@ class Settings:
     hysteresis: float = _opt("SEGSTREAM_HYSTERESIS", 0.05, "A user moves only to a segment closer by this relative margin.", group="segments")
     seed: int = _opt("SEGSTREAM_SEED", 0, "Seed of every random choice (replays are deterministic).", group="segments")
 
+    # --- checkpoints, recovery, duplicates, privacy (issue 6) -------------
+    checkpoint_dir: str = _opt("SEGSTREAM_CHECKPOINT_DIR", "", "Directory of state snapshots tied to offsets (empty: no snapshots; state is rebuilt only from what is consumed after the committed offset).", group="recovery")
+    checkpoint_interval_ms: int = _opt("SEGSTREAM_CHECKPOINT_INTERVAL_MS", 0, "Checkpoint (confirm outputs, snapshot state, commit offsets) at most this often; 0: after every micro-batch. Snapshots cost time in proportion to users held.", group="recovery")
+    aligned_batches: bool = _opt("SEGSTREAM_ALIGNED_BATCHES", False, "Cut micro-batches per partition at offset multiples of the batch size, so that a replay after a crash sees the very same batches (bit-exact recovery).", group="recovery")
+    dedup_window: int = _opt("SEGSTREAM_DEDUP_WINDOW", 0, "Drop an event whose event_id is among the last N ids seen (0: off).", group="recovery")
+    pseudonymise_key: str = _opt("SEGSTREAM_PSEUDONYMISE_KEY", "", "Replace user ids by HMAC-SHA-256(key, id) before they are stored or published (empty: off).", group="recovery")
+
     # --- metrics and logs --------------------------------------------------
     metrics_port: int = _opt("SEGSTREAM_METRICS_PORT", 9400, "Prometheus endpoint port (0: disabled).", group="ops")
     metrics_host: str = _opt("SEGSTREAM_METRICS_HOST", "127.0.0.1", "Address the Prometheus endpoint binds to.", group="ops")
@@ -96,6 +104,8 @@ class Settings:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise SettingsError(f"{f.metadata['env']}={value!r}: expected one of {', '.join(choices)}")
+        if self.checkpoint_interval_ms < 0 or self.dedup_window < 0:
+            raise SettingsError(f"{_env('checkpoint_interval_ms')} and {_env('dedup_window')} must be >= 0")
         positive = ("batch_max_events", "max_event_bytes", "max_users", "encoder_batch", "segments", "warmup_users", "model_update_events")
         for name in positive:
             if getattr(self, name) <= 0:
