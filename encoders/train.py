@@ -40,7 +40,7 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 3e-3
     max_samples: int = 200_000
-    batch_events: int = 5000
+    batch_events: int = 1000  # replay micro-batch: smaller gives more state snapshots
     seed: int = 0
     half_life_s: float = DEFAULT_HALF_LIFE_S
     category_buckets: int = 32

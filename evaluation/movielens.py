@@ -53,7 +53,7 @@ def _train(kind: str, log: Path, out: Path, epochs: int | None, progress) -> Pat
     return path
 
 
-def _replay(log: Path, encoder: Path | None, k: int, seed: int, batch_events: int) -> dict[str, Any]:
+def _replay(log: Path, encoder: Path | None, k: int, seed: int, batch_events: int, warmup_users: int = 200) -> dict[str, Any]:
     """Segments after a streaming replay.
 
     ``held``: the segment each user holds at the end (decided at their last
@@ -68,7 +68,7 @@ def _replay(log: Path, encoder: Path | None, k: int, seed: int, batch_events: in
     from stream.settings import Settings
 
     settings = Settings(segments=k, seed=seed, encoder=str(encoder) if encoder else "", batch_max_events=batch_events,
-                        encoder_device="cpu", metrics_port=0)
+                        warmup_users=max(k, warmup_users), encoder_device="cpu", metrics_port=0)
     from stream.pipeline import Pipeline
 
     pipeline = Pipeline.from_settings(settings, now=lambda: float("inf"))
@@ -79,6 +79,8 @@ def _replay(log: Path, encoder: Path | None, k: int, seed: int, batch_events: in
     users = store.user_ids(rows)
     emb = pipeline.encoder.encode(store.features(rows))
     model = pipeline.model
+    if model is None:
+        raise ValueError(f"{log}: fewer users than warmup_users={settings.warmup_users}: no segments were seeded")
     held = store.segment[rows]
     final = model.segment_ids[squared_distances(emb, model.centroids).argmin(axis=1)]
 
@@ -103,11 +105,13 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
     n_heldout = sum(len(v) for v in split.heldout.values())
     progress(f"{len(split.users)} users: {len(split.history):,} history ratings (replayed), {n_heldout:,} held out")
     popularity = hit_rate({}, split)
+    warmup = min(200, len(split.users) // 2)  # the consumer's default, unless the data set is tiny
     progress(f"global popularity HR@10 = {popularity:.4f}")
     results: dict[str, Any] = {
         "protocol": {"data": os.path.basename(os.path.normpath(data)), "history_share": history_share,
                      "users": len(split.users), "history_ratings": len(split.history), "heldout_ratings": n_heldout,
-                     "n": 10, "seeds": seeds, "batch_events": batch_events},
+                     "n": 10, "seeds": seeds, "batch_events": batch_events,
+                     "warmup_users": warmup},
         "global_popularity_hr10": popularity, "encoders": {},
     }
     for kind in kinds:
@@ -116,7 +120,7 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
         train_s = time.perf_counter() - t
         per_k: dict[str, Any] = {}
         for k in ks:
-            runs = [_replay(log, encoder, k, seed, batch_events) for seed in seeds]
+            runs = [_replay(log, encoder, k, seed, batch_events, warmup) for seed in seeds]
             hrs = [hit_rate(r["held"], split) for r in runs]
             hrs_final = [hit_rate(r["final"], split) for r in runs]
             per_k[str(k)] = {
