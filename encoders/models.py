@@ -75,7 +75,7 @@ class ItemPoolEncoder(nn.Module):
 
     def __init__(self, spec: FeatureSpec, dim: int = 32, vocab_size: int = 1) -> None:
         super().__init__()
-        self.register_buffer("tokens", torch.zeros(vocab_size, dtype=torch.int64))
+        self.register_buffer("tokens", torch.zeros(vocab_size, dtype=torch.int32))  # item tokens are < 2**31
         self.embedding = nn.Embedding(vocab_size, dim)
         # next-item head: used in training only (logits = pooled @ output.T + bias)
         self.output = nn.Embedding(vocab_size, dim)
@@ -83,9 +83,9 @@ class ItemPoolEncoder(nn.Module):
 
     def lookup(self, item_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Vocabulary index of each token (clamped) and whether the token is in the vocabulary."""
-        t = item_tokens.to(torch.int64)
-        idx = torch.searchsorted(self.tokens, t).clamp_max(len(self.tokens) - 1)
-        return idx, (self.tokens[idx] == t) & (t >= 0)
+        t = item_tokens.to(torch.int32)
+        idx = torch.searchsorted(self.tokens, t).clamp_max_(len(self.tokens) - 1)
+        return idx, self.tokens[idx] == t  # empty slots (-1) never match: tokens are >= 0
 
     def pool(self, item_tokens: torch.Tensor, item_weights: torch.Tensor) -> torch.Tensor:
         idx, known = self.lookup(item_tokens)
@@ -94,7 +94,11 @@ class ItemPoolEncoder(nn.Module):
         return (self.embedding(idx) * w.unsqueeze(-1)).sum(1)
 
     def forward(self, dense: torch.Tensor, item_tokens: torch.Tensor, item_weights: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(self.pool(item_tokens, item_weights), dim=1, eps=1e-12)
+        # normalise(weighted sum) == normalise(weighted mean): one fused embedding_bag, no [batch, items, dim] tensor
+        idx, known = self.lookup(item_tokens)
+        w = torch.where(known, item_weights, torch.zeros_like(item_weights))
+        pooled = nn.functional.embedding_bag(idx, self.embedding.weight, per_sample_weights=w, mode="sum")
+        return nn.functional.normalize(pooled, dim=1, eps=1e-12)
 
 
 ENCODER_KINDS: dict[str, type[nn.Module]] = {

@@ -132,7 +132,7 @@ def train_item_pool(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: An
         raise ValueError(f"{log_path}: no user touched two known items: no next-item examples")
     torch.manual_seed(cfg.seed)
     model = ItemPoolEncoder(spec, dim=cfg.dim, vocab_size=len(vocab))
-    model.tokens.copy_(torch.from_numpy(vocab))
+    model.tokens.copy_(torch.from_numpy(vocab.astype(np.int32)))
     torch.nn.init.normal_(model.embedding.weight, std=0.1)
     torch.nn.init.normal_(model.output.weight, std=0.1)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=0.0)
