@@ -1,10 +1,12 @@
-"""Train an encoder from a recorded event log.
+"""Train an encoder from a recorded event log (``segstream train-encoder``).
 
 The log is replayed through the consumer's own decoder and
 :class:`~state.user_store.UserStore` (same code, same feature configuration),
-and the features of users changed in each micro-batch are sampled (a seeded
-reservoir, uniform over the replay) as the training set. Training and
-serving therefore see identical features.
+so training and serving see identical features. ``state-ae`` trains on the
+features of users changed in each micro-batch (a seeded reservoir, uniform
+over the replay); ``item-pool`` on next-item examples
+(:mod:`encoders.train_items`). :meth:`TrainConfig.for_kind` holds each kind's
+defaults.
 """
 
 from __future__ import annotations

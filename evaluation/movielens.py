@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -171,7 +172,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     results = evaluate(args.data or default_movielens_dir(), out, args.kinds, args.k, args.seeds, epochs=args.epochs,
                        history_share=args.history_share, batch_events=args.batch_events,
-                       progress=lambda m: print(m, flush=True, file=__import__("sys").stderr))
+                       progress=lambda m: print(m, flush=True, file=sys.stderr))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "hr10.png")
     print(json.dumps(results))
