@@ -23,7 +23,7 @@ from torch import nn
 
 from state.features import FeatureSpec
 
-__all__ = ["StateAutoencoder", "ENCODER_KINDS", "build_model"]
+__all__ = ["StateAutoencoder", "ItemPoolEncoder", "ENCODER_KINDS", "build_model"]
 
 
 class StateAutoencoder(nn.Module):
@@ -55,8 +55,55 @@ class StateAutoencoder(nn.Module):
         return nn.functional.mse_loss(self.decoder(self.encoder(x)), x)
 
 
+class ItemPoolEncoder(nn.Module):
+    """Item-aware encoder: a learned item-embedding table, pooled over a user's recent items with time decay.
+
+    ``tokens`` (a sorted buffer) is the item vocabulary: the item tokens of the
+    training log seen at least ``min_count`` times; row ``i`` of ``embedding``
+    belongs to ``tokens[i]``. A user's embedding is the L2-normalised mean of
+    their recent items' embeddings weighted by each item's decayed weight
+    (items outside the vocabulary are skipped; a user with none embeds as 0).
+    Every row is computed on its own (gather + per-row sum), so a user's
+    embedding never depends on who else is in the batch.
+
+    The table is trained self-supervised (see :mod:`encoders.train_items`):
+    the pooled embedding of a user's recent items must predict the next items
+    they touch, so items that co-occur in users' sequences end up close.
+    """
+
+    kind = "item-pool"
+
+    def __init__(self, spec: FeatureSpec, dim: int = 32, vocab_size: int = 1) -> None:
+        super().__init__()
+        self.register_buffer("tokens", torch.zeros(vocab_size, dtype=torch.int32))  # item tokens are < 2**31
+        self.embedding = nn.Embedding(vocab_size, dim)
+        # next-item head: used in training only (logits = pooled @ output.T + bias)
+        self.output = nn.Embedding(vocab_size, dim)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def lookup(self, item_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vocabulary index of each token (clamped) and whether the token is in the vocabulary."""
+        t = item_tokens.to(torch.int32)
+        idx = torch.searchsorted(self.tokens, t).clamp_max_(len(self.tokens) - 1)
+        return idx, self.tokens[idx] == t  # empty slots (-1) never match: tokens are >= 0
+
+    def pool(self, item_tokens: torch.Tensor, item_weights: torch.Tensor) -> torch.Tensor:
+        idx, known = self.lookup(item_tokens)
+        w = torch.where(known, item_weights, torch.zeros_like(item_weights))
+        w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
+        return (self.embedding(idx) * w.unsqueeze(-1)).sum(1)
+
+    def forward(self, dense: torch.Tensor, item_tokens: torch.Tensor, item_weights: torch.Tensor) -> torch.Tensor:
+        # normalise(weighted sum) == normalise(weighted mean): one fused embedding_bag, no [batch, items, dim] tensor
+        idx, known = self.lookup(item_tokens)
+        w = torch.where(known, item_weights, torch.zeros_like(item_weights))
+        pooled = nn.functional.embedding_bag(idx, self.embedding.weight, per_sample_weights=w, mode="sum")
+        return nn.functional.normalize(pooled, dim=1, eps=1e-12)
+
+
 ENCODER_KINDS: dict[str, type[nn.Module]] = {
     StateAutoencoder.kind: StateAutoencoder,
+    ItemPoolEncoder.kind: ItemPoolEncoder,
 }
 
 

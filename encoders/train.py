@@ -1,10 +1,12 @@
-"""Train an encoder from a recorded event log.
+"""Train an encoder from a recorded event log (``segstream train-encoder``).
 
 The log is replayed through the consumer's own decoder and
 :class:`~state.user_store.UserStore` (same code, same feature configuration),
-and the features of users changed in each micro-batch are sampled (a seeded
-reservoir, uniform over the replay) as the training set. Training and
-serving therefore see identical features.
+so training and serving see identical features. ``state-ae`` trains on the
+features of users changed in each micro-batch (a seeded reservoir, uniform
+over the replay); ``item-pool`` on next-item examples
+(:mod:`encoders.train_items`). :meth:`TrainConfig.for_kind` holds each kind's
+defaults.
 """
 
 from __future__ import annotations
@@ -40,11 +42,24 @@ class TrainConfig:
     batch_size: int = 512
     lr: float = 3e-3
     max_samples: int = 200_000
-    batch_events: int = 5000
+    batch_events: int = 1000  # replay micro-batch: smaller gives more state snapshots
     seed: int = 0
     half_life_s: float = DEFAULT_HALF_LIFE_S
     category_buckets: int = 32
     item_history: int = 16
+    # item-pool only
+    min_item_count: int = 2
+    max_items: int = 100_000
+    item_batch_events: int = 200
+
+    @classmethod
+    def for_kind(cls, kind: str, **overrides: Any) -> TrainConfig:
+        """The defaults chosen for each kind (by the MovieLens evaluation), with ``overrides``."""
+        base: dict[str, Any] = {"kind": kind}
+        if kind == "item-pool":
+            base.update(dim=32, epochs=10, batch_size=512, lr=1e-2, item_history=64)
+        base.update(overrides)
+        return cls(**base)
 
 
 def category_vocabulary(log_path: str | os.PathLike[str], limit: int) -> tuple[str, ...]:
@@ -99,7 +114,13 @@ def _batches(n: int, size: int, rng: np.random.Generator):
         yield order[s : s + size]
 
 
-def train_state_autoencoder(features: Features, spec: FeatureSpec, cfg: TrainConfig, progress: Progress) -> tuple[torch.nn.Module, dict[str, Any]]:
+def train_state_autoencoder(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: TrainConfig,
+                            progress: Progress) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any], int]:
+    """Train a :class:`StateAutoencoder`; returns (model, model config, metadata, samples used)."""
+    features = replay_features(log_path, spec, batch_events=cfg.batch_events, max_samples=cfg.max_samples,
+                               seed=cfg.seed, progress=progress)
+    if len(features) == 0:
+        raise ValueError(f"{log_path}: no valid events to train on")
     torch.manual_seed(cfg.seed)
     model = StateAutoencoder(spec, dim=cfg.dim, hidden=cfg.hidden)
     x = torch.from_numpy(features.dense)
@@ -122,12 +143,17 @@ def train_state_autoencoder(features: Features, spec: FeatureSpec, cfg: TrainCon
         history.append(total / max(count, 1))
         progress(f"epoch {epoch + 1}/{cfg.epochs}  loss {history[-1]:.5f}  ({time.perf_counter() - t:.2f}s)")
     model.eval()
-    return model, {"loss_history": history}
+    return model, {"dim": cfg.dim, "hidden": cfg.hidden}, {"loss_history": history}, len(features)
 
 
-Trainer = Callable[[Features, FeatureSpec, TrainConfig, Progress], "tuple[torch.nn.Module, dict[str, Any]]"]
-TRAINERS: dict[str, Trainer] = {"state-ae": train_state_autoencoder}
-MODEL_CONFIG_KEYS: dict[str, tuple[str, ...]] = {"state-ae": ("dim", "hidden")}
+def _train_item_pool(log_path, spec, cfg, progress):  # type: ignore[no-untyped-def]
+    from encoders.train_items import train_item_pool
+
+    return train_item_pool(log_path, spec, cfg, progress)
+
+
+Trainer = Callable[[str, FeatureSpec, TrainConfig, Progress], "tuple[torch.nn.Module, dict[str, Any], dict[str, Any], int]"]
+TRAINERS: dict[str, Trainer] = {"state-ae": train_state_autoencoder, "item-pool": _train_item_pool}
 
 
 def train_encoder(log_path: str | os.PathLike[str], out_path: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(),
@@ -139,17 +165,12 @@ def train_encoder(log_path: str | os.PathLike[str], out_path: str | os.PathLike[
     spec = FeatureSpec(category_buckets=cfg.category_buckets, category_vocab=vocab, item_history=cfg.item_history,
                        half_life_s=cfg.half_life_s)
     progress(f"feature spec: {spec.feature_width} features, {len(vocab)} named categories, half-life {spec.half_life_s:.0f}s")
-    features = replay_features(log_path, spec, batch_events=cfg.batch_events, max_samples=cfg.max_samples,
-                               seed=cfg.seed, progress=progress)
-    if len(features) == 0:
-        raise ValueError(f"{log_path}: no valid events to train on")
-    model, info = TRAINERS[cfg.kind](features, spec, cfg, progress)
-    model_config = {k: getattr(cfg, k) for k in MODEL_CONFIG_KEYS[cfg.kind]}
+    model, model_config, info, samples = TRAINERS[cfg.kind](log_path, spec, cfg, progress)
     art = EncoderArtifact(
         kind=cfg.kind, feature_spec=spec, config=model_config,
         state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
         metadata={"train_config": asdict(cfg), "log": os.path.basename(os.fspath(log_path)),
-                  "samples": len(features), "seconds": round(time.perf_counter() - t0, 2), **info},
+                  "samples": samples, "seconds": round(time.perf_counter() - t0, 2), **info},
     )
     save_artifact(art, out_path)
     progress(f"saved {cfg.kind} encoder {art.version} to {out_path}")

@@ -15,9 +15,26 @@ from typing import Any
 
 from eventlogs.recorded import write_events
 
-__all__ = ["iter_movielens_events", "import_movielens"]
+__all__ = ["iter_movielens_events", "import_movielens", "default_movielens_dir"]
 
 NO_GENRES = "(no genres listed)"
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def default_movielens_dir() -> str:
+    """Where ml-latest-small lives: ``$SEGSTREAM_MOVIELENS``, else ``../shared/data/ml-latest-small``.
+
+    The relative path is taken from the repository root (which also works from a
+    git worktree next to ``shared/``), then from the working directory.
+    """
+    env = os.environ.get("SEGSTREAM_MOVIELENS")
+    if env:
+        return env
+    for base in (_REPO, os.getcwd()):
+        cand = os.path.join(os.path.dirname(base), "shared", "data", "ml-latest-small")
+        if os.path.isfile(os.path.join(cand, "ratings.csv")):
+            return cand
+    return os.path.join(os.path.dirname(_REPO), "shared", "data", "ml-latest-small")
 
 
 def _genres(movies_csv: str) -> dict[int, list[str]]:

@@ -64,14 +64,15 @@ def main_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-encoder", help="train an encoder artifact from a recorded log")
     train.add_argument("--log", required=True, help="recorded event log (.msgpack or .jsonl)")
     train.add_argument("--out", required=True, help="artifact path to write")
-    train.add_argument("--kind", default="state-ae")
-    train.add_argument("--dim", type=int, default=16)
-    train.add_argument("--hidden", type=int, default=64)
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--half-life-s", type=float, default=None)
-    train.add_argument("--category-buckets", type=int, default=32)
-    train.add_argument("--item-history", type=int, default=16)
-    train.add_argument("--max-samples", type=int, default=200_000)
+    train.add_argument("--kind", default="state-ae", help="state-ae (autoencoder over the state vector) or item-pool "
+                       "(item embeddings learned from next-item co-occurrence, pooled with time decay)")
+    for flag, tp, help_ in (("--dim", int, "embedding width"), ("--hidden", int, "state-ae hidden width"),
+                            ("--epochs", int, None), ("--lr", float, "Adam learning rate"),
+                            ("--half-life-s", float, "event-time half-life of the state"),
+                            ("--category-buckets", int, None), ("--item-history", int, "recent items kept per user"),
+                            ("--max-samples", int, "training examples kept (seeded reservoir)"),
+                            ("--min-item-count", int, "item-pool: occurrences for an item to get an embedding")):
+        train.add_argument(flag, type=tp, default=None, help=f"{help_ + ' ' if help_ else ''}(default: the kind's)")
     train.add_argument("--seed", type=int, default=0)
 
     ml = sub.add_parser("import-movielens", help="convert a MovieLens directory into a recorded log")
@@ -176,12 +177,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
                         partitions=args.partitions, follow=args.follow)
     if cmd == "train-encoder":
         from encoders.train import TrainConfig, train_encoder
-        from state.features import DEFAULT_HALF_LIFE_S
 
-        cfg = TrainConfig(kind=args.kind, dim=args.dim, hidden=args.hidden, epochs=args.epochs, seed=args.seed,
-                          half_life_s=args.half_life_s or DEFAULT_HALF_LIFE_S, category_buckets=args.category_buckets,
-                          item_history=args.item_history, max_samples=args.max_samples)
-        train_encoder(args.log, args.out, cfg)
+        names = ("dim", "hidden", "epochs", "lr", "half_life_s", "category_buckets", "item_history", "max_samples",
+                 "min_item_count", "seed")
+        cfg = TrainConfig.for_kind(args.kind, **{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+        train_encoder(args.log, args.out, cfg, progress=lambda m: print(m, flush=True))
         return 0
     if cmd == "import-movielens":
         from eventlogs.movielens import import_movielens

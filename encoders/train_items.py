@@ -1,0 +1,160 @@
+"""Self-supervised training of the item-aware encoder (``item-pool``) from a recorded log.
+
+The log is replayed through the consumer's own decoder and
+:class:`~state.user_store.UserStore`. Before each micro-batch is applied,
+every event of a user who already has a state becomes one training example:
+the *context* is that user's recent items with their decayed weights, exactly
+as the consumer would hand them to the encoder, and the *target* is the item
+the event touches. The model pools the context's item embeddings (the served
+embedding, before normalisation) and must rank the target first among the
+whole vocabulary (softmax cross-entropy, popularity absorbed by a per-item
+bias). Items that follow the same items in users' sequences therefore get
+close embeddings, and so do users who touch them, with or without shared
+categories.
+
+    >>> import os, tempfile
+    >>> from eventlogs.recorded import write_events
+    >>> evs = [{"user_id": u, "action": "view", "ts": 1e9 + t, "item_id": (u % 2) * 10 + t % 5}
+    ...        for t in range(20) for u in range(20)]
+    >>> log = os.path.join(tempfile.mkdtemp(), "log.msgpack")
+    >>> _ = write_events(log, evs)
+    >>> from state.features import FeatureSpec
+    >>> spec = FeatureSpec(item_history=4)
+    >>> vocab = item_vocabulary(log, spec, min_count=2)
+    >>> len(vocab)   # items 0-4 and 10-14
+    10
+    >>> ex = next_item_examples(log, spec, vocab, batch_events=20)
+    >>> ex.tokens.shape[1], len(ex.targets) == 19 * 20   # every event after a user's first
+    (4, True)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from encoders.models import ItemPoolEncoder
+from eventlogs.recorded import read_event_chunks
+from state.features import FeatureSpec
+from state.user_store import UserStore
+from stream.events import EventDecoder
+
+__all__ = ["item_vocabulary", "next_item_examples", "NextItemExamples", "train_item_pool"]
+
+Progress = Callable[[str], None]
+
+
+def item_vocabulary(log_path: str | os.PathLike[str], spec: FeatureSpec, *, min_count: int = 2,
+                    max_items: int = 100_000, batch_events: int = 5000) -> np.ndarray:
+    """Sorted item tokens seen at least ``min_count`` times (the ``max_items`` most frequent)."""
+    decoder = EventDecoder(spec)
+    counts: Counter[int] = Counter()
+    for chunk in read_event_chunks(log_path, batch_events):
+        batch, _ = decoder.decode_objects(chunk)
+        t = batch.item_tokens[batch.item_tokens >= 0]
+        u, c = np.unique(t, return_counts=True)
+        counts.update(dict(zip(u.tolist(), c.tolist())))
+    ranked = sorted((tok for tok, c in counts.items() if c >= min_count), key=lambda tok: (-counts[tok], tok))
+    return np.sort(np.asarray(ranked[:max_items], dtype=np.int64))
+
+
+@dataclass
+class NextItemExamples:
+    tokens: np.ndarray  # int32 [n, item_history]: the user's recent items before the event
+    weights: np.ndarray  # float32 [n, item_history]: their decayed weights
+    targets: np.ndarray  # int64 [n]: vocabulary index of the event's item
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def next_item_examples(log_path: str | os.PathLike[str], spec: FeatureSpec, vocab: np.ndarray, *,
+                       batch_events: int = 200, max_samples: int = 200_000, seed: int = 0,
+                       progress: Progress | None = None) -> NextItemExamples:
+    """(context, next item) pairs from a replay through the consumer's state code; a seeded reservoir."""
+    decoder = EventDecoder(spec)
+    store = UserStore(spec, capacity=10_000_000)
+    rng = np.random.default_rng([seed, 11])
+    N = spec.item_history
+    tokens = np.full((max_samples, N), -1, np.int32)
+    weights = np.zeros((max_samples, N), np.float32)
+    targets = np.zeros(max_samples, np.int64)
+    seen = 0
+    events = 0
+    for chunk in read_event_chunks(log_path, batch_events):
+        batch, _ = decoder.decode_objects(chunk)
+        events += len(chunk)
+        if len(batch):
+            tok = batch.item_tokens
+            pos = np.searchsorted(vocab, tok).clip(0, max(len(vocab) - 1, 0))
+            in_vocab = (tok >= 0) & (vocab[pos] == tok) if len(vocab) else np.zeros(len(tok), bool)
+            rows = np.array([-1 if (r := store.row_of(u)) is None else r for u in batch.user_ids], dtype=np.int64)
+            ev = np.flatnonzero(in_vocab & (rows >= 0))
+            if len(ev):
+                has_items = store.items[rows[ev]].max(axis=1) >= 0
+                ev = ev[has_items]
+            if len(ev):
+                f = store.features(rows[ev])
+                n = len(ev)
+                fill = min(max(0, max_samples - seen), n)
+                src = np.arange(fill)
+                dst = seen + src
+                if fill < n:  # reservoir sampling (Algorithm R), vectorised per batch
+                    j = rng.integers(0, seen + fill + np.arange(1, n - fill + 1))
+                    hit = np.flatnonzero(j < max_samples)
+                    src = np.concatenate([src, fill + hit])
+                    dst = np.concatenate([dst, j[hit]])
+                tokens[dst], weights[dst], targets[dst] = f.item_tokens[src], f.item_weights[src], pos[ev][src]
+                seen += n
+        store.apply(batch)
+    if progress:
+        progress(f"replayed {events:,} events: {len(store):,} users, {seen:,} next-item examples, vocabulary {len(vocab):,} items")
+    k = min(seen, max_samples)
+    return NextItemExamples(tokens[:k], weights[:k], targets[:k])
+
+
+def train_item_pool(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: Any,
+                    progress: Progress) -> tuple[ItemPoolEncoder, dict[str, Any], dict[str, Any], int]:
+    """Train an :class:`ItemPoolEncoder`; returns (model, model config, metadata, examples used)."""
+    vocab = item_vocabulary(log_path, spec, min_count=cfg.min_item_count, max_items=cfg.max_items)
+    if len(vocab) == 0:
+        raise ValueError(f"{log_path}: no item seen {cfg.min_item_count}+ times: nothing to learn item embeddings from")
+    ex = next_item_examples(log_path, spec, vocab, batch_events=cfg.item_batch_events, max_samples=cfg.max_samples,
+                            seed=cfg.seed, progress=progress)
+    if len(ex) == 0:
+        raise ValueError(f"{log_path}: no user touched two known items: no next-item examples")
+    torch.manual_seed(cfg.seed)
+    model = ItemPoolEncoder(spec, dim=cfg.dim, vocab_size=len(vocab))
+    model.tokens.copy_(torch.from_numpy(vocab.astype(np.int32)))
+    torch.nn.init.normal_(model.embedding.weight, std=0.1)
+    torch.nn.init.normal_(model.output.weight, std=0.1)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    tokens, weights, targets = (torch.from_numpy(a) for a in (ex.tokens, ex.weights, ex.targets))
+    rng = np.random.default_rng([cfg.seed, 13])
+    history: list[float] = []
+    for epoch in range(cfg.epochs):
+        t = time.perf_counter()
+        total, count = 0.0, 0
+        model.train()
+        order = torch.from_numpy(rng.permutation(len(ex)))
+        for s in range(0, len(ex), cfg.batch_size):
+            idx = order[s : s + cfg.batch_size]
+            pooled = model.pool(tokens[idx], weights[idx])
+            logits = pooled @ model.output.weight.T + model.bias
+            loss = torch.nn.functional.cross_entropy(logits, targets[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        history.append(total / max(count, 1))
+        progress(f"epoch {epoch + 1}/{cfg.epochs}  loss {history[-1]:.4f}  ({time.perf_counter() - t:.2f}s)")
+    model.eval()
+    return model, {"dim": cfg.dim, "vocab_size": len(vocab)}, {"loss_history": history, "vocabulary": len(vocab)}, len(ex)

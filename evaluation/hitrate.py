@@ -1,0 +1,94 @@
+"""The per-user time split and HR@10 of segment-popularity recommendations.
+
+Protocol (issue 3): for each user the first 80% of their ratings by time are
+*history*, the rest are *held out*. A user's recommendations are the ``n``
+items most rated within their segment's history that the user has not rated;
+HR@n is the share of users with at least one held-out item among them. With a
+single segment this is the global-popularity baseline.
+
+    >>> events = [{"user_id": u, "item_id": i, "ts": t} for t, (u, i) in enumerate(
+    ...     [("a", 1), ("a", 2), ("a", 3), ("a", 4), ("a", 5), ("b", 1), ("b", 2), ("b", 3), ("b", 6), ("b", 4)])]
+    >>> split = split_by_time(events, history_share=0.8)
+    >>> [e["item_id"] for e in split.history if e["user_id"] == "a"], split.heldout["a"]
+    ([1, 2, 3, 4], {5})
+    >>> recs = recommend({"a": 0, "b": 0}, split.history_items, n=1)   # one segment: global popularity
+    >>> recs["a"], recs["b"]   # the most rated item each has not rated yet
+    ([6], [4])
+    >>> hit_rate({"a": 0, "b": 0}, split, n=1)   # b's held-out item is 4: one hit in two users
+    0.5
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Split", "split_by_time", "recommend", "hit_rate", "segment_item_counts"]
+
+
+@dataclass
+class Split:
+    history: list[dict[str, Any]]  # history events of every user, in event-time order
+    history_items: dict[str, set[int]] = field(default_factory=dict)
+    heldout: dict[str, set[int]] = field(default_factory=dict)
+
+    @property
+    def users(self) -> list[str]:
+        return sorted(self.history_items)
+
+
+def split_by_time(events: Iterable[Mapping[str, Any]], history_share: float = 0.8) -> Split:
+    """Each user's first ``history_share`` of events by time (ties: log order) are history."""
+    per_user: dict[str, list[tuple[float, int, Mapping[str, Any]]]] = collections.defaultdict(list)
+    for pos, ev in enumerate(events):
+        per_user[str(ev["user_id"])].append((float(ev["ts"]), pos, ev))
+    history: list[tuple[float, int, dict[str, Any]]] = []
+    split = Split(history=[])
+    for uid, evs in per_user.items():
+        evs.sort(key=lambda x: (x[0], x[1]))
+        cut = int(len(evs) * history_share)
+        if cut == len(evs):
+            cut -= 1  # at least one held-out item
+        split.history_items[uid] = {int(e["item_id"]) for _, _, e in evs[:cut]}
+        split.heldout[uid] = {int(e["item_id"]) for _, _, e in evs[cut:]}
+        history.extend((t, p, dict(e)) for t, p, e in evs[:cut])
+    history.sort(key=lambda x: (x[0], x[1]))
+    split.history = [e for _, _, e in history]
+    return split
+
+
+def segment_item_counts(segment_of: Mapping[str, int], history_items: Mapping[str, set[int]]) -> dict[int, collections.Counter[int]]:
+    """Ratings of each item within each segment's history."""
+    counts: dict[int, collections.Counter[int]] = collections.defaultdict(collections.Counter)
+    for uid, items in history_items.items():
+        counts[segment_of.get(uid, -1)].update(items)
+    return counts
+
+
+def recommend(segment_of: Mapping[str, int], history_items: Mapping[str, set[int]], n: int = 10) -> dict[str, list[int]]:
+    """The ``n`` items most rated in each user's segment (ties: lower item id) that the user has not rated.
+
+    Users without a segment (absent from ``segment_of``) share segment -1.
+    """
+    counts = segment_item_counts(segment_of, history_items)
+    ranked = {s: [i for i, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))] for s, c in counts.items()}
+    out: dict[str, list[int]] = {}
+    for uid, seen in history_items.items():
+        recs: list[int] = []
+        for item in ranked[segment_of.get(uid, -1)]:
+            if item not in seen:
+                recs.append(item)
+                if len(recs) == n:
+                    break
+        out[uid] = recs
+    return out
+
+
+def hit_rate(segment_of: Mapping[str, int], split: Split, n: int = 10) -> float:
+    """HR@n: share of users with at least one held-out item among their ``n`` recommendations."""
+    recs = recommend(segment_of, split.history_items, n)
+    users = split.users
+    hits = sum(1 for u in users if split.heldout[u].intersection(recs[u]))
+    return hits / len(users) if users else 0.0
