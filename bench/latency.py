@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                "SEGSTREAM_OUTPUT_TOPIC": outp, "SEGSTREAM_DLQ_TOPIC": f"{inp}-dlq", "SEGSTREAM_GROUP_ID": f"g-{tag}",
                "SEGSTREAM_ENCODER": str(encoder), "SEGSTREAM_METRICS_PORT": str(free_port()),
                "SEGSTREAM_BATCH_MAX_WAIT_MS": str(a.batch_max_wait_ms), "SEGSTREAM_LOG_LEVEL": "WARNING"}
-        consumer = subprocess.Popen([sys.executable, "-m", "stream.cli", "run"], env=env)
+        consumer = subprocess.Popen([sys.executable, "-m", "stream.cli", "run"], env=env, stdout=subprocess.DEVNULL)
         out = os.path.join("runs", "bench", f"latency-{tag}.json")
         warm_s = 8.0
         rd = subprocess.Popen([sys.executable, "-m", "bench.latency", "--reader", broker.bootstrap, outp,

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from stream.metrics import Metrics
+from stream.partitioning import partitions_for_keys
 from stream.settings import Settings
 
 __all__ = ["make_consumer", "make_producer", "make_admin", "ensure_topics", "Publisher", "PublishError", "wait_for_broker"]
@@ -106,12 +107,12 @@ class PublishError(RuntimeError):
     """Outputs could not be confirmed: offsets must not be committed."""
 
 
-@dataclass
-class _Pending:
+class _Pending(NamedTuple):
     topic: str
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]] | None
+    partition: int | None
     future: Any
 
 
@@ -132,7 +133,17 @@ class Publisher:
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> None:
         fut = self.producer.send(topic, key=key, value=value, headers=headers)
-        self._pending.append(_Pending(topic, key, value, headers, fut))
+        self._pending.append(_Pending(topic, key, value, headers, None, fut))
+
+    def send_many(self, topic: str, keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
+        """Send keyed records, partitioned exactly as Kafka's default partitioner would, hashed per batch."""
+        if not keys:
+            return
+        count = len(self.producer.partitions_for(topic))
+        partitions = partitions_for_keys(keys, count).tolist()
+        send, pending = self.producer.send, self._pending
+        for key, value, part in zip(keys, values, partitions):
+            pending.append(_Pending(topic, key, value, None, part, send(topic, key=key, value=value, partition=part)))
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -145,8 +156,12 @@ class Publisher:
             self.producer.flush(timeout=self.timeout_s)
             failed: list[_Pending] = []
             for p in pending:
+                fut = p.future
+                if fut.is_done and fut.succeeded():
+                    confirmed += 1
+                    continue
                 try:
-                    p.future.get(timeout=self.timeout_s)
+                    fut.get(timeout=self.timeout_s)
                     confirmed += 1
                 except KafkaError as exc:
                     failed.append(p)
@@ -158,6 +173,6 @@ class Publisher:
             pending = []
             time.sleep(min(2.0, 0.1 * 2**attempt))
             for p in failed:
-                p.future = self.producer.send(p.topic, key=p.key, value=p.value, headers=p.headers)
-                pending.append(p)
+                fut = self.producer.send(p.topic, key=p.key, value=p.value, headers=p.headers, partition=p.partition)
+                pending.append(p._replace(future=fut))
         raise PublishError(f"{len(pending)} records could not be published after {self.retries + 1} attempts")

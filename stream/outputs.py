@@ -33,16 +33,17 @@ class OutputWriter:
     def write(self, result: BatchResult, records: Sequence[Any], emitted_at: float) -> None:
         """Start every send the batch causes (``records`` are the batch's Kafka records, in order)."""
         out = self.settings.output_topic
-        send = self.publisher.send
         ids = None
         if len(result.changes) and records:
             parts = np.fromiter((r.partition for r in records), dtype=np.int64, count=len(records))
             offs = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
             ids = change_ids(result.changes, parts, offs, (int(parts[-1]), int(offs[-1])))
-        for key, value in encode_segment_changes(result.changes, emitted_at, ids):
-            send(out, key, value)
-        for uid in result.erased:
-            send(out, uid.encode(), None)
+        encoded = encode_segment_changes(result.changes, emitted_at, ids)
+        if encoded:
+            keys, values = zip(*encoded)
+            self.publisher.send_many(out, keys, values)
+        if result.erased:
+            self.publisher.send_many(out, [uid.encode() for uid in result.erased], [None] * len(result.erased))
         self._dead_letters(result, records)
 
     def _dead_letters(self, result: BatchResult, records: Sequence[Any]) -> None:

@@ -1,0 +1,147 @@
+"""Scale-out: one vs several ``segstream run`` processes in one consumer group.
+
+    python -m bench.scaleout --instances 1,2 --partitions 6 --events 1500000
+
+A synthetic log is produced into a ``--partitions`` topic of the embedded
+broker. For each instance count, that many real ``segstream run`` processes
+join one fresh group and consume the whole topic. The measured window starts
+once the group is stable (every partition owned by exactly one instance,
+read from each process's ``segstream_consumer_lag_records`` series) and
+ends when ``--measure-s`` seconds have passed or the topic is drained.
+Reported per run: wall-clock events/s of the group, and CPU seconds per
+event (user + system time of the instances, from ``/proc``, over the same
+window). The broker shares the machine's cores with the instances.
+
+Each instance runs its own segment model here: what this measures is the
+per-instance cost of partitioned state and consumption, not a global model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.common import bench_encoder, emit, note, synthetic_log
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def _scrape(port: int) -> tuple[float, set[int]]:
+    """(events consumed, partitions this instance owns) from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    consumed, owned = 0.0, set()
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "segstream_events_consumed_total":
+                consumed = s.value
+            elif s.name == "segstream_consumer_lag_records":
+                owned.add(int(s.labels["partition"]))
+    return consumed, owned
+
+
+def run_group(bootstrap: str, topic: str, produced: int, instances: int, partitions: int, encoder: str,
+              segments: int, measure_s: float) -> dict[str, Any]:
+    from stream.embedded_broker import free_port
+
+    group = f"scale-{uuid.uuid4().hex[:6]}"
+    procs, ports = [], []
+    for i in range(instances):
+        port = free_port()
+        env = {**os.environ, "SEGSTREAM_BOOTSTRAP": bootstrap, "SEGSTREAM_INPUT_TOPIC": topic,
+               "SEGSTREAM_OUTPUT_TOPIC": f"{topic}-seg-{group}", "SEGSTREAM_DLQ_TOPIC": f"{topic}-dlq-{group}",
+               "SEGSTREAM_GROUP_ID": group, "SEGSTREAM_ENCODER": encoder, "SEGSTREAM_SEGMENTS": str(segments),
+               "SEGSTREAM_METRICS_PORT": str(port), "SEGSTREAM_LOG_LEVEL": "WARNING"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "stream.cli", "run"], env=env, stdout=subprocess.DEVNULL))
+        ports.append(port)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # wait for a stable group: each partition owned once
+            try:
+                views = [_scrape(p) for p in ports]
+            except OSError:
+                time.sleep(0.5)
+                continue
+            owned = [o for _, o in views]
+            union = set().union(*owned)
+            if len(union) == partitions and sum(len(o) for o in owned) == partitions and all(owned):
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("the group did not settle within 180 s")
+        c0 = sum(v for v, _ in views)
+        cpu0 = sum(_cpu_seconds(p.pid) for p in procs)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < measure_s:
+            time.sleep(1.0)
+            consumed = sum(_scrape(p)[0] for p in ports)
+            if consumed >= produced:
+                break
+        t1 = time.monotonic()
+        cpu1 = sum(_cpu_seconds(p.pid) for p in procs)
+        c1 = sum(_scrape(p)[0] for p in ports)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=60)
+    events = c1 - c0
+    return {"instances": instances, "events": int(events), "seconds": round(t1 - t0, 2),
+            "events_per_s": round(events / (t1 - t0)), "cpu_seconds": round(cpu1 - cpu0, 2),
+            "cpu_us_per_event": round((cpu1 - cpu0) / max(events, 1) * 1e6, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--instances", default="1,2")
+    p.add_argument("--partitions", type=int, default=6)
+    p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--segments", type=int, default=8)
+    p.add_argument("--measure-s", type=float, default=20.0)
+    a = p.parse_args(argv)
+
+    from stream.embedded_broker import EmbeddedBroker
+    from stream.kafka_io import ensure_topics
+    from stream.producer import produce_log
+    from stream.settings import Settings
+
+    log = synthetic_log(a.users, a.events)
+    encoder = str(bench_encoder(synthetic_log(20_000, 200_000)))
+    runs = []
+    with EmbeddedBroker() as broker:
+        topic = f"scale-{uuid.uuid4().hex[:6]}"
+        s = Settings(bootstrap=broker.bootstrap)
+        ensure_topics(s, {topic: a.partitions})
+        produced = produce_log(s, log, topic)
+        note(f"produced {produced:,} events into {a.partitions} partitions")
+        for n in [int(x) for x in a.instances.split(",")]:
+            r = run_group(broker.bootstrap, topic, produced, n, a.partitions, encoder, a.segments, a.measure_s)
+            note(f"{n} instance(s): {r}")
+            runs.append(r)
+    figures: dict[str, Any] = {"runs": runs}
+    if len(runs) >= 2:
+        one, two = runs[0], runs[1]
+        figures["cpu_per_event_ratio"] = round(two["cpu_us_per_event"] / one["cpu_us_per_event"], 3)
+        figures["wall_speedup"] = round(two["events_per_s"] / one["events_per_s"], 3)
+    emit("scaleout", figures, partitions=a.partitions, users=a.users, events=a.events, segments=a.segments,
+         measure_s=a.measure_s)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
