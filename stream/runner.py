@@ -249,14 +249,19 @@ class StreamRunner:
         meta = self.consumer.group_metadata()
         for tp, kind in sorted(gone.items(), key=lambda x: x[0].partition):
             self._drop(tp, kind)
+        for tp in keep:  # rewind to what the state reflects: records fetched or buffered past it come again
+            self._buffer.pop(tp, None)
+            self._deadline.pop(tp, None)
+            self.consumer.seek(tp, self._state_offsets[tp])
         restore = assigned - keep
         if restore:
             self._restore(restore)
         log.info("rebalance applied", extra={
             "generation": meta.generation_id, "member": meta.member_id,
             "assigned": sorted(tp.partition for tp in self.rebalance.owned()),
-            "dropped": sorted(tp.partition for tp in gone), "restored": sorted(tp.partition for tp in restore)})
-        return restore | set(gone)
+            "dropped": sorted(tp.partition for tp in gone), "restored": sorted(tp.partition for tp in restore),
+            "kept": sorted(tp.partition for tp in keep)})
+        return restore | set(gone) | keep
 
     def _in_sync(self, tp: TopicPartition) -> bool:
         """Whether the in-memory state of ``tp`` is exactly what was last committed (nothing to redo)."""
