@@ -364,6 +364,11 @@ class UserStore:
         t0b = block["t0"]
         if not ids:
             return []
+        for name in COLUMNS:
+            want = getattr(self, name).shape[1:]
+            if np.shape(block[name])[1:] != want or len(block[name]) != len(ids):
+                raise ValueError(f"saved column {name!r} has shape {np.shape(block[name])}, this store needs "
+                                 f"({len(ids)}, {', '.join(map(str, want))}): another feature configuration?")
         if self.t0 is None:
             self.t0 = t0b
         elif t0b is not None and t0b > self.t0:

@@ -304,11 +304,17 @@ class Pipeline:
 
     def global_state(self) -> dict[str, Any]:
         """State shared by all partitions: segmenter, row layout, pending re-assignments, dedup window."""
-        return {"segmenter": self.segmenter.state_dict(), "layout": self.store.layout(), "stale": self._stale.copy(),
+        return {"spec": self.store.spec.to_dict(), "segmenter": self.segmenter.state_dict(),
+                "layout": self.store.layout(), "stale": self._stale.copy(),
                 "events_seen": self.events_seen,
                 "dedup": None if self.dedup is None else self.dedup.state()}
 
     def load_global_state(self, state: dict[str, Any]) -> None:
+        import json
+
+        if json.dumps(state["spec"], sort_keys=True) != json.dumps(self.store.spec.to_dict(), sort_keys=True):
+            raise ValueError("the checkpoint was written with another feature configuration (encoder): "
+                             "point SEGSTREAM_CHECKPOINT_DIR elsewhere or remove it to start from scratch")
         self.segmenter.load_state_dict(state["segmenter"])
         self._stale = np.asarray(state["stale"], dtype=np.int64)
         self.events_seen = int(state["events_seen"])

@@ -109,6 +109,7 @@ class StreamRunner:
         self._reset: set[TopicPartition] = set()
         # back-pressure: the batch size shrinks while batches take too large a share of max_poll_interval_ms
         self._batch_cap = settings.batch_max_events
+        self._restoring: dict[TopicPartition, int] = {}  # partition -> committed offset its state must reach
 
     def subscribe(self) -> None:
         self.consumer.subscribe([self.settings.input_topic], listener=self.rebalance)
@@ -248,18 +249,34 @@ class StreamRunner:
         meta = self.consumer.group_metadata()
         for tp, kind in sorted(gone.items(), key=lambda x: x[0].partition):
             self._drop(tp, kind)
+        for tp in keep:  # rewind to what the state reflects: records fetched or buffered past it come again
+            self._buffer.pop(tp, None)
+            self._deadline.pop(tp, None)
+            self.consumer.seek(tp, self._state_offsets[tp])
         restore = assigned - keep
         if restore:
             self._restore(restore)
         log.info("rebalance applied", extra={
             "generation": meta.generation_id, "member": meta.member_id,
             "assigned": sorted(tp.partition for tp in self.rebalance.owned()),
-            "dropped": sorted(tp.partition for tp in gone), "restored": sorted(tp.partition for tp in restore)})
-        return restore | set(gone)
+            "dropped": sorted(tp.partition for tp in gone), "restored": sorted(tp.partition for tp in restore),
+            "kept": sorted(tp.partition for tp in keep)})
+        return restore | set(gone) | keep
 
     def _in_sync(self, tp: TopicPartition) -> bool:
         """Whether the in-memory state of ``tp`` is exactly what was last committed (nothing to redo)."""
         return tp in self._state_offsets and self._state_offsets[tp] == self._positions.get(tp)
+
+    def _check_restored(self) -> None:
+        """A restore ends when the consumer's position reaches the committed offset (not on a record
+        offset: transaction markers and compaction leave gaps)."""
+        for tp, target in list(self._restoring.items()):
+            if tp not in self.rebalance.owned():
+                del self._restoring[tp]
+            elif self.consumer.position(tp) >= target:
+                del self._restoring[tp]
+                log.info("partition %s caught up with its committed offset %d", tp, target,
+                         extra={"partition": tp.partition, "offset": target})
 
     def _drop(self, tp: TopicPartition, kind: str) -> None:
         n = self.pipeline.drop_partition(tp.partition)
@@ -267,6 +284,7 @@ class StreamRunner:
         self._positions.pop(tp, None)
         self._buffer.pop(tp, None)
         self._deadline.pop(tp, None)
+        self._restoring.pop(tp, None)
         log.info("partition %s %s: dropped the state of %d users%s", tp, kind, n,
                  "" if kind == "revoked" else " (not committed)", extra={"partition": tp.partition})
 
@@ -319,6 +337,8 @@ class StreamRunner:
             users += len(block["ids"])
             self.consumer.seek(tp, snap.offset)
             self._state_offsets[tp] = snap.offset
+            if committed[tp] is not None and committed[tp] > snap.offset:
+                self._restoring[tp] = committed[tp]
         if layout is not None:
             self.pipeline.store.set_layout(layout)
         self.pipeline.recount()
@@ -338,6 +358,8 @@ class StreamRunner:
             tp = TopicPartition(r.topic, r.partition)
             if r.offset + 1 > self._state_offsets.get(tp, -1):
                 self._state_offsets[tp] = r.offset + 1
+        if self._restoring:
+            self._check_restored()
         if not self._maybe_checkpoint(force=False):
             self.publisher.confirm()
         confirmed_at = time.time()

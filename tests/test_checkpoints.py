@@ -103,3 +103,21 @@ def test_checkpoint_files_never_unpickle():
         unpack(evil)
     with pytest.raises(ValueError):
         unpack(msgpack.packb(msgpack.ExtType(9, b"")))
+
+
+def test_a_checkpoint_of_another_feature_configuration_is_refused():
+    from state.features import FeatureSpec
+
+    raws = _records(600)
+    p = Pipeline.from_settings(SETTINGS, now=lambda: 2e9)
+    _run(p, raws, 0, 600)
+    state = p.global_state()
+    block = p.store.export_rows(p.store.live_rows())
+    other = Pipeline.from_settings(SETTINGS.replace(half_life_s=123.0), now=lambda: 2e9)
+    with pytest.raises(ValueError, match="another feature configuration"):
+        other.load_global_state(unpack(pack(state)))
+    from state.user_store import UserStore
+
+    narrow = UserStore(FeatureSpec(category_buckets=8), capacity=100)
+    with pytest.raises(ValueError, match="another feature configuration"):
+        narrow.import_rows(unpack(pack(block)))
