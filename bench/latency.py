@@ -123,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             consumer.wait(timeout=30)
             if rd.poll() is None:
                 rd.kill()
-        pairs = np.array(json.load(open(out))).reshape(-1, 2)
+        with open(out) as fh:
+            pairs = np.array(json.load(fh)).reshape(-1, 2)
+        for leftover in (out, out + ".ready"):
+            os.remove(leftover)
         # only segment events caused by events sent during the measured phase (not warm-up or seeding)
         pairs = pairs[pairs[:, 1] >= start]
         lat = pairs[:, 0] - pairs[:, 1]

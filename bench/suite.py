@@ -41,6 +41,7 @@ def _plan(quick: bool) -> list[tuple[str, list[str]]]:
                                       "--segments", "64", "--modes", "file"]),
         ("latency 5k/s", ["bench.latency", "--rate", "5000", "--seconds", "30"]),
         ("memory", ["bench.memory", "--users", "100000,1000000"]),
+        ("checkpoint", ["bench.checkpoint", "--users", "100000,1000000"]),
     ]
 
 

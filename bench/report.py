@@ -1,0 +1,61 @@
+"""README's performance table from a suite results file (every figure from one run).
+
+    python -m bench.report runs/bench/suite-<time>.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def _rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for r in results:
+        f, p, cmd = r.get("figures", {}), r.get("params", {}), f"`{r.get('command', '')}`"
+        if r.get("bench") == "throughput":
+            size = f"k={p['segments']}, {p['users']:,} users, {p['events']:,} events, {p['dim']} dims"
+            if "file" in f:
+                rows.append(("log file → pipeline (no broker)", size, f"{f['file']['events_per_s']:,} events/s", cmd))
+            if "naive" in f:
+                rows.append(("naive per-event reference", size + f", first {f['naive']['events']:,} events",
+                             f"{f['naive']['events_per_s']:,} events/s (pipeline: {f.get('file_over_naive', '?')}×)", cmd))
+            if "broker" in f:
+                b = f["broker"]
+                rows.append(("embedded broker: raw kafka-python consume", size,
+                             f"{b['raw_consume']['events_per_s']:,} events/s", cmd))
+                rows.append(("embedded broker: `segstream run` loop", size,
+                             f"{b['pipeline']['events_per_s']:,} events/s (ratio {b['ratio']}; "
+                             f"{b['pipeline']['segment_changes']:,} segment events published)", cmd))
+        elif r.get("bench") == "latency":
+            lat = f["latency_ms"]
+            rows.append(("event-to-publish latency", f"{f['offered_events_per_s']:,} events/s offered, "
+                         f"batch wait ≤ {p['batch_max_wait_ms']} ms, {p['seconds']:.0f} s",
+                         f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms", cmd))
+        elif r.get("bench") == "memory":
+            for size, m in f.items():
+                rows.append(("resident memory per tracked user", f"{int(size):,} users",
+                             f"{m['bytes_per_user']} B (state columns {m['state_columns_bytes_per_user']} B)", cmd))
+        elif r.get("bench") == "scaleout":
+            for run in f.get("runs", []):
+                rows.append((f"{run['instances']} instance(s), {p['partitions']} partitions", f"{p['users']:,} users",
+                             f"{run['events_per_s']:,} events/s, {run['cpu_us_per_event']} CPU µs/event", cmd))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    results = [json.loads(line) for line in open(argv[0]) if line.strip()]
+    m = results[0]["machine"]
+    print(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, "
+          f"torch {m['versions']['torch']}, kafka-python {m['versions']['kafka-python']}; "
+          f"run {results[0]['at']} (load average at start {m['loadavg_at_start'][0]}).\n")
+    print("| Measure | Workload | Result | Command |\n|---|---|---|---|")
+    for row in _rows(results):
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
