@@ -37,6 +37,9 @@ def _rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
             for size, m in f.items():
                 rows.append(("resident memory per tracked user", f"{int(size):,} users",
                              f"{m['bytes_per_user']} B (state columns {m['state_columns_bytes_per_user']} B)", cmd))
+        elif r.get("bench") == "checkpoint":
+            rows.append(("checkpoint snapshot write / restore", f"{p['users']:,} users, {p['partitions']} partitions",
+                         f"{f['write_seconds']} s / {f['restore_seconds']} s, {f['bytes_per_user']} B/user on disk", cmd))
         elif r.get("bench") == "scaleout":
             for run in f.get("runs", []):
                 rows.append((f"{run['instances']} instance(s), {p['partitions']} partitions", f"{p['users']:,} users",
