@@ -49,7 +49,14 @@ __all__ = ["DriftMonitor", "DriftSnapshot", "population_stability_index", "centr
 SIGNALS = ("distance", "churn")
 
 
-def population_stability_index(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
+def quantile_edges(reference: np.ndarray, bins: int = 10) -> np.ndarray:
+    """[bins-1, d] inner bin edges: the quantiles of each column of ``reference``."""
+    ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    return np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1], axis=0)
+
+
+def population_stability_index(reference: np.ndarray, current: np.ndarray, bins: int = 10,
+                                edges: np.ndarray | None = None) -> float:
     """Mean PSI over columns, with quantile bins taken from ``reference`` ([n, d] arrays).
 
     >>> rng = np.random.default_rng(1)
@@ -63,8 +70,8 @@ def population_stability_index(reference: np.ndarray, current: np.ndarray, bins:
     cur = np.asarray(current, dtype=np.float64).reshape(len(current), -1)
     if len(ref) == 0 or len(cur) == 0:
         return 0.0
-    qs = np.linspace(0, 1, bins + 1)[1:-1]
-    edges = np.quantile(ref, qs, axis=0)  # [bins-1, d]
+    if edges is None:
+        edges = quantile_edges(ref, bins)
     d = ref.shape[1]
     # bin index per value and column, counted in one bincount over (column, bin)
     def hist(x: np.ndarray) -> np.ndarray:
@@ -164,12 +171,13 @@ class DriftMonitor:
             self._ref_n += len(emb)
             if self._ref_n >= self.reference_size:
                 self._ref = np.concatenate(self._reference)[: self.reference_size]
+                self._edges = quantile_edges(self._ref)
                 self._reference = []
             return
         self._current.append(emb)
         cur = np.concatenate(self._current)[-self.current_size:]
         self._current = [cur]
-        self.psi = population_stability_index(self._ref, cur)
+        self.psi = population_stability_index(self._ref, cur, edges=self._edges)
 
     def model_changed(self, old_ids: np.ndarray, old_c: np.ndarray, new_ids: np.ndarray, new_c: np.ndarray) -> float:
         self.last_shift = centroid_shift(old_ids, old_c, new_ids, new_c)
