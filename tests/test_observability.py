@@ -125,3 +125,17 @@ def test_drift_alarm_fires_after_abrupt_drift_not_before() -> None:
     assert max(active_before) == 0 and sum(metrics.drift.alarms_total.values()) >= 1
     assert metrics.drift.psi > 0.25  # the embedding distribution moved away from the reference window
     assert np.isfinite(metrics.drift.mean_distance)
+    assert metrics.model_updates._value.get() >= 2 and metrics.drift.last_shift > 0  # centroids moved between versions
+
+
+def test_segment_series_capped_and_retired_removed() -> None:
+    from prometheus_client import generate_latest
+
+    m = Metrics(max_segment_series=3)
+    m.set_segments({1: 10, 2: 30, 3: 55, 4: 5}, [1, 2, 3, 4])
+    text = generate_latest(m.registry).decode()
+    assert 'segstream_segment_share{segment="3"} 0.55' in text
+    assert 'segment="4"' not in text  # capped at 3 series
+    m.set_segments({1: 50, 3: 50}, [1, 3])  # segment 2 retired
+    text = generate_latest(m.registry).decode()
+    assert 'segment="2"' not in text and 'segstream_segment_users{segment="1"} 50.0' in text
