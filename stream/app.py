@@ -10,6 +10,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from stream.checkpoints import CheckpointStore
+from stream.drift import DriftMonitor
 from stream.kafka_io import Publisher, ensure_topics, make_admin, make_consumer, make_producer, wait_for_broker
 from stream.metrics import Metrics
 from stream.pipeline import BatchResult, Pipeline
@@ -42,7 +43,10 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
     pipeline = Pipeline.from_settings(settings)
     log.info("encoder %s (%s, %d dims), %d segments", pipeline.encoder.kind, pipeline.encoder.version,
              pipeline.encoder.dim, settings.segments)
-    metrics = Metrics(registry)
+    drift = DriftMonitor(reference_size=settings.psi_window, current_size=settings.psi_window,
+                         alarm_hold_batches=settings.drift_hold_batches, delta=settings.drift_delta,
+                         threshold=settings.drift_threshold, grace_batches=settings.drift_grace_batches)
+    metrics = Metrics(registry, drift=drift)
     if settings.metrics_port:
         port = metrics.serve(settings.metrics_port, settings.metrics_host)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)

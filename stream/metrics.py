@@ -19,6 +19,7 @@ stay bounded.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from stream.drift import SIGNALS, DriftMonitor
 from stream.events import REASONS
 
 if TYPE_CHECKING:
@@ -77,7 +79,8 @@ class ArrayHistogram(Collector):
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None, *, max_segment_series: int = 64) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, max_segment_series: int = 64,
+                 drift: DriftMonitor | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.max_segment_series = max_segment_series
         self.events_consumed = Counter("segstream_events_consumed", "Records consumed from the input topic (valid or not).", registry=r)
@@ -116,6 +119,21 @@ class Metrics:
                                              buckets=LATENCY_BUCKETS, registry=r)
         self.restores = Counter("segstream_partition_restores", "Partitions whose state was restored on assignment.", registry=r)
         self.duplicates = Counter("segstream_events_duplicate", "Events dropped as repeats of a recent event_id.", registry=r)
+        # issue 5: drift and segment health
+        self.centroid_shift = Gauge("segstream_centroid_shift", "Mean Euclidean move of surviving centroids at the last model update.", registry=r)
+        self.churn = Gauge("segstream_assignment_churn_ratio", "Share of updated users whose segment changed in the last batch.", registry=r)
+        self.mean_distance = Gauge("segstream_mean_distance", "Mean distance of the last batch's updated users to their assigned centroid.", registry=r)
+        self.psi = Gauge("segstream_embedding_psi", "Population stability index of recent embeddings against the reference window.", registry=r)
+        self.drift_alarms = Counter("segstream_drift_alarms", "Page-Hinkley drift detections, by signal.", ["signal"], registry=r)
+        self.drift_alarm_active = Gauge("segstream_drift_alarm_active", "1 while a drift alarm on the signal is held up, else 0.", ["signal"], registry=r)
+        for sig in SIGNALS:
+            self.drift_alarms.labels(sig)
+            self.drift_alarm_active.labels(sig).set(0)
+        self.model_updated_at = Gauge("segstream_model_updated_timestamp_seconds", "Wall time of the last model update (time() minus it: time since update).", registry=r)
+        self.model_age = Gauge("segstream_model_age_seconds", "Seconds since the last model update.", registry=r)
+        self.model_age.set_function(lambda: (time.time() - self._model_updated) if self._model_updated else 0.0)
+        self._model_updated = 0.0
+        self.drift = drift if drift is not None else DriftMonitor(grace_batches=20)
         self._segment_labels: set[str] = set()
         self._lag_labels: set[tuple[str, str]] = set()
 
@@ -155,7 +173,30 @@ class Metrics:
             self.model_version.set(model.version)
             if result.new_model is not None:
                 self.model_updates.inc()
+                self._model_updated = time.time()
+                self.model_updated_at.set(self._model_updated)
+                prev = getattr(self, "_prev_model", None)
+                if prev is not None:
+                    self.centroid_shift.set(self.drift.model_changed(prev.segment_ids, prev.centroids,
+                                                                     model.segment_ids, model.centroids))
+                self._prev_model = model
+            self.observe_drift(result)
             self.set_segments(pipeline.users_per_segment(), model.segment_ids.tolist())
+
+    def observe_drift(self, result: BatchResult) -> None:
+        """Churn, mean distance, PSI and Page-Hinkley alarms of one batch (see :mod:`stream.drift`)."""
+        if len(result.distances) == 0:
+            return
+        snap = self.drift.observe(distances=result.distances, changed=len(result.changes),
+                                  updated=len(result.distances), embeddings=result.embeddings)
+        self.churn.set(snap.churn)
+        if snap.mean_distance == snap.mean_distance:
+            self.mean_distance.set(snap.mean_distance)
+        self.psi.set(snap.psi)
+        for sig in SIGNALS:
+            if snap.detections[sig]:
+                self.drift_alarms.labels(sig).inc()
+            self.drift_alarm_active.labels(sig).set(1.0 if snap.in_alarm[sig] else 0.0)
 
     def set_segments(self, users_per_segment: dict[int, int], live_segments: Iterable[int]) -> None:
         """Per-segment gauges for live segments (capped); series of retired segments are removed."""

@@ -74,6 +74,9 @@ class BatchResult:
     encode_seconds: float = 0.0
     max_event_time: float = float("nan")
     duplicates: int = 0  # events dropped as repeats of a recent event_id (issue 6)
+    # issue 5 (drift metrics): distances to the assigned centroid and embeddings of this batch's updated users
+    distances: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    embeddings: np.ndarray | None = None
 
 
 def spec_from_settings(settings: Settings, base: FeatureSpec | None = None) -> FeatureSpec:
@@ -212,6 +215,8 @@ class Pipeline:
             source = np.concatenate([source, np.full(len(stale), -1, dtype=np.int64)])
             event_time = np.concatenate([event_time, store.last_ts[stale]])
         result.changes = self._assign(rows, emb, source, event_time)
+        result.distances = store.distance[rows]
+        result.embeddings = learn_emb
         seg.learn(learn_emb)
         new_model = seg.tick(n, result.max_event_time, self.users_per_segment())
         if new_model is not None:

@@ -53,11 +53,13 @@ class RunSummary:
 class RebalanceTracker(ConsumerRebalanceListener):
     """Queues assignment changes without blocking the client's IO thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, context: Callable[[TopicPartition], dict] | None = None) -> None:
         self._lock = threading.Lock()
         self.assigned: set[TopicPartition] = set()
         self.generations = 0
         self._events: list[tuple[str, set[TopicPartition]]] = []
+        # issue 5: per-partition log fields (partition, offset, generation) for warnings
+        self.context = context or (lambda tp: {"topic": tp.topic, "partition": tp.partition})
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         with self._lock:
@@ -74,6 +76,8 @@ class RebalanceTracker(ConsumerRebalanceListener):
         with self._lock:
             self.assigned -= set(lost)
             self._events.append(("lost", set(lost)))
+        for tp in sorted(lost):
+            log.warning("partition lost (not committing it)", extra=self.context(tp))
 
     def owned(self) -> set[TopicPartition]:
         with self._lock:
@@ -99,7 +103,7 @@ class StreamRunner:
         self.clock = clock
         self.on_batch = on_batch
         self.checkpoints = checkpoints
-        self.rebalance = RebalanceTracker()
+        self.rebalance = RebalanceTracker(self._log_context)
         self.summary = RunSummary()
         self._positions: dict[TopicPartition, int] = {}  # last committed offset per owned partition
         self._state_offsets: dict[TopicPartition, int] = {}  # next offset the in-memory state reflects
@@ -110,6 +114,14 @@ class StreamRunner:
         # back-pressure: the batch size shrinks while batches take too large a share of max_poll_interval_ms
         self._batch_cap = settings.batch_max_events
         self._restoring: dict[TopicPartition, int] = {}  # partition -> committed offset its state must reach
+
+    def _log_context(self, tp: TopicPartition) -> dict:
+        """Structured log fields of a partition: topic, partition, last committed offset, group generation."""
+        try:
+            generation = self.consumer.group_metadata().generation_id
+        except Exception:  # not in a group yet
+            generation = -1
+        return {"topic": tp.topic, "partition": tp.partition, "offset": self._positions.get(tp), "generation": generation}
 
     def subscribe(self) -> None:
         self.consumer.subscribe([self.settings.input_topic], listener=self.rebalance)
@@ -176,7 +188,14 @@ class StreamRunner:
         owned = self.rebalance.owned()
         kept = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
         if len(kept) != len(records):
-            log.warning("dropped %d records of partitions revoked during the batch", len(records) - len(kept))
+            dropped: dict[TopicPartition, int] = {}
+            for r in records:
+                tp = TopicPartition(r.topic, r.partition)
+                if tp not in owned:
+                    dropped[tp] = min(dropped.get(tp, r.offset), r.offset)
+            for tp, first in dropped.items():
+                log.warning("dropped records of a partition revoked during the batch (re-read by its new owner)",
+                            extra={**self._log_context(tp), "offset": first})
         return kept
 
     def _collect_aligned(self, stop: threading.Event) -> list:

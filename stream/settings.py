@@ -97,6 +97,13 @@ class Settings:
     log_format: str = _opt("SEGSTREAM_LOG_FORMAT", "text", "text or json.", group="ops", choices=("text", "json"))
     log_level: str = _opt("SEGSTREAM_LOG_LEVEL", "INFO", "Python logging level.", group="ops")
 
+    # --- drift detection (issue 5) -----------------------------------------
+    drift_grace_batches: int = _opt("SEGSTREAM_DRIFT_GRACE_BATCHES", 20, "Batches after seeding before drift detectors and the PSI reference start.", group="ops")
+    drift_delta: float = _opt("SEGSTREAM_DRIFT_DELTA", 0.05, "Page-Hinkley tolerance, relative to the signal's baseline (0.05: ignore rises under 5%).", group="ops")
+    drift_threshold: float = _opt("SEGSTREAM_DRIFT_THRESHOLD", 1.5, "Page-Hinkley alarm threshold (relative units).", group="ops")
+    drift_hold_batches: int = _opt("SEGSTREAM_DRIFT_HOLD_BATCHES", 20, "Batches the drift-alarm gauge stays up after a detection.", group="ops")
+    psi_window: int = _opt("SEGSTREAM_PSI_WINDOW", 2000, "Embeddings in the PSI reference and current windows.", group="ops")
+
     # ------------------------------------------------------------------
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

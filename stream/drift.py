@@ -1,0 +1,184 @@
+"""Drift and segment-health signals, updated once per micro-batch with numpy.
+
+:class:`DriftMonitor` turns what a processed batch tells (distances of the
+updated users to their assigned centroid, how many of them changed segment,
+their embeddings, a new model) into the health signals exported as metrics:
+
+* **churn**: share of updated users whose segment changed in this batch;
+* **mean distance** to the assigned centroid;
+* **centroid shift**: mean Euclidean move of the centroids of segments present
+  in both the previous and the new model version;
+* **PSI** (population stability index) of the embedding distribution against a
+  reference window (the first ``reference_size`` embeddings after the grace period), averaged over
+  dimensions, with decile bins of the reference;
+* **drift alarms**: river Page-Hinkley detectors (mode ``up``: only rises matter)
+  on the per-batch mean distance and on the churn rate, fed once the first
+  ``grace_batches`` batches after seeding (the model's own convergence) are past.
+  Each signal is divided by the mean of its first ``min_instances`` fed values,
+  so ``delta`` and ``threshold`` are relative (0.05: ignore moves under 5%),
+  whatever the encoder's distance scale. A detection counts once and holds the in-alarm gauge up
+  for ``alarm_hold_batches`` batches (re-armed by every new detection).
+
+Detectors are fed one value per batch (a batch summary), so the cost per batch
+is O(1) Python work plus vectorised numpy over the batch.
+
+    >>> import numpy as np
+    >>> m = DriftMonitor(reference_size=200, alarm_hold_batches=3, min_instances=5)
+    >>> rng = np.random.default_rng(0)
+    >>> for _ in range(30):
+    ...     s = m.observe(distances=rng.normal(1.0, 0.05, 100), changed=1, updated=100,
+    ...                   embeddings=rng.normal(0, 1, (100, 4)))
+    >>> m.alarms_total["distance"], round(m.psi, 2) < 0.1
+    (0, True)
+    >>> for _ in range(10):
+    ...     s = m.observe(distances=rng.normal(3.0, 0.05, 100), changed=1, updated=100,
+    ...                   embeddings=rng.normal(2, 1, (100, 4)))
+    >>> m.alarms_total["distance"] >= 1, m.psi > 0.25
+    (True, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from river.drift import PageHinkley
+
+__all__ = ["DriftMonitor", "DriftSnapshot", "population_stability_index", "centroid_shift", "SIGNALS"]
+
+SIGNALS = ("distance", "churn")
+
+
+def quantile_edges(reference: np.ndarray, bins: int = 10) -> np.ndarray:
+    """[bins-1, d] inner bin edges: the quantiles of each column of ``reference``."""
+    ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    return np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1], axis=0)
+
+
+def population_stability_index(reference: np.ndarray, current: np.ndarray, bins: int = 10,
+                                edges: np.ndarray | None = None) -> float:
+    """Mean PSI over columns, with quantile bins taken from ``reference`` ([n, d] arrays).
+
+    >>> rng = np.random.default_rng(1)
+    >>> ref = rng.normal(0, 1, (5000, 2))
+    >>> population_stability_index(ref, rng.normal(0, 1, (5000, 2))) < 0.02
+    True
+    >>> population_stability_index(ref, rng.normal(1, 1, (5000, 2))) > 0.25
+    True
+    """
+    ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    cur = np.asarray(current, dtype=np.float64).reshape(len(current), -1)
+    if len(ref) == 0 or len(cur) == 0:
+        return 0.0
+    if edges is None:
+        edges = quantile_edges(ref, bins)
+    d = ref.shape[1]
+    # bin index per value and column, counted in one bincount over (column, bin)
+    def hist(x: np.ndarray) -> np.ndarray:
+        idx = (x[:, None, :] > edges[None, :, :]).sum(axis=1)  # [n, d] in 0..bins-1
+        flat = idx + np.arange(d)[None, :] * bins
+        counts = np.bincount(flat.ravel(), minlength=d * bins).reshape(d, bins)
+        return counts / len(x)
+    eps = 1e-4
+    p, q = np.maximum(hist(ref), eps), np.maximum(hist(cur), eps)
+    return float(((q - p) * np.log(q / p)).sum(axis=1).mean())
+
+
+def centroid_shift(old_ids: np.ndarray, old_c: np.ndarray, new_ids: np.ndarray, new_c: np.ndarray) -> float:
+    """Mean Euclidean distance moved by centroids whose segment id is in both models (0 if none).
+
+    >>> centroid_shift(np.array([1, 2]), np.zeros((2, 2)), np.array([2, 3]), np.array([[3., 4.], [9., 9.]]))
+    5.0
+    """
+    common, i_old, i_new = np.intersect1d(old_ids, new_ids, return_indices=True)
+    if len(common) == 0:
+        return 0.0
+    return float(np.linalg.norm(new_c[i_new] - old_c[i_old], axis=1).mean())
+
+
+@dataclass
+class DriftSnapshot:
+    churn: float
+    mean_distance: float
+    psi: float
+    detections: dict[str, bool]
+    in_alarm: dict[str, bool]
+
+
+class DriftMonitor:
+    def __init__(self, *, reference_size: int = 2000, current_size: int = 2000, alarm_hold_batches: int = 20,
+                 min_instances: int = 10, delta: float = 0.05, threshold: float = 1.5, grace_batches: int = 0) -> None:
+        self.grace_batches = grace_batches
+        self.batches = 0
+        self.reference_size = reference_size
+        self.current_size = current_size
+        self.alarm_hold_batches = alarm_hold_batches
+        self._mk = lambda: PageHinkley(min_instances=min_instances, delta=delta, threshold=threshold, mode="up")
+        self.detectors = {s: self._mk() for s in SIGNALS}
+        self.alarms_total = {s: 0 for s in SIGNALS}
+        self.min_instances = min_instances
+        self._baseline: dict[str, list[float]] = {s: [] for s in SIGNALS}
+        self._hold = {s: 0 for s in SIGNALS}
+        self._reference: list[np.ndarray] = []
+        self._ref_n = 0
+        self._ref: np.ndarray | None = None
+        self._current: list[np.ndarray] = []
+        self.psi = 0.0
+        self.churn = 0.0
+        self.mean_distance = float("nan")
+        self.last_shift = 0.0
+
+    def in_alarm(self, signal: str) -> bool:
+        return self._hold[signal] > 0
+
+    def observe(self, *, distances: np.ndarray, changed: int, updated: int,
+                embeddings: np.ndarray | None = None) -> DriftSnapshot:
+        """Fold one batch in; returns the batch's signals and which detectors fired."""
+        self.batches += 1
+        d = np.asarray(distances, dtype=np.float64)
+        d = d[np.isfinite(d)]
+        values: dict[str, float] = {}
+        if len(d):
+            self.mean_distance = float(d.mean())
+            values["distance"] = self.mean_distance
+        if updated > 0:
+            self.churn = changed / updated
+            values["churn"] = self.churn
+        detections = {}
+        for s in SIGNALS:
+            self._hold[s] = max(0, self._hold[s] - 1)
+            fired = False
+            if s in values and self.batches > self.grace_batches:
+                base = self._baseline[s]
+                if len(base) < self.min_instances:  # scale of the signal: mean of its first values
+                    base.append(values[s])
+                scale = max(float(np.mean(base)), 1e-9)
+                det = self.detectors[s]
+                det.update(values[s] / scale)
+                if det.drift_detected:
+                    fired = True
+                    self.alarms_total[s] += 1
+                    self._hold[s] = self.alarm_hold_batches
+            detections[s] = fired
+        if embeddings is not None and len(embeddings) and self.batches > self.grace_batches:
+            self._observe_embeddings(np.asarray(embeddings, dtype=np.float64))
+        return DriftSnapshot(self.churn, self.mean_distance, self.psi, detections,
+                             {s: self.in_alarm(s) for s in SIGNALS})
+
+    def _observe_embeddings(self, emb: np.ndarray) -> None:
+        if self._ref is None:
+            self._reference.append(emb)
+            self._ref_n += len(emb)
+            if self._ref_n >= self.reference_size:
+                self._ref = np.concatenate(self._reference)[: self.reference_size]
+                self._edges = quantile_edges(self._ref)
+                self._reference = []
+            return
+        self._current.append(emb)
+        cur = np.concatenate(self._current)[-self.current_size:]
+        self._current = [cur]
+        self.psi = population_stability_index(self._ref, cur, edges=self._edges)
+
+    def model_changed(self, old_ids: np.ndarray, old_c: np.ndarray, new_ids: np.ndarray, new_c: np.ndarray) -> float:
+        self.last_shift = centroid_shift(old_ids, old_c, new_ids, new_c)
+        return self.last_shift

@@ -1,0 +1,119 @@
+"""deploy/: alert rules (promtool), docker-compose.yml and Dockerfile checked by parsing, dashboard shape."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stream.settings import setting_fields
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+RULES = DEPLOY / "prometheus" / "segstream.rules.yml"
+METRIC = re.compile(r"\bsegstream_[a-z0-9_]+")
+
+
+def _promtool() -> str:
+    tool = shutil.which("promtool")
+    if tool is None:
+        pytest.fail("promtool not found: ./dev test installs Debian's prometheus package (apt-get install prometheus)")
+    return tool
+
+
+def dashboard_and_rule_metrics() -> set[str]:
+    """Every segstream_* name used by a dashboard query or an alert expression."""
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "segstream.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    rules = yaml.safe_load(RULES.read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    return {m for e in exprs for m in METRIC.findall(e)}
+
+
+def test_promtool_check_rules() -> None:
+    out = subprocess.run([_promtool(), "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS: 7 rules found" in out.stdout + out.stderr
+
+
+def test_promtool_unit_tests_cover_every_alert() -> None:
+    test_file = DEPLOY / "prometheus" / "segstream.rules.test.yml"
+    out = subprocess.run([_promtool(), "test", "rules", test_file.name], cwd=test_file.parent,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    tested = {t["alertname"] for case in yaml.safe_load(test_file.read_text())["tests"]
+              for t in case["alert_rule_test"] if t["exp_alerts"]}
+    assert alerts == tested  # each alert has a case where it fires (and the cases also check it does not fire early)
+
+
+def test_prometheus_config_parses_and_points_at_rules() -> None:
+    cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert cfg["scrape_configs"][0]["static_configs"][0]["targets"] == ["segstream:9400"]
+    assert cfg["rule_files"] == ["/etc/prometheus/segstream.rules.yml"]
+
+
+def test_dashboard_and_provisioning() -> None:
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "segstream.json").read_text())
+    titles = " ".join(p["title"].lower() for p in dash["panels"])
+    for topic in ("throughput", "lag", "latency", "segment sizes", "churn", "drift", "centroid shift", "dlq"):
+        assert topic in titles, topic
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    uid = ds["datasources"][0]["uid"]
+    assert all(p["datasource"]["uid"] == uid for p in dash["panels"])
+    prov = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "segstream.yml").read_text())
+    assert prov["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    assert len(dashboard_and_rule_metrics()) >= 20
+
+
+def test_docker_compose_file() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "topic-init", "segstream", "generator", "prometheus", "grafana"} <= set(services)
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
+    assert "zookeeper" not in services
+    for name in ("kafka", "segstream", "prometheus", "grafana"):
+        assert "healthcheck" in services[name], name
+        assert services[name]["restart"] in ("unless-stopped", "always", "on-failure"), name
+    assert services["segstream"]["build"] == "."
+    assert services["segstream"]["depends_on"]["topic-init"]["condition"] == "service_completed_successfully"
+    published = {p.split(":")[0] for s in services.values() for p in s.get("ports", [])}
+    assert {"9090", "3000", "9400", "29092"} <= published
+    # bind mounts point at files and folders in the repo
+    for svc in services.values():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            if src.startswith("./"):
+                assert (REPO / src).exists(), src
+    # every SEGSTREAM_* name given to a service is one the CLI reads
+    known = {f.metadata["env"] for f in setting_fields()}
+    for svc in ("segstream", "generator"):
+        env = services[svc]["environment"]
+        names = {k for k in env if k.startswith("SEGSTREAM_")}
+        assert names and names <= known, names - known
+    # the scrape target's port is the one segstream serves on
+    assert services["segstream"]["environment"]["SEGSTREAM_METRICS_PORT"] == "9400"
+    # topic-init creates the topics segstream uses
+    init = " ".join(services["topic-init"]["command"])
+    for var in ("SEGSTREAM_INPUT_TOPIC", "SEGSTREAM_OUTPUT_TOPIC", "SEGSTREAM_DLQ_TOPIC"):
+        assert services["segstream"]["environment"][var] in init
+
+
+def test_dockerfile_builds_the_cli() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.\d+", text, re.M)
+    for pkg in ("stream", "state", "encoders", "eventlogs", "evaluation"):
+        assert f"COPY {pkg} ./{pkg}" in text
+    assert "torch==2.13.0" in text
+    assert 'ENTRYPOINT ["segstream"]' in text and "HEALTHCHECK" in text
+    for env in re.findall(r"SEGSTREAM_[A-Z_]+", text):
+        assert env in {f.metadata["env"] for f in setting_fields()}, env
