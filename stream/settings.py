@@ -83,6 +83,16 @@ class Settings:
     hysteresis: float = _opt("SEGSTREAM_HYSTERESIS", 0.05, "A user moves only to a segment closer by this relative margin.", group="segments")
     seed: int = _opt("SEGSTREAM_SEED", 0, "Seed of every random choice (replays are deterministic).", group="segments")
 
+    # --- issue 4: clusterers, segment identity, lineage and profiles -------
+    clusterer: str = _opt("SEGSTREAM_CLUSTERER", "kmeans", "Online clusterer: kmeans (river KMeans, k-means++ warm-up, dead-cluster re-seeding) or dbstream (river DBSTREAM, reclustered every SEGSTREAM_MODEL_UPDATE_EVENTS events).", group="segments", choices=("kmeans", "dbstream"))
+    dbstream_radius: float = _opt("SEGSTREAM_DBSTREAM_RADIUS", 0.3, "DBSTREAM micro-cluster radius (clustering_threshold), in embedding units.", group="segments")
+    dbstream_fading: float = _opt("SEGSTREAM_DBSTREAM_FADING", 0.01, "DBSTREAM fading factor per learned point (weights halve every ~1/fading learned points).", group="segments")
+    match_factor: float = _opt("SEGSTREAM_MATCH_FACTOR", 2.0, "DBSTREAM: a new macro-cluster keeps an old id when their centres are within this many radii (Hungarian matching).", group="segments")
+    dwell_s: float = _opt("SEGSTREAM_DWELL_S", 0.0, "A user who changed segment keeps the new one for at least this much event time, in seconds (0: hysteresis margin only).", group="segments")
+    lineage_topic: str = _opt("SEGSTREAM_LINEAGE_TOPIC", "segment-lineage", "Topic of segment lineage events (born/retired/merged/split, schema 1).", group="kafka")
+    profiles_topic: str = _opt("SEGSTREAM_PROFILES_TOPIC", "segment-profiles", "Topic of periodic segment profiles (keyed by segment id, schema 1).", group="kafka")
+    profile_every_events: int = _opt("SEGSTREAM_PROFILE_EVERY_EVENTS", 50000, "Events between published segment profiles (0: never).", group="segments")
+
     # --- metrics and logs --------------------------------------------------
     metrics_port: int = _opt("SEGSTREAM_METRICS_PORT", 9400, "Prometheus endpoint port (0: disabled).", group="ops")
     metrics_host: str = _opt("SEGSTREAM_METRICS_HOST", "127.0.0.1", "Address the Prometheus endpoint binds to.", group="ops")
