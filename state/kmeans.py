@@ -85,7 +85,7 @@ class OnlineKMeans:
 
     def __init__(self, k: int, dim: int, *, learning_rate: float = 0.02, warmup_users: int = 200,
                  learn_sample: int = 32, update_every_events: int = 5000, seed: int = 0,
-                 recent_size: int = 8192, refine_iterations: int = 3, min_share_factor: float = 0.25,
+                 recent_size: int = 8192, refine_iterations: int = 10, min_share_factor: float = 0.25,
                  seed_restarts: int = 8) -> None:
         if warmup_users < k:
             raise ValueError("warmup_users must be >= k")
@@ -141,12 +141,12 @@ class OnlineKMeans:
         """Feed a bounded, seeded sample of this batch to river."""
         if len(emb) == 0:
             return
+        self._recent.add(emb)  # every embedding of the batch: the consolidation step works on these
         if len(emb) > self.learn_sample:
             emb = emb[np.sort(self._rng.choice(len(emb), self.learn_sample, replace=False))]
         learn = self.learner.learn_one
         for row in emb.tolist():
             learn(dict(enumerate(row)))
-        self._recent.add(emb)
 
     def learner_centroids(self) -> np.ndarray:
         c = self.learner.centers
