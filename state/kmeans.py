@@ -62,9 +62,19 @@ class _Recent:
         self.data = np.zeros((self.size, self.dim), dtype=np.float32)
 
     def add(self, x: np.ndarray) -> None:
-        for row in x[-self.size :]:
-            self.data[self.n % self.size] = row
-            self.n += 1
+        """Append rows (vectorised: one fancy-indexed write, no per-row loop).
+
+        >>> r = _Recent(3, 1); r.add(np.arange(5, dtype=np.float32)[:, None]); r.view().ravel().tolist()
+        [2.0, 3.0, 4.0]
+        >>> r.add(np.array([[9.0]], np.float32)); r.view().ravel().tolist()   # wraps: oldest row replaced
+        [9.0, 3.0, 4.0]
+        """
+        x = x[-self.size :]
+        m = len(x)
+        if m == 0:
+            return
+        self.data[(self.n + np.arange(m)) % self.size] = x
+        self.n += m
 
     def view(self) -> np.ndarray:
         return self.data[: min(self.n, self.size)]
@@ -74,8 +84,8 @@ class OnlineKMeans:
     name = "kmeans"
 
     def __init__(self, k: int, dim: int, *, learning_rate: float = 0.02, warmup_users: int = 200,
-                 learn_sample: int = 256, update_every_events: int = 5000, seed: int = 0,
-                 recent_size: int = 8192, refine_iterations: int = 3, min_share_factor: float = 0.25,
+                 learn_sample: int = 32, update_every_events: int = 5000, seed: int = 0,
+                 recent_size: int = 4096, refine_iterations: int = 5, min_share_factor: float = 0.25,
                  seed_restarts: int = 8) -> None:
         if warmup_users < k:
             raise ValueError("warmup_users must be >= k")
@@ -131,12 +141,12 @@ class OnlineKMeans:
         """Feed a bounded, seeded sample of this batch to river."""
         if len(emb) == 0:
             return
+        self._recent.add(emb)  # every embedding of the batch: the consolidation step works on these
         if len(emb) > self.learn_sample:
             emb = emb[np.sort(self._rng.choice(len(emb), self.learn_sample, replace=False))]
         learn = self.learner.learn_one
         for row in emb.tolist():
             learn(dict(enumerate(row)))
-        self._recent.add(emb)
 
     def learner_centroids(self) -> np.ndarray:
         c = self.learner.centers

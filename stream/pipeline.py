@@ -27,8 +27,10 @@ import numpy as np
 
 from encoders.serving import Encoder, load_encoder
 from state.features import FeatureSpec
+from state.dbstream import OnlineDBSTREAM
 from state.kmeans import LineageEvent, OnlineKMeans
-from state.segments import SegmentModel, assign
+from state.profiles import segment_profiles
+from state.segments import SegmentModel, assign, squared_distances
 from state.user_store import UserStore
 from stream.dedup import EventIdWindow
 from stream.events import EventBatch, EventDecoder, Rejected
@@ -71,6 +73,7 @@ class BatchResult:
     evicted: int = 0
     new_model: SegmentModel | None = None
     lineage: list[LineageEvent] = field(default_factory=list)
+    profiles: list[dict[str, Any]] = field(default_factory=list)  # segment profiles due this batch
     encode_seconds: float = 0.0
     max_event_time: float = float("nan")
     duplicates: int = 0  # events dropped as repeats of a recent event_id (issue 6)
@@ -84,8 +87,9 @@ def spec_from_settings(settings: Settings, base: FeatureSpec | None = None) -> F
 
 
 class Pipeline:
-    def __init__(self, store: UserStore, encoder: Encoder, segmenter: OnlineKMeans, decoder: EventDecoder,
-                 *, hysteresis: float = 0.05) -> None:
+    def __init__(self, store: UserStore, encoder: Encoder, segmenter: OnlineKMeans | OnlineDBSTREAM,
+                 decoder: EventDecoder, *, hysteresis: float = 0.05, dwell_s: float = 0.0,
+                 profile_every_events: int = 0, seed: int = 0) -> None:
         if store.spec != encoder.spec:
             raise ValueError("the user store and the encoder disagree on the feature configuration")
         self.store = store
@@ -93,6 +97,11 @@ class Pipeline:
         self.segmenter = segmenter
         self.decoder = decoder
         self.hysteresis = hysteresis
+        self.dwell_s = dwell_s
+        self.profile_every_events = profile_every_events
+        self._since_profile = 0
+        self._profile_rng = np.random.default_rng([seed, 13])
+        self._changed_at = np.zeros(0, dtype=np.float64)  # event time of each row's last segment change
         self._segment_users = np.zeros(0, dtype=np.int64)  # users per segment id
         self._stale = np.zeros(0, dtype=np.int64)  # rows holding a retired segment id
         self.reassign_per_batch = 2000
@@ -119,12 +128,21 @@ class Pipeline:
             encoder = Encoder.raw(spec_from_settings(settings))
         spec = encoder.spec
         store = UserStore(spec, capacity=settings.max_users)
-        segmenter = OnlineKMeans(
-            settings.segments, encoder.dim, learning_rate=settings.learning_rate, warmup_users=settings.warmup_users,
-            learn_sample=settings.learn_sample, update_every_events=settings.model_update_events, seed=settings.seed)
+        segmenter: OnlineKMeans | OnlineDBSTREAM
+        if settings.clusterer == "dbstream":
+            segmenter = OnlineDBSTREAM(
+                encoder.dim, radius=settings.dbstream_radius, fading_factor=settings.dbstream_fading,
+                warmup_users=settings.warmup_users, learn_sample=settings.learn_sample,
+                recluster_events=settings.model_update_events, seed=settings.seed, match_factor=settings.match_factor)
+        else:
+            segmenter = OnlineKMeans(
+                settings.segments, encoder.dim, learning_rate=settings.learning_rate,
+                warmup_users=settings.warmup_users, learn_sample=settings.learn_sample,
+                update_every_events=settings.model_update_events, seed=settings.seed)
         decoder = EventDecoder(spec, max_event_bytes=settings.max_event_bytes, min_ts=settings.min_event_ts,
                                max_clock_skew_s=settings.max_clock_skew_s, now=now)
-        pipeline = cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis)
+        pipeline = cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis, dwell_s=settings.dwell_s,
+                       profile_every_events=settings.profile_every_events, seed=settings.seed)
         if settings.pseudonymise_key:
             pipeline.pseudonymiser = Pseudonymiser(settings.pseudonymise_key)
         if settings.dedup_window > 0:
@@ -221,6 +239,11 @@ class Pipeline:
         if retired:
             used = store.segment
             self._stale = np.union1d(self._stale, np.flatnonzero(np.isin(used, retired)))
+        if self.profile_every_events > 0:
+            self._since_profile += n
+            if self._since_profile >= self.profile_every_events:
+                self._since_profile = 0
+                result.profiles = segment_profiles(store, seg.model, self._profile_rng)
         return result
 
     def _take_stale(self, exclude: np.ndarray) -> np.ndarray:
@@ -269,6 +292,17 @@ class Pipeline:
         assert model is not None
         current = store.segment[rows].astype(np.int64)
         new, dist = assign(model, emb, current, self.hysteresis)
+        if self.dwell_s > 0:
+            if len(self._changed_at) < len(store.segment):
+                grown = np.full(len(store.segment), -np.inf)
+                grown[: len(self._changed_at)] = self._changed_at
+                self._changed_at = grown
+            held = (current >= 0) & (model.index_of(current) >= 0) & (event_time - self._changed_at[rows] < self.dwell_s)
+            if held.any():
+                keep = held & (new != current)
+                cur_ix = model.index_of(current[keep])
+                dist[keep] = np.sqrt(squared_distances(emb[keep], model.centroids)[np.arange(keep.sum()), cur_ix])
+                new = np.where(held, current, new)
         store.distance[rows] = dist
         changed = np.flatnonzero(new != current)
         if len(changed) == 0:
@@ -278,6 +312,8 @@ class Pipeline:
         self._count(prev, -1)
         self._count(new[changed], +1)
         store.segment[crow] = new[changed]
+        if self.dwell_s > 0:
+            self._changed_at[crow] = event_time[changed]
         store.seq[crow] += 1
         return SegmentChanges(
             user_ids=store.user_ids(crow), segments=new[changed], previous=prev, distances=dist[changed],
