@@ -114,7 +114,8 @@ class OnlineDBSTREAM:
         self.model = SegmentModel(version, centres, m.ids, event_time)
         return self.model
 
-    def tick(self, n_events: int, event_time: float, users_per_segment: dict[int, int]) -> SegmentModel | None:
+    def tick(self, n_events: int, event_time: float, users_per_segment: dict[int, int],
+             population: Any = None) -> SegmentModel | None:
         if self.model is None:
             return None
         self._since_update += n_events
@@ -128,7 +129,65 @@ class OnlineDBSTREAM:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": None if self.model is None else {
-            "version": self.model.version, "centroids": self.model.centroids,
-            "segment_ids": self.model.segment_ids, "event_time": self.model.event_time},
-            "next_id": self._next_id, "since_update": self._since_update}
+        """Everything needed to resume exactly (checkpoints): model, river's micro-clusters and densities, RNG.
+
+        Plain values and numpy arrays only (no pickle); river's floats are kept as float64 so that a
+        restore is bit-exact. :meth:`load_state_dict` is its inverse.
+        """
+        import json
+
+        m = self.model
+        lr = self.learner
+        mc_ids = sorted(lr._micro_clusters)
+        mcs = [lr._micro_clusters[i] for i in mc_ids]
+        pairs = [(i, j, v, lr.s_t[i][j]) for i, row in lr.s.items() for j, v in row.items()]
+        return {
+            "name": self.name,
+            "model": None if m is None else {
+                "version": m.version, "centroids": m.centroids, "segment_ids": m.segment_ids,
+                "event_time": m.event_time},
+            "next_id": self._next_id,
+            "since_update": self._since_update,
+            "rng": json.dumps(self._rng.bit_generator.state),
+            "warm_ids": list(self._warm),
+            "warm_emb": (np.stack(list(self._warm.values())).astype(np.float32) if self._warm
+                         else np.zeros((0, self.dim), np.float32)),
+            "time_stamp": int(lr._time_stamp),
+            "mc_ids": np.array(mc_ids, dtype=np.int64),
+            "mc_centers": np.array([[mc.center.get(d, 0.0) for d in range(self.dim)] for mc in mcs],
+                                   dtype=np.float64).reshape(len(mcs), self.dim),
+            "mc_last_update": np.array([mc.last_update for mc in mcs], dtype=np.float64),
+            "mc_weight": np.array([mc.weight for mc in mcs], dtype=np.float64),
+            "s_pairs": np.array([(i, j) for i, j, _, _ in pairs], dtype=np.int64).reshape(len(pairs), 2),
+            "s_values": np.array([[v, t] for _, _, v, t in pairs], dtype=np.float64).reshape(len(pairs), 2),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (same dim and settings)."""
+        import json
+
+        from river.cluster.dbstream import DBSTREAMMicroCluster
+
+        if state.get("name", self.name) != self.name:
+            raise ValueError(f"checkpoint holds a {state['name']!r} segmenter, not {self.name!r}")
+        m = state["model"]
+        self.model = None if m is None else SegmentModel(
+            int(m["version"]), np.asarray(m["centroids"], np.float32), np.asarray(m["segment_ids"], np.int64),
+            float(m["event_time"]))
+        self._next_id = int(state["next_id"])
+        self._since_update = int(state["since_update"])
+        self._rng.bit_generator.state = json.loads(state["rng"])
+        self._warm = dict(zip(state["warm_ids"], np.asarray(state["warm_emb"], np.float32)))
+        lr = self.learner
+        lr._time_stamp = int(state["time_stamp"])
+        lr._micro_clusters = {}
+        for i, c, t, w in zip(np.asarray(state["mc_ids"]).tolist(), np.asarray(state["mc_centers"]).tolist(),
+                              np.asarray(state["mc_last_update"]).tolist(), np.asarray(state["mc_weight"]).tolist()):
+            lr._micro_clusters[i] = DBSTREAMMicroCluster(x=dict(enumerate(c)), last_update=int(t) if float(t).is_integer() else t,
+                                                         weight=w)
+        lr.s, lr.s_t = {}, {}
+        for (i, j), (v, t) in zip(np.asarray(state["s_pairs"]).tolist(), np.asarray(state["s_values"]).tolist()):
+            lr.s.setdefault(i, {})[j] = v
+            lr.s_t.setdefault(i, {})[j] = int(t) if float(t).is_integer() else t
+        lr.clustering_is_up_to_date = False
+        self.lineage = []

@@ -18,6 +18,7 @@ features and identical segment decisions.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -101,6 +102,8 @@ class Pipeline:
         self.profile_every_events = profile_every_events
         self._since_profile = 0
         self._profile_rng = np.random.default_rng([seed, 13])
+        self._sample_rng = np.random.default_rng([seed, 17])  # consolidation sample of users
+        self.consolidate_on_users = False  # starvation of segments judged on a sample of users (see OnlineKMeans._publish)
         self._changed_at = np.zeros(0, dtype=np.float64)  # event time of each row's last segment change
         self._segment_users = np.zeros(0, dtype=np.int64)  # users per segment id
         self._stale = np.zeros(0, dtype=np.int64)  # rows holding a retired segment id
@@ -229,13 +232,17 @@ class Pipeline:
             emb = np.concatenate([emb, self.encoder.encode(store.features(stale))])
             source = np.concatenate([source, np.full(len(stale), -1, dtype=np.int64)])
             event_time = np.concatenate([event_time, store.last_ts[stale]])
-        result.changes = self._assign(rows, emb, source, event_time)
+        margin = np.full(len(rows), self.hysteresis, dtype=np.float32)
+        margin[len(rows) - len(stale):] = 0.0  # re-assigned because their segment ended or split: no hysteresis
+        result.changes = self._assign(rows, emb, source, event_time, margin)
         seg.learn(learn_emb)
-        new_model = seg.tick(n, result.max_event_time, self.users_per_segment())
+        new_model = seg.tick(n, result.max_event_time, self.users_per_segment(), self._population if self.consolidate_on_users else None)
         if new_model is not None:
             result.new_model = new_model
         result.lineage = seg.drain_lineage()
+        # users of a segment that ended, or of a segment that was split, are re-assigned (bounded per batch)
         retired = [s for ev in result.lineage if ev.kind in ("retired", "merged") for s in ev.segments]
+        retired += [s for ev in result.lineage if ev.kind == "split" for s in ev.parents]
         if retired:
             used = store.segment
             self._stale = np.union1d(self._stale, np.flatnonzero(np.isin(used, retired)))
@@ -246,12 +253,19 @@ class Pipeline:
                 result.profiles = segment_profiles(store, seg.model, self._profile_rng)
         return result
 
+    def _population(self, n: int) -> np.ndarray:
+        """Embeddings of a seeded sample of at most ``n`` assigned users (the consolidation population)."""
+        rows = self.store.live_rows()
+        rows = rows[self.store.segment[rows] >= 0]
+        if len(rows) > n:
+            rows = np.sort(self._sample_rng.choice(rows, n, replace=False))
+        return self.encoder.encode(self.store.features(rows))
+
     def _take_stale(self, exclude: np.ndarray) -> np.ndarray:
-        """Users still holding a retired segment id: re-assigned a bounded number per batch."""
+        """Users queued for re-assignment (their segment ended or was split): a bounded number per batch."""
         if len(self._stale) == 0:
             return self._stale
         live = self._stale[self.store.segment[self._stale] >= 0]
-        live = live[~np.isin(self.store.segment[live], self.segmenter.model.segment_ids)]
         take, self._stale = live[: self.reassign_per_batch], live[self.reassign_per_batch :]
         return take[~np.isin(take, exclude)]
 
@@ -286,12 +300,13 @@ class Pipeline:
             self._segment_users = grown
         np.add.at(self._segment_users, segments, delta)
 
-    def _assign(self, rows: np.ndarray, emb: np.ndarray, source: np.ndarray, event_time: np.ndarray) -> SegmentChanges:
+    def _assign(self, rows: np.ndarray, emb: np.ndarray, source: np.ndarray, event_time: np.ndarray,
+                margin: np.ndarray) -> SegmentChanges:
         store = self.store
         model = self.segmenter.model
         assert model is not None
         current = store.segment[rows].astype(np.int64)
-        new, dist = assign(model, emb, current, self.hysteresis)
+        new, dist = assign(model, emb, current, margin)
         if self.dwell_s > 0:
             if len(self._changed_at) < len(store.segment):
                 grown = np.full(len(store.segment), -np.inf)
@@ -342,7 +357,11 @@ class Pipeline:
         """State shared by all partitions: segmenter, row layout, pending re-assignments, dedup window."""
         return {"segmenter": self.segmenter.state_dict(), "layout": self.store.layout(), "stale": self._stale.copy(),
                 "events_seen": self.events_seen,
-                "dedup": None if self.dedup is None else self.dedup.state()}
+                "dedup": None if self.dedup is None else self.dedup.state(),
+                # issue 4: dwell clock per row, profile schedule
+                "changed_at": self._changed_at.copy(), "since_profile": self._since_profile,
+                "profile_rng": json.dumps(self._profile_rng.bit_generator.state),
+                "sample_rng": json.dumps(self._sample_rng.bit_generator.state)}
 
     def load_global_state(self, state: dict[str, Any]) -> None:
         self.segmenter.load_state_dict(state["segmenter"])
@@ -350,3 +369,8 @@ class Pipeline:
         self.events_seen = int(state["events_seen"])
         if self.dedup is not None and state.get("dedup") is not None:
             self.dedup.load(state["dedup"])
+        if "changed_at" in state:
+            self._changed_at = np.asarray(state["changed_at"], dtype=np.float64).copy()
+            self._since_profile = int(state["since_profile"])
+            self._profile_rng.bit_generator.state = json.loads(state["profile_rng"])
+            self._sample_rng.bit_generator.state = json.loads(state["sample_rng"])
