@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--days", type=float, default=14.0, help="event-time span of the log")
     p.add_argument("--half-life-s", type=float, default=86400.0, help="per-user state half-life (event time)")
     p.add_argument("--clusterer", default="kmeans", choices=("kmeans", "dbstream"))
+    p.add_argument("--hysteresis", type=float, default=0.05, help="relative margin before a user moves")
+    p.add_argument("--dwell-s", type=float, default=0.0, help="event time a user keeps a new segment at least")
     p.add_argument("--batch", type=int, default=5000, help="micro-batch size (events)")
     p.add_argument("--checkpoint-events", type=int, default=20000)
     p.add_argument("--encoder", default="", help="encoder artifact (default: raw normalised state)")
@@ -97,7 +99,8 @@ def run_planted(cfg: SyntheticConfig, settings: Settings, *, batch: int = 5000, 
     return {"config": {**{k: getattr(cfg, k) for k in ("users", "groups", "events", "drift_at", "drift_groups", "seed",
                                                        "duration_s")},
                        "clusterer": settings.clusterer, "half_life_s": p.store.spec.half_life_s, "batch": batch,
-                       "learn_sample": settings.learn_sample, "hysteresis": settings.hysteresis},
+                       "learn_sample": settings.learn_sample, "hysteresis": settings.hysteresis,
+                       "dwell_s": settings.dwell_s},
             "drift_ts": cfg.drift_ts, "start_ts": cfg.start_ts, "points": points,
             "summary": summarise(points, cfg.drift_ts, p.store.spec.half_life_s, warmup_points=1)}
 
@@ -161,7 +164,7 @@ def main(args: argparse.Namespace) -> int:
                           drift_groups=args.drift_groups if args.drift_at else 0)
     settings = Settings(segments=args.groups, clusterer=args.clusterer, half_life_s=args.half_life_s,
                         encoder=args.encoder, max_users=max(2 * args.users, 1000), metrics_port=0, seed=args.seed,
-                        warmup_users=max(200, 10 * args.groups))
+                        warmup_users=max(200, 10 * args.groups), hysteresis=args.hysteresis, dwell_s=args.dwell_s)
     report = run_planted(cfg, settings, batch=args.batch, checkpoint_events=args.checkpoint_events)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

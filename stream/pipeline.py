@@ -237,9 +237,9 @@ class Pipeline:
             emb = np.concatenate([emb, self.encoder.encode(store.features(stale))])
             source = np.concatenate([source, np.full(len(stale), -1, dtype=np.int64)])
             event_time = np.concatenate([event_time, store.last_ts[stale]])
-        margin = np.full(len(rows), self.hysteresis, dtype=np.float32)
-        margin[len(rows) - len(stale):] = 0.0  # re-assigned because their segment ended or split: no hysteresis
-        result.changes = self._assign(rows, emb, source, event_time, margin)
+        reassigned = np.zeros(len(rows), dtype=bool)
+        reassigned[len(rows) - len(stale):] = True  # queued because their segment ended or split
+        result.changes = self._assign(rows, emb, source, event_time, reassigned)
         seg.learn(learn_emb)
         new_model = seg.tick(n, result.max_event_time, self.users_per_segment(), self._population if self.consolidate_on_users else None)
         if new_model is not None:
@@ -306,18 +306,18 @@ class Pipeline:
         np.add.at(self._segment_users, segments, delta)
 
     def _assign(self, rows: np.ndarray, emb: np.ndarray, source: np.ndarray, event_time: np.ndarray,
-                margin: np.ndarray) -> SegmentChanges:
+                reassigned: np.ndarray) -> SegmentChanges:
         store = self.store
         model = self.segmenter.model
         assert model is not None
         current = store.segment[rows].astype(np.int64)
-        new, dist = assign(model, emb, current, margin)
+        new, dist = assign(model, emb, current, self.hysteresis)
         if self.dwell_s > 0:
             if len(self._changed_at) < len(store.segment):
                 grown = np.full(len(store.segment), -np.inf)
                 grown[: len(self._changed_at)] = self._changed_at
                 self._changed_at = grown
-            held = ((current >= 0) & (model.index_of(current) >= 0) & (margin > 0)  # re-assignments are not held
+            held = ((current >= 0) & (model.index_of(current) >= 0) & ~reassigned  # re-assignments are not held
                     & (event_time - self._changed_at[rows] < self.dwell_s))
             if held.any():
                 keep = held & (new != current)
