@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from river import cluster
 
-from state.segments import SegmentModel, best_of_restarts, kmeans_plus_plus, lloyd, squared_distances
+from state.identity import match_ids
+from state.segments import SegmentModel, best_of_restarts, inertia, kmeans_plus_plus, lloyd, squared_distances
 
 __all__ = ["OnlineKMeans", "LineageEvent"]
 
@@ -62,9 +64,19 @@ class _Recent:
         self.data = np.zeros((self.size, self.dim), dtype=np.float32)
 
     def add(self, x: np.ndarray) -> None:
-        for row in x[-self.size :]:
-            self.data[self.n % self.size] = row
-            self.n += 1
+        """Append rows (vectorised: one fancy-indexed write, no per-row loop).
+
+        >>> r = _Recent(3, 1); r.add(np.arange(5, dtype=np.float32)[:, None]); r.view().ravel().tolist()
+        [2.0, 3.0, 4.0]
+        >>> r.add(np.array([[9.0]], np.float32)); r.view().ravel().tolist()   # wraps: oldest row replaced
+        [9.0, 3.0, 4.0]
+        """
+        x = x[-self.size :]
+        m = len(x)
+        if m == 0:
+            return
+        self.data[(self.n + np.arange(m)) % self.size] = x
+        self.n += m
 
     def view(self) -> np.ndarray:
         return self.data[: min(self.n, self.size)]
@@ -74,9 +86,9 @@ class OnlineKMeans:
     name = "kmeans"
 
     def __init__(self, k: int, dim: int, *, learning_rate: float = 0.02, warmup_users: int = 200,
-                 learn_sample: int = 256, update_every_events: int = 5000, seed: int = 0,
-                 recent_size: int = 8192, refine_iterations: int = 3, min_share_factor: float = 0.25,
-                 seed_restarts: int = 8) -> None:
+                 learn_sample: int = 32, update_every_events: int = 5000, seed: int = 0,
+                 recent_size: int = 4096, refine_iterations: int = 5, min_share_factor: float = 0.25,
+                 seed_restarts: int = 8, restart_gain: float = 0.0) -> None:
         if warmup_users < k:
             raise ValueError("warmup_users must be >= k")
         self.k = k
@@ -95,6 +107,7 @@ class OnlineKMeans:
         self.refine_iterations = refine_iterations
         self.seed_restarts = seed_restarts
         self.min_share_factor = min_share_factor
+        self.restart_gain = restart_gain
 
     # ----- warm-up -----------------------------------------------------------
     @property
@@ -131,18 +144,19 @@ class OnlineKMeans:
         """Feed a bounded, seeded sample of this batch to river."""
         if len(emb) == 0:
             return
+        self._recent.add(emb)  # every embedding of the batch: the consolidation step works on these
         if len(emb) > self.learn_sample:
             emb = emb[np.sort(self._rng.choice(len(emb), self.learn_sample, replace=False))]
         learn = self.learner.learn_one
         for row in emb.tolist():
             learn(dict(enumerate(row)))
-        self._recent.add(emb)
 
     def learner_centroids(self) -> np.ndarray:
         c = self.learner.centers
         return np.array([[c[j][i] for i in range(self.dim)] for j in range(self.k)], dtype=np.float32)
 
-    def tick(self, n_events: int, event_time: float, users_per_segment: dict[int, int]) -> SegmentModel | None:
+    def tick(self, n_events: int, event_time: float, users_per_segment: dict[int, int],
+             population: Callable[[int], np.ndarray] | None = None) -> SegmentModel | None:
         """Count events; publish a new model version every ``update_every_events``."""
         if self.model is None:
             return None
@@ -150,9 +164,10 @@ class OnlineKMeans:
         if self._since_update < self.update_every_events:
             return None
         self._since_update = 0
-        return self._publish(event_time, users_per_segment)
+        return self._publish(event_time, users_per_segment, population)
 
-    def _publish(self, event_time: float, users_per_segment: dict[int, int]) -> SegmentModel:
+    def _publish(self, event_time: float, users_per_segment: dict[int, int],
+                 population: Callable[[int], np.ndarray] | None = None) -> SegmentModel:
         """Consolidate river's centres and publish them as the next model version.
 
         River moves one centre per point and never recovers from a poor start, so
@@ -165,36 +180,65 @@ class OnlineKMeans:
         version = self.model.version + 1
         centers = self.learner_centroids()
         ids = self.model.segment_ids.copy()
+        # Lloyd refinement over the ring of recent embeddings (what moved lately; heavy users count
+        # once per batch they touched); starvation and re-seeding over a sample of the users held
+        # (one row per user), so that "starving" means "few users", what a recommender sees.
         recent = self._recent.view()
-        if len(recent) >= 4 * self.k:
+        users = population(self._recent.size) if population is not None else recent
+        if len(recent) >= 4 * self.k and len(users) >= 4 * self.k:
             centers = lloyd(recent, centers, iterations=self.refine_iterations)
             for _round in range(self.k):
-                labels = squared_distances(recent, centers).argmin(axis=1)
-                share = np.bincount(labels, minlength=self.k) / len(recent)
+                labels = squared_distances(users, centers).argmin(axis=1)
+                share = np.bincount(labels, minlength=self.k) / len(users)
                 starving = np.flatnonzero(share < self.min_share_factor / self.k)
                 if len(starving) == 0:
                     break
                 j = int(starving[0])
-                d2 = squared_distances(recent, centers)[np.arange(len(recent)), labels]  # error of each point
+                d2 = squared_distances(users, centers)[np.arange(len(users)), labels]  # error of each user
                 sse = np.bincount(labels, weights=d2, minlength=self.k)
                 big = int(sse.argmax())
-                members = recent[labels == big]
+                members = users[labels == big]
                 if len(members) < 2:
                     break
                 halves = lloyd(members, kmeans_plus_plus(members, 2, self._rng), iterations=10)
                 centers[big], centers[j] = halves[0], halves[1]
-                centers = lloyd(recent, centers, iterations=self.refine_iterations)
+                centers = lloyd(users, centers, iterations=self.refine_iterations)
                 new_id = self._next_id
                 self._next_id += 1
                 self.lineage.append(LineageEvent("retired", (int(ids[j]),), version, event_time,
-                                                 detail=f"starving: {share[j]:.2%} of recent users"))
+                                                 detail=f"starving: {share[j]:.2%} of users"))
                 self.lineage.append(LineageEvent("split", (new_id,), version, event_time, parents=(int(ids[big]),),
                                                  detail="bisected the largest-error segment"))
                 ids[j] = new_id
+            centers, ids = self._try_restart(recent, centers, ids, version, event_time)
         for j in range(self.k):
             self.learner.centers[j] = collections.defaultdict(float, enumerate(centers[j].tolist()))
         self.model = SegmentModel(version, centers.astype(np.float32), ids, event_time)
         return self.model
+
+    def _try_restart(self, recent: np.ndarray, centers: np.ndarray, ids: np.ndarray, version: int,
+                     event_time: float) -> tuple[np.ndarray, np.ndarray]:
+        """Escape a local optimum: one seeded k-means++ restart over the recent embeddings per publication.
+
+        Online k-means keeps two planted groups in one centre (and splits another) forever once
+        it has started that way. The restart's centres replace the current ones only when their
+        inertia is lower by ``restart_gain`` (relative), so a good model is never churned. Ids go
+        to the new centres by Hungarian matching (:func:`state.identity.match_ids`): a centre
+        that moved less than half the distance to its nearest neighbour keeps its id; the others
+        are announced as born/split/merged/retired.
+        """
+        if self.restart_gain <= 0 or len(recent) < 4 * self.k:
+            return centers, ids
+        cand = lloyd(recent, kmeans_plus_plus(recent, self.k, self._rng), iterations=4 * self.refine_iterations)
+        if inertia(recent, cand) >= (1.0 - self.restart_gain) * inertia(recent, centers):
+            return centers, ids
+        gaps = np.sqrt(squared_distances(centers, centers))
+        np.fill_diagonal(gaps, np.inf)
+        m = match_ids(centers, ids, cand, next_id=self._next_id, max_distance=0.5 * float(gaps.min()))
+        self._next_id = m.next_id
+        self.lineage += [LineageEvent(e.kind, e.segments, version, event_time, e.parents,
+                                      e.detail or "k-means restart: lower inertia") for e in m.events]
+        return cand, m.ids
 
     def drain_lineage(self) -> list[LineageEvent]:
         out, self.lineage = self.lineage, []

@@ -97,19 +97,25 @@ def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndar
 
 
 def lloyd(x: np.ndarray, centers: np.ndarray, iterations: int = 20) -> np.ndarray:
-    """A few batch k-means (Lloyd) iterations from ``centers``; empty clusters keep their centre."""
+    """A few batch k-means (Lloyd) iterations from ``centers``; empty clusters keep their centre.
+
+    Vectorised: cluster sums are one (k x n) @ (n x dim) product; stops when no label changes.
+    """
     c = centers.astype(np.float32).copy()
+    k = len(c)
+    x = x.astype(np.float32, copy=False)
+    prev = None
     for _ in range(iterations):
         lab = squared_distances(x, c).argmin(axis=1)
-        moved = False
-        for j in range(len(c)):
-            m = lab == j
-            if m.any():
-                new = x[m].mean(axis=0)
-                moved |= not np.allclose(new, c[j])
-                c[j] = new
-        if not moved:
+        if prev is not None and np.array_equal(lab, prev):
             break
+        prev = lab
+        counts = np.bincount(lab, minlength=k)
+        onehot = np.zeros((k, len(x)), dtype=np.float32)
+        onehot[lab, np.arange(len(x))] = 1.0
+        sums = onehot @ x
+        live = counts > 0
+        c[live] = sums[live] / counts[live, None]
     return c
 
 

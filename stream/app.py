@@ -53,7 +53,8 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
     wait_for_broker(settings)
     if settings.create_topics:
         n = _input_partitions(settings)
-        ensure_topics(settings, {settings.output_topic: n, settings.dlq_topic: n})
+        ensure_topics(settings, {settings.output_topic: n, settings.dlq_topic: n,
+                                 settings.lineage_topic: 1, settings.profiles_topic: 1})
     consumer = make_consumer(settings)
     producer = make_producer(settings)
     checkpoints = (CheckpointStore(settings.checkpoint_dir, settings.group_id, settings.input_topic)

@@ -1,6 +1,7 @@
 """Everything a processed micro-batch publishes, in one place.
 
-Segment changes go to the output topic (contract v1), rejected records to the
+Segment changes go to the output topic (contract v1), lineage and profiles to
+their topics (:mod:`stream.segment_contracts`), rejected records to the
 dead-letter topic (original bytes + reason headers), erased users become
 tombstones. Sends are only *started* here; :class:`~stream.kafka_io.Publisher`
 confirms them during the checkpoint.
@@ -17,6 +18,7 @@ import numpy as np
 
 from stream.contracts import change_ids, dead_letter_headers, encode_segment_changes
 from stream.kafka_io import Publisher
+from stream.segment_contracts import encode_lineage, encode_profiles
 from stream.pipeline import BatchResult
 from stream.settings import Settings
 
@@ -44,6 +46,13 @@ class OutputWriter:
             self.publisher.send_many(out, keys, values)
         if result.erased:
             self.publisher.send_many(out, [uid.encode() for uid in result.erased], [None] * len(result.erased))
+        send = self.publisher.send
+        for key, value in encode_lineage(result.lineage):
+            send(self.settings.lineage_topic, key, value)
+        if result.profiles:
+            version = result.changes.model_version
+            for key, value in encode_profiles(result.profiles, version, result.max_event_time):
+                send(self.settings.profiles_topic, key, value)
         self._dead_letters(result, records)
 
     def _dead_letters(self, result: BatchResult, records: Sequence[Any]) -> None:

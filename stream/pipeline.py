@@ -18,6 +18,7 @@ features and identical segment decisions.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +28,10 @@ import numpy as np
 
 from encoders.serving import Encoder, load_encoder
 from state.features import FeatureSpec
+from state.dbstream import OnlineDBSTREAM
 from state.kmeans import LineageEvent, OnlineKMeans
-from state.segments import SegmentModel, assign
+from state.profiles import segment_profiles
+from state.segments import SegmentModel, assign, squared_distances
 from state.user_store import UserStore
 from stream.dedup import EventIdWindow
 from stream.events import EventBatch, EventDecoder, Rejected
@@ -71,6 +74,7 @@ class BatchResult:
     evicted: int = 0
     new_model: SegmentModel | None = None
     lineage: list[LineageEvent] = field(default_factory=list)
+    profiles: list[dict[str, Any]] = field(default_factory=list)  # segment profiles due this batch
     encode_seconds: float = 0.0
     max_event_time: float = float("nan")
     duplicates: int = 0  # events dropped as repeats of a recent event_id (issue 6)
@@ -87,8 +91,9 @@ def spec_from_settings(settings: Settings, base: FeatureSpec | None = None) -> F
 
 
 class Pipeline:
-    def __init__(self, store: UserStore, encoder: Encoder, segmenter: OnlineKMeans, decoder: EventDecoder,
-                 *, hysteresis: float = 0.05) -> None:
+    def __init__(self, store: UserStore, encoder: Encoder, segmenter: OnlineKMeans | OnlineDBSTREAM,
+                 decoder: EventDecoder, *, hysteresis: float = 0.05, dwell_s: float = 0.0,
+                 profile_every_events: int = 0, seed: int = 0) -> None:
         if store.spec != encoder.spec:
             raise ValueError("the user store and the encoder disagree on the feature configuration")
         self.store = store
@@ -96,6 +101,13 @@ class Pipeline:
         self.segmenter = segmenter
         self.decoder = decoder
         self.hysteresis = hysteresis
+        self.dwell_s = dwell_s
+        self.profile_every_events = profile_every_events
+        self._since_profile = 0
+        self._profile_rng = np.random.default_rng([seed, 13])
+        self._sample_rng = np.random.default_rng([seed, 17])  # consolidation sample of users
+        self.consolidate_on_users = False  # starvation of segments judged on a sample of users (see OnlineKMeans._publish)
+        self._changed_at = np.zeros(0, dtype=np.float64)  # event time of each row's last segment change
         self._segment_users = np.zeros(0, dtype=np.int64)  # users per segment id
         self._stale = np.zeros(0, dtype=np.int64)  # rows holding a retired segment id
         self.reassign_per_batch = 2000
@@ -110,6 +122,11 @@ class Pipeline:
             import torch
 
             torch.set_num_threads(settings.encoder_threads)
+            # numpy's BLAS too (segment assignment, consolidation): a multi-threaded OpenBLAS spin-waits on a
+            # busy machine; measured 0.06-0.57 s instead of ~20 ms per consolidation at load 5 on 2 cores
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=settings.encoder_threads, user_api="blas")
         if settings.encoder:
             encoder = load_encoder(settings.encoder, device=settings.encoder_device, max_batch=settings.encoder_batch)
             if settings.half_life_s > 0 and settings.half_life_s != encoder.spec.half_life_s:
@@ -122,12 +139,21 @@ class Pipeline:
             encoder = Encoder.raw(spec_from_settings(settings))
         spec = encoder.spec
         store = UserStore(spec, capacity=settings.max_users)
-        segmenter = OnlineKMeans(
-            settings.segments, encoder.dim, learning_rate=settings.learning_rate, warmup_users=settings.warmup_users,
-            learn_sample=settings.learn_sample, update_every_events=settings.model_update_events, seed=settings.seed)
+        segmenter: OnlineKMeans | OnlineDBSTREAM
+        if settings.clusterer == "dbstream":
+            segmenter = OnlineDBSTREAM(
+                encoder.dim, radius=settings.dbstream_radius, fading_factor=settings.dbstream_fading,
+                warmup_users=settings.warmup_users, learn_sample=settings.learn_sample,
+                recluster_events=settings.model_update_events, seed=settings.seed, match_factor=settings.match_factor)
+        else:
+            segmenter = OnlineKMeans(
+                settings.segments, encoder.dim, learning_rate=settings.learning_rate,
+                warmup_users=settings.warmup_users, learn_sample=settings.learn_sample,
+                update_every_events=settings.model_update_events, seed=settings.seed)
         decoder = EventDecoder(spec, max_event_bytes=settings.max_event_bytes, min_ts=settings.min_event_ts,
                                max_clock_skew_s=settings.max_clock_skew_s, now=now)
-        pipeline = cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis)
+        pipeline = cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis, dwell_s=settings.dwell_s,
+                       profile_every_events=settings.profile_every_events, seed=settings.seed)
         if settings.pseudonymise_key:
             pipeline.pseudonymiser = Pseudonymiser(settings.pseudonymise_key)
         if settings.dedup_window > 0:
@@ -214,26 +240,42 @@ class Pipeline:
             emb = np.concatenate([emb, self.encoder.encode(store.features(stale))])
             source = np.concatenate([source, np.full(len(stale), -1, dtype=np.int64)])
             event_time = np.concatenate([event_time, store.last_ts[stale]])
-        result.changes = self._assign(rows, emb, source, event_time)
+        reassigned = np.zeros(len(rows), dtype=bool)
+        reassigned[len(rows) - len(stale):] = True  # queued because their segment ended or split
+        result.changes = self._assign(rows, emb, source, event_time, reassigned)
         result.distances = store.distance[rows]
         result.embeddings = learn_emb
         seg.learn(learn_emb)
-        new_model = seg.tick(n, result.max_event_time, self.users_per_segment())
+        new_model = seg.tick(n, result.max_event_time, self.users_per_segment(), self._population if self.consolidate_on_users else None)
         if new_model is not None:
             result.new_model = new_model
         result.lineage = seg.drain_lineage()
+        # users of a segment that ended, or of a segment that was split, are re-assigned (bounded per batch)
         retired = [s for ev in result.lineage if ev.kind in ("retired", "merged") for s in ev.segments]
+        retired += [s for ev in result.lineage if ev.kind == "split" for s in ev.parents]
         if retired:
             used = store.segment
             self._stale = np.union1d(self._stale, np.flatnonzero(np.isin(used, retired)))
+        if self.profile_every_events > 0:
+            self._since_profile += n
+            if self._since_profile >= self.profile_every_events:
+                self._since_profile = 0
+                result.profiles = segment_profiles(store, seg.model, self._profile_rng)
         return result
 
+    def _population(self, n: int) -> np.ndarray:
+        """Embeddings of a seeded sample of at most ``n`` assigned users (the consolidation population)."""
+        rows = self.store.live_rows()
+        rows = rows[self.store.segment[rows] >= 0]
+        if len(rows) > n:
+            rows = np.sort(self._sample_rng.choice(rows, n, replace=False))
+        return self.encoder.encode(self.store.features(rows))
+
     def _take_stale(self, exclude: np.ndarray) -> np.ndarray:
-        """Users still holding a retired segment id: re-assigned a bounded number per batch."""
+        """Users queued for re-assignment (their segment ended or was split): a bounded number per batch."""
         if len(self._stale) == 0:
             return self._stale
         live = self._stale[self.store.segment[self._stale] >= 0]
-        live = live[~np.isin(self.store.segment[live], self.segmenter.model.segment_ids)]
         take, self._stale = live[: self.reassign_per_batch], live[self.reassign_per_batch :]
         return take[~np.isin(take, exclude)]
 
@@ -268,12 +310,25 @@ class Pipeline:
             self._segment_users = grown
         np.add.at(self._segment_users, segments, delta)
 
-    def _assign(self, rows: np.ndarray, emb: np.ndarray, source: np.ndarray, event_time: np.ndarray) -> SegmentChanges:
+    def _assign(self, rows: np.ndarray, emb: np.ndarray, source: np.ndarray, event_time: np.ndarray,
+                reassigned: np.ndarray) -> SegmentChanges:
         store = self.store
         model = self.segmenter.model
         assert model is not None
         current = store.segment[rows].astype(np.int64)
         new, dist = assign(model, emb, current, self.hysteresis)
+        if self.dwell_s > 0:
+            if len(self._changed_at) < len(store.segment):
+                grown = np.full(len(store.segment), -np.inf)
+                grown[: len(self._changed_at)] = self._changed_at
+                self._changed_at = grown
+            held = ((current >= 0) & (model.index_of(current) >= 0) & ~reassigned  # re-assignments are not held
+                    & (event_time - self._changed_at[rows] < self.dwell_s))
+            if held.any():
+                keep = held & (new != current)
+                cur_ix = model.index_of(current[keep])
+                dist[keep] = np.sqrt(squared_distances(emb[keep], model.centroids)[np.arange(keep.sum()), cur_ix])
+                new = np.where(held, current, new)
         store.distance[rows] = dist
         changed = np.flatnonzero(new != current)
         if len(changed) == 0:
@@ -283,6 +338,8 @@ class Pipeline:
         self._count(prev, -1)
         self._count(new[changed], +1)
         store.segment[crow] = new[changed]
+        if self.dwell_s > 0:
+            self._changed_at[crow] = event_time[changed]
         store.seq[crow] += 1
         return SegmentChanges(
             user_ids=store.user_ids(crow), segments=new[changed], previous=prev, distances=dist[changed],
@@ -312,7 +369,11 @@ class Pipeline:
         return {"spec": self.store.spec.to_dict(), "segmenter": self.segmenter.state_dict(),
                 "layout": self.store.layout(), "stale": self._stale.copy(),
                 "events_seen": self.events_seen,
-                "dedup": None if self.dedup is None else self.dedup.state()}
+                "dedup": None if self.dedup is None else self.dedup.state(),
+                # issue 4: dwell clock per row, profile schedule
+                "changed_at": self._changed_at.copy(), "since_profile": self._since_profile,
+                "profile_rng": json.dumps(self._profile_rng.bit_generator.state),
+                "sample_rng": json.dumps(self._sample_rng.bit_generator.state)}
 
     def load_global_state(self, state: dict[str, Any]) -> None:
         import json
@@ -325,3 +386,8 @@ class Pipeline:
         self.events_seen = int(state["events_seen"])
         if self.dedup is not None and state.get("dedup") is not None:
             self.dedup.load(state["dedup"])
+        if "changed_at" in state:
+            self._changed_at = np.asarray(state["changed_at"], dtype=np.float64).copy()
+            self._since_profile = int(state["since_profile"])
+            self._profile_rng.bit_generator.state = json.loads(state["profile_rng"])
+            self._sample_rng.bit_generator.state = json.loads(state["sample_rng"])

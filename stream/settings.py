@@ -79,7 +79,7 @@ class Settings:
     segments: int = _opt("SEGSTREAM_SEGMENTS", 8, "Number of segments (k).", group="segments")
     warmup_users: int = _opt("SEGSTREAM_WARMUP_USERS", 200, "Distinct users buffered before the segments are seeded (k-means++).", group="segments")
     learning_rate: float = _opt("SEGSTREAM_LEARNING_RATE", 0.02, "Step towards each learned point (river KMeans 'halflife').", group="segments")
-    learn_sample: int = _opt("SEGSTREAM_LEARN_SAMPLE", 256, "Most embeddings per micro-batch fed to the river learner (seeded sample).", group="segments")
+    learn_sample: int = _opt("SEGSTREAM_LEARN_SAMPLE", 32, "Most embeddings per micro-batch fed to the river learner (seeded sample; river KMeans costs ~160 us per point at k=8, 32 dims).", group="segments")
     model_update_events: int = _opt("SEGSTREAM_MODEL_UPDATE_EVENTS", 5000, "Events between published model versions.", group="segments")
     hysteresis: float = _opt("SEGSTREAM_HYSTERESIS", 0.05, "A user moves only to a segment closer by this relative margin.", group="segments")
     seed: int = _opt("SEGSTREAM_SEED", 0, "Seed of every random choice (replays are deterministic).", group="segments")
@@ -90,6 +90,16 @@ class Settings:
     aligned_batches: bool = _opt("SEGSTREAM_ALIGNED_BATCHES", False, "Cut micro-batches per partition at offset multiples of the batch size, so that a replay after a crash sees the very same batches (bit-exact recovery).", group="recovery")
     dedup_window: int = _opt("SEGSTREAM_DEDUP_WINDOW", 0, "Drop an event whose event_id is among the last N ids seen (0: off).", group="recovery")
     pseudonymise_key: str = _opt("SEGSTREAM_PSEUDONYMISE_KEY", "", "Replace user ids by HMAC-SHA-256(key, id) before they are stored or published (empty: off).", group="recovery")
+
+    # --- issue 4: clusterers, segment identity, lineage and profiles -------
+    clusterer: str = _opt("SEGSTREAM_CLUSTERER", "kmeans", "Online clusterer: kmeans (river KMeans, k-means++ warm-up, dead-cluster re-seeding) or dbstream (river DBSTREAM, reclustered every SEGSTREAM_MODEL_UPDATE_EVENTS events).", group="segments", choices=("kmeans", "dbstream"))
+    dbstream_radius: float = _opt("SEGSTREAM_DBSTREAM_RADIUS", 0.3, "DBSTREAM micro-cluster radius (clustering_threshold), in embedding units.", group="segments")
+    dbstream_fading: float = _opt("SEGSTREAM_DBSTREAM_FADING", 0.01, "DBSTREAM fading factor per learned point (weights halve every ~1/fading learned points).", group="segments")
+    match_factor: float = _opt("SEGSTREAM_MATCH_FACTOR", 2.0, "DBSTREAM: a new macro-cluster keeps an old id when their centres are within this many radii (Hungarian matching).", group="segments")
+    dwell_s: float = _opt("SEGSTREAM_DWELL_S", 0.0, "A user who changed segment keeps the new one for at least this much event time, in seconds (0: hysteresis margin only).", group="segments")
+    lineage_topic: str = _opt("SEGSTREAM_LINEAGE_TOPIC", "segment-lineage", "Topic of segment lineage events (born/retired/merged/split, schema 1).", group="kafka")
+    profiles_topic: str = _opt("SEGSTREAM_PROFILES_TOPIC", "segment-profiles", "Topic of periodic segment profiles (keyed by segment id, schema 1).", group="kafka")
+    profile_every_events: int = _opt("SEGSTREAM_PROFILE_EVERY_EVENTS", 50000, "Events between published segment profiles (0: never).", group="segments")
 
     # --- metrics and logs --------------------------------------------------
     metrics_port: int = _opt("SEGSTREAM_METRICS_PORT", 9400, "Prometheus endpoint port (0: disabled).", group="ops")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import msgpack
 import numpy as np
 import pytest
@@ -29,7 +31,8 @@ def _run(p: Pipeline, raws: list[bytes], start: int, stop: int, B: int = 250) ->
     for i in range(start, stop, B):
         chunk = raws[i : min(i + B, stop)]
         r = p.process_records(chunk, np.full(len(chunk), (i // B) % 3, dtype=np.int32))
-        out.append((r.changes.user_ids, r.changes.segments.tolist(), r.changes.seq.tolist(), r.erased, r.duplicates))
+        out.append((r.changes.user_ids, r.changes.segments.tolist(), r.changes.seq.tolist(), r.erased, r.duplicates,
+                    [(e.kind, e.segments, e.parents) for e in r.lineage], r.profiles))
     return out
 
 
@@ -40,7 +43,16 @@ def _store_state(p: Pipeline) -> dict:
             "t0": s.t0}
 
 
-def test_restored_pipeline_continues_bit_exactly(tmp_path):
+SEGMENTERS = {  # issue 4: both clusterers, with dwell and profiles, restore bit-exactly
+    "kmeans": SETTINGS,
+    "kmeans-dwell-profiles": replace(SETTINGS, dwell_s=3600.0, profile_every_events=700),
+    "dbstream": replace(SETTINGS, clusterer="dbstream", dbstream_radius=0.25, dwell_s=3600.0, profile_every_events=700),
+}
+
+
+@pytest.mark.parametrize("variant", list(SEGMENTERS))
+def test_restored_pipeline_continues_bit_exactly(tmp_path, variant):
+    SETTINGS = SEGMENTERS[variant]
     raws = _records()
     ref = Pipeline.from_settings(SETTINGS, now=lambda: 2e9)
     ref_out = _run(ref, raws, 0, len(raws))

@@ -1,0 +1,193 @@
+"""DBSTREAM segmenter: river ``DBSTREAM`` as the learner, reclustered on a schedule, ids kept stable.
+
+River's DBSTREAM reclusters lazily and renumbers its macro-clusters each time
+(river #891), and ``predict_one`` walks every micro-cluster (river #811,
+#1086). Here river only *learns* (a bounded, seeded sample of each
+micro-batch); every ``recluster_events`` events the macro-cluster centres are
+read once, matched to the previous segments (:func:`state.identity.match_ids`,
+Hungarian on centre distance) and published as a :class:`SegmentModel`.
+Users are then assigned to the nearest macro-centre in one numpy pass per
+micro-batch, like k-means (:func:`state.segments.assign`).
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> blobs = np.concatenate([rng.normal(c, 0.02, (60, 2)) for c in (0.0, 1.0)]).astype(np.float32)
+    >>> db = OnlineDBSTREAM(dim=2, warmup_users=120, radius=0.1, seed=0)
+    >>> db.add_warmup([f"u{i}" for i in range(120)], blobs)
+    >>> _ = db.seed_model(event_time=0.0)
+    >>> db.model.k, sorted(np.abs(np.round(db.model.centroids[:, 0], 1)).tolist())
+    (2, [0.0, 1.0])
+    >>> [e.kind for e in db.drain_lineage()]
+    ['born', 'born']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from river import cluster
+
+from state.identity import match_ids
+from state.kmeans import LineageEvent
+from state.segments import SegmentModel
+
+__all__ = ["OnlineDBSTREAM"]
+
+
+class OnlineDBSTREAM:
+    name = "dbstream"
+
+    def __init__(self, dim: int, *, radius: float = 0.3, fading_factor: float = 0.01, warmup_users: int = 200,
+                 learn_sample: int = 32, recluster_events: int = 5000, seed: int = 0, match_factor: float = 2.0,
+                 cleanup_interval: float = 2.0, intersection_factor: float = 0.3, minimum_weight: float = 1.0) -> None:
+        self.dim = dim
+        self.learn_sample = learn_sample
+        self.recluster_events = recluster_events
+        self.warmup_users = warmup_users
+        self.max_match_distance = match_factor * radius
+        self.learner = cluster.DBSTREAM(clustering_threshold=radius, fading_factor=fading_factor,
+                                        cleanup_interval=cleanup_interval, intersection_factor=intersection_factor,
+                                        minimum_weight=minimum_weight)
+        self.model: SegmentModel | None = None
+        self.lineage: list[LineageEvent] = []
+        self._rng = np.random.default_rng([seed, 11])
+        self._warm: dict[str, np.ndarray] = {}
+        self._since_update = 0
+        self._next_id = 0
+
+    @property
+    def warming(self) -> bool:
+        return self.model is None
+
+    def add_warmup(self, user_ids: list[str], emb: np.ndarray) -> None:
+        for uid, e in zip(user_ids, emb):
+            self._warm[uid] = e
+
+    def forget(self, user_id: str) -> None:
+        self._warm.pop(user_id, None)
+
+    def ready(self) -> bool:
+        return self.model is None and len(self._warm) >= self.warmup_users
+
+    def seed_model(self, event_time: float) -> tuple[list[str], np.ndarray]:
+        users = list(self._warm)
+        x = np.stack([self._warm[u] for u in users]).astype(np.float32)
+        self._learn_rows(x[self._rng.permutation(len(x))])
+        self._warm.clear()
+        model = self._recluster(event_time)
+        if model is None:  # no macro-cluster yet: one segment at the mean
+            self.model = SegmentModel(1, x.mean(axis=0, keepdims=True), np.array([0]), event_time)
+            self._next_id = 1
+            self.lineage.append(LineageEvent("born", (0,), 1, event_time, detail="seeded (no macro-cluster yet)"))
+        return users, x
+
+    def _learn_rows(self, x: np.ndarray) -> None:
+        learn = self.learner.learn_one
+        for row in x.tolist():
+            learn(dict(enumerate(row)))
+
+    def learn(self, emb: np.ndarray) -> None:
+        if len(emb) == 0:
+            return
+        if len(emb) > self.learn_sample:
+            emb = emb[np.sort(self._rng.choice(len(emb), self.learn_sample, replace=False))]
+        self._learn_rows(emb)
+
+    def macro_centres(self) -> np.ndarray:
+        """Recluster now (river does it on reading ``centers``) and return the centres [m, dim]."""
+        c = self.learner.centers
+        if not c:
+            return np.zeros((0, self.dim), np.float32)
+        return np.array([[c[j].get(i, 0.0) for i in range(self.dim)] for j in sorted(c)], dtype=np.float32)
+
+    def _recluster(self, event_time: float) -> SegmentModel | None:
+        centres = self.macro_centres()
+        if len(centres) == 0:
+            return None
+        version = 1 if self.model is None else self.model.version + 1
+        old_c = np.zeros((0, self.dim), np.float32) if self.model is None else self.model.centroids
+        old_ids = np.zeros(0, np.int64) if self.model is None else self.model.segment_ids
+        m = match_ids(old_c, old_ids, centres, next_id=self._next_id, max_distance=self.max_match_distance)
+        self._next_id = m.next_id
+        self.lineage += [LineageEvent(e.kind, e.segments, version, event_time, e.parents, e.detail) for e in m.events]
+        self.model = SegmentModel(version, centres, m.ids, event_time)
+        return self.model
+
+    def tick(self, n_events: int, event_time: float, users_per_segment: dict[int, int],
+             population: Any = None) -> SegmentModel | None:
+        if self.model is None:
+            return None
+        self._since_update += n_events
+        if self._since_update < self.recluster_events:
+            return None
+        self._since_update = 0
+        return self._recluster(event_time)
+
+    def drain_lineage(self) -> list[LineageEvent]:
+        out, self.lineage = self.lineage, []
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (checkpoints): model, river's micro-clusters and densities, RNG.
+
+        Plain values and numpy arrays only (no pickle); river's floats are kept as float64 so that a
+        restore is bit-exact. :meth:`load_state_dict` is its inverse.
+        """
+        import json
+
+        m = self.model
+        lr = self.learner
+        mc_ids = sorted(lr._micro_clusters)
+        mcs = [lr._micro_clusters[i] for i in mc_ids]
+        pairs = [(i, j, v, lr.s_t[i][j]) for i, row in lr.s.items() for j, v in row.items()]
+        return {
+            "name": self.name,
+            "model": None if m is None else {
+                "version": m.version, "centroids": m.centroids, "segment_ids": m.segment_ids,
+                "event_time": m.event_time},
+            "next_id": self._next_id,
+            "since_update": self._since_update,
+            "rng": json.dumps(self._rng.bit_generator.state),
+            "warm_ids": list(self._warm),
+            "warm_emb": (np.stack(list(self._warm.values())).astype(np.float32) if self._warm
+                         else np.zeros((0, self.dim), np.float32)),
+            "time_stamp": int(lr._time_stamp),
+            "mc_ids": np.array(mc_ids, dtype=np.int64),
+            "mc_centers": np.array([[mc.center.get(d, 0.0) for d in range(self.dim)] for mc in mcs],
+                                   dtype=np.float64).reshape(len(mcs), self.dim),
+            "mc_last_update": np.array([mc.last_update for mc in mcs], dtype=np.float64),
+            "mc_weight": np.array([mc.weight for mc in mcs], dtype=np.float64),
+            "s_pairs": np.array([(i, j) for i, j, _, _ in pairs], dtype=np.int64).reshape(len(pairs), 2),
+            "s_values": np.array([[v, t] for _, _, v, t in pairs], dtype=np.float64).reshape(len(pairs), 2),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (same dim and settings)."""
+        import json
+
+        from river.cluster.dbstream import DBSTREAMMicroCluster
+
+        if state.get("name", self.name) != self.name:
+            raise ValueError(f"checkpoint holds a {state['name']!r} segmenter, not {self.name!r}")
+        m = state["model"]
+        self.model = None if m is None else SegmentModel(
+            int(m["version"]), np.asarray(m["centroids"], np.float32), np.asarray(m["segment_ids"], np.int64),
+            float(m["event_time"]))
+        self._next_id = int(state["next_id"])
+        self._since_update = int(state["since_update"])
+        self._rng.bit_generator.state = json.loads(state["rng"])
+        self._warm = dict(zip(state["warm_ids"], np.asarray(state["warm_emb"], np.float32)))
+        lr = self.learner
+        lr._time_stamp = int(state["time_stamp"])
+        lr._micro_clusters = {}
+        for i, c, t, w in zip(np.asarray(state["mc_ids"]).tolist(), np.asarray(state["mc_centers"]).tolist(),
+                              np.asarray(state["mc_last_update"]).tolist(), np.asarray(state["mc_weight"]).tolist()):
+            lr._micro_clusters[i] = DBSTREAMMicroCluster(x=dict(enumerate(c)), last_update=int(t) if float(t).is_integer() else t,
+                                                         weight=w)
+        lr.s, lr.s_t = {}, {}
+        for (i, j), (v, t) in zip(np.asarray(state["s_pairs"]).tolist(), np.asarray(state["s_values"]).tolist()):
+            lr.s.setdefault(i, {})[j] = v
+            lr.s_t.setdefault(i, {})[j] = int(t) if float(t).is_integer() else t
+        lr.clustering_is_up_to_date = False
+        self.lineage = []
