@@ -197,10 +197,12 @@ class OnlineKMeans:
                 low = share < self.min_share_factor / self.k
                 if self.held_share_factor > 0 and held_total > 0:
                     # a segment that has had two model versions to attract users is judged by the users
-                    # who *hold* it (what recommenders see), a younger one by the recent embeddings
+                    # who *hold* it (what recommenders see) unless it gets almost no recent embeddings
+                    # (half the usual floor); a younger one by the recent embeddings
                     held = np.array([users_per_segment.get(int(i), 0) for i in ids]) / held_total
                     old_enough = np.array([self._born.get(int(i), 0) <= version - 3 for i in ids])
-                    low = np.where(old_enough, held < self.held_share_factor / self.k, low)
+                    low = np.where(old_enough, (held < self.held_share_factor / self.k)
+                                   | (share < 0.5 * self.min_share_factor / self.k), low)
                 starving = np.flatnonzero(low)
                 if len(starving) == 0:
                     break
