@@ -88,7 +88,8 @@ class OnlineKMeans:
     def __init__(self, k: int, dim: int, *, learning_rate: float = 0.02, warmup_users: int = 200,
                  learn_sample: int = 32, update_every_events: int = 5000, seed: int = 0,
                  recent_size: int = 4096, refine_iterations: int = 5, min_share_factor: float = 0.25,
-                 seed_restarts: int = 8, restart_gain: float = 0.0) -> None:
+                 seed_restarts: int = 8, restart_gain: float = 0.0,
+                 held_share_factor: float = 0.25) -> None:
         if warmup_users < k:
             raise ValueError("warmup_users must be >= k")
         self.k = k
@@ -108,6 +109,8 @@ class OnlineKMeans:
         self.seed_restarts = seed_restarts
         self.min_share_factor = min_share_factor
         self.restart_gain = restart_gain
+        self.held_share_factor = held_share_factor
+        self._born: dict[int, int] = {}  # segment id -> model version it was born in
 
     # ----- warm-up -----------------------------------------------------------
     @property
@@ -183,6 +186,7 @@ class OnlineKMeans:
         # Lloyd refinement over the ring of recent embeddings (what moved lately; heavy users count
         # once per batch they touched); starvation and re-seeding over a sample of the users held
         # (one row per user), so that "starving" means "few users", what a recommender sees.
+        held_total = sum(users_per_segment.get(int(i), 0) for i in ids)
         recent = self._recent.view()
         users = population(self._recent.size) if population is not None else recent
         if len(recent) >= 4 * self.k and len(users) >= 4 * self.k:
@@ -190,7 +194,16 @@ class OnlineKMeans:
             for _round in range(self.k):
                 labels = squared_distances(users, centers).argmin(axis=1)
                 share = np.bincount(labels, minlength=self.k) / len(users)
-                starving = np.flatnonzero(share < self.min_share_factor / self.k)
+                low = share < self.min_share_factor / self.k
+                if self.held_share_factor > 0 and held_total > 0:
+                    # a segment that has had two model versions to attract users is judged by the users
+                    # who *hold* it (what recommenders see) unless it gets almost no recent embeddings
+                    # (half the usual floor); a younger one by the recent embeddings
+                    held = np.array([users_per_segment.get(int(i), 0) for i in ids]) / held_total
+                    old_enough = np.array([self._born.get(int(i), 0) <= version - 3 for i in ids])
+                    low = np.where(old_enough, (held < self.held_share_factor / self.k)
+                                   | (share < 0.5 * self.min_share_factor / self.k), low)
+                starving = np.flatnonzero(low)
                 if len(starving) == 0:
                     break
                 j = int(starving[0])
@@ -210,6 +223,7 @@ class OnlineKMeans:
                 self.lineage.append(LineageEvent("split", (new_id,), version, event_time, parents=(int(ids[big]),),
                                                  detail="bisected the largest-error segment"))
                 ids[j] = new_id
+                self._born[new_id] = version
             centers, ids = self._try_restart(recent, centers, ids, version, event_time)
         for j in range(self.k):
             self.learner.centers[j] = collections.defaultdict(float, enumerate(centers[j].tolist()))
@@ -268,6 +282,8 @@ class OnlineKMeans:
                          else np.zeros((0, self.dim), np.float32)),
             "recent": self._recent.data.copy(),
             "recent_n": self._recent.n,
+            "born_ids": np.array(sorted(self._born), dtype=np.int64),
+            "born_versions": np.array([self._born[i] for i in sorted(self._born)], dtype=np.int64),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -291,4 +307,6 @@ class OnlineKMeans:
         self._warm = dict(zip(state["warm_ids"], np.asarray(state["warm_emb"], np.float32)))
         self._recent.data[:] = state["recent"]
         self._recent.n = int(state["recent_n"])
+        self._born = dict(zip(np.asarray(state.get("born_ids", [])).tolist(),
+                              np.asarray(state.get("born_versions", [])).tolist()))
         self.lineage = []

@@ -152,3 +152,17 @@ def test_profiles_are_published_on_schedule_and_follow_their_schema():
     bad = msgpack.packb({**profiles[next(iter(profiles))], "schema": 2})
     with pytest.raises(ContractError):
         decode_profile(bad)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_collapsed_segments_on_movielens_k8(movielens_dir, tmp_path, seed):
+    from eventlogs.movielens import iter_movielens_events
+
+    log = tmp_path / "ml.msgpack"
+    write_events(log, iter_movielens_events(movielens_dir))
+    settings = replace(BASE, seed=seed)
+    p = Pipeline.from_settings(settings, now=lambda: float("inf"))
+    replay_log(settings, log, None, clock="event", pipeline=p)
+    sizes = np.array(list(p.users_per_segment().values()))
+    assert sizes.sum() == 610 and len(sizes) == 8
+    assert sizes.min() / sizes.sum() >= 0.02, p.users_per_segment()
