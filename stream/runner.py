@@ -473,8 +473,12 @@ class StreamRunner:
             log.debug("batch", extra={"generation": meta.generation_id, "member": meta.member_id,
                                       "partitions": sorted({r.partition for r in records}),
                                       "first_offset": records[0].offset, "last_offset": records[-1].offset})
-        lags = {}
-        for tp, pos in self._positions.items():
+        lags = {}  # high-water mark minus the next offset this consumer's state reflects (processed, not committed)
+        owned = self.rebalance.owned()
+        processed = {tp: off for tp, off in self._state_offsets.items() if tp in owned and off >= 0}
+        for tp, pos in {**self._positions, **processed}.items():
+            if tp not in owned:
+                continue
             hw = self.consumer.highwater(tp)
             if hw is not None:
                 lags[(tp.topic, tp.partition)] = max(0, hw - pos)
