@@ -53,6 +53,14 @@ def _consumed(p: SegstreamProcess) -> float:
         return 0
 
 
+def _lag_left(p: SegstreamProcess) -> float:
+    """Records left on the member's assigned partitions (its lag gauges, one per assigned partition)."""
+    try:
+        return sum(v for k, v in p.metrics().items() if k.startswith("segstream_consumer_lag_records{"))
+    except OSError:
+        return 0
+
+
 def _wait_committed(bootstrap, group, topic, want: dict[int, int], procs, timeout_s=150.0) -> None:
     deadline = time.monotonic() + timeout_s
     got = {}
@@ -107,14 +115,20 @@ def test_three_consumers_with_a_kill_and_a_join_match_one_uninterrupted_consumer
              for _ in range(3)]
     errs = []
     try:
-        # wait until the three share the work, then kill one mid-stream and add a fourth
+        # wait until the three share the work, then kill one that still has work left on its partitions
+        # (mid-stream for it, not only for the group) and add a fourth
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        victim = None
+        while time.monotonic() < deadline and victim is None:
             consumed = [_consumed(p) for p in group]
             if sum(1 for c in consumed if c > 0) >= 2 and sum(consumed) >= N // 5:
-                break
+                left = [_lag_left(p) for p in group]
+                busy = [i for i in range(3) if consumed[i] > 0 and left[i] >= 300]
+                if busy:
+                    victim = max(busy, key=lambda i: left[i])
+                    break
             time.sleep(0.05)
-        victim = max(range(3), key=lambda i: consumed[i])
+        assert victim is not None, "no member had work left to interrupt"
         group[victim].proc.kill()
         at_kill = committed(broker.bootstrap, topics["group"], topics["input"], P)
         errs.append(group[victim].proc.communicate()[1])
