@@ -60,9 +60,13 @@ class OnlineDBSTREAM:
     def warming(self) -> bool:
         return self.model is None
 
-    def add_warmup(self, user_ids: list[str], emb: np.ndarray) -> None:
+    def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan")) -> None:
         for uid, e in zip(user_ids, emb):
             self._warm[uid] = e
+
+    def waiting_users(self) -> set[str]:
+        """Users buffered until the model exists (they get a segment when it is seeded/announced)."""
+        return set(self._warm)
 
     def forget(self, user_id: str) -> None:
         self._warm.pop(user_id, None)

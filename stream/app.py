@@ -61,6 +61,14 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
                    if settings.checkpoint_dir else None)
     runner = StreamRunner(settings, pipeline, consumer, Publisher(producer, metrics), metrics, clock=clock,
                           on_batch=on_batch, checkpoints=checkpoints)
+    if settings.global_model:
+        from stream.model_sync import ModelSync
+
+        if settings.create_topics:
+            ensure_topics(settings, {settings.model_topic: 1},
+                          configs={settings.model_topic: {"cleanup.policy": "compact"}})
+        runner.model_sync = ModelSync(settings, pipeline.segmenter, runner.publisher, metrics)  # type: ignore[arg-type]
+        runner.model_sync.catch_up()
     runner.subscribe()
     if on_ready is not None:
         on_ready(runner)
@@ -71,6 +79,8 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
         return summary
     finally:
         try:
+            if runner.model_sync is not None:
+                runner.model_sync.close()
             consumer.close(autocommit=False)
         finally:
             producer.close(timeout=10)

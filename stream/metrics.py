@@ -98,6 +98,8 @@ class Metrics:
         self.segment_users = Gauge("segstream_segment_users", "Users assigned to each segment.", ["segment"], registry=r)
         self.segment_share = Gauge("segstream_segment_share", "Share of assigned users in each segment (0..1).", ["segment"], registry=r)
         self.model_version = Gauge("segstream_model_version", "Version of the published segment model in use.", registry=r)
+        self.model_leader = Gauge("segstream_model_leader", "1 while this instance merges and announces the global model (it owns input partition 0).", registry=r)
+        self.model_messages = Counter("segstream_model_messages_total", "Model-topic records sent and received, by kind (model, summary, invalid) and direction.", ["kind", "direction"], registry=r)
         self.model_updates = Counter("segstream_model_updates", "Segment model versions published.", registry=r)
         self.batch_duration = Histogram("segstream_batch_duration_seconds", "Wall time to process, publish and commit one micro-batch.",
                                         buckets=LATENCY_BUCKETS, registry=r)

@@ -29,6 +29,7 @@ import numpy as np
 from encoders.serving import Encoder, load_encoder
 from state.features import FeatureSpec
 from state.dbstream import OnlineDBSTREAM
+from state.global_model import GlobalKMeans
 from state.kmeans import LineageEvent, OnlineKMeans
 from state.profiles import segment_profiles
 from state.segments import SegmentModel, assign, squared_distances
@@ -83,6 +84,15 @@ class BatchResult:
     embeddings: np.ndarray | None = None
 
 
+def default_instance_id() -> str:
+    """host-pid-random: unique per process, readable in logs."""
+    import os
+    import socket
+    import uuid
+
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 def spec_from_settings(settings: Settings, base: FeatureSpec | None = None) -> FeatureSpec:
     spec = base or FeatureSpec()
     if settings.half_life_s > 0 and settings.half_life_s != spec.half_life_s:
@@ -91,7 +101,7 @@ def spec_from_settings(settings: Settings, base: FeatureSpec | None = None) -> F
 
 
 class Pipeline:
-    def __init__(self, store: UserStore, encoder: Encoder, segmenter: OnlineKMeans | OnlineDBSTREAM,
+    def __init__(self, store: UserStore, encoder: Encoder, segmenter: OnlineKMeans | OnlineDBSTREAM | GlobalKMeans,
                  decoder: EventDecoder, *, hysteresis: float = 0.05, dwell_s: float = 0.0,
                  profile_every_events: int = 0, seed: int = 0) -> None:
         if store.spec != encoder.spec:
@@ -110,6 +120,7 @@ class Pipeline:
         self._changed_at = np.zeros(0, dtype=np.float64)  # event time of each row's last segment change
         self._segment_users = np.zeros(0, dtype=np.int64)  # users per segment id
         self._stale = np.zeros(0, dtype=np.int64)  # rows holding a retired segment id
+        self._unassigned = np.zeros(0, dtype=np.int64)  # restored rows without a segment (see requeue_unassigned)
         self.reassign_per_batch = 2000
         self.events_seen = 0
         self.pseudonymiser: Pseudonymiser | None = None  # keyed hash of user ids before anything is stored
@@ -139,7 +150,7 @@ class Pipeline:
             encoder = Encoder.raw(spec_from_settings(settings))
         spec = encoder.spec
         store = UserStore(spec, capacity=settings.max_users)
-        segmenter: OnlineKMeans | OnlineDBSTREAM
+        segmenter: OnlineKMeans | OnlineDBSTREAM | GlobalKMeans
         if settings.clusterer == "dbstream":
             segmenter = OnlineDBSTREAM(
                 encoder.dim, radius=settings.dbstream_radius, fading_factor=settings.dbstream_fading,
@@ -150,6 +161,8 @@ class Pipeline:
                 settings.segments, encoder.dim, learning_rate=settings.learning_rate,
                 warmup_users=settings.warmup_users, learn_sample=settings.learn_sample,
                 update_every_events=settings.model_update_events, seed=settings.seed)
+        if settings.global_model:
+            segmenter = GlobalKMeans(segmenter, settings.instance_id or default_instance_id())
         decoder = EventDecoder(spec, max_event_bytes=settings.max_event_bytes, min_ts=settings.min_event_ts,
                                max_clock_skew_s=settings.max_clock_skew_s, now=now)
         pipeline = cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis, dwell_s=settings.dwell_s,
@@ -221,7 +234,7 @@ class Pipeline:
         event_time = batch.ts[applied.last_event]
 
         if seg.warming:
-            seg.add_warmup(store.user_ids(rows), emb)
+            seg.add_warmup(store.user_ids(rows), emb, event_time=result.max_event_time)
             if not seg.ready():
                 return result
             users, wemb = seg.seed_model(result.max_event_time)
@@ -263,6 +276,24 @@ class Pipeline:
                 result.profiles = segment_profiles(store, seg.model, self._profile_rng)
         return result
 
+    def assign_waiting(self) -> BatchResult | None:
+        """Assign the users held back until the model arrived, without a batch of events (global mode:
+        the model can arrive after an instance's partitions ran dry). None when there is nothing to do."""
+        seg = self.segmenter
+        if not (seg.warming and seg.ready()):
+            return None
+        users, emb = seg.seed_model(float("nan"))
+        rows = np.array([-1 if (r := self.store.row_of(u)) is None else r for u in users], dtype=np.int64)
+        keep = rows >= 0
+        rows, emb = rows[keep], emb[keep]
+        result = BatchResult(events=0, changes=SegmentChanges.empty(self._version()), new_model=seg.model)
+        if len(rows):
+            result.changes = self._assign(rows, emb, np.full(len(rows), -1, dtype=np.int64),
+                                          self.store.last_ts[rows].astype(np.float64), np.zeros(len(rows), bool))
+            seg.learn(emb)
+        result.lineage = seg.drain_lineage()
+        return result
+
     def _population(self, n: int) -> np.ndarray:
         """Embeddings of a seeded sample of at most ``n`` assigned users (the consolidation population)."""
         rows = self.store.live_rows()
@@ -272,12 +303,40 @@ class Pipeline:
         return self.encoder.encode(self.store.features(rows))
 
     def _take_stale(self, exclude: np.ndarray) -> np.ndarray:
-        """Users queued for re-assignment (their segment ended or was split): a bounded number per batch."""
+        """Users queued for re-assignment (their segment ended or was split, or they were restored
+        without one): a bounded number per batch."""
+        if len(self._unassigned):  # restored rows still without a segment (and still holding a user)
+            alive = np.array([self.store._ids[r] is not None for r in self._unassigned.tolist()], dtype=bool)
+            rows = self._unassigned[alive]
+            rows = rows[self.store.segment[rows] < 0]
+            take, self._unassigned = rows[: self.reassign_per_batch], rows[self.reassign_per_batch :]
+            take = take[~np.isin(take, exclude)]
+            if len(take):
+                return take
         if len(self._stale) == 0:
             return self._stale
         live = self._stale[self.store.segment[self._stale] >= 0]
         take, self._stale = live[: self.reassign_per_batch], live[self.reassign_per_batch :]
         return take[~np.isin(take, exclude)]
+
+    def requeue_unassigned(self) -> int:
+        """After a restore: users held without a segment (they were waiting for the first model on the
+        instance that checkpointed them) get one in a coming batch, even if they send no new event."""
+        rows = self.store.live_rows()
+        rows = np.sort(rows[self.store.segment[rows] < 0])
+        if len(rows) == 0:
+            return 0
+        if self.segmenter.warming:
+            waiting = self.segmenter.waiting_users()
+            ids = self.store.user_ids(rows)
+            new = np.array([u not in waiting for u in ids], dtype=bool)
+            if not new.any():
+                return 0
+            rows = rows[new]
+            self.segmenter.add_warmup([u for u, k in zip(ids, new) if k], self.encoder.encode(self.store.features(rows)))
+        else:
+            self._unassigned = np.union1d(self._unassigned, rows)
+        return len(rows)
 
     def _version(self) -> int:
         m = self.segmenter.model
@@ -361,6 +420,7 @@ class Pipeline:
         for uid in self.store.drop_rows(rows):
             self.segmenter.forget(uid)
         self._stale = self._stale[~np.isin(self._stale, rows)]
+        self._unassigned = self._unassigned[~np.isin(self._unassigned, rows)]
         self.recount()
         return len(rows)
 

@@ -29,10 +29,12 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from stream.checkpoints import CheckpointStore
+from stream.contracts import change_id, encode_segment_changes
 from stream.kafka_io import Publisher
 from stream.metrics import Metrics
 from stream.outputs import OutputWriter
 from stream.pipeline import BatchResult, Pipeline
+from stream.segment_contracts import encode_lineage
 from stream.settings import Settings
 
 __all__ = ["StreamRunner", "RunSummary", "RebalanceTracker"]
@@ -114,6 +116,7 @@ class StreamRunner:
         # back-pressure: the batch size shrinks while batches take too large a share of max_poll_interval_ms
         self._batch_cap = settings.batch_max_events
         self._restoring: dict[TopicPartition, int] = {}  # partition -> committed offset its state must reach
+        self.model_sync = None  # issue 8: stream.model_sync.ModelSync when the model is shared by the group
 
     def _log_context(self, tp: TopicPartition) -> dict:
         """Structured log fields of a partition: topic, partition, last committed offset, group generation."""
@@ -139,6 +142,9 @@ class StreamRunner:
             if max_events is not None and summary.events >= max_events:
                 summary.stopped_by = "max-events"
                 break
+            if self.model_sync is not None:  # between batches: apply announced models, send summaries/proposals
+                self.model_sync.pump(leader=TopicPartition(self.settings.input_topic, 0) in self.rebalance.owned())
+                self._assign_waiting()
             records = self._collect_aligned(stop) if self.settings.aligned_batches else self._collect(stop)
             if self._reset or not self.rebalance.owned():  # idle time counts while partitions are owned
                 last_record = max(last_record, time.monotonic())
@@ -361,11 +367,37 @@ class StreamRunner:
         if layout is not None:
             self.pipeline.store.set_layout(layout)
         self.pipeline.recount()
+        self.pipeline.requeue_unassigned()
         self.metrics.restores.inc(len(tps))
         self.metrics.users_tracked.set(len(self.pipeline.store))
         log.info("restored %d partitions (%d users) in %.3fs", len(tps), users, time.perf_counter() - t0, extra={
             "partitions": sorted(tp.partition for tp in tps),
             "offsets": {tp.partition: (s.offset if s else committed[tp]) for tp, s in chosen.items()}})
+
+    def _assign_waiting(self) -> None:
+        """Global model (issue 8): users held back until the first model was announced get their segment
+        as soon as it is, even when their partitions have no more records. Each change id is derived
+        from the offset the user's partition state reflects, so a replay after a crash repeats it."""
+        result = self.pipeline.assign_waiting()
+        if result is None:
+            return
+        store = self.pipeline.store
+        ids = []
+        for uid, seg in zip(result.changes.user_ids, result.changes.segments.tolist()):
+            p = int(store.partition[store.row_of(uid)])
+            ids.append(change_id(uid, p, self._state_offsets.get(TopicPartition(self.settings.input_topic, p), 0) - 1,
+                                 seg))
+        encoded = encode_segment_changes(result.changes, self.clock(), ids)
+        if encoded:
+            keys, values = zip(*encoded)
+            self.publisher.send_many(self.settings.output_topic, keys, values)
+        for key, value in encode_lineage(result.lineage):
+            self.publisher.send(self.settings.lineage_topic, key, value)
+        self.publisher.confirm()
+        self.summary.changes += len(result.changes)
+        if result.new_model is not None:
+            self.metrics.model_version.set(result.new_model.version)
+        log.info("assigned %d users held back until model version %d", len(result.changes), self.pipeline.model.version)
 
     # ----- processing ----------------------------------------------------
     def _process(self, records: list) -> None:

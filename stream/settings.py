@@ -101,6 +101,11 @@ class Settings:
     profiles_topic: str = _opt("SEGSTREAM_PROFILES_TOPIC", "segment-profiles", "Topic of periodic segment profiles (keyed by segment id, schema 1).", group="kafka")
     profile_every_events: int = _opt("SEGSTREAM_PROFILE_EVERY_EVENTS", 50000, "Events between published segment profiles (0: never).", group="segments")
 
+    # --- issue 8: one segment model for several instances -----------------
+    global_model: bool = _opt("SEGSTREAM_GLOBAL_MODEL", False, "Share one segment model across the instances of the group through the model topic (kmeans only). Off: each instance learns its own model (one instance per group).", group="scale-out")
+    model_topic: str = _opt("SEGSTREAM_MODEL_TOPIC", "segment-model", "Single-partition topic of model summaries and announced global models (schema segstream.model/1; compacted when created here).", group="scale-out")
+    instance_id: str = _opt("SEGSTREAM_INSTANCE_ID", "", "Name of this instance in the model protocol (empty: host-pid-random).", group="scale-out")
+
     # --- metrics and logs --------------------------------------------------
     metrics_port: int = _opt("SEGSTREAM_METRICS_PORT", 9400, "Prometheus endpoint port (0: disabled).", group="ops")
     metrics_host: str = _opt("SEGSTREAM_METRICS_HOST", "127.0.0.1", "Address the Prometheus endpoint binds to.", group="ops")
@@ -127,6 +132,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env(name)} must be > 0")
+        if self.global_model and self.clusterer != "kmeans":
+            raise SettingsError(f"{_env('global_model')} needs {_env('clusterer')}=kmeans")
         if self.warmup_users < self.segments:
             raise SettingsError(f"{_env('warmup_users')} must be >= {_env('segments')}")
         if not 0.0 <= self.hysteresis < 1.0:
