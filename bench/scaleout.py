@@ -12,8 +12,10 @@ Reported per run: wall-clock events/s of the group, and CPU seconds per
 event (user + system time of the instances, from ``/proc``, over the same
 window). The broker shares the machine's cores with the instances.
 
-Each instance runs its own segment model here: what this measures is the
-per-instance cost of partitioned state and consumption, not a global model.
+By default the instances share one segment model through the model topic
+(``SEGSTREAM_GLOBAL_MODEL=true``, issue 8), so the figures include the
+coordination cost (summaries, merges, model reads); ``--local-models`` runs
+each instance with its own model instead.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _scrape(port: int) -> tuple[float, set[int]]:
 
 
 def run_group(bootstrap: str, topic: str, produced: int, instances: int, partitions: int, encoder: str,
-              segments: int, measure_s: float) -> dict[str, Any]:
+              segments: int, measure_s: float, global_model: bool = True) -> dict[str, Any]:
     from stream.embedded_broker import free_port
 
     group = f"scale-{uuid.uuid4().hex[:6]}"
@@ -65,7 +67,8 @@ def run_group(bootstrap: str, topic: str, produced: int, instances: int, partiti
         env = {**os.environ, "SEGSTREAM_BOOTSTRAP": bootstrap, "SEGSTREAM_INPUT_TOPIC": topic,
                "SEGSTREAM_OUTPUT_TOPIC": f"{topic}-seg-{group}", "SEGSTREAM_DLQ_TOPIC": f"{topic}-dlq-{group}",
                "SEGSTREAM_GROUP_ID": group, "SEGSTREAM_ENCODER": encoder, "SEGSTREAM_SEGMENTS": str(segments),
-               "SEGSTREAM_METRICS_PORT": str(port), "SEGSTREAM_LOG_LEVEL": "WARNING"}
+               "SEGSTREAM_METRICS_PORT": str(port), "SEGSTREAM_LOG_LEVEL": "WARNING",
+               "SEGSTREAM_GLOBAL_MODEL": "true" if global_model else "false", "SEGSTREAM_MODEL_TOPIC": f"{topic}-model-{group}"}
         procs.append(subprocess.Popen([sys.executable, "-m", "stream.cli", "run"], env=env, stdout=subprocess.DEVNULL))
         ports.append(port)
     try:
@@ -113,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--segments", type=int, default=8)
     p.add_argument("--measure-s", type=float, default=20.0)
+    p.add_argument("--local-models", action="store_true", help="each instance learns its own model (no model topic)")
     a = p.parse_args(argv)
 
     from stream.embedded_broker import EmbeddedBroker
@@ -130,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         produced = produce_log(s, log, topic)
         note(f"produced {produced:,} events into {a.partitions} partitions")
         for n in [int(x) for x in a.instances.split(",")]:
-            r = run_group(broker.bootstrap, topic, produced, n, a.partitions, encoder, a.segments, a.measure_s)
+            r = run_group(broker.bootstrap, topic, produced, n, a.partitions, encoder, a.segments, a.measure_s,
+                          global_model=not a.local_models)
             note(f"{n} instance(s): {r}")
             runs.append(r)
     figures: dict[str, Any] = {"runs": runs}
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["cpu_per_event_ratio"] = round(two["cpu_us_per_event"] / one["cpu_us_per_event"], 3)
         figures["wall_speedup"] = round(two["events_per_s"] / one["events_per_s"], 3)
     emit("scaleout", figures, partitions=a.partitions, users=a.users, events=a.events, segments=a.segments,
-         measure_s=a.measure_s)
+         measure_s=a.measure_s, global_model=not a.local_models)
     return 0
 
 
