@@ -17,6 +17,7 @@ log of any size replays in bounded memory.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -46,13 +47,9 @@ def read_events(path: str | os.PathLike[str]) -> Iterator[Any]:
 
 
 def read_event_chunks(path: str | os.PathLike[str], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for ev in read_events(path):
-        chunk.append(ev)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
+    """The log in lists of ``size`` events (the last one shorter), cut in C by ``islice``."""
+    events = read_events(path)
+    while chunk := list(itertools.islice(events, size)):
         yield chunk
 
 
