@@ -146,6 +146,50 @@ class SegstreamProcess:
             self.proc.communicate()
 
 
+def metric_sum(p: SegstreamProcess, prefix: str) -> float:
+    """Sum of the process's samples whose name (with labels) starts with ``prefix``; 0 while it is not up."""
+    try:
+        return sum(v for k, v in p.metrics().items() if k.startswith(prefix))
+    except OSError:
+        return 0.0
+
+
+def pick_busy_member(group: list[SegstreamProcess], total: int, *, min_left: int = 300,
+                     timeout_s: float = 120.0) -> int:
+    """Once at least two members consume and a fifth of ``total`` is consumed, the index of the member
+    with the most records left on its own partitions (>= ``min_left``): killing it interrupts its work."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        consumed = [metric_sum(p, "segstream_events_consumed_total") for p in group]
+        if sum(1 for c in consumed if c > 0) >= 2 and sum(consumed) >= total // 5:
+            left = [metric_sum(p, "segstream_consumer_lag_records{") for p in group]
+            busy = [i for i in range(len(group)) if consumed[i] > 0 and left[i] >= min_left]
+            if busy:
+                return max(busy, key=lambda i: left[i])
+        time.sleep(0.05)
+    raise AssertionError("no member had work left to interrupt")
+
+
+def wait_committed(bootstrap: str, group: str, topic: str, want: dict[int, int], procs: list[SegstreamProcess],
+                   timeout_s: float = 150.0) -> None:
+    """Until the group's committed offsets equal ``want``; fails early if a process exits, and on timeout
+    kills the processes and shows the end of their logs."""
+    deadline = time.monotonic() + timeout_s
+    got: dict[int, int | None] = {}
+    while time.monotonic() < deadline:
+        for p in procs:
+            assert p.proc.poll() is None, p.proc.communicate()[1][-3000:]
+        got = committed(bootstrap, group, topic, len(want))
+        if got == want:
+            return
+        time.sleep(0.5)
+    tails = []
+    for p in procs:
+        p.proc.kill()
+        tails.append(p.proc.communicate()[1][-4000:])
+    raise AssertionError(f"committed {got}, want {want}\n" + "\n----\n".join(tails))
+
+
 def scrape(port: int) -> dict[str, float]:
     """Scrape ``/metrics`` over HTTP; returns sample name (with labels) -> value."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:

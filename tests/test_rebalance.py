@@ -7,14 +7,13 @@ from __future__ import annotations
 import collections
 import json
 import random
-import time
 
 import msgpack
 import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from helpers import SegstreamProcess, committed
+from helpers import SegstreamProcess, committed, pick_busy_member, wait_committed
 from stream.checkpoints import CheckpointStore
 from stream.kafka_io import ensure_topics
 from stream.settings import Settings
@@ -44,34 +43,6 @@ def _produce(bootstrap: str, topic: str) -> tuple[list[dict], dict[int, int]]:
         f.get(timeout=30)
     prod.close()
     return events, dict(per_part)
-
-
-def _consumed(p: SegstreamProcess) -> float:
-    try:
-        return p.metrics().get("segstream_events_consumed_total", 0)
-    except OSError:
-        return 0
-
-
-def _lag_left(p: SegstreamProcess) -> float:
-    """Records left on the member's assigned partitions (its lag gauges, one per assigned partition)."""
-    try:
-        return sum(v for k, v in p.metrics().items() if k.startswith("segstream_consumer_lag_records{"))
-    except OSError:
-        return 0
-
-
-def _wait_committed(bootstrap, group, topic, want: dict[int, int], procs, timeout_s=150.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    got = {}
-    while time.monotonic() < deadline:
-        for p in procs:
-            assert p.proc.poll() is None, p.proc.communicate()[1][-3000:]
-        got = committed(bootstrap, group, topic, P)
-        if got == want:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"committed {got}, want {want}")
 
 
 def _state(ckpt_dir, group, topic, want: dict[int, int]) -> dict[str, tuple]:
@@ -115,27 +86,16 @@ def test_three_consumers_with_a_kill_and_a_join_match_one_uninterrupted_consumer
              for _ in range(3)]
     errs = []
     try:
-        # wait until the three share the work, then kill one that still has work left on its partitions
+        # once the three share the work, kill one that still has work left on its own partitions
         # (mid-stream for it, not only for the group) and add a fourth
-        deadline = time.monotonic() + 120
-        victim = None
-        while time.monotonic() < deadline and victim is None:
-            consumed = [_consumed(p) for p in group]
-            if sum(1 for c in consumed if c > 0) >= 2 and sum(consumed) >= N // 5:
-                left = [_lag_left(p) for p in group]
-                busy = [i for i in range(3) if consumed[i] > 0 and left[i] >= 300]
-                if busy:
-                    victim = max(busy, key=lambda i: left[i])
-                    break
-            time.sleep(0.05)
-        assert victim is not None, "no member had work left to interrupt"
+        victim = pick_busy_member(group, N)
         group[victim].proc.kill()
         at_kill = committed(broker.bootstrap, topics["group"], topics["input"], P)
         errs.append(group[victim].proc.communicate()[1])
         survivors = [p for i, p in enumerate(group) if i != victim]
         survivors.append(SegstreamProcess(broker.settings(topics), *common, "--checkpoint-dir", str(tmp_path / "group")))
-        _wait_committed(broker.bootstrap, topics["group"], topics["input"], want, survivors)
-        _wait_committed(broker.bootstrap, ref_topics["group"], topics["input"], want, [ref])
+        wait_committed(broker.bootstrap, topics["group"], topics["input"], want, survivors)
+        wait_committed(broker.bootstrap, ref_topics["group"], topics["input"], want, [ref])
         for p in survivors:
             code, _, err = p.terminate()
             assert code == 0, err[-3000:]

@@ -7,12 +7,11 @@ from __future__ import annotations
 import collections
 import json
 import random
-import time
 
 import msgpack
 import pytest
 
-from helpers import SegstreamProcess, committed, produce, read_topic
+from helpers import SegstreamProcess, pick_busy_member, produce, read_topic, wait_committed
 from stream.kafka_io import ensure_topics
 from stream.settings import Settings
 
@@ -43,30 +42,6 @@ def _produce(bootstrap: str, topic: str, events: list[dict]) -> dict[int, int]:
     return dict(per)
 
 
-def _metric(p: SegstreamProcess, prefix: str) -> float:
-    try:
-        return sum(v for k, v in p.metrics().items() if k.startswith(prefix))
-    except OSError:
-        return 0.0
-
-
-def _wait_committed(bootstrap, group, topic, want: dict[int, int], procs, timeout_s=150.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    got = {}
-    while time.monotonic() < deadline:
-        for p in procs:
-            assert p.proc.poll() is None, p.proc.communicate()[1][-3000:]
-        got = committed(bootstrap, group, topic, P)
-        if got == want:
-            return
-        time.sleep(0.5)
-    tails = []
-    for p in procs:
-        p.proc.kill()
-        tails.append(p.proc.communicate()[1][-4000:])
-    raise AssertionError(f"committed {got}, want {want}\n" + "\n----\n".join(tails))
-
-
 def _applied(err: str) -> list[dict]:
     out = []
     for line in err.splitlines():
@@ -92,21 +67,11 @@ def test_three_instances_share_one_model_through_a_kill_a_join_and_a_restart(bro
     group = [SegstreamProcess(settings, *common) for _ in range(3)]
     errs: list[str] = []
     try:
-        deadline = time.monotonic() + 120
-        victim = None
-        while time.monotonic() < deadline and victim is None:
-            consumed = [_metric(p, "segstream_events_consumed_total") for p in group]
-            if sum(1 for c in consumed if c > 0) >= 2 and sum(consumed) >= N // 5:
-                left = [_metric(p, "segstream_consumer_lag_records{") for p in group]
-                busy = [i for i in range(3) if consumed[i] > 0 and left[i] >= 300]
-                if busy:
-                    victim = max(busy, key=lambda i: left[i])
-            time.sleep(0.05)
-        assert victim is not None, "no member had work left to interrupt"
+        victim = pick_busy_member(group, N)
         group[victim].proc.kill()
         errs.append(group[victim].proc.communicate()[1])
         survivors = [p for i, p in enumerate(group) if i != victim] + [SegstreamProcess(settings, *common)]
-        _wait_committed(broker.bootstrap, topics["group"], topics["input"], want, survivors)
+        wait_committed(broker.bootstrap, topics["group"], topics["input"], want, survivors)
         for p in survivors:
             code, _, err = p.terminate()
             assert code == 0, err[-3000:]
@@ -156,7 +121,7 @@ def test_three_instances_share_one_model_through_a_kill_a_join_and_a_restart(bro
     group2 = topics["group"] if broker.embedded is None else topics["group"] + "-restarted"
     again = SegstreamProcess(broker.settings({**topics, "group": group2}), *common)
     try:
-        _wait_committed(broker.bootstrap, group2, topics["input"], want2, [again])
+        wait_committed(broker.bootstrap, group2, topics["input"], want2, [again])
         code, _, err = again.terminate()
         assert code == 0, err[-3000:]
     finally:
