@@ -30,12 +30,12 @@ from river import cluster
 
 from state.identity import match_ids
 from state.kmeans import LineageEvent
-from state.segments import SegmentModel
+from state.segments import SegmentModel, WarmupBuffer
 
 __all__ = ["OnlineDBSTREAM"]
 
 
-class OnlineDBSTREAM:
+class OnlineDBSTREAM(WarmupBuffer):
     name = "dbstream"
 
     def __init__(self, dim: int, *, radius: float = 0.3, fading_factor: float = 0.01, warmup_users: int = 200,
@@ -56,29 +56,9 @@ class OnlineDBSTREAM:
         self._since_update = 0
         self._next_id = 0
 
-    @property
-    def warming(self) -> bool:
-        return self.model is None
-
-    def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan")) -> None:
-        for uid, e in zip(user_ids, emb):
-            self._warm[uid] = e
-
-    def waiting_users(self) -> set[str]:
-        """Users buffered until the model exists (they get a segment when it is seeded/announced)."""
-        return set(self._warm)
-
-    def forget(self, user_id: str) -> None:
-        self._warm.pop(user_id, None)
-
-    def ready(self) -> bool:
-        return self.model is None and len(self._warm) >= self.warmup_users
-
     def seed_model(self, event_time: float) -> tuple[list[str], np.ndarray]:
-        users = list(self._warm)
-        x = np.stack([self._warm[u] for u in users]).astype(np.float32)
+        users, x = self._take_warm()
         self._learn_rows(x[self._rng.permutation(len(x))])
-        self._warm.clear()
         model = self._recluster(event_time)
         if model is None:  # no macro-cluster yet: one segment at the mean
             self.model = SegmentModel(1, x.mean(axis=0, keepdims=True), np.array([0]), event_time)

@@ -34,7 +34,7 @@ import numpy as np
 from river import cluster
 
 from state.identity import match_ids
-from state.segments import SegmentModel, best_of_restarts, inertia, kmeans_plus_plus, lloyd, squared_distances
+from state.segments import SegmentModel, WarmupBuffer, best_of_restarts, inertia, kmeans_plus_plus, lloyd, squared_distances
 
 __all__ = ["OnlineKMeans", "LineageEvent"]
 
@@ -82,7 +82,7 @@ class _Recent:
         return self.data[: min(self.n, self.size)]
 
 
-class OnlineKMeans:
+class OnlineKMeans(WarmupBuffer):
     name = "kmeans"
 
     def __init__(self, k: int, dim: int, *, learning_rate: float = 0.02, warmup_users: int = 200,
@@ -115,30 +115,14 @@ class OnlineKMeans:
         self.max_reseeds = max_reseeds
         self._born: dict[int, int] = {}  # segment id -> model version it was born in
 
-    # ----- warm-up -----------------------------------------------------------
-    @property
-    def warming(self) -> bool:
-        return self.model is None
-
+    # ----- warm-up (state.segments.WarmupBuffer) -----------------------------
     def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan")) -> None:
-        for uid, e in zip(user_ids, emb):
-            self._warm[uid] = e
+        super().add_warmup(user_ids, emb, event_time)
         self._recent.add(emb)
-
-    def waiting_users(self) -> set[str]:
-        """Users buffered until the model exists (they get a segment when it is seeded/announced)."""
-        return set(self._warm)
-
-    def forget(self, user_id: str) -> None:
-        self._warm.pop(user_id, None)
-
-    def ready(self) -> bool:
-        return self.model is None and len(self._warm) >= self.warmup_users
 
     def seed_model(self, event_time: float) -> tuple[list[str], np.ndarray]:
         """Seed from the warm-up buffer; returns the buffered users and embeddings to assign."""
-        users = list(self._warm)
-        x = np.stack([self._warm[u] for u in users]).astype(np.float32)
+        users, x = self._take_warm()
         centers = best_of_restarts(x, self.k, self._rng, self.seed_restarts)
         for j in range(self.k):
             self.learner.centers[j] = collections.defaultdict(float, enumerate(centers[j].tolist()))
@@ -146,7 +130,6 @@ class OnlineKMeans:
         self._next_id = self.k
         self.model = SegmentModel(1, centers, ids, event_time)
         self.lineage += [LineageEvent("born", (int(i),), 1, event_time, detail="seeded") for i in ids]
-        self._warm.clear()
         return users, x
 
     # ----- learning ----------------------------------------------------------

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SegmentModel", "assign", "squared_distances", "kmeans_plus_plus", "lloyd", "best_of_restarts", "inertia"]
+__all__ = ["SegmentModel", "WarmupBuffer", "assign", "squared_distances", "kmeans_plus_plus", "lloyd", "best_of_restarts", "inertia"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,40 @@ class SegmentModel:
         pos = np.clip(pos, 0, len(sorted_ids) - 1)
         found = sorted_ids[pos] == segment_ids
         return np.where(found, order[pos], -1)
+
+
+class WarmupBuffer:
+    """The warm-up stage both online clusterers share (mixin): the first users' embeddings are held
+    in ``self._warm`` until ``warmup_users`` of them seed the model; then they get their segments."""
+
+    model: SegmentModel | None
+    warmup_users: int
+    _warm: dict[str, np.ndarray]
+
+    @property
+    def warming(self) -> bool:
+        return self.model is None
+
+    def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan")) -> None:
+        for uid, e in zip(user_ids, emb):
+            self._warm[uid] = e
+
+    def waiting_users(self) -> set[str]:
+        """Users buffered until the model exists (they get a segment when it is seeded)."""
+        return set(self._warm)
+
+    def forget(self, user_id: str) -> None:
+        self._warm.pop(user_id, None)
+
+    def ready(self) -> bool:
+        return self.model is None and len(self._warm) >= self.warmup_users
+
+    def _take_warm(self) -> tuple[list[str], np.ndarray]:
+        """Empty the buffer: the users and their embeddings (float32), in arrival order."""
+        users = list(self._warm)
+        x = np.stack([self._warm[u] for u in users]).astype(np.float32)
+        self._warm.clear()
+        return users, x
 
 
 def squared_distances(x: np.ndarray, c: np.ndarray) -> np.ndarray:
