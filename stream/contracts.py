@@ -114,25 +114,32 @@ def encode_segment_changes(changes: Any, emitted_at: float, ids: list[str] | Non
     return out
 
 
-def decode_segment_event(value: bytes) -> dict[str, Any]:
-    """Decode and check one ``user-segments`` value against schema 1 (what a careful client does)."""
+def decode_checked(value: bytes, fields: dict[str, tuple[type, ...]], schema: int,
+                   optional: dict[str, tuple[type, ...]] | None = None) -> dict[str, Any]:
+    """Decode a msgpack map and check its schema number, required ``fields`` and ``optional`` ones
+    (name -> allowed types); raises :class:`ContractError`. Shared by every output contract."""
     try:
         obj = msgpack.unpackb(value, raw=False)
     except Exception as exc:
         raise ContractError(f"not msgpack: {exc}") from None
     if not isinstance(obj, dict):
         raise ContractError("not a map")
-    if obj.get("schema") != SEGMENT_SCHEMA_VERSION:
-        raise ContractError(f"schema {obj.get('schema')!r}, expected {SEGMENT_SCHEMA_VERSION}")
-    for name, types in SEGMENT_EVENT_FIELDS.items():
+    if obj.get("schema") != schema:
+        raise ContractError(f"schema {obj.get('schema')!r}, expected {schema}")
+    for name, types in fields.items():
         if name not in obj:
             raise ContractError(f"missing field {name}")
         if type(obj[name]) not in types:
             raise ContractError(f"{name}: {type(obj[name]).__name__} not in {[t.__name__ for t in types]}")
-    for name, types in SEGMENT_EVENT_OPTIONAL.items():
+    for name, types in (optional or {}).items():
         if name in obj and type(obj[name]) not in types:
             raise ContractError(f"{name}: {type(obj[name]).__name__} not in {[t.__name__ for t in types]}")
     return obj
+
+
+def decode_segment_event(value: bytes) -> dict[str, Any]:
+    """Decode and check one ``user-segments`` value against schema 1 (what a careful client does)."""
+    return decode_checked(value, SEGMENT_EVENT_FIELDS, SEGMENT_SCHEMA_VERSION, SEGMENT_EVENT_OPTIONAL)
 
 
 def dead_letter_headers(rejected: Rejected, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:

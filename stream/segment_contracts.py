@@ -40,7 +40,7 @@ from typing import Any
 
 import msgpack
 
-from stream.contracts import ContractError
+from stream.contracts import ContractError, decode_checked
 
 __all__ = ["LINEAGE_SCHEMA_VERSION", "PROFILE_SCHEMA_VERSION", "encode_lineage", "decode_lineage",
            "encode_profiles", "decode_profile", "LINEAGE_KINDS"]
@@ -81,29 +81,12 @@ def encode_profiles(profiles: Sequence[dict[str, Any]], model_version: int, even
     return out
 
 
-def _decode(value: bytes, fields: dict[str, tuple[type, ...]], schema: int) -> dict[str, Any]:
-    try:
-        obj = msgpack.unpackb(value, raw=False)
-    except Exception as exc:
-        raise ContractError(f"not msgpack: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ContractError("not a map")
-    if obj.get("schema") != schema:
-        raise ContractError(f"schema {obj.get('schema')!r}, expected {schema}")
-    for name, types in fields.items():
-        if name not in obj:
-            raise ContractError(f"missing field {name}")
-        if type(obj[name]) not in types:
-            raise ContractError(f"{name}: {type(obj[name]).__name__} not in {[t.__name__ for t in types]}")
-    return obj
-
-
 def decode_lineage(value: bytes) -> dict[str, Any]:
-    obj = _decode(value, _LINEAGE_FIELDS, LINEAGE_SCHEMA_VERSION)
+    obj = decode_checked(value, _LINEAGE_FIELDS, LINEAGE_SCHEMA_VERSION)
     if obj["kind"] not in LINEAGE_KINDS:
         raise ContractError(f"kind {obj['kind']!r}")
     return obj
 
 
 def decode_profile(value: bytes) -> dict[str, Any]:
-    return _decode(value, _PROFILE_FIELDS, PROFILE_SCHEMA_VERSION)
+    return decode_checked(value, _PROFILE_FIELDS, PROFILE_SCHEMA_VERSION)
