@@ -114,6 +114,29 @@ def _batches(n: int, size: int, rng: np.random.Generator):
         yield order[s : s + size]
 
 
+def fit(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_of: Callable[[torch.Tensor], torch.Tensor], *,
+        n: int, epochs: int, batch_size: int, rng: np.random.Generator, progress: Progress,
+        digits: int = 4) -> list[float]:
+    """The training loop every encoder kind uses: seeded shuffled mini-batches of ``n`` examples,
+    ``loss_of(indices)`` per batch, one progress line per epoch. Returns the mean loss per epoch."""
+    history: list[float] = []
+    for epoch in range(epochs):
+        t = time.perf_counter()
+        total, count = 0.0, 0
+        model.train()
+        for idx in _batches(n, batch_size, rng):
+            loss = loss_of(torch.from_numpy(idx))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        history.append(total / max(count, 1))
+        progress(f"epoch {epoch + 1}/{epochs}  loss {history[-1]:.{digits}f}  ({time.perf_counter() - t:.2f}s)")
+    model.eval()
+    return history
+
+
 def train_state_autoencoder(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: TrainConfig,
                             progress: Progress) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any], int]:
     """Train a :class:`StateAutoencoder`; returns (model, model config, metadata, samples used)."""
@@ -128,21 +151,8 @@ def train_state_autoencoder(log_path: str | os.PathLike[str], spec: FeatureSpec,
     model.scale.copy_(x.std(0).clamp_min(1e-3))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     rng = np.random.default_rng([cfg.seed, 5])
-    history = []
-    for epoch in range(cfg.epochs):
-        t = time.perf_counter()
-        total, count = 0.0, 0
-        model.train()
-        for idx in _batches(len(x), cfg.batch_size, rng):
-            loss = model.reconstruction_loss(x[torch.from_numpy(idx)])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        history.append(total / max(count, 1))
-        progress(f"epoch {epoch + 1}/{cfg.epochs}  loss {history[-1]:.5f}  ({time.perf_counter() - t:.2f}s)")
-    model.eval()
+    history = fit(model, opt, lambda idx: model.reconstruction_loss(x[idx]), n=len(x), epochs=cfg.epochs,
+                  batch_size=cfg.batch_size, rng=rng, progress=progress, digits=5)
     return model, {"dim": cfg.dim, "hidden": cfg.hidden}, {"loss_history": history}, len(features)
 
 

@@ -31,7 +31,6 @@ categories.
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from encoders.models import ItemPoolEncoder
+from encoders.train import fit
 from eventlogs.recorded import read_event_chunks
 from state.features import FeatureSpec
 from state.user_store import UserStore
@@ -138,23 +138,11 @@ def train_item_pool(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: An
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     tokens, weights, targets = (torch.from_numpy(a) for a in (ex.tokens, ex.weights, ex.targets))
     rng = np.random.default_rng([cfg.seed, 13])
-    history: list[float] = []
-    for epoch in range(cfg.epochs):
-        t = time.perf_counter()
-        total, count = 0.0, 0
-        model.train()
-        order = torch.from_numpy(rng.permutation(len(ex)))
-        for s in range(0, len(ex), cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
-            pooled = model.pool(tokens[idx], weights[idx])
-            logits = pooled @ model.output.weight.T + model.bias
-            loss = torch.nn.functional.cross_entropy(logits, targets[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        history.append(total / max(count, 1))
-        progress(f"epoch {epoch + 1}/{cfg.epochs}  loss {history[-1]:.4f}  ({time.perf_counter() - t:.2f}s)")
-    model.eval()
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        logits = model.pool(tokens[idx], weights[idx]) @ model.output.weight.T + model.bias
+        return torch.nn.functional.cross_entropy(logits, targets[idx])
+
+    history = fit(model, opt, loss_of, n=len(ex), epochs=cfg.epochs, batch_size=cfg.batch_size, rng=rng,
+                  progress=progress)
     return model, {"dim": cfg.dim, "vocab_size": len(vocab)}, {"loss_history": history, "vocabulary": len(vocab)}, len(ex)
