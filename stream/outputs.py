@@ -32,11 +32,13 @@ class OutputWriter:
         self.publisher = publisher
         self.settings = settings
 
-    def write(self, result: BatchResult, records: Sequence[Any], emitted_at: float) -> None:
-        """Start every send the batch causes (``records`` are the batch's Kafka records, in order)."""
+    def write(self, result: BatchResult, records: Sequence[Any], emitted_at: float,
+              ids: list[str] | None = None) -> None:
+        """Start every send the batch causes (``records`` are the batch's Kafka records, in order).
+
+        ``ids``: the changes' ``change_id``s when there is no record to derive them from."""
         out = self.settings.output_topic
-        ids = None
-        if len(result.changes) and records:
+        if ids is None and len(result.changes) and records:
             parts = np.fromiter((r.partition for r in records), dtype=np.int64, count=len(records))
             offs = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
             ids = change_ids(result.changes, parts, offs, (int(parts[-1]), int(offs[-1])))

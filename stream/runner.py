@@ -29,12 +29,11 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from stream.checkpoints import CheckpointStore
-from stream.contracts import change_id, encode_segment_changes
+from stream.contracts import change_id
 from stream.kafka_io import Publisher
 from stream.metrics import Metrics
 from stream.outputs import OutputWriter
 from stream.pipeline import BatchResult, Pipeline
-from stream.segment_contracts import encode_lineage
 from stream.settings import Settings
 
 __all__ = ["StreamRunner", "RunSummary", "RebalanceTracker"]
@@ -387,12 +386,7 @@ class StreamRunner:
             p = int(store.partition[store.row_of(uid)])
             ids.append(change_id(uid, p, self._state_offsets.get(TopicPartition(self.settings.input_topic, p), 0) - 1,
                                  seg))
-        encoded = encode_segment_changes(result.changes, self.clock(), ids)
-        if encoded:
-            keys, values = zip(*encoded)
-            self.publisher.send_many(self.settings.output_topic, keys, values)
-        for key, value in encode_lineage(result.lineage):
-            self.publisher.send(self.settings.lineage_topic, key, value)
+        self.outputs.write(result, [], self.clock(), ids)
         self.publisher.confirm()
         self.summary.changes += len(result.changes)
         if result.new_model is not None:
