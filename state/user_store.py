@@ -134,6 +134,11 @@ class UserStore:
         ids = self._ids
         return [ids[r] for r in rows.tolist()]  # type: ignore[misc]
 
+    def holds_user(self, rows: np.ndarray) -> np.ndarray:
+        """Whether each row still holds a user (not freed by eviction, deletion or a dropped partition)."""
+        ids = self._ids
+        return np.fromiter((ids[r] is not None for r in rows.tolist()), dtype=bool, count=len(rows))
+
     def live_rows(self) -> np.ndarray:
         return np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index))
 

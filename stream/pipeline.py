@@ -119,8 +119,7 @@ class Pipeline:
         self.consolidate_on_users = False  # starvation of segments judged on a sample of users (see OnlineKMeans._publish)
         self._changed_at = np.zeros(0, dtype=np.float64)  # event time of each row's last segment change
         self._segment_users = np.zeros(0, dtype=np.int64)  # users per segment id
-        self._stale = np.zeros(0, dtype=np.int64)  # rows holding a retired segment id
-        self._unassigned = np.zeros(0, dtype=np.int64)  # restored rows without a segment (see requeue_unassigned)
+        self._stale = np.zeros(0, dtype=np.int64)  # rows to (re-)assign: retired segment, or restored without one
         self.reassign_per_batch = 2000
         self.events_seen = 0
         self.pseudonymiser: Pseudonymiser | None = None  # keyed hash of user ids before anything is stored
@@ -242,8 +241,7 @@ class Pipeline:
             seg.add_warmup(store.user_ids(rows), emb, event_time=result.max_event_time)
             if not seg.ready():
                 return result
-            users, wemb = seg.seed_model(result.max_event_time)
-            wrows = np.array([store.row_of(u) for u in users], dtype=np.int64)
+            wrows, wemb = self._seed_waiting(result.max_event_time)
             in_batch = dict(zip(rows.tolist(), range(len(rows))))
             pos = np.array([in_batch.get(r, -1) for r in wrows.tolist()], dtype=np.int64)
             source = np.where(pos >= 0, source[np.maximum(pos, 0)], -1)
@@ -287,10 +285,7 @@ class Pipeline:
         seg = self.segmenter
         if not (seg.warming and seg.ready()):
             return None
-        users, emb = seg.seed_model(float("nan"))
-        rows = np.array([-1 if (r := self.store.row_of(u)) is None else r for u in users], dtype=np.int64)
-        keep = rows >= 0
-        rows, emb = rows[keep], emb[keep]
+        rows, emb = self._seed_waiting(float("nan"))
         result = BatchResult(events=0, changes=SegmentChanges.empty(self._version()), new_model=seg.model)
         if len(rows):
             result.changes = self._assign(rows, emb, np.full(len(rows), -1, dtype=np.int64),
@@ -298,6 +293,13 @@ class Pipeline:
             seg.learn(emb)
         result.lineage = seg.drain_lineage()
         return result
+
+    def _seed_waiting(self, event_time: float) -> tuple[np.ndarray, np.ndarray]:
+        """Seed (or adopt) the model; rows and embeddings of the users that waited for it and are still held."""
+        users, emb = self.segmenter.seed_model(event_time)
+        rows = np.array([-1 if (r := self.store.row_of(u)) is None else r for u in users], dtype=np.int64)
+        keep = rows >= 0
+        return rows[keep], emb[keep]
 
     def _population(self, n: int) -> np.ndarray:
         """Embeddings of a seeded sample of at most ``n`` assigned users (the consolidation population)."""
@@ -308,19 +310,11 @@ class Pipeline:
         return self.encoder.encode(self.store.features(rows))
 
     def _take_stale(self, exclude: np.ndarray) -> np.ndarray:
-        """Users queued for re-assignment (their segment ended or was split, or they were restored
-        without one): a bounded number per batch."""
-        if len(self._unassigned):  # restored rows still without a segment (and still holding a user)
-            alive = np.array([self.store._ids[r] is not None for r in self._unassigned.tolist()], dtype=bool)
-            rows = self._unassigned[alive]
-            rows = rows[self.store.segment[rows] < 0]
-            take, self._unassigned = rows[: self.reassign_per_batch], rows[self.reassign_per_batch :]
-            take = take[~np.isin(take, exclude)]
-            if len(take):
-                return take
+        """Rows queued for (re-)assignment, a bounded number per batch: users whose segment ended or
+        was split, and restored users still without a segment. Rows freed since are skipped."""
         if len(self._stale) == 0:
             return self._stale
-        live = self._stale[self.store.segment[self._stale] >= 0]
+        live = self._stale[self.store.holds_user(self._stale)]
         take, self._stale = live[: self.reassign_per_batch], live[self.reassign_per_batch :]
         return take[~np.isin(take, exclude)]
 
@@ -340,7 +334,7 @@ class Pipeline:
             rows = rows[new]
             self.segmenter.add_warmup([u for u, k in zip(ids, new) if k], self.encoder.encode(self.store.features(rows)))
         else:
-            self._unassigned = np.union1d(self._unassigned, rows)
+            self._stale = np.union1d(self._stale, rows)
         return len(rows)
 
     def _version(self) -> int:
@@ -425,7 +419,6 @@ class Pipeline:
         for uid in self.store.drop_rows(rows):
             self.segmenter.forget(uid)
         self._stale = self._stale[~np.isin(self._stale, rows)]
-        self._unassigned = self._unassigned[~np.isin(self._unassigned, rows)]
         self.recount()
         return len(rows)
 
