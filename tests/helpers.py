@@ -146,6 +146,12 @@ class SegstreamProcess:
             self.proc.communicate()
 
 
+def log_records(err: str, message: str) -> list[dict]:
+    """The JSON log records (``--log-format json``) of a process's stderr with this ``message``."""
+    return [rec for rec in (json.loads(ln) for ln in err.splitlines() if ln.startswith("{"))
+            if rec.get("message") == message]
+
+
 def metric_sum(p: SegstreamProcess, prefix: str) -> float:
     """Sum of the process's samples whose name (with labels) starts with ``prefix``; 0 while it is not up."""
     try:

@@ -5,7 +5,6 @@ processed by two members in the same generation."""
 from __future__ import annotations
 
 import collections
-import json
 import random
 
 import msgpack
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
-from helpers import SegstreamProcess, committed, pick_busy_member, wait_committed
+from helpers import SegstreamProcess, committed, log_records, pick_busy_member, wait_committed
 from stream.checkpoints import CheckpointStore
 from stream.kafka_io import ensure_topics
 from stream.settings import Settings
@@ -61,16 +60,6 @@ def _state(ckpt_dir, group, topic, want: dict[int, int]) -> dict[str, tuple]:
             # the recent-items ring: same content whatever the batching (its rotation depends on batch cuts)
             ring = sorted(zip(b["items"][i].tolist(), item_w[i].tolist()))
             out[uid] = (dense[i], b["last_ts"][i], [t for t, _ in ring], np.array([w for _, w in ring]), 0, p)
-    return out
-
-
-def _batches(err: str) -> list[dict]:
-    out = []
-    for line in err.splitlines():
-        if line.startswith("{"):
-            rec = json.loads(line)
-            if rec.get("message") == "batch":
-                out.append(rec)
     return out
 
 
@@ -123,7 +112,7 @@ def test_three_consumers_with_a_kill_and_a_join_match_one_uninterrupted_consumer
     # ownership: within one generation, each partition was processed by one member only
     owners: dict[tuple[int, int], set[str]] = collections.defaultdict(set)
     for err in errs:
-        for b in _batches(err):
+        for b in log_records(err, "batch"):
             for p in b["partitions"]:
                 owners[(b["generation"], p)].add(b["member"])
     assert owners and all(len(m) == 1 for m in owners.values()), owners

@@ -5,13 +5,12 @@ group is restarted and resumes from the announced model."""
 from __future__ import annotations
 
 import collections
-import json
 import random
 
 import msgpack
 import pytest
 
-from helpers import SegstreamProcess, pick_busy_member, produce, read_topic, wait_committed
+from helpers import SegstreamProcess, log_records, pick_busy_member, produce, read_topic, wait_committed
 from stream.kafka_io import ensure_topics
 from stream.settings import Settings
 
@@ -40,16 +39,6 @@ def _produce(bootstrap: str, topic: str, events: list[dict]) -> dict[int, int]:
         produce(bootstrap, topic, [msgpack.packb(e) for e in part], [e["user_id"].encode() for e in part], partition=p)
         per[p] += len(part)
     return dict(per)
-
-
-def _applied(err: str) -> list[dict]:
-    out = []
-    for line in err.splitlines():
-        if line.startswith("{"):
-            rec = json.loads(line)
-            if rec.get("message") == "model applied":
-                out.append(rec)
-    return out
 
 
 def _announced(bootstrap: str, topic: str) -> list[dict]:
@@ -92,7 +81,7 @@ def test_three_instances_share_one_model_through_a_kill_a_join_and_a_restart(bro
     assert len(summaries) >= 2, summaries
     assert all(m["proposer"] for m in first.values())
     # every instance that applied version v applied exactly the announced centroids (same digest)
-    applied = [a for err in errs for a in _applied(err)]
+    applied = [a for err in errs for a in log_records(err, "model applied")]
     by_instance = collections.defaultdict(list)
     for a in applied:
         assert a["digest"] == first[a["model_version"]]["digest"], a
@@ -126,7 +115,7 @@ def test_three_instances_share_one_model_through_a_kill_a_join_and_a_restart(bro
         assert code == 0, err[-3000:]
     finally:
         again.kill()
-    restarted = _applied(err)
+    restarted = log_records(err, "model applied")
     assert restarted and restarted[0]["model_version"] == latest, restarted[:1]
     records2 = _announced(broker.bootstrap, model_topic)[len(records):]
     assert all(m["version"] > latest for m in records2 if m["kind"] == "model")  # no re-seeding at v1
