@@ -277,23 +277,12 @@ class GlobalKMeans:
         if self._proposed and version >= self._proposed:
             self._proposed = 0
         if first:
-            self._adopt(centroids, version)
+            self.local.adopt(centroids, version, self.model.event_time)
             if msg.get("proposer") == self.instance_id:
                 self.lineage += [LineageEvent("born", (int(i),), version, float(msg["event_time"]), detail="seeded")
                                  for i in ids]
         self._fresh_model = self.model
         return self.model
-
-    def _adopt(self, centroids: np.ndarray, version: int) -> None:
-        """Start the local learner from the global centres (local centre j = global segment j)."""
-        import collections
-
-        local = self.local
-        for j in range(self.k):
-            local.learner.centers[j] = collections.defaultdict(float, enumerate(centroids[j].tolist()))
-        local.model = SegmentModel(version, centroids.copy(), np.arange(self.k, dtype=np.int64), self.model.event_time)
-        local._next_id = max(local._next_id, self.k)
-        local._warm.clear()
 
     # ----- checkpoints -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -312,4 +301,4 @@ class GlobalKMeans:
         self._pending = dict(zip(state["pending_ids"], np.asarray(state["pending_emb"], np.float32)))
         self._counts = np.asarray(state["counts"], np.float64).copy()
         if self.model is not None and self.local.model is None:
-            self._adopt(self.model.centroids, self.model.version)
+            self.local.adopt(self.model.centroids, self.model.version, self.model.event_time)

@@ -124,13 +124,25 @@ class OnlineKMeans(WarmupBuffer):
         """Seed from the warm-up buffer; returns the buffered users and embeddings to assign."""
         users, x = self._take_warm()
         centers = best_of_restarts(x, self.k, self._rng, self.seed_restarts)
-        for j in range(self.k):
-            self.learner.centers[j] = collections.defaultdict(float, enumerate(centers[j].tolist()))
+        self._set_learner_centres(centers)
         ids = np.arange(self.k, dtype=np.int64)
         self._next_id = self.k
         self.model = SegmentModel(1, centers, ids, event_time)
         self.lineage += [LineageEvent("born", (int(i),), 1, event_time, detail="seeded") for i in ids]
         return users, x
+
+    def adopt(self, centers: np.ndarray, version: int, event_time: float) -> None:
+        """Start from given centres as model ``version``, ids ``0..k-1``, warm-up buffer dropped
+        (global mode: the local learner starts from the announced model, :mod:`state.global_model`)."""
+        self._set_learner_centres(centers)
+        self.model = SegmentModel(version, centers.astype(np.float32), np.arange(self.k, dtype=np.int64), event_time)
+        self._next_id = max(self._next_id, self.k)
+        self._warm.clear()
+
+    def _set_learner_centres(self, centers: np.ndarray) -> None:
+        """Write centres into river's learner (a dict of Python floats per centre)."""
+        for j, row in enumerate(np.asarray(centers).tolist()):
+            self.learner.centers[j] = collections.defaultdict(float, enumerate(row))
 
     # ----- learning ----------------------------------------------------------
     def learn(self, emb: np.ndarray) -> None:
@@ -215,8 +227,7 @@ class OnlineKMeans(WarmupBuffer):
                 ids[j] = new_id
                 self._born[new_id] = version
             centers, ids = self._try_restart(recent, centers, ids, version, event_time)
-        for j in range(self.k):
-            self.learner.centers[j] = collections.defaultdict(float, enumerate(centers[j].tolist()))
+        self._set_learner_centres(centers)
         self.model = SegmentModel(version, centers.astype(np.float32), ids, event_time)
         return self.model
 
@@ -289,8 +300,7 @@ class OnlineKMeans(WarmupBuffer):
         if self.model is not None:
             if self.model.centroids.shape != (self.k, self.dim):
                 raise ValueError(f"checkpoint model is {self.model.centroids.shape}, expected {(self.k, self.dim)}")
-            for j, row in enumerate(np.asarray(state["learner"], np.float64).tolist()):
-                self.learner.centers[j] = collections.defaultdict(float, enumerate(row))
+            self._set_learner_centres(np.asarray(state["learner"], np.float64))
         self._next_id = int(state["next_id"])
         self._since_update = int(state["since_update"])
         self._rng.bit_generator.state = json.loads(state["rng"])
