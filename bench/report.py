@@ -25,6 +25,9 @@ def _rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
                 b = f["broker"]
                 rows.append(("embedded broker: raw kafka-python consume", size,
                              f"{b['raw_consume']['events_per_s']:,} events/s", cmd))
+                if "raw_consume_columnar" in b:
+                    rows.append(("embedded broker: same consumer, segstream's columnar decoder, no processing", size,
+                                 f"{b['raw_consume_columnar']['events_per_s']:,} events/s", cmd))
                 rows.append(("embedded broker: `segstream run` loop", size,
                              f"{b['pipeline']['events_per_s']:,} events/s (ratio {b['ratio']}; "
                              f"{b['pipeline']['segment_changes']:,} segment events published)", cmd))

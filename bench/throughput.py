@@ -7,7 +7,9 @@ first ``--naive-events`` events of the same log. ``file``: the log replayed stra
 code path; reading and msgpack decoding included). ``broker``: the log is
 produced into a topic of the embedded broker, then, in the same run, (1) a
 plain kafka-python consumer reads the topic with no processing (the client's
-own ceiling) and (2) ``segstream run``'s consumer loop processes it. Rates
+own ceiling: kafka-python's record-at-a-time decoding), (2) the same consumer with segstream's
+columnar batch decoder (:mod:`stream.records`) and no processing, and (3) ``segstream run``'s consumer loop
+processes it. Rates
 count records after each consumer's first non-empty poll, so the group join
 (a few seconds) is excluded from both sides equally. ``ratio`` =
 pipeline / raw.
@@ -39,19 +41,23 @@ def file_rate(log: Path, encoder: Path, segments: int, users: int) -> dict[str, 
             "segment_changes": s.changes, "batches": s.batches}
 
 
-def raw_consume_rate(bootstrap: str, topic: str, expect: int) -> dict[str, Any]:
+def raw_consume_rate(bootstrap: str, topic: str, expect: int, *, columnar: bool = False) -> dict[str, Any]:
+    """Records/s of a consumer that does nothing with them; ``columnar``: with segstream's batch decoder."""
     from stream.kafka_io import make_consumer
+    from stream.records import install_columnar_fetch
     from stream.settings import Settings
 
     # the same client configuration as segstream's own consumer
     c = make_consumer(Settings(bootstrap=bootstrap), topic, group_id=f"raw-{uuid.uuid4().hex[:8]}")
+    if columnar and not install_columnar_fetch(c):
+        raise RuntimeError("the columnar decoder could not be installed")
     n = first = 0
     t_first = None
     try:
         deadline = time.monotonic() + 600
         while n < expect and time.monotonic() < deadline:
             polled = c.poll(timeout_ms=200, max_records=5000)
-            got = sum(len(v) for v in polled.values())
+            got = sum(len(x) for v in polled.values() for x in v) if columnar else sum(len(v) for v in polled.values())
             if got and t_first is None:
                 t_first, first = time.perf_counter(), got
             n += got
@@ -97,10 +103,14 @@ def broker_rates(log: Path, events: int, encoder: Path, segments: int, users: in
         note(f"produced {produced:,} in {produce_s:.1f}s")
         raw = raw_consume_rate(broker.bootstrap, topic, produced)
         note(f"raw consume {raw}")
+        raw_col = raw_consume_rate(broker.bootstrap, topic, produced, columnar=True)
+        note(f"raw consume, columnar decoder {raw_col}")
         pipe = pipeline_consume_rate(broker.bootstrap, topic, produced, encoder, segments, users)
         note(f"pipeline {pipe}")
     return {"produced": produced, "produce_events_per_s": round(produced / produce_s), "raw_consume": raw,
-            "pipeline": pipe, "ratio": round(pipe["events_per_s"] / raw["events_per_s"], 3)}
+            "raw_consume_columnar": raw_col, "pipeline": pipe,
+            "ratio": round(pipe["events_per_s"] / raw["events_per_s"], 3),
+            "ratio_to_columnar": round(pipe["events_per_s"] / raw_col["events_per_s"], 3)}
 
 
 def main(argv: list[str] | None = None) -> int:

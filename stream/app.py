@@ -14,6 +14,7 @@ from stream.drift import DriftMonitor
 from stream.kafka_io import Publisher, ensure_topics, make_admin, make_consumer, make_producer, wait_for_broker
 from stream.metrics import Metrics
 from stream.pipeline import BatchResult, Pipeline
+from stream.records import install_columnar_fetch
 from stream.runner import RunSummary, StreamRunner
 from stream.settings import Settings
 
@@ -56,6 +57,8 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
         ensure_topics(settings, {settings.output_topic: n, settings.dlq_topic: n,
                                  settings.lineage_topic: 1, settings.profiles_topic: 1})
     consumer = make_consumer(settings)
+    if settings.columnar_fetch:
+        install_columnar_fetch(consumer)
     producer = make_producer(settings)
     checkpoints = (CheckpointStore(settings.checkpoint_dir, settings.group_id, settings.input_topic)
                    if settings.checkpoint_dir else None)

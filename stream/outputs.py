@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
 
 from stream.contracts import change_ids, dead_letter_headers, encode_segment_changes
 from stream.kafka_io import Publisher
 from stream.segment_contracts import encode_lineage, encode_profiles
 from stream.pipeline import BatchResult
+from stream.records import Records
 from stream.settings import Settings
 
 __all__ = ["OutputWriter"]
@@ -32,16 +29,15 @@ class OutputWriter:
         self.publisher = publisher
         self.settings = settings
 
-    def write(self, result: BatchResult, records: Sequence[Any], emitted_at: float,
+    def write(self, result: BatchResult, records: Records, emitted_at: float,
               ids: list[str] | None = None) -> None:
         """Start every send the batch causes (``records`` are the batch's Kafka records, in order).
 
         ``ids``: the changes' ``change_id``s when there is no record to derive them from."""
         out = self.settings.output_topic
-        if ids is None and len(result.changes) and records:
-            parts = np.fromiter((r.partition for r in records), dtype=np.int64, count=len(records))
-            offs = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
-            ids = change_ids(result.changes, parts, offs, (int(parts[-1]), int(offs[-1])))
+        if ids is None and len(result.changes) and len(records):
+            parts, offs = records.partitions, records.offsets
+            ids = change_ids(result.changes, parts.tolist(), offs.tolist(), (int(parts[-1]), int(offs[-1])))
         encoded = encode_segment_changes(result.changes, emitted_at, ids)
         if encoded:
             keys, values = zip(*encoded)
@@ -57,7 +53,7 @@ class OutputWriter:
                 send(self.settings.profiles_topic, key, value)
         self._dead_letters(result, records)
 
-    def _dead_letters(self, result: BatchResult, records: Sequence[Any]) -> None:
+    def _dead_letters(self, result: BatchResult, records: Records) -> None:
         if not result.rejected:
             return
         for rej in result.rejected:

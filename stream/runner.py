@@ -34,6 +34,7 @@ from stream.kafka_io import Publisher
 from stream.metrics import Metrics
 from stream.outputs import OutputWriter
 from stream.pipeline import BatchResult, Pipeline
+from stream.records import Records, as_records
 from stream.settings import Settings
 
 __all__ = ["StreamRunner", "RunSummary", "RebalanceTracker"]
@@ -108,7 +109,7 @@ class StreamRunner:
         self.summary = RunSummary()
         self._positions: dict[TopicPartition, int] = {}  # last committed offset per owned partition
         self._state_offsets: dict[TopicPartition, int] = {}  # next offset the in-memory state reflects
-        self._buffer: dict[TopicPartition, list] = {}  # aligned batching: records not yet processed
+        self._buffer: dict[TopicPartition, Records] = {}  # aligned batching: records not yet processed
         self._deadline: dict[TopicPartition, float] = {}
         self._last_checkpoint = time.monotonic()
         self._reset: set[TopicPartition] = set()
@@ -147,7 +148,7 @@ class StreamRunner:
             records = self._collect_aligned(stop) if self.settings.aligned_batches else self._collect(stop)
             if self._reset or not self.rebalance.owned():  # idle time counts while partitions are owned
                 last_record = max(last_record, time.monotonic())
-            if not records:
+            if not len(records):
                 self._maybe_checkpoint(force=False)
                 if idle_exit_s is not None and time.monotonic() - last_record >= idle_exit_s:
                     summary.stopped_by = "idle"
@@ -158,52 +159,52 @@ class StreamRunner:
         self._maybe_checkpoint(force=True)
         return summary
 
-    def _poll(self, timeout_ms: int, max_records: int) -> list:
-        """One poll, with any rebalance it caused applied before its records are used."""
+    def _poll(self, timeout_ms: int, max_records: int) -> list[tuple[TopicPartition, Records]]:
+        """One poll (one block of columns per partition), with any rebalance it caused applied first."""
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         reset = self._reset = self._apply_rebalance()
         owned = self.rebalance.owned()
         out = []
-        for tp, recs in polled.items():
+        for tp, fetched in polled.items():
+            block = as_records(tp, fetched)
             if tp in owned and tp not in reset:
-                out.extend(recs)
-            elif recs:
-                log.info("dropped %d fetched records of partition %s (revoked or restored)", len(recs), tp,
+                out.append((tp, block))
+            elif len(block):
+                log.info("dropped %d fetched records of partition %s (revoked or restored)", len(block), tp,
                          extra={"topic": tp.topic, "partition": tp.partition})
         return out
 
-    def _collect(self, stop: threading.Event) -> list:
+    def _collect(self, stop: threading.Event) -> Records:
         """One micro-batch: up to ``batch_max_events`` records or ``batch_max_wait_ms`` after the first."""
         max_n = min(self.settings.batch_max_events, self._batch_cap)
         wait_s = self.settings.batch_max_wait_ms / 1000.0
-        records: list = []
+        blocks: list[tuple[TopicPartition, Records]] = []
+        count = 0
         deadline: float | None = None
         while not stop.is_set():
             timeout_ms = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            got = self._poll(timeout_ms, max_n - len(records))
+            got = self._poll(timeout_ms, max_n - count)
             if self._reset:  # partitions restored (re-seeked) or dropped: earlier records of theirs are void
-                records = [r for r in records if TopicPartition(r.topic, r.partition) not in self._reset]
-            records.extend(got)
-            if records and deadline is None:
+                blocks = [(tp, b) for tp, b in blocks if tp not in self._reset]
+            blocks.extend(got)
+            count = sum(len(b) for _, b in blocks)
+            if count and deadline is None:
                 deadline = time.monotonic() + wait_s
-            if len(records) >= max_n or (deadline is not None and time.monotonic() >= deadline):
+            if count >= max_n or (deadline is not None and time.monotonic() >= deadline):
                 break
-            if not records:
+            if not count:
                 break  # idle tick: let the caller check stop / idle exit
         owned = self.rebalance.owned()
-        kept = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
-        if len(kept) != len(records):
-            dropped: dict[TopicPartition, int] = {}
-            for r in records:
-                tp = TopicPartition(r.topic, r.partition)
-                if tp not in owned:
-                    dropped[tp] = min(dropped.get(tp, r.offset), r.offset)
-            for tp, first in dropped.items():
-                log.warning("dropped records of a partition revoked during the batch (re-read by its new owner)",
-                            extra={**self._log_context(tp), "offset": first})
-        return kept
+        dropped: dict[TopicPartition, int] = {}
+        for tp, b in blocks:
+            if tp not in owned and len(b):
+                dropped[tp] = min(dropped.get(tp, b.offset), b.offset)
+        for tp, first in dropped.items():
+            log.warning("dropped records of a partition revoked during the batch (re-read by its new owner)",
+                        extra={**self._log_context(tp), "offset": first})
+        return Records.concat([b for tp, b in blocks if tp in owned])
 
-    def _collect_aligned(self, stop: threading.Event) -> list:
+    def _collect_aligned(self, stop: threading.Event) -> Records:
         """One partition's block of offsets [k*B, (k+1)*B), so that a replay cuts the very same batches.
 
         A block is processed once its last offset (or a later one) has been fetched, or
@@ -213,43 +214,43 @@ class StreamRunner:
         wait_s = self.settings.batch_max_wait_ms / 1000.0
         while True:
             block = self._ready_block(B)
-            if block or stop.is_set():
+            if len(block) or stop.is_set():
                 return block
             if self._deadline:
                 timeout_ms = max(0, int((min(self._deadline.values()) - time.monotonic()) * 1000))
             else:
                 timeout_ms = 200
-            records = self._poll(min(timeout_ms, 200), B)
+            got = self._poll(min(timeout_ms, 200), B)
             now = time.monotonic()
-            for r in records:
-                tp = TopicPartition(r.topic, r.partition)
-                buf = self._buffer.setdefault(tp, [])
-                if not buf:
+            for tp, block in got:
+                buf = self._buffer.get(tp)
+                if buf is None or not len(buf):
                     self._deadline[tp] = now + wait_s
-                buf.append(r)
-            if not records and not self._deadline:
-                return []  # idle tick
+                    self._buffer[tp] = block
+                else:
+                    self._buffer[tp] = Records.concat([buf, block])
+            if not got and not self._deadline:
+                return Records.empty()  # idle tick
 
-    def _ready_block(self, B: int) -> list:
+    def _ready_block(self, B: int) -> Records:
         now = time.monotonic()
         for tp in sorted(self._buffer, key=lambda t: (t.topic, t.partition)):
             buf = self._buffer[tp]
-            if not buf:
+            if not len(buf):
                 continue
-            end = (buf[0].offset // B + 1) * B
-            n = 0
-            while n < len(buf) and buf[n].offset < end:
-                n += 1
-            complete = n < len(buf) or buf[n - 1].offset == end - 1
+            end = (buf.offset // B + 1) * B
+            n = int(np.searchsorted(buf.offsets, end))  # a partition's offsets ascend
+            complete = n < len(buf) or int(buf.offsets[n - 1]) == end - 1
             if complete or now >= self._deadline.get(tp, now):
-                block, self._buffer[tp] = buf[:n], buf[n:]
-                if self._buffer[tp]:
+                block, rest = buf.select(slice(0, n)), buf.select(slice(n, None))
+                if len(rest):
+                    self._buffer[tp] = rest
                     self._deadline[tp] = now + self.settings.batch_max_wait_ms / 1000.0
                 else:
                     del self._buffer[tp]
                     self._deadline.pop(tp, None)
                 return block
-        return []
+        return Records.empty()
 
     # ----- rebalances ----------------------------------------------------
     def _apply_rebalance(self) -> set[TopicPartition]:
@@ -386,7 +387,7 @@ class StreamRunner:
             p = int(store.partition[store.row_of(uid)])
             ids.append(change_id(uid, p, self._state_offsets.get(TopicPartition(self.settings.input_topic, p), 0) - 1,
                                  seg))
-        self.outputs.write(result, [], self.clock(), ids)
+        self.outputs.write(result, Records.empty(self.settings.input_topic), self.clock(), ids)
         self.publisher.confirm()
         self.summary.changes += len(result.changes)
         if result.new_model is not None:
@@ -394,21 +395,19 @@ class StreamRunner:
         log.info("assigned %d users held back until model version %d", len(result.changes), self.pipeline.model.version)
 
     # ----- processing ----------------------------------------------------
-    def _process(self, records: list) -> None:
+    def _process(self, records: Records) -> None:
         t0 = time.perf_counter()
-        parts = np.fromiter((r.partition for r in records), dtype=np.int32, count=len(records))
-        result = self.pipeline.process_records([r.value for r in records], parts)
+        result = self.pipeline.process_records(records.values, records.partitions.astype(np.int32))
         self.outputs.write(result, records, self.clock())
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            if r.offset + 1 > self._state_offsets.get(tp, -1):
-                self._state_offsets[tp] = r.offset + 1
+        for tp, nxt in records.next_offsets().items():
+            if nxt > self._state_offsets.get(tp, -1):
+                self._state_offsets[tp] = nxt
         if self._restoring:
             self._check_restored()
         if not self._maybe_checkpoint(force=False):
             self.publisher.confirm()
         confirmed_at = time.time()
-        ts = np.fromiter((r.timestamp for r in records), dtype=np.float64, count=len(records))
+        ts = records.timestamps.astype(np.float64)
         self.metrics.event_to_publish.observe_many(confirmed_at - ts / 1000.0)
         seconds = time.perf_counter() - t0
         self._observe(result, records, seconds)
@@ -485,20 +484,20 @@ class StreamRunner:
         self.summary.committed.update(done)
         return done
 
-    def _observe(self, result: BatchResult, records: list, seconds: float) -> None:
+    def _observe(self, result: BatchResult, records: Records, seconds: float) -> None:
         s, p = self.summary, self.pipeline
         s.events += len(records)
         s.invalid += len(result.rejected)
         s.changes += len(result.changes)
         s.batches += 1
         self.metrics.observe_batch(result, p, records=len(records),
-                                   value_bytes=sum(len(r.value) for r in records if r.value is not None),
+                                   value_bytes=records.value_bytes(),
                                    seconds=seconds)
         if self.settings.log_level.upper() == "DEBUG":
             meta = self.consumer.group_metadata()
             log.debug("batch", extra={"generation": meta.generation_id, "member": meta.member_id,
-                                      "partitions": sorted({r.partition for r in records}),
-                                      "first_offset": records[0].offset, "last_offset": records[-1].offset})
+                                      "partitions": sorted(set(records.partitions.tolist())),
+                                      "first_offset": records.offset, "last_offset": int(records.offsets[-1])})
         lags = {}  # high-water mark minus the next offset this consumer's state reflects (processed, not committed)
         owned = self.rebalance.owned()
         processed = {tp: off for tp, off in self._state_offsets.items() if tp in owned and off >= 0}
