@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import random
+import time
 
 import msgpack
 import pytest
@@ -48,7 +49,8 @@ def _announced(bootstrap: str, topic: str) -> list[dict]:
 def test_three_instances_share_one_model_through_a_kill_a_join_and_a_restart(broker, topics, tmp_path):
     model_topic = "model-" + topics["group"]
     ensure_topics(Settings(bootstrap=broker.bootstrap), {topics["input"]: P, topics["output"]: P, topics["dlq"]: 1})
-    want = _produce(broker.bootstrap, topics["input"], _events(N, 1, 1.7e9))
+    events = _events(N, 1, 1.7e9)
+    want = collections.Counter(_produce(broker.bootstrap, topics["input"], events[:N // 2]))
     common = ("--global-model", "true", "--model-topic", model_topic, "--segments", "3", "--warmup-users", "30",
               "--batch-max-events", "150", "--model-update-events", "300", "--checkpoint-interval-ms", "0",
               "--checkpoint-dir", str(tmp_path / "ckpt"), "--log-format", "json")
@@ -56,6 +58,13 @@ def test_three_instances_share_one_model_through_a_kill_a_join_and_a_restart(bro
     group = [SegstreamProcess(settings, *common) for _ in range(3)]
     errs: list[str] = []
     try:
+        # the second half goes in once the first model is announced, so that every instance has events
+        # to learn from after v1 however fast it drained its share of the first half
+        deadline = time.monotonic() + 120
+        while not any(m["kind"] == "model" for m in _announced(broker.bootstrap, model_topic)):
+            assert time.monotonic() < deadline, "no model announced within 120 s"
+        want.update(_produce(broker.bootstrap, topics["input"], events[N // 2:]))
+        want = dict(want)
         victim = pick_busy_member(group, N)
         group[victim].proc.kill()
         errs.append(group[victim].proc.communicate()[1])
