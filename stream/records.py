@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -52,6 +53,7 @@ class RecordView(NamedTuple):
     headers: list[tuple[str, bytes | None]]
 
 
+@dataclass(slots=True, eq=False)
 class Records:
     """Consecutive records of one topic as columns, in fetch order.
 
@@ -67,18 +69,13 @@ class Records:
     ([0, 0, 1], 9)
     """
 
-    __slots__ = ("topic", "partitions", "offsets", "timestamps", "keys", "values", "headers")
-
-    def __init__(self, topic: str, partitions: np.ndarray, offsets: np.ndarray, timestamps: np.ndarray,
-                 keys: list[bytes | None], values: list[bytes | None],
-                 headers: list[list[tuple[str, bytes | None]]] | None = None) -> None:
-        self.topic = topic
-        self.partitions = partitions
-        self.offsets = offsets
-        self.timestamps = timestamps
-        self.keys = keys
-        self.values = values
-        self.headers = headers
+    topic: str
+    partitions: np.ndarray
+    offsets: np.ndarray
+    timestamps: np.ndarray
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    headers: list[list[tuple[str, bytes | None]]] | None = None
 
     @classmethod
     def single(cls, topic: str, partition: int, offsets: np.ndarray, timestamps: np.ndarray,
@@ -116,7 +113,7 @@ class Records:
 
     @property
     def offset(self) -> int:
-        """First offset (kafka-python's fetcher skips records below its fetch offset by this)."""
+        """Offset of the first record."""
         return int(self.offsets[0])
 
     def __getitem__(self, i: int) -> RecordView:
@@ -137,7 +134,7 @@ class Records:
                        keys, values, headers)
 
     def value_bytes(self) -> int:
-        return sum(len(v) for v in self.values if v is not None)
+        return sum(map(len, filter(None, self.values)))
 
     def next_offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the offset after its last record here."""
@@ -165,9 +162,7 @@ def as_records(tp: TopicPartition, fetched: Iterable[Any]) -> Records:
     if loose:
         blocks.append(_from_consumer_records(tp, loose))
     out = Records.concat(blocks)
-    if not len(out):
-        out.topic = tp.topic
-    return out
+    return out if len(out) else Records.empty(tp.topic)
 
 
 def _from_consumer_records(tp: TopicPartition, recs: Sequence[Any]) -> Records:

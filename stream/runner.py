@@ -184,8 +184,8 @@ class StreamRunner:
         while not stop.is_set():
             timeout_ms = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             got = self._poll(timeout_ms, max_n - count)
-            if self._reset:  # partitions restored (re-seeked) or dropped: earlier records of theirs are void
-                blocks = [(tp, b) for tp, b in blocks if tp not in self._reset]
+            if self._reset:
+                blocks = self._void(blocks)
             blocks.extend(got)
             count = sum(len(b) for _, b in blocks)
             if count and deadline is None:
@@ -194,15 +194,21 @@ class StreamRunner:
                 break
             if not count:
                 break  # idle tick: let the caller check stop / idle exit
+        return Records.concat([b for _, b in blocks])
+
+    def _void(self, blocks: list[tuple[TopicPartition, Records]]) -> list[tuple[TopicPartition, Records]]:
+        """Drop the collected records of partitions the last poll's rebalance reset: dropped ones are
+        re-read by their new owner, restored or kept ones from where this member's state stands."""
         owned = self.rebalance.owned()
-        dropped: dict[TopicPartition, int] = {}
+        kept, warned = [], set()
         for tp, b in blocks:
-            if tp not in owned and len(b):
-                dropped[tp] = min(dropped.get(tp, b.offset), b.offset)
-        for tp, first in dropped.items():
-            log.warning("dropped records of a partition revoked during the batch (re-read by its new owner)",
-                        extra={**self._log_context(tp), "offset": first})
-        return Records.concat([b for tp, b in blocks if tp in owned])
+            if tp not in self._reset:
+                kept.append((tp, b))
+            elif tp not in owned and tp not in warned:  # a partition's blocks come in offset order
+                warned.add(tp)
+                log.warning("dropped records of a partition revoked during the batch (re-read by its new owner)",
+                            extra={**self._log_context(tp), "offset": b.offset})
+        return kept
 
     def _collect_aligned(self, stop: threading.Event) -> Records:
         """One partition's block of offsets [k*B, (k+1)*B), so that a replay cuts the very same batches.
