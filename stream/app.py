@@ -44,10 +44,7 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
     pipeline = Pipeline.from_settings(settings)
     log.info("encoder %s (%s, %d dims), %d segments", pipeline.encoder.kind, pipeline.encoder.version,
              pipeline.encoder.dim, settings.segments)
-    drift = DriftMonitor(reference_size=settings.psi_window, current_size=settings.psi_window,
-                         alarm_hold_batches=settings.drift_hold_batches, delta=settings.drift_delta,
-                         threshold=settings.drift_threshold, grace_batches=settings.drift_grace_batches)
-    metrics = Metrics(registry, drift=drift)
+    metrics = Metrics(registry, drift=DriftMonitor.from_settings(settings))
     if settings.metrics_port:
         port = metrics.serve(settings.metrics_port, settings.metrics_host)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)

@@ -4,7 +4,8 @@
 updated users to their assigned centroid, how many of them changed segment,
 their embeddings, a new model) into the health signals exported as metrics:
 
-* **churn**: share of updated users whose segment changed in this batch;
+* **churn**: share of updated users whose segment changed in this batch (the caller leaves
+  first assignments out: a new user is not churn);
 * **mean distance** to the assigned centroid;
 * **centroid shift**: mean Euclidean move of the centroids of segments present
   in both the previous and the new model version;
@@ -40,9 +41,13 @@ is O(1) Python work plus vectorised numpy over the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from river.drift import PageHinkley
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
 
 __all__ = ["DriftMonitor", "DriftSnapshot", "population_stability_index", "centroid_shift", "SIGNALS"]
 
@@ -72,15 +77,19 @@ def population_stability_index(reference: np.ndarray, current: np.ndarray, bins:
         return 0.0
     if edges is None:
         edges = quantile_edges(ref, bins)
-    d = ref.shape[1]
-    # bin index per value and column, counted in one bincount over (column, bin)
-    def hist(x: np.ndarray) -> np.ndarray:
-        idx = (x[:, None, :] > edges[None, :, :]).sum(axis=1)  # [n, d] in 0..bins-1
-        flat = idx + np.arange(d)[None, :] * bins
-        counts = np.bincount(flat.ravel(), minlength=d * bins).reshape(d, bins)
-        return counts / len(x)
-    eps = 1e-4
-    p, q = np.maximum(hist(ref), eps), np.maximum(hist(cur), eps)
+    return _psi(_shares(ref, edges), _shares(cur, edges))
+
+
+def _shares(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """[d, bins] share of ``x``'s values per column in each bin (one bincount over (column, bin))."""
+    d, bins = x.shape[1], edges.shape[0] + 1
+    idx = (x[:, None, :] > edges[None, :, :]).sum(axis=1)  # [n, d] in 0..bins-1
+    flat = idx + np.arange(d)[None, :] * bins
+    return np.bincount(flat.ravel(), minlength=d * bins).reshape(d, bins) / len(x)
+
+
+def _psi(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
+    p, q = np.maximum(p, eps), np.maximum(q, eps)
     return float(((q - p) * np.log(q / p)).sum(axis=1).mean())
 
 
@@ -106,6 +115,13 @@ class DriftSnapshot:
 
 
 class DriftMonitor:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DriftMonitor:
+        """The monitor ``segstream run`` uses (``SEGSTREAM_PSI_WINDOW``, ``SEGSTREAM_DRIFT_*``)."""
+        return cls(reference_size=settings.psi_window, current_size=settings.psi_window,
+                   alarm_hold_batches=settings.drift_hold_batches, delta=settings.drift_delta,
+                   threshold=settings.drift_threshold, grace_batches=settings.drift_grace_batches)
+
     def __init__(self, *, reference_size: int = 2000, current_size: int = 2000, alarm_hold_batches: int = 20,
                  min_instances: int = 10, delta: float = 0.05, threshold: float = 1.5, grace_batches: int = 0) -> None:
         self.grace_batches = grace_batches
@@ -113,15 +129,15 @@ class DriftMonitor:
         self.reference_size = reference_size
         self.current_size = current_size
         self.alarm_hold_batches = alarm_hold_batches
-        self._mk = lambda: PageHinkley(min_instances=min_instances, delta=delta, threshold=threshold, mode="up")
-        self.detectors = {s: self._mk() for s in SIGNALS}
+        self.detectors = {s: PageHinkley(min_instances=min_instances, delta=delta, threshold=threshold, mode="up")
+                          for s in SIGNALS}
         self.alarms_total = {s: 0 for s in SIGNALS}
         self.min_instances = min_instances
         self._baseline: dict[str, list[float]] = {s: [] for s in SIGNALS}
         self._hold = {s: 0 for s in SIGNALS}
         self._reference: list[np.ndarray] = []
         self._ref_n = 0
-        self._ref: np.ndarray | None = None
+        self._ref_shares: np.ndarray | None = None  # reference window's shares per bin, fixed once full
         self._current: list[np.ndarray] = []
         self.psi = 0.0
         self.churn = 0.0
@@ -166,18 +182,19 @@ class DriftMonitor:
                              {s: self.in_alarm(s) for s in SIGNALS})
 
     def _observe_embeddings(self, emb: np.ndarray) -> None:
-        if self._ref is None:
+        if self._ref_shares is None:
             self._reference.append(emb)
             self._ref_n += len(emb)
             if self._ref_n >= self.reference_size:
-                self._ref = np.concatenate(self._reference)[: self.reference_size]
-                self._edges = quantile_edges(self._ref)
+                ref = np.concatenate(self._reference)[: self.reference_size]
+                self._edges = quantile_edges(ref)
+                self._ref_shares = _shares(ref, self._edges)
                 self._reference = []
             return
         self._current.append(emb)
         cur = np.concatenate(self._current)[-self.current_size:]
         self._current = [cur]
-        self.psi = population_stability_index(self._ref, cur, edges=self._edges)
+        self.psi = _psi(self._ref_shares, _shares(cur, self._edges))
 
     def model_changed(self, old_ids: np.ndarray, old_c: np.ndarray, new_ids: np.ndarray, new_c: np.ndarray) -> float:
         self.last_shift = centroid_shift(old_ids, old_c, new_ids, new_c)

@@ -31,8 +31,10 @@ from prometheus_client.utils import floatToGoString
 
 from stream.drift import SIGNALS, DriftMonitor
 from stream.events import REASONS
+from stream.settings import Settings
 
 if TYPE_CHECKING:
+    from state.segments import SegmentModel
     from stream.pipeline import BatchResult, Pipeline
 
 __all__ = ["Metrics", "ArrayHistogram", "LATENCY_BUCKETS"]
@@ -99,7 +101,7 @@ class Metrics:
         self.segment_share = Gauge("segstream_segment_share", "Share of assigned users in each segment (0..1).", ["segment"], registry=r)
         self.model_version = Gauge("segstream_model_version", "Version of the published segment model in use.", registry=r)
         self.model_leader = Gauge("segstream_model_leader", "1 while this instance merges and announces the global model (it owns input partition 0).", registry=r)
-        self.model_messages = Counter("segstream_model_messages_total", "Model-topic records sent and received, by kind (model, summary, invalid) and direction.", ["kind", "direction"], registry=r)
+        self.model_messages = Counter("segstream_model_messages", "Model-topic records sent and received, by kind (model, summary, invalid) and direction.", ["kind", "direction"], registry=r)
         self.model_updates = Counter("segstream_model_updates", "Segment model versions published.", registry=r)
         self.batch_duration = Histogram("segstream_batch_duration_seconds", "Wall time to process, publish and commit one micro-batch.",
                                         buckets=LATENCY_BUCKETS, registry=r)
@@ -135,7 +137,8 @@ class Metrics:
         self.model_age = Gauge("segstream_model_age_seconds", "Seconds since the last model update.", registry=r)
         self.model_age.set_function(lambda: (time.time() - self._model_updated) if self._model_updated else 0.0)
         self._model_updated = 0.0
-        self.drift = drift if drift is not None else DriftMonitor(grace_batches=20)
+        self._prev_model: SegmentModel | None = None
+        self.drift = drift if drift is not None else DriftMonitor.from_settings(Settings())
         self._segment_labels: set[str] = set()
         self._lag_labels: set[tuple[str, str]] = set()
 
@@ -177,7 +180,7 @@ class Metrics:
                 self.model_updates.inc()
                 self._model_updated = time.time()
                 self.model_updated_at.set(self._model_updated)
-                prev = getattr(self, "_prev_model", None)
+                prev = self._prev_model
                 if prev is not None:
                     self.centroid_shift.set(self.drift.model_changed(prev.segment_ids, prev.centroids,
                                                                      model.segment_ids, model.centroids))
@@ -189,8 +192,9 @@ class Metrics:
         """Churn, mean distance, PSI and Page-Hinkley alarms of one batch (see :mod:`stream.drift`)."""
         if len(result.distances) == 0:
             return
-        snap = self.drift.observe(distances=result.distances, changed=len(result.changes),
-                                  updated=len(result.distances), embeddings=result.embeddings)
+        first = int((result.changes.previous < 0).sum())  # first assignments are not churn
+        snap = self.drift.observe(distances=result.distances, changed=len(result.changes) - first,
+                                  updated=len(result.distances) - first, embeddings=result.embeddings)
         self.churn.set(snap.churn)
         if snap.mean_distance == snap.mean_distance:
             self.mean_distance.set(snap.mean_distance)

@@ -25,7 +25,7 @@ from typing import Any
 import msgpack
 from kafka import KafkaConsumer, TopicPartition
 
-from state.global_model import GlobalKMeans, model_digest
+from state.global_model import SCHEMA, GlobalKMeans, model_digest
 from stream.kafka_io import Publisher, make_consumer
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -97,8 +97,8 @@ class ModelSync:
     def _apply(self, record: Any) -> None:
         try:
             msg = msgpack.unpackb(record.value, raw=False)
-            if not isinstance(msg, dict) or msg.get("schema") != "segstream.model/1":
-                raise ValueError("not a segstream.model/1 map")
+            if not isinstance(msg, dict) or msg.get("schema") != SCHEMA:
+                raise ValueError(f"not a {SCHEMA} map")
         except Exception as exc:  # a foreign record on the topic: skip it, never crash
             log.warning("model topic: skipped an unreadable record: %s", exc,
                         extra={"topic": record.topic, "partition": record.partition, "offset": record.offset})

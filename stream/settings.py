@@ -56,7 +56,7 @@ class Settings:
     ssl_certfile: str = _opt("SEGSTREAM_SSL_CERTFILE", "", "Client certificate (mutual TLS).", group="kafka")
     ssl_keyfile: str = _opt("SEGSTREAM_SSL_KEYFILE", "", "Client private key (mutual TLS).", group="kafka")
     group_instance_id: str = _opt("SEGSTREAM_GROUP_INSTANCE_ID", "", "Static group membership (KIP-345): a restarted member with the same id takes its partitions back without waiting for the session timeout (empty: dynamic membership).", group="kafka")
-    columnar_fetch: bool = _opt("SEGSTREAM_COLUMNAR_FETCH", True, "Decode fetched record batches a whole batch at a time into columns (stream/records.py) instead of kafka-python's record-at-a-time iterator (5.7-6.9x its consume rate in four bench.throughput runs). false: kafka-python's own decoding.", group="kafka")
+    columnar_fetch: bool = _opt("SEGSTREAM_COLUMNAR_FETCH", True, "Decode fetched record batches a whole batch at a time into columns (stream/records.py) instead of kafka-python's record-at-a-time iterator (several times its consume rate: README, Performance). false: kafka-python's own decoding.", group="kafka")
     create_topics: bool = _opt("SEGSTREAM_CREATE_TOPICS", True, "Create missing output and dead-letter topics at start-up.", group="kafka")
 
     # --- micro-batching ----------------------------------------------------
@@ -76,7 +76,7 @@ class Settings:
     encoder_batch: int = _opt("SEGSTREAM_ENCODER_BATCH", 1024, "Largest inference batch handed to the encoder.", group="encoder")
     encoder_threads: int = _opt("SEGSTREAM_ENCODER_THREADS", 1, "torch intra-op threads (0: torch's default). One thread leaves the other cores to the Kafka client and the broker; more threads spin-wait on a busy machine.", group="encoder")
 
-    gc_threshold: int = _opt("SEGSTREAM_GC_THRESHOLD", 50000, "Python's generation-0 garbage-collection threshold (0: Python's default of 700). Decoding allocates a dict per event; at the default the collector runs every few hundred events and scans the whole heap often: 50000 measured 22% faster from a log file.", group="encoder")
+    gc_threshold: int = _opt("SEGSTREAM_GC_THRESHOLD", 50000, "Python's generation-0 garbage-collection threshold (0: Python's default of 700). Decoding allocates a dict per event; at the default the collector runs every few hundred events and scans the whole heap often (README, Performance).", group="encoder")
 
     # --- segments ----------------------------------------------------------
     segments: int = _opt("SEGSTREAM_SEGMENTS", 8, "Number of segments (k).", group="segments")
