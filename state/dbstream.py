@@ -133,9 +133,7 @@ class OnlineDBSTREAM(WarmupBuffer):
             "next_id": self._next_id,
             "since_update": self._since_update,
             "rng": json.dumps(self._rng.bit_generator.state),
-            "warm_ids": list(self._warm),
-            "warm_emb": (np.stack(list(self._warm.values())).astype(np.float32) if self._warm
-                         else np.zeros((0, self.dim), np.float32)),
+            **self._warm_state(),
             "time_stamp": int(lr._time_stamp),
             "mc_ids": np.array(mc_ids, dtype=np.int64),
             "mc_centers": np.array([[mc.center.get(d, 0.0) for d in range(self.dim)] for mc in mcs],
@@ -161,7 +159,7 @@ class OnlineDBSTREAM(WarmupBuffer):
         self._next_id = int(state["next_id"])
         self._since_update = int(state["since_update"])
         self._rng.bit_generator.state = json.loads(state["rng"])
-        self._warm = dict(zip(state["warm_ids"], np.asarray(state["warm_emb"], np.float32)))
+        self._load_warm(state)
         lr = self.learner
         lr._time_stamp = int(state["time_stamp"])
         lr._micro_clusters = {}

@@ -64,7 +64,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from state.kmeans import LineageEvent, OnlineKMeans
-from state.segments import SegmentModel, squared_distances
+from state.segments import SegmentModel, WarmupBuffer, squared_distances
 
 __all__ = ["GlobalKMeans", "match_to_global", "merge_summaries", "model_digest", "SCHEMA"]
 
@@ -112,23 +112,23 @@ def merge_summaries(global_centroids: np.ndarray, summaries: list[tuple[np.ndarr
     return out.astype(np.float32)
 
 
-class GlobalKMeans:
-    """The segmenter interface of :class:`OnlineKMeans`, assigning with the announced global model."""
+class GlobalKMeans(WarmupBuffer):
+    """The segmenter interface of :class:`OnlineKMeans`, assigning with the announced global model.
+
+    Its warm-up buffer holds every user updated before the first global model arrives."""
 
     name = "kmeans-global"
 
     def __init__(self, local: OnlineKMeans, instance_id: str, *, stale_merges: int = 10,
                  weight_decay: float = 0.5) -> None:
         self.local = local
-        # local re-seeding judged on recent embeddings only: the users held are counted per global id
-        self.local.held_share_factor = 0.0
         self.instance_id = instance_id
         self.k, self.dim = local.k, local.dim
         self.stale_merges = stale_merges
         self.weight_decay = weight_decay
         self.model: SegmentModel | None = None
         self.lineage: list[LineageEvent] = []
-        self._pending: dict[str, np.ndarray] = {}  # users updated before the first global model
+        self._warm: dict[str, np.ndarray] = {}  # users updated before the first global model
         self._counts = np.zeros(self.k, dtype=np.float64)  # decayed embeddings per local centre
         self._summaries: dict[str, dict[str, Any]] = {}  # latest summary per instance
         self._merges = 0  # merges made by this instance (the age of a summary is counted in merges)
@@ -144,23 +144,18 @@ class GlobalKMeans:
     # ----- the interface the pipeline uses --------------------------------------
     @property
     def warming(self) -> bool:
-        return self.model is None or bool(self._pending)
+        return self.model is None or bool(self._warm)
 
     def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan")) -> None:
-        for uid, e in zip(user_ids, emb):
-            self._pending[uid] = e
+        super().add_warmup(user_ids, emb, event_time)
         self._held += len(user_ids)  # counted towards the first summary once the model is there
         if event_time == event_time:
             self._event_time = max(self._event_time, event_time)
         if self.local.warming:
             self.local.add_warmup(user_ids, emb)
 
-    def waiting_users(self) -> set[str]:
-        """Users buffered until the model exists (they get a segment when it is seeded/announced)."""
-        return set(self._pending)
-
     def forget(self, user_id: str) -> None:
-        self._pending.pop(user_id, None)
+        super().forget(user_id)
         self.local.forget(user_id)
 
     def ready(self) -> bool:
@@ -168,11 +163,7 @@ class GlobalKMeans:
 
     def seed_model(self, event_time: float) -> tuple[list[str], np.ndarray]:
         """The users held back until the global model arrived, to be assigned with it."""
-        users = list(self._pending)
-        x = (np.stack([self._pending[u] for u in users]).astype(np.float32) if users
-             else np.zeros((0, self.dim), np.float32))
-        self._pending.clear()
-        return users, x
+        return self._take_warm()
 
     def learn(self, emb: np.ndarray) -> None:
         if len(emb) == 0 or self.local.model is None:
@@ -185,7 +176,9 @@ class GlobalKMeans:
              population=None) -> SegmentModel | None:
         self._event_time = max(self._event_time, event_time)
         n_events, self._held = n_events + self._held, 0
-        local = self.local.tick(n_events, event_time, users_per_segment, population)
+        # no users per segment: those held are counted per *global* id, so the local learner's
+        # re-seeding goes by recent embeddings only
+        local = self.local.tick(n_events, event_time, {}, population)
         self.local.drain_lineage()  # local ids are private to this instance
         if local is not None and self.model is not None:
             self._seq += 1
@@ -287,18 +280,14 @@ class GlobalKMeans:
     # ----- checkpoints -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The local learner and the pending users; the global model itself lives on the model topic."""
-        ids = list(self._pending)
-        return {"name": self.name, "local": self.local.state_dict(), "pending_ids": ids,
-                "pending_emb": (np.stack([self._pending[u] for u in ids]).astype(np.float32) if ids
-                                else np.zeros((0, self.dim), np.float32)),
+        return {"name": self.name, "local": self.local.state_dict(), **self._warm_state("pending"),
                 "counts": self._counts.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("name") != self.name:
             raise ValueError(f"checkpoint holds a {state.get('name')!r} segmenter, not {self.name!r}")
         self.local.load_state_dict(state["local"])
-        self.local.held_share_factor = 0.0
-        self._pending = dict(zip(state["pending_ids"], np.asarray(state["pending_emb"], np.float32)))
+        self._load_warm(state, "pending")
         self._counts = np.asarray(state["counts"], np.float64).copy()
         if self.model is not None and self.local.model is None:
             self.local.adopt(self.model.centroids, self.model.version, self.model.event_time)

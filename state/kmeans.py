@@ -227,6 +227,8 @@ class OnlineKMeans(WarmupBuffer):
                 ids[j] = new_id
                 self._born[new_id] = version
             centers, ids = self._try_restart(recent, centers, ids, version, event_time)
+        live = set(ids.tolist())
+        self._born = {i: v for i, v in self._born.items() if i in live}  # retired ids are never looked up again
         self._set_learner_centres(centers)
         self.model = SegmentModel(version, centers.astype(np.float32), ids, event_time)
         return self.model
@@ -278,9 +280,7 @@ class OnlineKMeans(WarmupBuffer):
             "next_id": self._next_id,
             "since_update": self._since_update,
             "rng": json.dumps(self._rng.bit_generator.state),
-            "warm_ids": list(self._warm),
-            "warm_emb": (np.stack(list(self._warm.values())).astype(np.float32) if self._warm
-                         else np.zeros((0, self.dim), np.float32)),
+            **self._warm_state(),
             "recent": self._recent.data.copy(),
             "recent_n": self._recent.n,
             "born_ids": np.array(sorted(self._born), dtype=np.int64),
@@ -304,7 +304,7 @@ class OnlineKMeans(WarmupBuffer):
         self._next_id = int(state["next_id"])
         self._since_update = int(state["since_update"])
         self._rng.bit_generator.state = json.loads(state["rng"])
-        self._warm = dict(zip(state["warm_ids"], np.asarray(state["warm_emb"], np.float32)))
+        self._load_warm(state)
         self._recent.data[:] = state["recent"]
         self._recent.n = int(state["recent_n"])
         self._born = dict(zip(np.asarray(state.get("born_ids", [])).tolist(),

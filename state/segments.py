@@ -20,6 +20,7 @@ relative ``margin``, so users on a boundary do not flap::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,7 @@ class WarmupBuffer:
 
     model: SegmentModel | None
     warmup_users: int
+    dim: int
     _warm: dict[str, np.ndarray]
 
     @property
@@ -79,10 +81,24 @@ class WarmupBuffer:
 
     def _take_warm(self) -> tuple[list[str], np.ndarray]:
         """Empty the buffer: the users and their embeddings (float32), in arrival order."""
-        users = list(self._warm)
-        x = np.stack([self._warm[u] for u in users]).astype(np.float32)
+        users, x = self._warm_arrays()
         self._warm.clear()
         return users, x
+
+    def _warm_arrays(self) -> tuple[list[str], np.ndarray]:
+        """The buffered users and their embeddings ([n, dim] float32, also when empty)."""
+        users = list(self._warm)
+        x = (np.stack([self._warm[u] for u in users]).astype(np.float32) if users
+             else np.zeros((0, self.dim), np.float32))
+        return users, x
+
+    def _warm_state(self, prefix: str = "warm") -> dict[str, Any]:
+        """Checkpoint entries of the buffer (``<prefix>_ids``, ``<prefix>_emb``)."""
+        users, x = self._warm_arrays()
+        return {f"{prefix}_ids": users, f"{prefix}_emb": x}
+
+    def _load_warm(self, state: dict[str, Any], prefix: str = "warm") -> None:
+        self._warm = dict(zip(state[f"{prefix}_ids"], np.asarray(state[f"{prefix}_emb"], np.float32)))
 
 
 def squared_distances(x: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -135,9 +135,9 @@ class UserStore:
         return [ids[r] for r in rows.tolist()]  # type: ignore[misc]
 
     def holds_user(self, rows: np.ndarray) -> np.ndarray:
-        """Whether each row still holds a user (not freed by eviction, deletion or a dropped partition)."""
-        ids = self._ids
-        return np.fromiter((ids[r] is not None for r in rows.tolist()), dtype=bool, count=len(rows))
+        """Whether each row still holds a user (not freed by eviction, deletion or a dropped partition):
+        a held row has seen an event, a free one is reset to ``last_ts = -inf``."""
+        return np.isfinite(self.last_ts[rows])
 
     def live_rows(self) -> np.ndarray:
         return np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index))

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 class ModelSync:
     def __init__(self, settings: Settings, segmenter: GlobalKMeans, publisher: Publisher,
                  metrics: Metrics | None = None, consumer: KafkaConsumer | None = None) -> None:
-        self.settings = settings
         self.segmenter = segmenter
         self.publisher = publisher
         self.metrics = metrics

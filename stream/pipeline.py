@@ -434,8 +434,6 @@ class Pipeline:
                 "sample_rng": json.dumps(self._sample_rng.bit_generator.state)}
 
     def load_global_state(self, state: dict[str, Any]) -> None:
-        import json
-
         if json.dumps(state["spec"], sort_keys=True) != json.dumps(self.store.spec.to_dict(), sort_keys=True):
             raise ValueError("the checkpoint was written with another feature configuration (encoder): "
                              "point SEGSTREAM_CHECKPOINT_DIR elsewhere or remove it to start from scratch")
