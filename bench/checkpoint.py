@@ -47,10 +47,9 @@ def measure(users: int) -> dict:
         fresh = Pipeline.from_settings(settings, now=lambda: 2e9)
         state = store.load_global(ckpt)
         fresh.load_global_state(state)
-        for q in range(PARTS):
-            fresh.store.import_rows(store.best(q, users).load()["users"], keep_rows=True)
-        fresh.store.set_layout(state["layout"])
-        fresh.recount()
+        for q in range(PARTS):  # what StreamRunner._restore does with the pipeline
+            fresh.import_users(store.best(q, users).load()["users"], keep_rows=True)
+        fresh.finish_restore(state["layout"])
         restore_s = time.perf_counter() - t
         assert len(fresh.store) == len(p.store) == users
     return {"write_seconds": round(write_s, 4), "restore_seconds": round(restore_s, 4), "bytes": size,

@@ -413,6 +413,20 @@ class Pipeline:
         self._segment_users = np.bincount(segs, minlength=len(self._segment_users)) if len(segs) else \
             np.zeros(len(self._segment_users), dtype=np.int64)
 
+    def import_users(self, block: dict[str, Any], *, keep_rows: bool) -> int:
+        """Load one partition snapshot's users (replacing any held copy); returns how many."""
+        for uid in self.store.import_rows(block, keep_rows=keep_rows):
+            self.segmenter.forget(uid)
+        return len(block["ids"])
+
+    def finish_restore(self, layout: Any | None = None) -> None:
+        """After snapshots were imported: the row layout they were written with, segment counts, and
+        restored users without a segment queued for assignment."""
+        if layout is not None:
+            self.store.set_layout(layout)
+        self.recount()
+        self.requeue_unassigned()
+
     def drop_partition(self, partition: int) -> int:
         """Forget the users of a partition this consumer no longer owns; returns how many."""
         rows = self.store.rows_of_partition(partition)

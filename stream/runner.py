@@ -362,18 +362,12 @@ class StreamRunner:
                     log.warning("no snapshot of partition %s at or before committed offset %d: its users start empty",
                                 tp, c, extra={"partition": tp.partition, "offset": c})
                 continue
-            block = snap.load()["users"]
-            for uid in self.pipeline.store.import_rows(block, keep_rows=snap.ckpt == exact):
-                self.pipeline.segmenter.forget(uid)
-            users += len(block["ids"])
+            users += self.pipeline.import_users(snap.load()["users"], keep_rows=snap.ckpt == exact)
             self.consumer.seek(tp, snap.offset)
             self._state_offsets[tp] = snap.offset
             if committed[tp] is not None and committed[tp] > snap.offset:
                 self._restoring[tp] = committed[tp]
-        if layout is not None:
-            self.pipeline.store.set_layout(layout)
-        self.pipeline.recount()
-        self.pipeline.requeue_unassigned()
+        self.pipeline.finish_restore(layout)
         self.metrics.restores.inc(len(tps))
         self.metrics.users_tracked.set(len(self.pipeline.store))
         log.info("restored %d partitions (%d users) in %.3fs", len(tps), users, time.perf_counter() - t0, extra={

@@ -3,6 +3,7 @@ and reading topics as a separate client would."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -58,6 +59,23 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes | None], keys: It
 
 def pack_events(events: Iterable[dict]) -> list[bytes]:
     return [msgpack.packb(e) for e in events]
+
+
+def produce_by_partition(bootstrap: str, topic: str, events: Iterable[dict],
+                         partition_of: Callable[[dict], int]) -> dict[int, int]:
+    """Send events (msgpack, keyed by user id) in order, each to ``partition_of(event)``; records per partition."""
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    per: collections.Counter[int] = collections.Counter()
+    futures = []
+    for e in events:
+        part = partition_of(e)
+        futures.append(p.send(topic, key=str(e["user_id"]).encode(), value=msgpack.packb(e), partition=part))
+        per[part] += 1
+    p.flush()
+    for f in futures:
+        f.get(timeout=30)
+    p.close()
+    return dict(per)
 
 
 def read_topic(bootstrap: str, topic: str, *, expected: int | None = None, timeout_s: float = 60.0,

@@ -7,12 +7,10 @@ from __future__ import annotations
 import collections
 import random
 
-import msgpack
 import numpy as np
 import pytest
-from kafka import KafkaProducer
 
-from helpers import SegstreamProcess, committed, log_records, pick_busy_member, wait_committed
+from helpers import SegstreamProcess, committed, log_records, pick_busy_member, produce_by_partition, wait_committed
 from stream.checkpoints import CheckpointStore
 from stream.kafka_io import ensure_topics
 from stream.settings import Settings
@@ -27,21 +25,12 @@ HALF_LIFE = 1e9
 
 def _produce(bootstrap: str, topic: str) -> tuple[list[dict], dict[int, int]]:
     rng = random.Random(9)
-    prod = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    events, per_part = [], collections.Counter()
-    futures = []
+    events = []
     for i in range(N):
         u = rng.randrange(USERS)
-        e = {"user_id": f"u{u}", "action": ["view", "click", "purchase"][(u + i) % 3], "ts": 1.7e9 + i,
-             "item_id": rng.randrange(40), "categories": [f"c{u % 5}"], "value": float(i % 4)}
-        events.append(e)
-        futures.append(prod.send(topic, key=e["user_id"].encode(), value=msgpack.packb(e), partition=u % P))
-        per_part[u % P] += 1
-    prod.flush()
-    for f in futures:
-        f.get(timeout=30)
-    prod.close()
-    return events, dict(per_part)
+        events.append({"user_id": f"u{u}", "action": ["view", "click", "purchase"][(u + i) % 3], "ts": 1.7e9 + i,
+                       "item_id": rng.randrange(40), "categories": [f"c{u % 5}"], "value": float(i % 4)})
+    return events, produce_by_partition(bootstrap, topic, events, lambda e: int(e["user_id"][1:]) % P)
 
 
 def _state(ckpt_dir, group, topic, want: dict[int, int]) -> dict[str, tuple]:

@@ -11,7 +11,7 @@ import time
 import msgpack
 import pytest
 
-from helpers import SegstreamProcess, log_records, pick_busy_member, produce, read_topic, wait_committed
+from helpers import SegstreamProcess, log_records, pick_busy_member, produce_by_partition, read_topic, wait_committed
 from stream.kafka_io import ensure_topics
 from stream.settings import Settings
 
@@ -34,12 +34,7 @@ def _events(n: int, seed: int, t0: float) -> list[dict]:
 
 
 def _produce(bootstrap: str, topic: str, events: list[dict]) -> dict[int, int]:
-    per = collections.Counter()
-    for p in range(P):
-        part = [e for e in events if int(e["user_id"][1:]) % P == p]
-        produce(bootstrap, topic, [msgpack.packb(e) for e in part], [e["user_id"].encode() for e in part], partition=p)
-        per[p] += len(part)
-    return dict(per)
+    return produce_by_partition(bootstrap, topic, events, lambda e: int(e["user_id"][1:]) % P)
 
 
 def _announced(bootstrap: str, topic: str) -> list[dict]:
