@@ -34,7 +34,13 @@ def _events(n: int, seed: int, t0: float) -> list[dict]:
 
 
 def _produce(bootstrap: str, topic: str, events: list[dict]) -> dict[int, int]:
-    return produce_by_partition(bootstrap, topic, events, lambda e: int(e["user_id"][1:]) % P)
+    """One partition after the other, each flushed at once: a running member then sees its partitions'
+    records land in bursts and has work left to interrupt (records trickling in get consumed as they come)."""
+    per: dict[int, int] = {}
+    for p in range(P):
+        part = [e for e in events if int(e["user_id"][1:]) % P == p]
+        per.update(produce_by_partition(bootstrap, topic, part, lambda e, p=p: p))
+    return per
 
 
 def _announced(bootstrap: str, topic: str) -> list[dict]:
