@@ -59,7 +59,8 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
     producer = make_producer(settings)
     checkpoints = (CheckpointStore(settings.checkpoint_dir, settings.group_id, settings.input_topic)
                    if settings.checkpoint_dir else None)
-    runner = StreamRunner(settings, pipeline, consumer, Publisher(producer, metrics), metrics, clock=clock,
+    publisher = Publisher(producer, metrics, columnar=settings.columnar_produce)
+    runner = StreamRunner(settings, pipeline, consumer, publisher, metrics, clock=clock,
                           on_batch=on_batch, checkpoints=checkpoints)
     if settings.global_model:
         from stream.model_sync import ModelSync

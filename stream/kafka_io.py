@@ -12,10 +12,12 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from stream.batch_produce import append_run, encode_runs, run_error, supports_runs
 from stream.metrics import Metrics
 from stream.partitioning import partitions_for_keys
 from stream.settings import Settings
@@ -108,12 +110,19 @@ class PublishError(RuntimeError):
 
 
 class _Pending(NamedTuple):
+    """A send awaiting confirmation: one record (``future`` of ``send``) or one run of a partition's records."""
+
     topic: str
-    key: bytes | None
-    value: bytes | None
+    keys: Sequence[bytes | None]
+    values: Sequence[bytes | None]
     headers: list[tuple[str, bytes]] | None
     partition: int | None
     future: Any
+    run: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(self.keys)
 
 
 class Publisher:
@@ -121,58 +130,93 @@ class Publisher:
 
     A failed send is re-sent (up to ``retries`` rounds) before confirm gives
     up with :class:`PublishError`; the caller then must not commit offsets.
+    With ``columnar`` (the default), :meth:`send_many` writes each partition's
+    records as whole record batches (:mod:`stream.batch_produce`) instead of
+    one ``send`` per record.
     """
 
     def __init__(self, producer: KafkaProducer, metrics: Metrics | None = None, *, retries: int = 3,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, columnar: bool = True) -> None:
         self.producer = producer
         self.metrics = metrics
         self.retries = retries
         self.timeout_s = timeout_s
+        self.columnar = columnar and supports_runs(producer)
         self._pending: list[_Pending] = []
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> None:
         fut = self.producer.send(topic, key=key, value=value, headers=headers)
-        self._pending.append(_Pending(topic, key, value, headers, None, fut))
+        self._pending.append(_Pending(topic, (key,), (value,), headers, None, fut))
 
     def send_many(self, topic: str, keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
         """Send keyed records, partitioned exactly as Kafka's default partitioner would, hashed per batch."""
         if not keys:
             return
         count = len(self.producer.partitions_for(topic))
-        partitions = partitions_for_keys(keys, count).tolist()
+        partitions = partitions_for_keys(keys, count)
+        if self.columnar:
+            self._send_runs(topic, keys, values, partitions)
+            return
         send, pending = self.producer.send, self._pending
-        for key, value, part in zip(keys, values, partitions):
-            pending.append(_Pending(topic, key, value, None, part, send(topic, key=key, value=value, partition=part)))
+        for key, value, part in zip(keys, values, partitions.tolist()):
+            pending.append(_Pending(topic, (key,), (value,), None, part,
+                                    send(topic, key=key, value=value, partition=part)))
+
+    def _send_runs(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes | None],
+                   partitions: np.ndarray) -> None:
+        order = np.argsort(partitions, kind="stable")
+        bounds = np.flatnonzero(np.diff(partitions[order])) + 1
+        config = self.producer.config
+        for rows in np.split(order, bounds):
+            part = int(partitions[rows[0]])
+            rows_list = rows.tolist()
+            pk = [keys[i] for i in rows_list]
+            pv = [values[i] for i in rows_list]
+            for run in encode_runs(pk, pv, batch_size=config["batch_size"], max_request_size=config["max_request_size"]):
+                self._pending.append(_Pending(topic, pk[run.start:run.stop], pv[run.start:run.stop], None, part,
+                                              append_run(self.producer, topic, part, run), run=True))
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return sum(p.count for p in self._pending)
 
     def confirm(self) -> int:
-        """Flush and check every send since the last confirm; returns how many were confirmed."""
+        """Flush and check every send since the last confirm; returns how many records were confirmed."""
         pending, self._pending = self._pending, []
         confirmed = 0
         for attempt in range(self.retries + 1):
             self.producer.flush(timeout=self.timeout_s)
             failed: list[_Pending] = []
             for p in pending:
-                fut = p.future
-                if fut.is_done and fut.succeeded():
-                    confirmed += 1
+                error = self._outcome(p)
+                if error is None:
+                    confirmed += p.count
                     continue
-                try:
-                    fut.get(timeout=self.timeout_s)
-                    confirmed += 1
-                except KafkaError as exc:
-                    failed.append(p)
-                    if self.metrics is not None:
-                        self.metrics.publish_failures.inc()
-                    log.warning("send to %s failed (attempt %d): %s", p.topic, attempt + 1, exc)
+                failed.append(p)
+                if self.metrics is not None:
+                    self.metrics.publish_failures.inc(p.count)
+                log.warning("send of %d record(s) to %s failed (attempt %d): %s", p.count, p.topic, attempt + 1, error)
             if not failed:
                 return confirmed
             pending = []
             time.sleep(min(2.0, 0.1 * 2**attempt))
             for p in failed:
-                fut = self.producer.send(p.topic, key=p.key, value=p.value, headers=p.headers, partition=p.partition)
-                pending.append(p._replace(future=fut))
-        raise PublishError(f"{len(pending)} records could not be published after {self.retries + 1} attempts")
+                if p.run:
+                    self._send_runs(p.topic, p.keys, p.values, np.full(p.count, p.partition, dtype=np.int64))
+                else:
+                    self._pending.append(p._replace(future=self.producer.send(
+                        p.topic, key=p.keys[0], value=p.values[0], headers=p.headers, partition=p.partition)))
+            pending, self._pending = self._pending, []
+        raise PublishError(f"{sum(p.count for p in pending)} records could not be published after "
+                           f"{self.retries + 1} attempts")
+
+    def _outcome(self, p: _Pending) -> BaseException | None:
+        if p.run:
+            return run_error(p.future)
+        fut = p.future
+        if fut.is_done and fut.succeeded():
+            return None
+        try:
+            fut.get(timeout=self.timeout_s)
+            return None
+        except KafkaError as exc:
+            return exc
