@@ -43,7 +43,8 @@ def segment_profiles(store: UserStore, model: SegmentModel | None, rng: np.rando
     rows, ix = rows[ix >= 0], ix[ix >= 0]
     sizes = np.bincount(ix, minlength=model.k)
     # bounded sample per segment: random keys, keep the first `sample_per_segment` of each segment
-    order = np.lexsort((rng.random(len(rows)), ix))
+    shuffled = rng.permutation(len(rows))
+    order = shuffled[np.argsort(ix[shuffled], kind="stable")]  # by segment, random within one
     rank = np.arange(len(order)) - np.searchsorted(ix[order], ix[order])
     pick = order[rank < sample_per_segment]
     prow, pix = rows[pick], ix[pick]

@@ -11,6 +11,7 @@ property test in ``tests/test_events.py`` compares the two).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,6 +38,18 @@ def _id_ok(col: list[Any], limit: int, *, optional: bool) -> list[bool] | None:
         if not strs or (min(map(len, strs)) > 0 and max(map(len, strs)) <= limit):
             return None
     return [(type(x) is int) or _short_str(x, limit) or (optional and x is None) for x in col]
+
+
+def _categories_ok(cats: list[Any], max_categories: int, max_category: int) -> list[bool] | None:
+    """None when every entry is None or a list of at most ``max_categories`` short strings; else a mask."""
+    if set(map(type, cats)) <= {list, _NONE}:
+        lists = [c for c in cats if c]
+        flat = list(itertools.chain.from_iterable(lists))
+        if (not lists or max(map(len, lists)) <= max_categories) and (
+                not flat or (set(map(type, flat)) <= {str} and max(map(len, flat)) <= max_category)):
+            return None
+    return [c is None or (type(c) is list and (not c or (len(c) <= max_categories and all(
+        type(x) is str and len(x) <= max_category for x in c)))) for c in cats]
 
 
 def _numbers(col: list[Any], *, optional: bool) -> tuple[np.ndarray, list[bool] | None]:
@@ -68,7 +81,10 @@ def fast_columns(objs: Sequence[Any], spec: FeatureSpec, *, min_ts: float, max_t
     the per-record path.
     """
     n = len(objs)
-    ok = np.fromiter((type(o) is dict for o in objs), dtype=bool, count=n)
+    if set(map(type, objs)) <= {dict}:
+        ok = np.ones(n, dtype=bool)
+    else:
+        ok = np.fromiter((type(o) is dict for o in objs), dtype=bool, count=n)
     maps = [o for o, good in zip(objs, ok) if good] if not ok.all() else list(objs)
     pos = np.flatnonzero(ok)
     m = len(maps)
@@ -79,6 +95,7 @@ def fast_columns(objs: Sequence[Any], spec: FeatureSpec, *, min_ts: float, max_t
             good[~np.asarray(mask, dtype=bool)] = False
 
     users = [o.get("user_id") for o in maps]
+    user_types = set(map(type, users))
     fail(_id_ok(users, max_id, optional=False))
     actions = [o.get("action") for o in maps]
     if not (set(map(type, actions)) <= {str} and m and min(map(len, actions)) > 0
@@ -101,12 +118,7 @@ def fast_columns(objs: Sequence[Any], spec: FeatureSpec, *, min_ts: float, max_t
     with np.errstate(invalid="ignore"):
         good &= absent | (np.abs(values) <= 3.0e38)  # False for NaN and inf given explicitly
     cats = [o.get("categories") for o in maps]
-    ctypes = set(map(type, cats))
-    if not ctypes <= {list, _NONE}:
-        fail([c is None or type(c) is list for c in cats])
-    for i, c in enumerate(cats):
-        if type(c) is list and c and not (len(c) <= max_categories and all(type(x) is str and len(x) <= max_category for x in c)):
-            good[i] = False
+    fail(_categories_ok(cats, max_categories, max_category))
     if delete_action in actions:
         good &= np.array([a != delete_action for a in actions], dtype=bool)
 
@@ -117,23 +129,17 @@ def fast_columns(objs: Sequence[Any], spec: FeatureSpec, *, min_ts: float, max_t
         sel: Callable[[list[Any]], list[Any]] = lambda col: [col[i] for i in keep.tolist()]  # noqa: E731
         users, actions, items, cats, event_ids = sel(users), sel(actions), sel(items), sel(cats), sel(event_ids)
         ts, values = ts[keep], values[keep]
-    action_ix = spec.action_index
-    token = spec.item_token
-    bucket = spec.category_bucket
-    cat_event: list[int] = []
-    cat_bucket: list[int] = []
-    for row, c in enumerate(cats):
-        if c:
-            cat_event.extend([row] * len(c))
-            cat_bucket.extend([bucket(x) for x in c])
+    per_event = (np.fromiter(map(len, cats), dtype=np.int64, count=len(cats)) if _NONE not in set(map(type, cats))
+                 else np.fromiter((len(c) if c else 0 for c in cats), dtype=np.int64, count=len(cats)))
+    flat = list(itertools.chain.from_iterable(c for c in cats if c))
     columns = {
-        "user_ids": [u if type(u) is str else str(u) for u in users],
-        "actions": np.array([action_ix(a) for a in actions], dtype=np.int16),
+        "user_ids": users if user_types <= {str} else [u if type(u) is str else str(u) for u in users],
+        "actions": spec.action_indices(actions),
         "ts": ts,
-        "item_tokens": np.array([-1 if x is None else token(x) for x in items], dtype=np.int64),
+        "item_tokens": spec.item_tokens(items),
         "values": values.astype(np.float32),
-        "cat_event": np.array(cat_event, dtype=np.int32),
-        "cat_bucket": np.array(cat_bucket, dtype=np.int32),
+        "cat_event": np.repeat(np.arange(len(cats), dtype=np.int32), per_event),
+        "cat_bucket": spec.category_buckets_of(flat),
         "source_index": pos[keep].astype(np.int64),
         "event_ids": ([e if e is None or type(e) is str else str(e) for e in event_ids]
                       if any_event_id else []),
