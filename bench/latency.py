@@ -9,7 +9,10 @@ event time is send time). A separate reader process consumes
 ``user-segments`` and, for every segment event, records arrival wall time
 minus the ``event_time`` of the event that caused it: the time from the
 producer's send to the segment event's arrival at a separate consumer.
-Segment events of the warm-up phase (seeding) are excluded.
+The measured phase starts once the child has applied the 2,000 warm-up
+events (read from its ``/metrics``; ``consumer_ready_s`` in the output), so its
+start-up (imports, encoder load, group join) is never charged to measured
+events; segment events of the warm-up phase (seeding) are excluded.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from typing import Any
 
@@ -41,7 +45,7 @@ def reader(bootstrap: str, topic: str, seconds: float, out: str) -> None:
     lat: list[tuple[float, float]] = []
     deadline = time.time() + seconds
     open(out + ".ready", "w").close()
-    while time.time() < deadline:
+    while time.time() < deadline and not os.path.exists(out + ".stop"):
         for records in c.poll(timeout_ms=20).values():
             now = time.time()
             for r in records:
@@ -50,6 +54,31 @@ def reader(bootstrap: str, topic: str, seconds: float, out: str) -> None:
     c.close(autocommit=False)
     with open(out, "w") as f:
         json.dump(lat, f)
+
+
+def _wait_consumed(port: int, events: int, consumer: subprocess.Popen, *, timeout_s: float) -> float:
+    """Seconds until the ``segstream run`` child has applied ``events`` events (its /metrics, over HTTP).
+
+    The measured phase starts only then: a child still importing torch or joining
+    its group would otherwise charge its start-up to the first measured events.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if consumer.poll() is not None:
+            raise RuntimeError(f"segstream run exited with {consumer.returncode} during warm-up")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            text = ""
+        applied = sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                      if s.name == "segstream_events_applied_total")
+        if applied >= events:
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    raise TimeoutError(f"segstream run applied fewer than {events} warm-up events in {timeout_s:.0f}s")
 
 
 def _event(rng: random.Random, user: int) -> dict[str, Any]:
@@ -82,15 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         inp, outp = f"lat-in-{tag}", f"lat-out-{tag}"
         s = Settings(bootstrap=broker.bootstrap, input_topic=inp)
         ensure_topics(s, {inp: 1, outp: 1, f"{inp}-dlq": 1})
+        metrics_port = free_port()
         env = {**os.environ, "SEGSTREAM_BOOTSTRAP": broker.bootstrap, "SEGSTREAM_INPUT_TOPIC": inp,
                "SEGSTREAM_OUTPUT_TOPIC": outp, "SEGSTREAM_DLQ_TOPIC": f"{inp}-dlq", "SEGSTREAM_GROUP_ID": f"g-{tag}",
-               "SEGSTREAM_ENCODER": str(encoder), "SEGSTREAM_METRICS_PORT": str(free_port()),
+               "SEGSTREAM_ENCODER": str(encoder), "SEGSTREAM_METRICS_PORT": str(metrics_port),
                "SEGSTREAM_BATCH_MAX_WAIT_MS": str(a.batch_max_wait_ms), "SEGSTREAM_LOG_LEVEL": "WARNING"}
         consumer = subprocess.Popen([sys.executable, "-m", "stream.cli", "run"], env=env, stdout=subprocess.DEVNULL)
         out = os.path.join("runs", "bench", f"latency-{tag}.json")
-        warm_s = 8.0
         rd = subprocess.Popen([sys.executable, "-m", "bench.latency", "--reader", broker.bootstrap, outp,
-                               str(warm_s + a.seconds + 15), out])
+                               str(a.seconds + 600), out])
         try:
             while not os.path.exists(out + ".ready"):
                 time.sleep(0.1)
@@ -99,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             for u in range(2000):
                 producer.send(inp, key=f"lat-{u}".encode(), value=msgpack.packb(_event(rng, u)))
             producer.flush()
-            time.sleep(warm_s)
+            ready_s = _wait_consumed(metrics_port, 2000, consumer, timeout_s=180.0)
+            time.sleep(2.0)  # seeding's segment events drain before the measured phase
             start = time.time()
             note(f"offering {a.rate:.0f} events/s for {a.seconds:.0f}s")
             sent = 0
@@ -117,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(ahead)
             producer.flush()
             achieved = sent / (time.monotonic() - t0)
-            rd.wait(timeout=warm_s + a.seconds + 60)
+            time.sleep(10.0)  # the last events' segment events arrive
+            open(out + ".stop", "w").close()
+            rd.wait(timeout=60)
         finally:
             consumer.terminate()
             consumer.wait(timeout=30)
@@ -125,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
                 rd.kill()
         with open(out) as fh:
             pairs = np.array(json.load(fh)).reshape(-1, 2)
-        for leftover in (out, out + ".ready"):
+        for leftover in (out, out + ".ready", out + ".stop"):
             os.remove(leftover)
         # only segment events caused by events sent during the measured phase (not warm-up or seeding)
         pairs = pairs[pairs[:, 1] >= start]
         lat = pairs[:, 0] - pairs[:, 1]
-        figures = {"offered_events_per_s": round(achieved), "sent": sent, "segment_events_measured": int(len(lat)),
+        figures = {"offered_events_per_s": round(achieved), "sent": sent, "consumer_ready_s": round(ready_s, 1), "segment_events_measured": int(len(lat)),
                    "latency_ms": {"p50": round(float(np.percentile(lat, 50)) * 1e3, 1),
                                   "p99": round(float(np.percentile(lat, 99)) * 1e3, 1),
                                   "max": round(float(lat.max()) * 1e3, 1)}}
