@@ -145,14 +145,11 @@ class UserStore:
     # ----- rows ------------------------------------------------------------
     def _rows_for(self, user_ids: list[str]) -> tuple[np.ndarray, int, ApplyResult | None]:
         index = self._index
-        rows = np.empty(len(user_ids), dtype=np.int64)
-        missing: list[int] = []
-        for i, uid in enumerate(user_ids):
-            r = index.get(uid)
-            if r is None:
-                missing.append(i)
-            else:
-                rows[i] = r
+        got = list(map(index.get, user_ids))
+        if None not in got:
+            return np.array(got, dtype=np.int64), 0, None
+        missing = [i for i, r in enumerate(got) if r is None]
+        rows = np.array([-1 if r is None else r for r in got], dtype=np.int64)
         evicted = None
         if missing:
             available = len(self._free) + (self.capacity - self._used)
@@ -234,11 +231,10 @@ class UserStore:
         if n == 0:
             e = np.zeros(0, dtype=np.int64)
             return ApplyResult(e, 0, e, e, e.astype(np.int32), [])
-        local: dict[str, int] = {}
-        inv_list = [local.setdefault(u, len(local)) for u in batch.user_ids]
-        uniq = list(local)
+        uniq = list(dict.fromkeys(batch.user_ids))  # first-appearance order
+        local = dict(zip(uniq, range(len(uniq))))
+        inv = np.fromiter(map(local.__getitem__, batch.user_ids), dtype=np.int64, count=n)
         rows_u, new_users, evicted = self._rows_for(uniq)
-        inv = np.asarray(inv_list, dtype=np.int64)
         spec = self.spec
         h = spec.half_life_s
         ts = batch.ts

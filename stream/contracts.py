@@ -90,7 +90,7 @@ class ContractError(ValueError):
 
 def encode_segment_changes(changes: Any, emitted_at: float, ids: list[str] | None = None) -> list[tuple[bytes, bytes]]:
     """(key, value) per change, in order (``ids``: each change's :func:`change_id`)."""
-    packb = msgpack.packb
+    packb = msgpack.Packer().pack  # what msgpack.packb does, without a new Packer per change
     version = int(changes.model_version)
     out = []
     for i, (uid, seg, prev, et, dist, seq) in enumerate(zip(
