@@ -23,13 +23,19 @@ def _rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
                              f"{f['naive']['events_per_s']:,} events/s (pipeline: {f.get('file_over_naive', '?')}×)", cmd))
             if "broker" in f:
                 b = f["broker"]
-                rows.append(("embedded broker: raw kafka-python consume", size,
+                if "raw_consume_python_gc" in b:
+                    rows.append(("embedded broker: raw kafka-python consume, Python's default gc", size,
+                                 f"{b['raw_consume_python_gc']['events_per_s']:,} events/s", cmd))
+                rows.append(("embedded broker: raw kafka-python consume" +
+                             (", segstream's gc threshold" if "raw_consume_python_gc" in b else ""), size,
                              f"{b['raw_consume']['events_per_s']:,} events/s", cmd))
                 if "raw_consume_columnar" in b:
                     rows.append(("embedded broker: same consumer, segstream's columnar decoder, no processing", size,
                                  f"{b['raw_consume_columnar']['events_per_s']:,} events/s", cmd))
                 rows.append(("embedded broker: `segstream run` loop", size,
-                             f"{b['pipeline']['events_per_s']:,} events/s (ratio {b['ratio']}; "
+                             f"{b['pipeline']['events_per_s']:,} events/s (ratio {b['ratio']}"
+                             + (f", {b['ratio_to_python_gc']} to the default-gc consume" if "ratio_to_python_gc" in b else "")
+                             + "; "
                              f"{b['pipeline']['segment_changes']:,} segment events published)", cmd))
         elif r.get("bench") == "latency":
             lat = f["latency_ms"]

@@ -39,7 +39,7 @@ from stream.events import EventBatch, EventDecoder, Rejected
 from stream.pseudonym import Pseudonymiser
 from stream.settings import Settings
 
-__all__ = ["Pipeline", "BatchResult", "SegmentChanges", "spec_from_settings"]
+__all__ = ["Pipeline", "BatchResult", "SegmentChanges", "spec_from_settings", "tune_process"]
 
 
 @dataclass
@@ -128,20 +128,7 @@ class Pipeline:
     @classmethod
     def from_settings(cls, settings: Settings, *, now: Callable[[], float] = time.time) -> Pipeline:
         """Build everything the settings name: encoder (or raw), state, segmenter, decoder."""
-        if settings.encoder_threads > 0:
-            import torch
-
-            torch.set_num_threads(settings.encoder_threads)
-            # numpy's BLAS too (segment assignment, consolidation): a multi-threaded OpenBLAS spin-waits on a
-            # busy machine; measured 0.06-0.57 s instead of ~20 ms per consolidation at load 5 on 2 cores
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(limits=settings.encoder_threads, user_api="blas")
-        if settings.gc_threshold > 0:  # process-wide, like the thread limits above
-            import gc
-
-            _, g1, g2 = gc.get_threshold()
-            gc.set_threshold(settings.gc_threshold, max(g1, 20), max(g2, 100))
+        tune_process(settings)
         if settings.encoder:
             encoder = load_encoder(settings.encoder, device=settings.encoder_device, max_batch=settings.encoder_batch)
             if settings.half_life_s > 0 and settings.half_life_s != encoder.spec.half_life_s:
@@ -461,3 +448,25 @@ class Pipeline:
             self._since_profile = int(state["since_profile"])
             self._profile_rng.bit_generator.state = json.loads(state["profile_rng"])
             self._sample_rng.bit_generator.state = json.loads(state["sample_rng"])
+
+
+def tune_process(settings: Settings) -> None:
+    """Process-wide settings the hot path wants: torch and BLAS thread caps, the gc threshold.
+
+    Applied when a :class:`Pipeline` is built; ``bench.throughput`` applies it to its reference
+    consumers too, so that a comparison does not hinge on which ran first in the process.
+    """
+    if settings.encoder_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.encoder_threads)
+        # numpy's BLAS too (segment assignment, consolidation): a multi-threaded OpenBLAS spin-waits on a
+        # busy machine; measured 0.06-0.57 s instead of ~20 ms per consolidation at load 5 on 2 cores
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=settings.encoder_threads, user_api="blas")
+    if settings.gc_threshold > 0:  # process-wide, like the thread limits above
+        import gc
+
+        _, g1, g2 = gc.get_threshold()
+        gc.set_threshold(settings.gc_threshold, max(g1, 20), max(g2, 100))
