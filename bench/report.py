@@ -37,6 +37,13 @@ def _rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
                              + (f", {b['ratio_to_python_gc']} to the default-gc consume" if "ratio_to_python_gc" in b else "")
                              + "; "
                              f"{b['pipeline']['segment_changes']:,} segment events published)", cmd))
+        elif r.get("bench") == "produce":
+            for name, label in (("send_per_record", "kafka-python `send` per record"),
+                                ("record_batches", "whole record batches (`stream/batch_produce.py`)")):
+                g = f[name]
+                rows.append((f"publish + confirm segment events: {label}",
+                             f"{g['records']:,} events, {p['batch']:,} per confirm, {p['partitions']} partitions",
+                             f"{g['records_per_s']:,} records/s ({g['us_per_record']} µs each)", cmd))
         elif r.get("bench") == "latency":
             lat = f["latency_ms"]
             rows.append(("event-to-publish latency", f"{f['offered_events_per_s']:,} events/s offered, "

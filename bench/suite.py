@@ -5,7 +5,7 @@
 
 Runs :mod:`bench.throughput` (k = 8 and 64; file mode at 100k and 1M users,
 broker mode at 100k users; the naive reference once), :mod:`bench.latency` (5k events/s),
-:mod:`bench.memory` (100k and 1M users). Each child prints one JSON object;
+:mod:`bench.memory` (100k and 1M users), :mod:`bench.checkpoint` and :mod:`bench.produce`. Each child prints one JSON object;
 they are appended to ``runs/bench/suite-<time>.jsonl`` and summarised as one
 JSON object on stdout, with the issue's targets checked (``"met"``).
 """
@@ -42,6 +42,7 @@ def _plan(quick: bool) -> list[tuple[str, list[str]]]:
         ("latency 5k/s", ["bench.latency", "--rate", "5000", "--seconds", "30"]),
         ("memory", ["bench.memory", "--users", "100000,1000000"]),
         ("checkpoint", ["bench.checkpoint", "--users", "100000,1000000"]),
+        ("produce", ["bench.produce", "--events", "100000"]),
     ]
 
 
