@@ -94,8 +94,6 @@ class EventBatch:
     source_index: np.ndarray  # int64, position of each event in the decoded input
     event_ids: list[str | None] = field(default_factory=list)
     deletes: list[tuple[int, str]] = field(default_factory=list)  # (source index, user id) of delete events
-    item_ids: list[Any] = field(default_factory=list)  # original item ids (for segment profiles)
-    categories: list[list[str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -114,8 +112,6 @@ class EventBatch:
             source_index=self.source_index[idx],
             event_ids=[self.event_ids[i] for i in pick] if self.event_ids else [],
             deletes=self.deletes,
-            item_ids=[self.item_ids[i] for i in pick] if self.item_ids else [],
-            categories=[self.categories[i] for i in pick] if self.categories else [],
         )
 
     @classmethod
@@ -125,7 +121,7 @@ class EventBatch:
 
 class _Columns:
     __slots__ = ("user_ids", "actions", "ts", "items", "values", "cat_event", "cat_bucket", "source", "event_ids",
-                 "deletes", "item_ids", "categories", "any_event_id")
+                 "deletes", "any_event_id")
 
     def __init__(self) -> None:
         self.user_ids: list[str] = []
@@ -138,8 +134,6 @@ class _Columns:
         self.source: list[int] = []
         self.event_ids: list[str | None] = []
         self.deletes: list[tuple[int, str]] = []
-        self.item_ids: list[Any] = []
-        self.categories: list[list[str]] = []
         self.any_event_id = False
 
     def finish(self) -> EventBatch:
@@ -154,8 +148,6 @@ class _Columns:
             source_index=np.asarray(self.source, dtype=np.int64),
             event_ids=self.event_ids if self.any_event_id else [],
             deletes=self.deletes,
-            item_ids=self.item_ids,
-            categories=self.categories,
         )
 
 
@@ -344,8 +336,6 @@ class EventDecoder:
         cols.event_ids.append(event_id)
         if event_id is not None:
             cols.any_event_id = True
-        cols.item_ids.append(item)
-        cols.categories.append(cats if cats else [])
 
 
 def _merge(a: EventBatch, b: EventBatch) -> EventBatch:
@@ -372,5 +362,4 @@ def _merge(a: EventBatch, b: EventBatch) -> EventBatch:
         source_index=np.concatenate([a.source_index, b.source_index])[order],
         event_ids=both(a.event_ids or [None] * len(a), b.event_ids or [None] * len(b)) if any_ids else [],
         deletes=sorted(a.deletes + b.deletes),
-        item_ids=both(a.item_ids, b.item_ids), categories=both(a.categories, b.categories),
     )

@@ -143,7 +143,5 @@ def fast_columns(objs: Sequence[Any], spec: FeatureSpec, *, min_ts: float, max_t
         "source_index": pos[keep].astype(np.int64),
         "event_ids": ([e if e is None or type(e) is str else str(e) for e in event_ids]
                       if any_event_id else []),
-        "item_ids": items,
-        "categories": [c if c else [] for c in cats],
     }
     return columns, accepted
