@@ -182,7 +182,11 @@ class Pipeline:
     # ----- processing ----------------------------------------------------------
     def process_records(self, raws: Sequence[bytes | None], partitions: np.ndarray | None = None) -> BatchResult:
         """Decode and process record values; ``partitions[i]``: source partition of ``raws[i]``."""
-        batch, rejected = self.decoder.decode_records(raws)
+        return self.process_decoded(*self.decoder.decode_records(raws), partitions)
+
+    def process_decoded(self, batch: EventBatch, rejected: list[Rejected],
+                        partitions: np.ndarray | None = None) -> BatchResult:
+        """Process a batch decoded elsewhere (:mod:`stream.decode_worker`): what ``process_records`` does next."""
         result = self.process(batch, partitions)
         result.rejected = rejected
         return result

@@ -30,6 +30,8 @@ from kafka.structs import OffsetAndMetadata
 
 from stream.checkpoints import CheckpointStore
 from stream.contracts import change_id
+from stream.decode_worker import DecodeWorker, DecodeWorkerError
+from stream.events import EventBatch, Rejected
 from stream.kafka_io import Publisher
 from stream.metrics import Metrics
 from stream.outputs import OutputWriter
@@ -117,6 +119,7 @@ class StreamRunner:
         self._batch_cap = settings.batch_max_events
         self._restoring: dict[TopicPartition, int] = {}  # partition -> committed offset its state must reach
         self.model_sync = None  # issue 8: stream.model_sync.ModelSync when the model is shared by the group
+        self.decode_worker: DecodeWorker | None = None  # decodes the next batch while this one is processed
 
     def _log_context(self, tp: TopicPartition) -> dict:
         """Structured log fields of a partition: topic, partition, last committed offset, group generation."""
@@ -135,6 +138,7 @@ class StreamRunner:
         stop = stop or threading.Event()
         summary = self.summary
         last_record = time.monotonic()
+        next_records: Records | None = None  # fetched ahead while the decode process decodes them
         while True:
             if stop.is_set():
                 summary.stopped_by = "signal"
@@ -145,7 +149,10 @@ class StreamRunner:
             if self.model_sync is not None:  # between batches: apply announced models, send summaries/proposals
                 self.model_sync.pump(leader=TopicPartition(self.settings.input_topic, 0) in self.rebalance.owned())
                 self._assign_waiting()
-            records = self._collect_aligned(stop) if self.settings.aligned_batches else self._collect(stop)
+            if next_records is not None:
+                records, next_records = next_records, None
+            else:
+                records = self._collect_aligned(stop) if self.settings.aligned_batches else self._collect(stop)
             if self._reset or not self.rebalance.owned():  # idle time counts while partitions are owned
                 last_record = max(last_record, time.monotonic())
             if not len(records):
@@ -155,9 +162,63 @@ class StreamRunner:
                     break
                 continue
             last_record = time.monotonic()
-            self._process(records)
-        self._maybe_checkpoint(force=True)
+            decoded = None
+            if self.decode_worker is not None and not self.settings.aligned_batches:
+                records, decoded, next_records = self._prefetch(records)
+                if not len(records):
+                    continue
+            self._process(records, decoded)
+        self._maybe_checkpoint(force=True)  # a prefetched batch is left unprocessed and uncommitted: read again
         return summary
+
+    def _prefetch(self, records: Records) -> tuple[Records, tuple[EventBatch, list[Rejected]] | None, Records | None]:
+        """With a decode process: take the records already fetched as the next batch and start decoding them
+        in the child, then return this batch's columns (decoded in the child while the last batch was
+        processed; ``None``: decode in-process).
+
+        Order matters: the poll may run rebalance callbacks, so this batch's records of reset partitions
+        are dropped first (as :meth:`_collect` does), and its result is taken before the next batch is
+        handed over (one batch in the child at a time).
+        """
+        got = self._poll(0, min(self.settings.batch_max_events, self._batch_cap))
+        nxt = Records.concat([b for _, b in got]) if got else None
+        if nxt is not None and not len(nxt):
+            nxt = None
+        if self._reset:
+            gone = [tp.partition for tp in self._reset if tp.topic == records.topic]
+            keep = ~np.isin(records.partitions, gone)
+            if not keep.all():
+                log.warning("dropped %d records of partitions reset during the batch", int((~keep).sum()),
+                            extra={"topic": records.topic, "partitions": sorted(gone)})
+                records = records.select(keep)
+                self._discard_decoded()
+        worker = self.decode_worker
+        if worker is None:  # it failed while a result was discarded
+            return records, None, nxt
+        decoded = None
+        try:
+            if worker.busy:
+                decoded = worker.result()
+            if nxt is not None:
+                worker.submit(nxt.values)
+        except DecodeWorkerError as exc:  # whatever was not decoded there is decoded here: nothing is lost
+            self._decode_in_process(exc)
+        return records, decoded, nxt
+
+    def _discard_decoded(self) -> None:
+        """The batch in the decode process lost records to a rebalance: take its result and drop it."""
+        worker = self.decode_worker
+        if worker is not None and worker.busy:
+            try:
+                worker.result()
+            except DecodeWorkerError as exc:
+                self._decode_in_process(exc)
+
+    def _decode_in_process(self, exc: Exception) -> None:
+        log.warning("decode process failed (%s): decoding in-process from now on", exc)
+        if self.decode_worker is not None:
+            self.decode_worker.close()
+        self.decode_worker = None
 
     def _poll(self, timeout_ms: int, max_records: int) -> list[tuple[TopicPartition, Records]]:
         """One poll (one block of columns per partition), with any rebalance it caused applied first."""
@@ -395,9 +456,11 @@ class StreamRunner:
         log.info("assigned %d users held back until model version %d", len(result.changes), self.pipeline.model.version)
 
     # ----- processing ----------------------------------------------------
-    def _process(self, records: Records) -> None:
+    def _process(self, records: Records, decoded: tuple[EventBatch, list[Rejected]] | None = None) -> None:
         t0 = time.perf_counter()
-        result = self.pipeline.process_records(records.values, records.partitions.astype(np.int32))
+        partitions = records.partitions.astype(np.int32)
+        result = (self.pipeline.process_records(records.values, partitions) if decoded is None
+                  else self.pipeline.process_decoded(*decoded, partitions))
         self.outputs.write(result, records, self.clock())
         for tp, nxt in records.next_offsets().items():
             if nxt > self._state_offsets.get(tp, -1):

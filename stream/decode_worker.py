@@ -1,0 +1,168 @@
+"""Event decoding in a second process, overlapped with the pipeline (``SEGSTREAM_DECODE_PROCESS``).
+
+msgpack unpacking and the column checks of :class:`~stream.events.EventDecoder`
+are about a third of ``segstream run``'s loop (py-spy), all of it holding the
+GIL. With a decode process the runner hands the *next* micro-batch's record
+values to a child while it processes the current one, and takes the columns
+back when it gets to that batch (:meth:`StreamRunner.run
+<stream.runner.StreamRunner.run>`). At most one batch is in the child at a time.
+
+The child runs the same decoder on the same bytes. The wall-clock bound of
+the far-future check is read in the parent when the batch is handed over, so
+the result equals in-process decoding (``tests/test_decode_worker.py``
+compares the two on fuzzed input). If the child dies or answers out of turn,
+the runner decodes in-process from then on and logs why; nothing is lost,
+because a batch is only ever *processed* in the parent.
+
+Frames on the child's stdin/stdout are an 8-byte little-endian length and a
+pickle (the child is our own interpreter, started with ``-m``).
+
+    >>> from state.features import FeatureSpec
+    >>> from stream.events import EventDecoder
+    >>> import msgpack
+    >>> worker = DecodeWorker(EventDecoder(FeatureSpec()))
+    >>> worker.submit([msgpack.packb({"user_id": "u1", "action": "view", "ts": 1.7e9}), b"\\xc1"])
+    >>> batch, rejected = worker.result()
+    >>> batch.user_ids, [(r.index, r.reason) for r in rejected]
+    (['u1'], [(1, 'undecodable')])
+    >>> worker.close()
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+import numpy as np
+
+from stream.events import EventBatch, EventDecoder, Rejected
+
+__all__ = ["DecodeWorker", "DecodeWorkerError"]
+
+_HEAD = 8
+
+
+class DecodeWorkerError(RuntimeError):
+    """The decode process is gone or out of step; decode in-process instead."""
+
+
+def _write(stream: IO[bytes], obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(len(data).to_bytes(_HEAD, "little"))
+    stream.write(data)
+    stream.flush()
+
+
+def _read(stream: IO[bytes]) -> Any:
+    head = stream.read(_HEAD)
+    if len(head) < _HEAD:
+        return None  # the other side closed the pipe
+    size = int.from_bytes(head, "little")
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)
+
+
+def _pack_values(values: Sequence[bytes | None]) -> tuple[bytes, np.ndarray]:
+    """All values joined, and each one's length (-1 for a null value)."""
+    lengths = np.fromiter((-1 if v is None else len(v) for v in values), dtype=np.int64, count=len(values))
+    return b"".join(v for v in values if v is not None), lengths
+
+
+def _unpack_values(joined: bytes, lengths: np.ndarray) -> list[bytes | None]:
+    ends = np.cumsum(np.maximum(lengths, 0))
+    starts = ends - np.maximum(lengths, 0)
+    return [None if n < 0 else joined[a:b] for a, b, n in zip(starts.tolist(), ends.tolist(), lengths.tolist())]
+
+
+class DecodeWorker:
+    """A child process that decodes one batch of record values at a time for ``decoder``'s contract."""
+
+    def __init__(self, decoder: EventDecoder, *, gc_threshold: int = 0) -> None:
+        self.decoder = decoder
+        self._busy = False
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (_root(), os.environ.get("PYTHONPATH")) if p)}
+        self._proc = subprocess.Popen([sys.executable, "-m", "stream.decode_worker"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, env=env)
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._to, self._from = self._proc.stdin, self._proc.stdout
+        self._call(_write, self._to, {"spec": decoder.spec.to_dict(), "max_event_bytes": decoder.max_event_bytes,
+                                      "min_ts": decoder.min_ts, "max_clock_skew_s": decoder.max_clock_skew_s,
+                                      "gc_threshold": gc_threshold})
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch was submitted and its result not yet taken."""
+        return self._busy
+
+    def submit(self, values: Sequence[bytes | None]) -> None:
+        """Start decoding ``values`` (the far-future bound is read from the decoder's clock now)."""
+        if self._busy:
+            raise DecodeWorkerError("a batch is already in the decode process")
+        joined, lengths = _pack_values(values)
+        self._call(_write, self._to, (float(self.decoder.now()), joined, lengths))
+        self._busy = True
+
+    def result(self) -> tuple[EventBatch, list[Rejected]]:
+        """The submitted batch, decoded (blocks until the child answers)."""
+        if not self._busy:
+            raise DecodeWorkerError("no batch in the decode process")
+        self._busy = False
+        got = self._call(_read, self._from)
+        if got is None:
+            raise DecodeWorkerError(f"the decode process ended (exit code {self._proc.poll()})")
+        fields, rejected = got
+        return EventBatch(**fields), rejected
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+            self._busy = False
+            raise DecodeWorkerError(f"decode process pipe: {type(exc).__name__}: {exc}") from exc
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        for stream in (self._to, self._from):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        try:
+            self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def _root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _serve(inp: IO[bytes], out: IO[bytes]) -> int:
+    from state.features import FeatureSpec
+
+    init = _read(inp)
+    if init is None:
+        return 0
+    if init["gc_threshold"] > 0:
+        import gc
+
+        _, g1, g2 = gc.get_threshold()
+        gc.set_threshold(init["gc_threshold"], max(g1, 20), max(g2, 100))
+    clock = [0.0]
+    decoder = EventDecoder(FeatureSpec.from_dict(init["spec"]), max_event_bytes=init["max_event_bytes"],
+                           min_ts=init["min_ts"], max_clock_skew_s=init["max_clock_skew_s"], now=lambda: clock[0])
+    while (msg := _read(inp)) is not None:
+        clock[0], joined, lengths = msg
+        batch, rejected = decoder.decode_records(_unpack_values(joined, lengths))
+        _write(out, (vars(batch), rejected))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_serve(sys.stdin.buffer, sys.stdout.buffer))
