@@ -9,8 +9,10 @@ once the group is stable (every partition owned by exactly one instance,
 read from each process's ``segstream_consumer_lag_records`` series) and
 ends when ``--measure-s`` seconds have passed or the topic is drained.
 Reported per run: wall-clock events/s of the group, and CPU seconds per
-event (user + system time of the instances, from ``/proc``, over the same
-window). The broker shares the machine's cores with the instances.
+event (user + system time of the instances and their decode processes, from
+``/proc``, over the same window). The broker shares the machine's cores with
+the instances. Instances run without the decode process (one core each, the
+unit of scale-out) unless ``--decode-process`` is given.
 
 By default the instances share one segment model through the model topic
 (``SEGSTREAM_GLOBAL_MODEL=true``, issue 8), so the figures include the
@@ -36,10 +38,24 @@ from bench.common import bench_encoder, emit, note, synthetic_log
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_seconds(pid: int) -> float:
+def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+        return fh.read().rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system time of ``pid`` and its running children (the decode process)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = _stat(int(entry))
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:  # fields[1]: parent pid
+            total += (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    return total
 
 
 def _scrape(port: int) -> tuple[float, set[int]]:
@@ -57,7 +73,7 @@ def _scrape(port: int) -> tuple[float, set[int]]:
 
 
 def run_group(bootstrap: str, topic: str, produced: int, instances: int, partitions: int, encoder: str,
-              segments: int, measure_s: float, global_model: bool = True) -> dict[str, Any]:
+              segments: int, measure_s: float, global_model: bool = True, decode_process: bool = False) -> dict[str, Any]:
     from stream.embedded_broker import free_port
 
     group = f"scale-{uuid.uuid4().hex[:6]}"
@@ -68,7 +84,8 @@ def run_group(bootstrap: str, topic: str, produced: int, instances: int, partiti
                "SEGSTREAM_OUTPUT_TOPIC": f"{topic}-seg-{group}", "SEGSTREAM_DLQ_TOPIC": f"{topic}-dlq-{group}",
                "SEGSTREAM_GROUP_ID": group, "SEGSTREAM_ENCODER": encoder, "SEGSTREAM_SEGMENTS": str(segments),
                "SEGSTREAM_METRICS_PORT": str(port), "SEGSTREAM_LOG_LEVEL": "WARNING",
-               "SEGSTREAM_GLOBAL_MODEL": "true" if global_model else "false", "SEGSTREAM_MODEL_TOPIC": f"{topic}-model-{group}"}
+               "SEGSTREAM_GLOBAL_MODEL": "true" if global_model else "false", "SEGSTREAM_MODEL_TOPIC": f"{topic}-model-{group}",
+               "SEGSTREAM_DECODE_PROCESS": "true" if decode_process else "false"}
         procs.append(subprocess.Popen([sys.executable, "-m", "stream.cli", "run"], env=env, stdout=subprocess.DEVNULL))
         ports.append(port)
     try:
@@ -117,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segments", type=int, default=8)
     p.add_argument("--measure-s", type=float, default=20.0)
     p.add_argument("--local-models", action="store_true", help="each instance learns its own model (no model topic)")
+    p.add_argument("--decode-process", action="store_true",
+                   help="instances decode in a child process (SEGSTREAM_DECODE_PROCESS; off by default here: "
+                        "each instance then uses one core, the unit of scale-out)")
     a = p.parse_args(argv)
 
     from stream.embedded_broker import EmbeddedBroker
@@ -135,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         note(f"produced {produced:,} events into {a.partitions} partitions")
         for n in [int(x) for x in a.instances.split(",")]:
             r = run_group(broker.bootstrap, topic, produced, n, a.partitions, encoder, a.segments, a.measure_s,
-                          global_model=not a.local_models)
+                          global_model=not a.local_models, decode_process=a.decode_process)
             note(f"{n} instance(s): {r}")
             runs.append(r)
     figures: dict[str, Any] = {"runs": runs}
@@ -144,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["cpu_per_event_ratio"] = round(two["cpu_us_per_event"] / one["cpu_us_per_event"], 3)
         figures["wall_speedup"] = round(two["events_per_s"] / one["events_per_s"], 3)
     emit("scaleout", figures, partitions=a.partitions, users=a.users, events=a.events, segments=a.segments,
-         measure_s=a.measure_s, global_model=not a.local_models)
+         measure_s=a.measure_s, global_model=not a.local_models, decode_process=a.decode_process)
     return 0
 
 
