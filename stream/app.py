@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from stream.checkpoints import CheckpointStore
-from stream.decode_worker import DecodeWorker
+from stream.decode_worker import DecodeWorker, available_cpus
 from stream.drift import DriftMonitor
 from stream.kafka_io import Publisher, ensure_topics, make_admin, make_consumer, make_producer, wait_for_broker
 from stream.metrics import Metrics
@@ -64,7 +63,7 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
     publisher = Publisher(producer, metrics, columnar=settings.columnar_produce)
     runner = StreamRunner(settings, pipeline, consumer, publisher, metrics, clock=clock,
                           on_batch=on_batch, checkpoints=checkpoints)
-    if settings.decode_process and not settings.aligned_batches and len(os.sched_getaffinity(0)) > 1:
+    if settings.decode_process and not settings.aligned_batches and available_cpus() >= 2:
         runner.decode_worker = DecodeWorker(pipeline.decoder, gc_threshold=settings.gc_threshold)
     if settings.global_model:
         from stream.model_sync import ModelSync

@@ -41,7 +41,7 @@ import numpy as np
 
 from stream.events import EventBatch, EventDecoder, Rejected
 
-__all__ = ["DecodeWorker", "DecodeWorkerError"]
+__all__ = ["DecodeWorker", "DecodeWorkerError", "available_cpus"]
 
 _HEAD = 8
 
@@ -137,6 +137,30 @@ class DecodeWorker:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+
+
+def available_cpus(cgroup_root: str = "/sys/fs/cgroup") -> float:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (v2 ``cpu.max`` or
+    v1 ``cpu.cfs_quota_us``), so that a container limited to one CPU on a larger host reads 1.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "cpu.max").write_text("150000 100000")
+    >>> available_cpus(str(d)) == min(1.5, len(os.sched_getaffinity(0)))
+    True
+    """
+    cpus = float(len(os.sched_getaffinity(0)))
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            with open(os.path.join(cgroup_root, quota_file)) as fh:
+                parts = fh.read().split()
+            if period_file is not None:
+                with open(os.path.join(cgroup_root, period_file)) as fh:
+                    parts.append(fh.read().strip())
+        except OSError:
+            continue
+        if len(parts) >= 2 and parts[0] not in ("max", "-1"):
+            cpus = min(cpus, int(parts[0]) / int(parts[1]))
+    return cpus
 
 
 def _root() -> str:

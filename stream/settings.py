@@ -58,7 +58,7 @@ class Settings:
     group_instance_id: str = _opt("SEGSTREAM_GROUP_INSTANCE_ID", "", "Static group membership (KIP-345): a restarted member with the same id takes its partitions back without waiting for the session timeout (empty: dynamic membership).", group="kafka")
     columnar_fetch: bool = _opt("SEGSTREAM_COLUMNAR_FETCH", True, "Decode fetched record batches a whole batch at a time into columns (stream/records.py) instead of kafka-python's record-at-a-time iterator (several times its consume rate: README, Performance). false: kafka-python's own decoding.", group="kafka")
     columnar_produce: bool = _opt("SEGSTREAM_COLUMNAR_PRODUCE", True, "Write each partition's segment events of a micro-batch as whole record batches (stream/batch_produce.py) instead of one KafkaProducer.send per event. false: one send per event.", group="kafka")
-    decode_process: bool = _opt("SEGSTREAM_DECODE_PROCESS", True, "Decode the next micro-batch's events in a child process while this one is processed (stream/decode_worker.py); only with free-running batches and more than one CPU. false: decode in the consumer process.", group="batching")
+    decode_process: bool = _opt("SEGSTREAM_DECODE_PROCESS", True, "Decode the next micro-batch's events in a child process while this one is processed (stream/decode_worker.py); only with free-running batches and at least 2 CPUs (affinity, capped by the cgroup quota). Set false when instances share a host's cores (README, Known limits). false: decode in the consumer process.", group="batching")
     create_topics: bool = _opt("SEGSTREAM_CREATE_TOPICS", True, "Create missing output and dead-letter topics at start-up.", group="kafka")
 
     # --- micro-batching ----------------------------------------------------
