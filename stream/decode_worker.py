@@ -15,7 +15,8 @@ the runner decodes in-process from then on and logs why; nothing is lost,
 because a batch is only ever *processed* in the parent.
 
 Frames on the child's stdin/stdout are an 8-byte little-endian length and a
-pickle (the child is our own interpreter, started with ``-m``).
+pickle (the child is our own interpreter, started with ``-m``): the record
+values as a list one way, the ``(EventBatch, rejected)`` pair back.
 
     >>> from state.features import FeatureSpec
     >>> from stream.events import EventDecoder
@@ -37,9 +38,8 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-import numpy as np
 
-from stream.events import EventBatch, EventDecoder, Rejected
+from stream.events import EventBatch, EventDecoder, Rejected, set_gc_threshold
 
 __all__ = ["DecodeWorker", "DecodeWorkerError", "available_cpus"]
 
@@ -68,18 +68,6 @@ def _read(stream: IO[bytes]) -> Any:
     return pickle.loads(data)
 
 
-def _pack_values(values: Sequence[bytes | None]) -> tuple[bytes, np.ndarray]:
-    """All values joined, and each one's length (-1 for a null value)."""
-    lengths = np.fromiter((-1 if v is None else len(v) for v in values), dtype=np.int64, count=len(values))
-    return b"".join(v for v in values if v is not None), lengths
-
-
-def _unpack_values(joined: bytes, lengths: np.ndarray) -> list[bytes | None]:
-    ends = np.cumsum(np.maximum(lengths, 0))
-    starts = ends - np.maximum(lengths, 0)
-    return [None if n < 0 else joined[a:b] for a, b, n in zip(starts.tolist(), ends.tolist(), lengths.tolist())]
-
-
 class DecodeWorker:
     """A child process that decodes one batch of record values at a time for ``decoder``'s contract."""
 
@@ -104,8 +92,7 @@ class DecodeWorker:
         """Start decoding ``values`` (the far-future bound is read from the decoder's clock now)."""
         if self._busy:
             raise DecodeWorkerError("a batch is already in the decode process")
-        joined, lengths = _pack_values(values)
-        self._call(_write, self._to, (float(self.decoder.now()), joined, lengths))
+        self._call(_write, self._to, (float(self.decoder.now()), list(values)))
         self._busy = True
 
     def result(self) -> tuple[EventBatch, list[Rejected]]:
@@ -116,8 +103,7 @@ class DecodeWorker:
         got = self._call(_read, self._from)
         if got is None:
             raise DecodeWorkerError(f"the decode process ended (exit code {self._proc.poll()})")
-        fields, rejected = got
-        return EventBatch(**fields), rejected
+        return got
 
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
@@ -127,6 +113,12 @@ class DecodeWorker:
             raise DecodeWorkerError(f"decode process pipe: {type(exc).__name__}: {exc}") from exc
 
     def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the child (a batch still in it is read and dropped, so the child never writes to a closed pipe)."""
+        if self._busy:
+            try:
+                self.result()
+            except DecodeWorkerError:
+                pass
         for stream in (self._to, self._from):
             try:
                 stream.close()
@@ -173,18 +165,16 @@ def _serve(inp: IO[bytes], out: IO[bytes]) -> int:
     init = _read(inp)
     if init is None:
         return 0
-    if init["gc_threshold"] > 0:
-        import gc
-
-        _, g1, g2 = gc.get_threshold()
-        gc.set_threshold(init["gc_threshold"], max(g1, 20), max(g2, 100))
+    set_gc_threshold(init["gc_threshold"])
     clock = [0.0]
     decoder = EventDecoder(FeatureSpec.from_dict(init["spec"]), max_event_bytes=init["max_event_bytes"],
                            min_ts=init["min_ts"], max_clock_skew_s=init["max_clock_skew_s"], now=lambda: clock[0])
-    while (msg := _read(inp)) is not None:
-        clock[0], joined, lengths = msg
-        batch, rejected = decoder.decode_records(_unpack_values(joined, lengths))
-        _write(out, (vars(batch), rejected))
+    try:
+        while (msg := _read(inp)) is not None:
+            clock[0], values = msg
+            _write(out, decoder.decode_records(values))
+    except BrokenPipeError:  # the consumer went away without reading: nothing to hand back
+        pass
     return 0
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from state.features import FeatureSpec
 from stream.fastdecode import fast_columns
 
-__all__ = ["EventBatch", "EventDecoder", "Rejected", "REASONS", "DELETE_ACTION"]
+__all__ = ["EventBatch", "EventDecoder", "Rejected", "REASONS", "DELETE_ACTION", "set_gc_threshold"]
 
 #: Every reason a record can be rejected for (a bounded label set for metrics).
 REASONS: tuple[str, ...] = (
@@ -149,6 +149,19 @@ class _Columns:
             event_ids=self.event_ids if self.any_event_id else [],
             deletes=self.deletes,
         )
+
+
+def set_gc_threshold(threshold: int) -> None:
+    """Raise Python's generation-0 gc threshold to ``threshold`` (0: leave Python's default).
+
+    Decoding allocates a dict per event; at the default (700) the collector runs every few
+    hundred events (``SEGSTREAM_GC_THRESHOLD``). Used by the consumer and its decode process.
+    """
+    if threshold > 0:
+        import gc
+
+        _, g1, g2 = gc.get_threshold()
+        gc.set_threshold(threshold, max(g1, 20), max(g2, 100))
 
 
 def _id(obj: dict, name: str, *, required: bool) -> str | None:

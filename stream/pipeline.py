@@ -35,7 +35,7 @@ from state.profiles import segment_profiles
 from state.segments import SegmentModel, assign, squared_distances
 from state.user_store import UserStore
 from stream.dedup import EventIdWindow
-from stream.events import EventBatch, EventDecoder, Rejected
+from stream.events import EventBatch, EventDecoder, Rejected, set_gc_threshold
 from stream.pseudonym import Pseudonymiser
 from stream.settings import Settings
 
@@ -192,10 +192,7 @@ class Pipeline:
         return result
 
     def process_objects(self, objs: Sequence[Any]) -> BatchResult:
-        batch, rejected = self.decoder.decode_objects(objs)
-        result = self.process(batch)
-        result.rejected = rejected
-        return result
+        return self.process_decoded(*self.decoder.decode_objects(objs))
 
     def process(self, batch: EventBatch, partitions: np.ndarray | None = None) -> BatchResult:
         store, seg = self.store, self.segmenter
@@ -469,8 +466,4 @@ def tune_process(settings: Settings) -> None:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=settings.encoder_threads, user_api="blas")
-    if settings.gc_threshold > 0:  # process-wide, like the thread limits above
-        import gc
-
-        _, g1, g2 = gc.get_threshold()
-        gc.set_threshold(settings.gc_threshold, max(g1, 20), max(g2, 100))
+    set_gc_threshold(settings.gc_threshold)  # process-wide, like the thread limits above

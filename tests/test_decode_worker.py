@@ -88,3 +88,12 @@ def test_consumer_keeps_every_event_when_the_decode_process_dies(broker, topics)
     assert summary.events == 4000 and summary.invalid == 0
     out = read_topic(broker.bootstrap, topics["output"], expected=users)
     assert {r.key for r in out} == {b"u%d" % i for i in range(users)}
+
+
+def test_closing_with_a_batch_inside_ends_the_child_cleanly():
+    """A graceful stop usually finds a prefetched batch in the child: its answer (larger than a pipe buffer)
+    must not hit a closed pipe."""
+    worker = DecodeWorker(EventDecoder(FeatureSpec()))
+    worker.submit([msgpack.packb({"user_id": f"u{i}", "action": "view", "ts": 1.7e9}) for i in range(20_000)])
+    worker.close()
+    assert worker._proc.returncode == 0
