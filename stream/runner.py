@@ -120,6 +120,7 @@ class StreamRunner:
         self._restoring: dict[TopicPartition, int] = {}  # partition -> committed offset its state must reach
         self.model_sync = None  # issue 8: stream.model_sync.ModelSync when the model is shared by the group
         self.decode_worker: DecodeWorker | None = None  # decodes the next batch while this one is processed
+        self._ahead: Records | None = None  # the next batch, fetched while this one is processed (decode process)
 
     def _log_context(self, tp: TopicPartition) -> dict:
         """Structured log fields of a partition: topic, partition, last committed offset, group generation."""
@@ -138,7 +139,6 @@ class StreamRunner:
         stop = stop or threading.Event()
         summary = self.summary
         last_record = time.monotonic()
-        next_records: Records | None = None  # fetched ahead while the decode process decodes them
         while True:
             if stop.is_set():
                 summary.stopped_by = "signal"
@@ -149,8 +149,8 @@ class StreamRunner:
             if self.model_sync is not None:  # between batches: apply announced models, send summaries/proposals
                 self.model_sync.pump(leader=TopicPartition(self.settings.input_topic, 0) in self.rebalance.owned())
                 self._assign_waiting()
-            if next_records is not None:
-                records, next_records = next_records, None
+            if self._ahead is not None:
+                records, self._ahead = self._ahead, None
             else:
                 records = self._collect_aligned(stop) if self.settings.aligned_batches else self._collect(stop)
             if self._reset or not self.rebalance.owned():  # idle time counts while partitions are owned
@@ -163,47 +163,42 @@ class StreamRunner:
                 continue
             last_record = time.monotonic()
             decoded = None
-            if self.decode_worker is not None and not self.settings.aligned_batches:
-                records, decoded, next_records = self._prefetch(records)
+            if self.decode_worker is not None:
+                records, decoded = self._prefetch(records)
                 if not len(records):
                     continue
             self._process(records, decoded)
         self._maybe_checkpoint(force=True)  # a prefetched batch is left unprocessed and uncommitted: read again
         return summary
 
-    def _prefetch(self, records: Records) -> tuple[Records, tuple[EventBatch, list[Rejected]] | None, Records | None]:
-        """With a decode process: take the records already fetched as the next batch and start decoding them
-        in the child, then return this batch's columns (decoded in the child while the last batch was
-        processed; ``None``: decode in-process).
+    def _prefetch(self, records: Records) -> tuple[Records, tuple[EventBatch, list[Rejected]] | None]:
+        """With a decode process: take the records already fetched as the next batch (``self._ahead``) and
+        start decoding them in the child; returns this batch (less what a rebalance voided) and its columns,
+        decoded in the child while the last batch was processed (``None``: decode in-process).
 
         Order matters: the poll may run rebalance callbacks, so this batch's records of reset partitions
-        are dropped first (as :meth:`_collect` does), and its result is taken before the next batch is
-        handed over (one batch in the child at a time).
+        are dropped first (:meth:`_void`, as in :meth:`_collect`), and its result is taken before the next
+        batch is handed over (one batch in the child at a time).
         """
-        got = self._poll(0, min(self.settings.batch_max_events, self._batch_cap))
-        nxt = Records.concat([b for _, b in got]) if got else None
-        if nxt is not None and not len(nxt):
-            nxt = None
+        ahead = Records.concat([b for _, b in self._poll(0, self._max_batch)])
+        self._ahead = ahead if len(ahead) else None
         if self._reset:
-            gone = [tp.partition for tp in self._reset if tp.topic == records.topic]
-            keep = ~np.isin(records.partitions, gone)
-            if not keep.all():
-                log.warning("dropped %d records of partitions reset during the batch", int((~keep).sum()),
-                            extra={"topic": records.topic, "partitions": sorted(gone)})
-                records = records.select(keep)
+            kept = self._void(records)
+            if len(kept) < len(records):
+                records = kept
                 self._discard_decoded()
         worker = self.decode_worker
         if worker is None:  # it failed while a result was discarded
-            return records, None, nxt
+            return records, None
         decoded = None
         try:
             if worker.busy:
                 decoded = worker.result()
-            if nxt is not None:
-                worker.submit(nxt.values)
+            if self._ahead is not None:
+                worker.submit(self._ahead.values)
         except DecodeWorkerError as exc:  # whatever was not decoded there is decoded here: nothing is lost
             self._decode_in_process(exc)
-        return records, decoded, nxt
+        return records, decoded
 
     def _discard_decoded(self) -> None:
         """The batch in the decode process lost records to a rebalance: take its result and drop it."""
@@ -237,39 +232,46 @@ class StreamRunner:
 
     def _collect(self, stop: threading.Event) -> Records:
         """One micro-batch: up to ``batch_max_events`` records or ``batch_max_wait_ms`` after the first."""
-        max_n = min(self.settings.batch_max_events, self._batch_cap)
+        max_n = self._max_batch
         wait_s = self.settings.batch_max_wait_ms / 1000.0
-        blocks: list[tuple[TopicPartition, Records]] = []
+        blocks: list[Records] = []
         count = 0
         deadline: float | None = None
         while not stop.is_set():
             timeout_ms = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             got = self._poll(timeout_ms, max_n - count)
-            if self._reset:
-                blocks = self._void(blocks)
-            blocks.extend(got)
-            count = sum(len(b) for _, b in blocks)
+            if self._reset and blocks:
+                blocks = [self._void(Records.concat(blocks))]
+            blocks.extend(b for _, b in got)
+            count = sum(len(b) for b in blocks)
             if count and deadline is None:
                 deadline = time.monotonic() + wait_s
             if count >= max_n or (deadline is not None and time.monotonic() >= deadline):
                 break
             if not count:
                 break  # idle tick: let the caller check stop / idle exit
-        return Records.concat([b for _, b in blocks])
+        return Records.concat(blocks)
 
-    def _void(self, blocks: list[tuple[TopicPartition, Records]]) -> list[tuple[TopicPartition, Records]]:
-        """Drop the collected records of partitions the last poll's rebalance reset: dropped ones are
+    def _void(self, records: Records) -> Records:
+        """``records`` less those of partitions the last poll's rebalance reset: dropped partitions are
         re-read by their new owner, restored or kept ones from where this member's state stands."""
+        reset = [tp.partition for tp in self._reset if tp.topic == records.topic]
+        hit = np.isin(records.partitions, reset)
+        if not hit.any():
+            return records
         owned = self.rebalance.owned()
-        kept, warned = [], set()
-        for tp, b in blocks:
-            if tp not in self._reset:
-                kept.append((tp, b))
-            elif tp not in owned and tp not in warned:  # a partition's blocks come in offset order
-                warned.add(tp)
+        for p in sorted(set(records.partitions[hit].tolist())):
+            tp = TopicPartition(records.topic, p)
+            if tp not in owned:
+                first = int(records.offsets[records.partitions == p][0])  # a partition's records ascend
                 log.warning("dropped records of a partition revoked during the batch (re-read by its new owner)",
-                            extra={**self._log_context(tp), "offset": b.offset})
-        return kept
+                            extra={**self._log_context(tp), "offset": first})
+        return records.select(~hit)
+
+    @property
+    def _max_batch(self) -> int:
+        """Records one batch may take: the configured size, or less under back-pressure (:meth:`_pace`)."""
+        return min(self.settings.batch_max_events, self._batch_cap)
 
     def _collect_aligned(self, stop: threading.Event) -> Records:
         """One partition's block of offsets [k*B, (k+1)*B), so that a replay cuts the very same batches.
@@ -359,13 +361,23 @@ class StreamRunner:
         """Whether the in-memory state of ``tp`` is exactly what was last committed (nothing to redo)."""
         return tp in self._state_offsets and self._state_offsets[tp] == self._positions.get(tp)
 
+    def _position_processed(self, tp: TopicPartition) -> int:
+        """The consumer's position less the records fetched ahead and not processed yet."""
+        position = self.consumer.position(tp)
+        ahead = self._ahead
+        if ahead is not None:
+            mine = ahead.offsets[ahead.partitions == tp.partition]
+            if len(mine):
+                position = min(position, int(mine[0]))
+        return position
+
     def _check_restored(self) -> None:
         """A restore ends when the consumer's position reaches the committed offset (not on a record
         offset: transaction markers and compaction leave gaps)."""
         for tp, target in list(self._restoring.items()):
             if tp not in self.rebalance.owned():
                 del self._restoring[tp]
-            elif self.consumer.position(tp) >= target:
+            elif self._position_processed(tp) >= target:
                 del self._restoring[tp]
                 log.info("partition %s caught up with its committed offset %d", tp, target,
                          extra={"partition": tp.partition, "offset": target})
