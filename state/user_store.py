@@ -151,18 +151,17 @@ class UserStore:
         missing = [i for i, r in enumerate(got) if r is None]
         rows = np.array([-1 if r is None else r for r in got], dtype=np.int64)
         evicted = None
-        if missing:
-            available = len(self._free) + (self.capacity - self._used)
-            if available < len(missing):
-                known = np.ones(len(user_ids), dtype=bool)
-                known[missing] = False
-                evicted = self._evict(len(missing) - available, rows[known])
-            for i in missing:
-                r = self._take_row()
-                uid = user_ids[i]
-                index[uid] = r
-                self._ids[r] = uid
-                rows[i] = r
+        available = len(self._free) + (self.capacity - self._used)
+        if available < len(missing):
+            known = np.ones(len(user_ids), dtype=bool)
+            known[missing] = False
+            evicted = self._evict(len(missing) - available, rows[known])
+        for i in missing:
+            r = self._take_row()
+            uid = user_ids[i]
+            index[uid] = r
+            self._ids[r] = uid
+            rows[i] = r
         return rows, len(missing), evicted
 
     def _take_row(self) -> int:

@@ -35,6 +35,7 @@ import hashlib
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from stream.events import Rejected
 
@@ -77,11 +78,12 @@ def change_ids(changes: Any, partitions: Any, offsets: Any, fallback: tuple[int,
     A change with no source event in the batch (seeding, re-assignment after a segment retired)
     takes ``fallback`` = (partition, offset) of the batch's last record.
     """
-    out = []
-    for uid, seg, src in zip(changes.user_ids, changes.segments.tolist(), changes.source_index.tolist()):
-        p, o = (fallback if src < 0 else (int(partitions[src]), int(offsets[src])))
-        out.append(change_id(uid, p, o, seg))
-    return out
+    src = np.asarray(changes.source_index)
+    own = src >= 0
+    at = np.where(own, src, 0)
+    parts = np.where(own, np.asarray(partitions)[at], fallback[0]).tolist() if len(src) else []
+    offs = np.where(own, np.asarray(offsets)[at], fallback[1]).tolist() if len(src) else []
+    return [change_id(uid, p, o, seg) for uid, seg, p, o in zip(changes.user_ids, changes.segments.tolist(), parts, offs)]
 
 
 class ContractError(ValueError):

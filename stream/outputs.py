@@ -37,7 +37,7 @@ class OutputWriter:
         out = self.settings.output_topic
         if ids is None and len(result.changes) and len(records):
             parts, offs = records.partitions, records.offsets
-            ids = change_ids(result.changes, parts.tolist(), offs.tolist(), (int(parts[-1]), int(offs[-1])))
+            ids = change_ids(result.changes, parts, offs, (int(parts[-1]), int(offs[-1])))
         encoded = encode_segment_changes(result.changes, emitted_at, ids)
         if encoded:
             keys, values = zip(*encoded)
