@@ -95,3 +95,14 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def scrape_samples(port: int, timeout_s: float = 5.0) -> list[Any]:
+    """Every sample of a ``segstream run`` process's ``/metrics`` on localhost, scraped over HTTP."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as resp:
+        text = resp.read().decode()
+    return [s for fam in text_string_to_metric_families(text) for s in fam.samples]

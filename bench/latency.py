@@ -24,14 +24,13 @@ import random
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from typing import Any
 
 import msgpack
 import numpy as np
 
-from bench.common import bench_encoder, emit, note, synthetic_log
+from bench.common import bench_encoder, emit, note, scrape_samples, synthetic_log
 
 ACTIONS = ("view", "click", "add_to_cart", "purchase", "rate")
 
@@ -62,19 +61,15 @@ def _wait_consumed(port: int, events: int, consumer: subprocess.Popen, *, timeou
     The measured phase starts only then: a child still importing torch or joining
     its group would otherwise charge its start-up to the first measured events.
     """
-    from prometheus_client.parser import text_string_to_metric_families
-
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
         if consumer.poll() is not None:
             raise RuntimeError(f"segstream run exited with {consumer.returncode} during warm-up")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-                text = resp.read().decode()
+            samples = scrape_samples(port, timeout_s=2.0)
         except OSError:
-            text = ""
-        applied = sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-                      if s.name == "segstream_events_applied_total")
+            samples = []
+        applied = sum(s.value for s in samples if s.name == "segstream_events_applied_total")
         if applied >= events:
             return time.monotonic() - t0
         time.sleep(0.2)

@@ -27,13 +27,10 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from bench.common import bench_encoder, emit, note, synthetic_log
+from bench.common import bench_encoder, emit, note, scrape_samples, synthetic_log
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -60,15 +57,12 @@ def _cpu_seconds(pid: int) -> float:
 
 def _scrape(port: int) -> tuple[float, set[int]]:
     """(events consumed, partitions this instance owns) from its /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
     consumed, owned = 0.0, set()
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == "segstream_events_consumed_total":
-                consumed = s.value
-            elif s.name == "segstream_consumer_lag_records":
-                owned.add(int(s.labels["partition"]))
+    for s in scrape_samples(port):
+        if s.name == "segstream_events_consumed_total":
+            consumed = s.value
+        elif s.name == "segstream_consumer_lag_records":
+            owned.add(int(s.labels["partition"]))
     return consumed, owned
 
 

@@ -23,10 +23,12 @@ depend on which modes ran before in the same process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +49,21 @@ def file_rate(log: Path, encoder: Path, segments: int, users: int) -> dict[str, 
             "segment_changes": s.changes, "batches": s.batches}
 
 
-def raw_consume_rate(bootstrap: str, topic: str, expect: int, *, columnar: bool = False,
-                     python_gc: bool = False) -> dict[str, Any]:
-    """Records/s of a consumer that does nothing with them; ``columnar``: with segstream's batch decoder;
-    ``python_gc``: under Python's default gc thresholds (as a plain kafka-python application runs)."""
-    if python_gc:
-        tuned = gc.get_threshold()
-        gc.set_threshold(700, 10, 10)
-        try:
-            return raw_consume_rate(bootstrap, topic, expect, columnar=columnar)
-        finally:
-            gc.set_threshold(*tuned)
+PYTHON_GC = gc.get_threshold()  # before tune_process: what a plain kafka-python application runs with
+
+
+@contextlib.contextmanager
+def gc_thresholds(thresholds: tuple[int, ...]) -> Iterator[None]:
+    tuned = gc.get_threshold()
+    gc.set_threshold(*thresholds)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*tuned)
+
+
+def raw_consume_rate(bootstrap: str, topic: str, expect: int, *, columnar: bool = False) -> dict[str, Any]:
+    """Records/s of a consumer that does nothing with them; ``columnar``: with segstream's batch decoder."""
     from stream.kafka_io import make_consumer
     from stream.records import install_columnar_fetch
     from stream.settings import Settings
@@ -116,7 +122,8 @@ def broker_rates(log: Path, events: int, encoder: Path, segments: int, users: in
         produced = produce_log(s, log, topic)
         produce_s = time.perf_counter() - t
         note(f"produced {produced:,} in {produce_s:.1f}s")
-        raw_python_gc = raw_consume_rate(broker.bootstrap, topic, produced, python_gc=True)
+        with gc_thresholds(PYTHON_GC):
+            raw_python_gc = raw_consume_rate(broker.bootstrap, topic, produced)
         note(f"raw consume, Python's default gc thresholds {raw_python_gc}")
         raw = raw_consume_rate(broker.bootstrap, topic, produced)
         note(f"raw consume {raw}")
