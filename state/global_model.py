@@ -64,7 +64,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from state.kmeans import LineageEvent, OnlineKMeans
-from state.segments import SegmentModel, WarmupBuffer, squared_distances
+from state.segments import SegmentModel, WarmupBuffer, nearest, squared_distances
 
 __all__ = ["GlobalKMeans", "match_to_global", "merge_summaries", "model_digest", "SCHEMA"]
 
@@ -169,7 +169,7 @@ class GlobalKMeans(WarmupBuffer):
         if len(emb) == 0 or self.local.model is None:
             return
         self.local.learn(emb)
-        near = squared_distances(emb, self.local.model.centroids).argmin(axis=1)
+        near = nearest(emb, self.local.model.centroids)
         self._counts += np.bincount(near, minlength=self.k)
 
     def tick(self, n_events: int, event_time: float, users_per_segment: dict[int, int],

@@ -34,7 +34,7 @@ import numpy as np
 from river import cluster
 
 from state.identity import match_ids
-from state.segments import SegmentModel, WarmupBuffer, best_of_restarts, inertia, kmeans_plus_plus, lloyd, squared_distances
+from state.segments import SegmentModel, WarmupBuffer, best_of_restarts, inertia, kmeans_plus_plus, lloyd, nearest, squared_distances
 
 __all__ = ["OnlineKMeans", "LineageEvent"]
 
@@ -194,7 +194,7 @@ class OnlineKMeans(WarmupBuffer):
         if len(recent) >= 4 * self.k and len(users) >= 4 * self.k:
             centers = lloyd(recent, centers, iterations=self.refine_iterations)
             for _round in range(min(self.k, self.max_reseeds)):
-                labels = squared_distances(users, centers).argmin(axis=1)
+                labels = nearest(users, centers)
                 share = np.bincount(labels, minlength=self.k) / len(users)
                 low = share < self.min_share_factor / self.k
                 if self.held_share_factor > 0 and held_total > 0:

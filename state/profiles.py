@@ -38,32 +38,38 @@ def segment_profiles(store: UserStore, model: SegmentModel | None, rng: np.rando
         return []
     spec = store.spec
     rows = store.live_rows()
-    seg = store.segment[rows].astype(np.int64)
-    ix = model.index_of(seg)
+    ix = model.index_of(store.segment[rows].astype(np.int64))
     rows, ix = rows[ix >= 0], ix[ix >= 0]
     sizes = np.bincount(ix, minlength=model.k)
-    # bounded sample per segment: random keys, keep the first `sample_per_segment` of each segment
-    shuffled = rng.permutation(len(rows))
-    order = shuffled[np.argsort(ix[shuffled], kind="stable")]  # by segment, random within one
-    rank = np.arange(len(order)) - np.searchsorted(ix[order], ix[order])
-    pick = order[rank < sample_per_segment]
-    prow, pix = rows[pick], ix[pick]
+    # bounded sample per segment: members grouped by segment (a counting sort for small k), then a
+    # seeded choice of `sample_per_segment` positions within each segment larger than that
+    grouped = np.argsort(ix.astype(np.int16) if model.k <= np.iinfo(np.int16).max else ix, kind="stable")
+    starts = np.cumsum(sizes) - sizes
+    parts = []
+    for j in range(model.k):
+        members = grouped[starts[j] : starts[j] + sizes[j]]
+        if sizes[j] > sample_per_segment:
+            members = members[np.sort(rng.choice(int(sizes[j]), sample_per_segment, replace=False))]
+        parts.append(members)
+    sampled = np.minimum(sizes, sample_per_segment)
+    bounds = np.cumsum(sampled) - sampled
+    prow = rows[np.concatenate(parts)] if parts else rows[:0]
     f = store.features(prow) if len(prow) else None
     names = spec.feature_names()
     a_end, c_end = spec.n_actions, spec.n_actions + spec.category_buckets
     out = []
     for j in range(model.k):
-        m = pix == j
+        s, e = int(bounds[j]), int(bounds[j] + sampled[j])
         prof: dict[str, Any] = {"segment": int(model.segment_ids[j]), "size": int(sizes[j]),
-                                "sampled": int(m.sum()), "top_categories": [], "top_items": [], "actions": {}}
-        if f is not None and m.any():
-            dense = f.dense[m]
+                                "sampled": e - s, "top_categories": [], "top_items": [], "actions": {}}
+        if f is not None and e > s:
+            dense = f.dense[s:e]
             cats = dense[:, a_end:c_end].mean(axis=0)
             best = np.argsort(-cats, kind="stable")[:top]
             prof["top_categories"] = [[names[a_end + int(c)], round(float(cats[c]), 4)] for c in best if cats[c] > 0]
             acts = dense[:, :a_end].mean(axis=0)
             prof["actions"] = {names[i].split(":", 1)[1]: round(float(acts[i]), 4) for i in range(a_end)}
-            tok, w = f.item_tokens[m].ravel(), f.item_weights[m].ravel()
+            tok, w = f.item_tokens[s:e].ravel(), f.item_weights[s:e].ravel()
             ok = tok >= 0
             if ok.any():
                 uniq, inv = np.unique(tok[ok], return_inverse=True)

@@ -24,7 +24,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SegmentModel", "WarmupBuffer", "assign", "squared_distances", "kmeans_plus_plus", "lloyd", "best_of_restarts", "inertia"]
+__all__ = ["SegmentModel", "WarmupBuffer", "assign", "squared_distances", "nearest", "kmeans_plus_plus", "lloyd", "best_of_restarts", "inertia"]
+
+
+_TABLE_IDS = 1 << 20  # segment ids below this are looked up in a table, others by binary search
 
 
 @dataclass(frozen=True)
@@ -43,13 +46,25 @@ class SegmentModel:
         return len(self.segment_ids)
 
     def index_of(self, segment_ids: np.ndarray) -> np.ndarray:
-        """Centroid index of each segment id (-1 when the id is not in this model)."""
-        order = np.argsort(self.segment_ids)
-        sorted_ids = self.segment_ids[order]
-        pos = np.searchsorted(sorted_ids, segment_ids)
-        pos = np.clip(pos, 0, len(sorted_ids) - 1)
-        found = sorted_ids[pos] == segment_ids
-        return np.where(found, order[pos], -1)
+        """Centroid index of each segment id (-1 when the id is not in this model).
+
+        >>> m = SegmentModel(1, np.zeros((3, 2), np.float32), np.array([7, 2, 40]), 0.0)
+        >>> m.index_of(np.array([2, 40, 3, -1, 7, 10**9])).tolist()
+        [1, 2, -1, -1, 0, -1]
+        """
+        ids = self.segment_ids
+        query = np.asarray(segment_ids, dtype=np.int64)
+        if len(ids) == 0:
+            return np.full(len(query), -1, dtype=np.int64)
+        top = int(ids.max())
+        if int(ids.min()) >= 0 and top < _TABLE_IDS:  # small ids: one table lookup
+            table = np.full(top + 2, -1, dtype=np.int64)  # the last slot answers every id outside [0, top]
+            table[ids] = np.arange(len(ids))
+            return table[np.where((query >= 0) & (query <= top), query, top + 1)]
+        order = np.argsort(ids)
+        sorted_ids = ids[order]
+        pos = np.clip(np.searchsorted(sorted_ids, query), 0, len(ids) - 1)
+        return np.where(sorted_ids[pos] == query, order[pos], -1)
 
 
 class WarmupBuffer:
@@ -109,6 +124,18 @@ def squared_distances(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.maximum(d2, 0.0)
 
 
+def nearest(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Index of the nearest row of ``c`` for each row of ``x`` (what ``squared_distances(x, c).argmin(1)``
+    gives, without the ``|x|²`` term, which is the same for every centre: one product and one add).
+
+    >>> nearest(np.array([[0.0, 0.0], [4.0, 4.0]]), np.array([[5.0, 5.0], [1.0, 0.0]])).tolist()
+    [1, 0]
+    """
+    x = x.astype(np.float32, copy=False)
+    c = c.astype(np.float32, copy=False)
+    return (x @ (c.T * np.float32(-2.0)) + (c * c).sum(1)).argmin(axis=1)
+
+
 def assign(model: SegmentModel, x: np.ndarray, current: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
     """Segment id and distance for each row of ``x``, with hysteresis against ``current`` (-1: none)."""
     n = len(x)
@@ -155,14 +182,15 @@ def lloyd(x: np.ndarray, centers: np.ndarray, iterations: int = 20) -> np.ndarra
     k = len(c)
     x = x.astype(np.float32, copy=False)
     prev = None
+    cols = np.arange(len(x))
     for _ in range(iterations):
-        lab = squared_distances(x, c).argmin(axis=1)
+        lab = nearest(x, c)
         if prev is not None and np.array_equal(lab, prev):
             break
         prev = lab
         counts = np.bincount(lab, minlength=k)
         onehot = np.zeros((k, len(x)), dtype=np.float32)
-        onehot[lab, np.arange(len(x))] = 1.0
+        onehot[lab, cols] = 1.0
         sums = onehot @ x
         live = counts > 0
         c[live] = sums[live] / counts[live, None]

@@ -29,6 +29,7 @@ far from ``t0`` every row is rescaled once ("rebase"), keeping float32 safe.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,38 +141,40 @@ class UserStore:
         return np.isfinite(self.last_ts[rows])
 
     def live_rows(self) -> np.ndarray:
-        return np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index))
+        """Rows that hold a user, ascending (a held row has a finite ``last_ts``; see :meth:`holds_user`)."""
+        return np.flatnonzero(np.isfinite(self.last_ts[: self._used]))
 
     # ----- rows ------------------------------------------------------------
     def _rows_for(self, user_ids: list[str]) -> tuple[np.ndarray, int, ApplyResult | None]:
         index = self._index
-        got = list(map(index.get, user_ids))
-        if None not in got:
-            return np.array(got, dtype=np.int64), 0, None
-        missing = [i for i, r in enumerate(got) if r is None]
-        rows = np.array([-1 if r is None else r for r in got], dtype=np.int64)
+        rows = np.fromiter(map(index.get, user_ids, itertools.repeat(-1)), dtype=np.int64, count=len(user_ids))
+        missing = np.flatnonzero(rows < 0)
+        if len(missing) == 0:
+            return rows, 0, None
         evicted = None
         available = len(self._free) + (self.capacity - self._used)
         if available < len(missing):
-            known = np.ones(len(user_ids), dtype=bool)
-            known[missing] = False
-            evicted = self._evict(len(missing) - available, rows[known])
-        for i in missing:
-            r = self._take_row()
-            uid = user_ids[i]
-            index[uid] = r
-            self._ids[r] = uid
-            rows[i] = r
+            evicted = self._evict(len(missing) - available, rows[rows >= 0])
+        self._give_rows(rows, missing, user_ids)
         return rows, len(missing), evicted
 
-    def _take_row(self) -> int:
-        if self._free:
-            return self._free.pop()
-        if self._used == len(self.dense):
-            self._alloc(min(self.capacity, max(2 * len(self.dense), 1024)))
-        r = self._used
-        self._used += 1
-        return r
+    def _give_rows(self, rows: np.ndarray, missing: np.ndarray, user_ids: list[str]) -> None:
+        """Rows for the users at ``missing`` (free rows first, newest freed first; then never used rows),
+        written into ``rows`` and the id maps. The caller has made room (eviction)."""
+        free = self._free
+        taken = [free.pop() for _ in range(min(len(missing), len(free)))]
+        fresh = len(missing) - len(taken)
+        if fresh:
+            if self._used + fresh > len(self.dense):
+                self._alloc(min(self.capacity, max(2 * len(self.dense), self._used + fresh, 1024)))
+            taken += range(self._used, self._used + fresh)
+            self._used += fresh
+        rows[missing] = taken
+        index, ids = self._index, self._ids
+        for i, r in zip(missing.tolist(), taken):
+            uid = user_ids[i]
+            index[uid] = r
+            ids[r] = uid
 
     def _evict(self, needed: int, protect: np.ndarray) -> ApplyResult:
         count = max(needed, self.capacity // 100, 1)
@@ -339,7 +342,7 @@ class UserStore:
     # ----- checkpoints and rebalances (issue 6) -----------------------------
     def rows_of_partition(self, partition: int) -> np.ndarray:
         """Live rows whose newest event came from ``partition`` (ascending)."""
-        live = np.sort(self.live_rows())
+        live = self.live_rows()
         return live[self.partition[live] == partition]
 
     def export_rows(self, rows: np.ndarray) -> dict:
@@ -401,11 +404,7 @@ class UserStore:
             if available < len(missing):
                 known = np.setdiff1d(np.arange(len(ids)), missing)
                 evicted = self._evict(len(missing) - available, rows[known]).evicted_user_ids
-            for i in missing:
-                r = self._take_row()
-                self._index[ids[i]] = r
-                self._ids[r] = ids[i]
-                rows[i] = r
+            self._give_rows(rows, np.asarray(missing, dtype=np.int64), ids)
         elif keep_rows:
             taken = set(rows.tolist())
             self._free = [r for r in self._free if r not in taken]

@@ -35,21 +35,23 @@ def _id_ok(col: list[Any], limit: int, *, optional: bool) -> list[bool] | None:
     allowed = {str, int, _NONE} if optional else {str, int}
     if types <= allowed:
         strs = col if types <= {str} else [x for x in col if type(x) is str]
-        if not strs or (min(map(len, strs)) > 0 and max(map(len, strs)) <= limit):
+        lengths = set(map(len, strs))  # few distinct lengths: min and max over the set, one pass over the column
+        if not lengths or (min(lengths) > 0 and max(lengths) <= limit):
             return None
     return [(type(x) is int) or _short_str(x, limit) or (optional and x is None) for x in col]
 
 
-def _categories_ok(cats: list[Any], max_categories: int, max_category: int) -> list[bool] | None:
-    """None when every entry is None or a list of at most ``max_categories`` short strings; else a mask."""
+def _categories_ok(cats: list[Any], max_categories: int, max_category: int) -> tuple[list[bool] | None, list[Any]]:
+    """(None, every category in order) when every entry is None or a list of at most ``max_categories``
+    short strings; else (a per-entry mask, [])."""
     if set(map(type, cats)) <= {list, _NONE}:
         lists = [c for c in cats if c]
         flat = list(itertools.chain.from_iterable(lists))
         if (not lists or max(map(len, lists)) <= max_categories) and (
-                not flat or (set(map(type, flat)) <= {str} and max(map(len, flat)) <= max_category)):
-            return None
+                not flat or (set(map(type, flat)) <= {str} and max(set(map(len, flat))) <= max_category)):
+            return None, flat
     return [c is None or (type(c) is list and (not c or (len(c) <= max_categories and all(
-        type(x) is str and len(x) <= max_category for x in c)))) for c in cats]
+        type(x) is str and len(x) <= max_category for x in c)))) for c in cats], []
 
 
 def _numbers(col: list[Any], *, optional: bool) -> tuple[np.ndarray, list[bool] | None]:
@@ -98,8 +100,8 @@ def fast_columns(objs: Sequence[Any], spec: FeatureSpec, *, min_ts: float, max_t
     user_types = set(map(type, users))
     fail(_id_ok(users, max_id, optional=False))
     actions = [o.get("action") for o in maps]
-    if not (set(map(type, actions)) <= {str} and m and min(map(len, actions)) > 0
-            and max(map(len, actions)) <= max_action):
+    action_lengths = set(map(len, actions)) if set(map(type, actions)) <= {str} else set()
+    if not (m and min(action_lengths, default=0) > 0 and max(action_lengths) <= max_action):
         fail([_short_str(a, max_action) for a in actions])
     ts, mask = _numbers([o.get("ts") for o in maps], optional=False)
     fail(mask)
@@ -114,11 +116,13 @@ def fast_columns(objs: Sequence[Any], spec: FeatureSpec, *, min_ts: float, max_t
     raw_values = [o.get("value") for o in maps]
     values, mask = _numbers(raw_values, optional=True)
     fail(mask)
-    absent = np.fromiter((v is None for v in raw_values), dtype=bool, count=m)
     with np.errstate(invalid="ignore"):
-        good &= absent | (np.abs(values) <= 3.0e38)  # False for NaN and inf given explicitly
+        finite = np.abs(values) <= 3.0e38  # False for NaN (absent values read as NaN) and inf
+    if int(np.count_nonzero(~finite)) != raw_values.count(None):  # NaN or inf given explicitly
+        good &= finite | np.fromiter((v is None for v in raw_values), dtype=bool, count=m)
     cats = [o.get("categories") for o in maps]
-    fail(_categories_ok(cats, max_categories, max_category))
+    cat_mask, flat = _categories_ok(cats, max_categories, max_category)
+    fail(cat_mask)
     if delete_action in actions:
         good &= np.array([a != delete_action for a in actions], dtype=bool)
 
@@ -129,9 +133,9 @@ def fast_columns(objs: Sequence[Any], spec: FeatureSpec, *, min_ts: float, max_t
         sel: Callable[[list[Any]], list[Any]] = lambda col: [col[i] for i in keep.tolist()]  # noqa: E731
         users, actions, items, cats, event_ids = sel(users), sel(actions), sel(items), sel(cats), sel(event_ids)
         ts, values = ts[keep], values[keep]
+        flat = list(itertools.chain.from_iterable(c for c in cats if c))
     per_event = (np.fromiter(map(len, cats), dtype=np.int64, count=len(cats)) if _NONE not in set(map(type, cats))
                  else np.fromiter((len(c) if c else 0 for c in cats), dtype=np.int64, count=len(cats)))
-    flat = list(itertools.chain.from_iterable(c for c in cats if c))
     columns = {
         "user_ids": users if user_types <= {str} else [u if type(u) is str else str(u) for u in users],
         "actions": spec.action_indices(actions),
@@ -141,7 +145,7 @@ def fast_columns(objs: Sequence[Any], spec: FeatureSpec, *, min_ts: float, max_t
         "cat_event": np.repeat(np.arange(len(cats), dtype=np.int32), per_event),
         "cat_bucket": spec.category_buckets_of(flat),
         "source_index": pos[keep].astype(np.int64),
-        "event_ids": ([e if e is None or type(e) is str else str(e) for e in event_ids]
-                      if any_event_id else []),
+        "event_ids": (event_ids if set(map(type, event_ids)) <= {str, _NONE}
+                      else [e if e is None or type(e) is str else str(e) for e in event_ids]) if any_event_id else [],
     }
     return columns, accepted

@@ -310,7 +310,7 @@ class Pipeline:
         """After a restore: users held without a segment (they were waiting for the first model on the
         instance that checkpointed them) get one in a coming batch, even if they send no new event."""
         rows = self.store.live_rows()
-        rows = np.sort(rows[self.store.segment[rows] < 0])
+        rows = rows[self.store.segment[rows] < 0]
         if len(rows) == 0:
             return 0
         if self.segmenter.warming:

@@ -88,3 +88,15 @@ def test_seeding_is_deterministic():
     a = kmeans_plus_plus(x, 5, np.random.default_rng(1))
     b = kmeans_plus_plus(x, 5, np.random.default_rng(1))
     assert np.array_equal(a, b)
+
+
+def test_index_of_agrees_with_a_list_lookup_for_small_large_and_negative_ids():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        k = int(rng.integers(0, 6))
+        pool = np.arange(50) if rng.random() < 0.7 else np.array([-3, 0, 5, 9, 2**21, 2**40])  # table / search paths
+        ids = rng.choice(pool, k, replace=False).astype(np.int64)
+        model = SegmentModel(1, np.zeros((k, 2), np.float32), ids, 0.0)
+        query = np.concatenate([rng.integers(-5, 60, 40), [2**21, -3, 2**40]])
+        expected = [ids.tolist().index(q) if q in ids.tolist() else -1 for q in query.tolist()]
+        assert model.index_of(query).tolist() == expected

@@ -147,3 +147,24 @@ def test_memory_is_columnar():
     store.apply(decode([{"user_id": f"u{i}", "action": "view", "ts": 1.7e9} for i in range(5000)]))
     per_user = store.nbytes() / len(store.dense)
     assert per_user < 200  # a few numpy columns per user, not Python objects
+
+
+def test_live_rows_are_the_rows_of_held_users_through_eviction_deletion_drops_and_restore():
+    rng = np.random.default_rng(3)
+    store = UserStore(SPEC, capacity=60)
+
+    def held() -> list[int]:
+        return sorted(store.row_of(u) for u in store._index)
+
+    for step in range(12):
+        store.apply(decode([{"user_id": f"u{rng.integers(150)}", "action": "view", "ts": 1.7e9 + step * 10 + i}
+                            for i in range(25)]))
+        if step % 3 == 0 and len(store):
+            store.delete(next(iter(store._index)))
+        if step % 4 == 1:
+            store.drop_rows(store.live_rows()[::5])
+        assert store.live_rows().tolist() == held()
+    restored = UserStore(SPEC, capacity=60)
+    restored.import_rows(store.export_rows(store.live_rows()[::2]), keep_rows=True)
+    assert restored.live_rows().tolist() == sorted(restored.row_of(u) for u in restored._index)
+    assert len(restored.live_rows()) == len(store.live_rows()[::2]) > 0
