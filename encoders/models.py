@@ -35,6 +35,7 @@ class StateAutoencoder(nn.Module):
     """
 
     kind = "state-ae"
+    uses_items = False  # reads the dense features only (the serving side skips gathering recent items)
 
     def __init__(self, spec: FeatureSpec, dim: int = 16, hidden: int = 64) -> None:
         super().__init__()

@@ -51,6 +51,9 @@ class Encoder:
         self.max_batch = max_batch
         self.device = resolve_device(device)
         self.module = module.to(self.device).eval() if module is not None else None
+        #: whether the model reads the recent-item columns of :class:`Features` (the raw encoder and the
+        #: state autoencoder do not: callers may leave them empty, ``UserStore.features(rows, items=False)``)
+        self.uses_items = module is not None and bool(getattr(module, "uses_items", True))
 
     @classmethod
     def raw(cls, spec: FeatureSpec) -> Encoder:

@@ -233,9 +233,10 @@ class UserStore:
         if n == 0:
             e = np.zeros(0, dtype=np.int64)
             return ApplyResult(e, 0, e, e, e.astype(np.int32), [])
-        uniq = list(dict.fromkeys(batch.user_ids))  # first-appearance order
-        local = dict(zip(uniq, range(len(uniq))))
-        inv = np.fromiter(map(local.__getitem__, batch.user_ids), dtype=np.int64, count=n)
+        local: dict[str, int] = {}  # user -> position in first-appearance order, in one pass
+        number = local.setdefault
+        inv = np.fromiter([number(u, len(local)) for u in batch.user_ids], dtype=np.int64, count=n)
+        uniq = list(local)
         rows_u, new_users, evicted = self._rows_for(uniq)
         spec = self.spec
         h = spec.half_life_s
@@ -312,12 +313,13 @@ class UserStore:
         # capped so that a row whose sums underflowed to 0 reads as 0, never as 0 * inf
         return np.exp2(np.minimum(-(self.last_ts[rows] - self.t0) / self.spec.half_life_s, 1000.0))
 
-    def features(self, rows: np.ndarray) -> Features:
+    def features(self, rows: np.ndarray, *, items: bool = True) -> Features:
         """Normalised encoder input for ``rows`` (as of each user's last event).
 
         Columns: action mix (sums to 1), category mix (sums to 1, or all 0),
         log decayed event count, signed log mean value (both /log(1001)), and
-        the share of events that carried a value.
+        the share of events that carried a value. ``items=False`` leaves the
+        recent-item columns empty (``[n, 0]``), for encoders that do not read them.
         """
         spec = self.spec
         d = self.dense[rows]
@@ -336,6 +338,8 @@ class UserStore:
         out[:, -3] = np.log1p(count * scale) / _LOG_SCALE
         out[:, -2] = np.sign(mean_value) * np.log1p(np.abs(mean_value)) / _LOG_SCALE
         out[:, -1] = vcount / safe
+        if not items:
+            return Features(out, np.zeros((len(rows), 0), np.int32), np.zeros((len(rows), 0), np.float32))
         iw = (self.item_w[rows] * scale[:, None]).astype(np.float32)
         return Features(out, self.items[rows], iw)
 

@@ -220,7 +220,7 @@ class Pipeline:
             return result
         result.max_event_time = float(batch.ts.max())
         t = time.perf_counter()
-        emb = self.encoder.encode(store.features(rows))
+        emb = self._embed(rows)
         result.encode_seconds = time.perf_counter() - t
         source = batch.source_index[applied.last_event]
         event_time = batch.ts[applied.last_event]
@@ -241,7 +241,7 @@ class Pipeline:
         stale = self._take_stale(rows)
         if len(stale):
             rows = np.concatenate([rows, stale])
-            emb = np.concatenate([emb, self.encoder.encode(store.features(stale))])
+            emb = np.concatenate([emb, self._embed(stale)])
             source = np.concatenate([source, np.full(len(stale), -1, dtype=np.int64)])
             event_time = np.concatenate([event_time, store.last_ts[stale]])
         reassigned = np.zeros(len(rows), dtype=bool)
@@ -289,13 +289,17 @@ class Pipeline:
         keep = rows >= 0
         return rows[keep], emb[keep]
 
+    def _embed(self, rows: np.ndarray) -> np.ndarray:
+        """Embeddings of the users at ``rows`` (recent items gathered only for encoders that read them)."""
+        return self.encoder.encode(self.store.features(rows, items=self.encoder.uses_items))
+
     def _population(self, n: int) -> np.ndarray:
         """Embeddings of a seeded sample of at most ``n`` assigned users (the consolidation population)."""
         rows = self.store.live_rows()
         rows = rows[self.store.segment[rows] >= 0]
         if len(rows) > n:
             rows = np.sort(self._sample_rng.choice(rows, n, replace=False))
-        return self.encoder.encode(self.store.features(rows))
+        return self._embed(rows)
 
     def _take_stale(self, exclude: np.ndarray) -> np.ndarray:
         """Rows queued for (re-)assignment, a bounded number per batch: users whose segment ended or
@@ -320,7 +324,7 @@ class Pipeline:
             if not new.any():
                 return 0
             rows = rows[new]
-            self.segmenter.add_warmup([u for u, k in zip(ids, new) if k], self.encoder.encode(self.store.features(rows)))
+            self.segmenter.add_warmup([u for u, k in zip(ids, new) if k], self._embed(rows))
         else:
             self._stale = np.union1d(self._stale, rows)
         return len(rows)

@@ -117,3 +117,20 @@ def test_save_is_atomic(tmp_path):
     art = EncoderArtifact("state-ae", FeatureSpec(), {"dim": 2}, {"w": torch.zeros(2)})
     save_artifact(art, tmp_path / "a.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
+
+
+def test_the_state_autoencoder_embeds_without_recent_items(trained):
+    """It declares that it reads only the dense features, so the pipeline skips gathering items for it."""
+    from eventlogs.recorded import read_events
+    from state.user_store import UserStore
+    from stream.events import EventDecoder
+
+    path, _, _ = trained
+    enc = load_encoder(path, device="cpu")
+    assert not enc.uses_items and not Encoder.raw(enc.spec).uses_items
+    store = UserStore(enc.spec, capacity=1000)
+    store.apply(EventDecoder(enc.spec).decode_objects(list(read_events(path.parent / "log.msgpack")))[0])
+    rows = store.live_rows()
+    lean = store.features(rows, items=False)
+    assert lean.item_tokens.shape == (len(rows), 0)
+    np.testing.assert_array_equal(enc.encode(lean), enc.encode(store.features(rows)))

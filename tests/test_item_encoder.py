@@ -133,3 +133,21 @@ def test_vocabulary_keeps_items_seen_often_enough(trained):
     assert set(frequent) < set(all_items)
     assert np.all(np.diff(frequent) > 0)  # sorted, unique: searchsorted lookups
     assert np.array_equal(art.state_dict["tokens"].numpy(), frequent)
+
+
+def test_the_pipeline_hands_recent_items_to_an_item_encoder(trained):
+    import math
+
+    from eventlogs.recorded import read_events
+    from stream.pipeline import Pipeline
+    from stream.settings import Settings
+
+    log, path, _, _ = trained
+    p = Pipeline.from_settings(Settings(encoder=str(path), segments=3, warmup_users=50, metrics_port=0),
+                               now=lambda: math.inf)
+    p.process_objects(list(read_events(log)))
+    assert p.encoder.uses_items
+    rows = p.store.live_rows()
+    with_items = p.encoder.encode(p.store.features(rows))
+    assert np.abs(with_items).sum() > 0
+    np.testing.assert_array_equal(p._embed(rows), with_items)
