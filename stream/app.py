@@ -65,6 +65,7 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
                           on_batch=on_batch, checkpoints=checkpoints)
     if settings.decode_process and not settings.aligned_batches and available_cpus() >= 2:
         runner.decode_worker = DecodeWorker(pipeline.decoder, gc_threshold=settings.gc_threshold)
+        metrics.decode_process_up.set(1)
     if settings.global_model:
         from stream.model_sync import ModelSync
 

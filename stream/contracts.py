@@ -6,7 +6,8 @@
     user_id           str    the user (ids are always published as strings)
     segment           int    the new segment id
     previous_segment  int | nil
-    event_time        float  ts of the event that caused the change (epoch s)
+    event_time        float  ts of the event that caused the change (epoch s); for a change the model
+                             caused (re-assignment), the newest ts of the micro-batch that made it
     emitted_at        float  wall clock when published (epoch s)
     model_version     int    segment model version that made the decision
     distance          float  distance to the segment's centroid

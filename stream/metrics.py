@@ -117,6 +117,7 @@ class Metrics:
         self.consumer_lag = Gauge("segstream_consumer_lag_records", "High-water mark minus this consumer's position.",
                                   ["topic", "partition"], registry=r)
         self.last_event_time = Gauge("segstream_last_event_timestamp_seconds", "Event time of the newest event processed.", registry=r)
+        self.decode_process_up = Gauge("segstream_decode_process_up", "1 while micro-batches are decoded in a child process (SEGSTREAM_DECODE_PROCESS); 0 when decoded in-process (off, fewer than 2 CPUs, or the child failed).", registry=r)
         # --- checkpoints, recovery, duplicates (issue 6) ---
         self.checkpoint_duration = Histogram("segstream_checkpoint_duration_seconds",
                                              "Wall time of one checkpoint (confirm outputs, snapshot state, commit).",

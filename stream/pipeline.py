@@ -51,8 +51,8 @@ class SegmentChanges:
     previous: np.ndarray  # int64, -1 = no previous segment
     distances: np.ndarray  # float32
     seq: np.ndarray  # uint32, per-user change counter after this change
-    event_time: np.ndarray  # float64, ts of the event that caused the change
-    source_index: np.ndarray  # int64, batch position of that event (-1: assigned at seeding)
+    event_time: np.ndarray  # float64, ts of the event that caused the change (model-caused: the batch's newest)
+    source_index: np.ndarray  # int64, batch position of that event (-1: no event of this batch caused it)
     model_version: int
 
     def __len__(self) -> int:
@@ -243,7 +243,9 @@ class Pipeline:
             rows = np.concatenate([rows, stale])
             emb = np.concatenate([emb, self._embed(stale)])
             source = np.concatenate([source, np.full(len(stale), -1, dtype=np.int64)])
-            event_time = np.concatenate([event_time, store.last_ts[stale]])
+            # the model caused these changes, not an event of theirs: they carry the event time at which they
+            # are made (this batch's newest), not the user's last activity (which may be long past)
+            event_time = np.concatenate([event_time, np.full(len(stale), result.max_event_time)])
         reassigned = np.zeros(len(rows), dtype=bool)
         reassigned[len(rows) - len(stale):] = True  # queued because their segment ended or split
         result.changes = self._assign(rows, emb, source, event_time, reassigned)

@@ -211,6 +211,7 @@ class StreamRunner:
 
     def _decode_in_process(self, exc: Exception) -> None:
         log.warning("decode process failed (%s): decoding in-process from now on", exc)
+        self.metrics.decode_process_up.set(0)
         if self.decode_worker is not None:
             self.decode_worker.close()
         self.decode_worker = None

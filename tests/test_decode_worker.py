@@ -75,6 +75,7 @@ def test_consumer_keeps_every_event_when_the_decode_process_dies(broker, topics)
     def on_ready(runner) -> None:
         seen["runner"] = runner
         seen["worker"] = runner.decode_worker
+        seen["up"] = runner.metrics.registry.get_sample_value("segstream_decode_process_up")
 
     def on_batch(result, summary) -> None:
         worker = seen["worker"]
@@ -85,6 +86,7 @@ def test_consumer_keeps_every_event_when_the_decode_process_dies(broker, topics)
                            on_ready=on_ready, on_batch=on_batch)
     assert seen["worker"] is not None, "the decode process was not started"
     assert seen["runner"].decode_worker is None, "the runner did not notice the dead decode process"
+    assert seen["up"] == 1 and seen["runner"].metrics.registry.get_sample_value("segstream_decode_process_up") == 0
     assert summary.events == 4000 and summary.invalid == 0
     out = read_topic(broker.bootstrap, topics["output"], expected=users)
     assert {r.key for r in out} == {b"u%d" % i for i in range(users)}

@@ -72,3 +72,31 @@ def test_invalid_records_are_returned_not_raised():
                            msgpack.packb({"user_id": "b", "action": "view", "ts": 1.7e9})])
     assert r.events == 2 and [x.index for x in r.rejected] == [1]
     assert len(r.changes) == 2 and np.all(r.changes.source_index == [0, 2])
+
+
+def test_changes_the_model_causes_carry_the_batch_event_time_not_the_users_last_activity(log):
+    """Re-assignments (the user's segment ended or split; a restored user without one) are not caused by an
+    event of that user: they carry the event time at which they are made, so that a recommender (and the
+    latency bench) does not read the user's last activity, possibly hours old, as the cause."""
+    import math
+
+    p = Pipeline.from_settings(Settings(segments=4, warmup_users=100, batch_max_events=500), now=lambda: math.inf)
+    for chunk in read_event_chunks(log, 500):
+        p.process_objects(chunk)
+    queued = p.store.live_rows()[:30]
+    waiting_since = p.store.last_ts[queued].copy()
+    p.store.segment[queued] = -1  # as a restore leaves users whose instance had no model yet
+    p.recount()
+    assert p.requeue_unassigned() == 30
+    queued_users = set(p.store.user_ids(queued))
+    t = float(p.store.last_ts.max()) + 3600.0
+    others = [u for u in p.store.user_ids(p.store.live_rows()) if u not in queued_users][:20]
+    r = p.process_objects([{"user_id": u, "action": "purchase", "ts": t + i, "value": 5.0} for i, u in enumerate(others)])
+    model_caused = [i for i, u in enumerate(r.changes.user_ids) if u in queued_users]
+    assert len(model_caused) == 30
+    assert (r.changes.source_index[model_caused] == -1).all()
+    assert r.max_event_time == t + 19 and (r.changes.event_time[model_caused] == r.max_event_time).all()
+    assert (waiting_since < t).all()
+    for i, u in enumerate(r.changes.user_ids):  # the others' changes name their own event
+        if u not in queued_users:
+            assert r.changes.event_time[i] == t + others.index(u)
