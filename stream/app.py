@@ -10,7 +10,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from stream.checkpoints import CheckpointStore
-from stream.decode_worker import DecodeWorker, available_cpus
+from stream.decode_worker import DecodeAhead, DecodeWorker, available_cpus
 from stream.drift import DriftMonitor
 from stream.kafka_io import Publisher, ensure_topics, make_admin, make_consumer, make_producer, wait_for_broker
 from stream.metrics import Metrics
@@ -64,7 +64,8 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
     runner = StreamRunner(settings, pipeline, consumer, publisher, metrics, clock=clock,
                           on_batch=on_batch, checkpoints=checkpoints)
     if settings.decode_process and not settings.aligned_batches and available_cpus() >= 2:
-        runner.decode_worker = DecodeWorker(pipeline.decoder, gc_threshold=settings.gc_threshold)
+        runner.decode_ahead = DecodeAhead(DecodeWorker(pipeline.decoder, gc_threshold=settings.gc_threshold),
+                                          on_off=lambda: metrics.decode_process_up.set(0))
         metrics.decode_process_up.set(1)
     if settings.global_model:
         from stream.model_sync import ModelSync
@@ -87,8 +88,8 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
             if runner.model_sync is not None:
                 runner.model_sync.close()
             consumer.close(autocommit=False)
-            if runner.decode_worker is not None:
-                runner.decode_worker.close()
+            if runner.decode_ahead is not None:
+                runner.decode_ahead.close()
         finally:
             producer.close(timeout=10)
             metrics.shutdown()

@@ -31,17 +31,19 @@ values as a list one way, the ``(EventBatch, rejected)`` pair back.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
-
 
 from stream.events import EventBatch, EventDecoder, Rejected, set_gc_threshold
 
-__all__ = ["DecodeWorker", "DecodeWorkerError", "available_cpus"]
+__all__ = ["DecodeAhead", "DecodeWorker", "DecodeWorkerError", "available_cpus"]
+
+log = logging.getLogger(__name__)
 
 _HEAD = 8
 
@@ -129,6 +131,62 @@ class DecodeWorker:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+
+
+class DecodeAhead:
+    """How the consumer loop uses a :class:`DecodeWorker`: the batch fetched ahead is decoded in the
+    child while the current one is processed.
+
+    One rule keeps the pipes from filling both ways: at most one batch is in the child, and its
+    result is taken before the next batch goes in (:meth:`exchange` does both, in that order). Any
+    failure switches decoding ahead off for good: :attr:`active` turns False, a warning is logged
+    and ``on_off`` runs (the runner sets a gauge to 0). The caller then decodes in-process. Nothing
+    is lost, because the caller keeps every record and only ever processes batches itself.
+    """
+
+    def __init__(self, worker: DecodeWorker, on_off: Callable[[], None] | None = None) -> None:
+        self.worker: DecodeWorker | None = worker
+        self._on_off = on_off
+
+    @property
+    def active(self) -> bool:
+        return self.worker is not None
+
+    def exchange(self, values: Sequence[bytes | None] | None) -> tuple[EventBatch, list[Rejected]] | None:
+        """The columns of the batch handed over by the previous call (None: there was none, or the
+        child failed), then ``values`` handed over for the next call (None: nothing fetched ahead)."""
+        worker = self.worker
+        if worker is None:
+            return None
+        decoded = None
+        try:
+            if worker.busy:
+                decoded = worker.result()
+            if values is not None:
+                worker.submit(values)
+        except DecodeWorkerError as exc:
+            self._switch_off(exc)
+        return decoded
+
+    def discard(self) -> None:
+        """Drop the batch in the child (a rebalance voided some of its records: the caller decodes the rest)."""
+        if self.worker is not None and self.worker.busy:
+            try:
+                self.worker.result()
+            except DecodeWorkerError as exc:
+                self._switch_off(exc)
+
+    def close(self) -> None:
+        """Stop the child at shutdown (a batch still inside is read and dropped)."""
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    def _switch_off(self, exc: Exception) -> None:
+        log.warning("decode process failed (%s): decoding in-process from now on", exc)
+        self.close()
+        if self._on_off is not None:
+            self._on_off()
 
 
 def available_cpus(cgroup_root: str = "/sys/fs/cgroup") -> float:

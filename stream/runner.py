@@ -24,22 +24,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from stream.checkpoints import CheckpointStore
 from stream.contracts import change_id
-from stream.decode_worker import DecodeWorker, DecodeWorkerError
+from stream.decode_worker import DecodeAhead
 from stream.events import EventBatch, Rejected
 from stream.kafka_io import Publisher
 from stream.metrics import Metrics
 from stream.outputs import OutputWriter
 from stream.pipeline import BatchResult, Pipeline
+from stream.rebalance import RebalanceTracker
 from stream.records import Records, as_records
 from stream.settings import Settings
 
-__all__ = ["StreamRunner", "RunSummary", "RebalanceTracker"]
+__all__ = ["StreamRunner", "RunSummary"]
 
 log = logging.getLogger(__name__)
 
@@ -52,45 +52,6 @@ class RunSummary:
     batches: int = 0
     stopped_by: str = ""
     committed: dict[TopicPartition, int] = field(default_factory=dict)
-
-
-class RebalanceTracker(ConsumerRebalanceListener):
-    """Queues assignment changes without blocking the client's IO thread."""
-
-    def __init__(self, context: Callable[[TopicPartition], dict] | None = None) -> None:
-        self._lock = threading.Lock()
-        self.assigned: set[TopicPartition] = set()
-        self.generations = 0
-        self._events: list[tuple[str, set[TopicPartition]]] = []
-        # issue 5: per-partition log fields (partition, offset, generation) for warnings
-        self.context = context or (lambda tp: {"topic": tp.topic, "partition": tp.partition})
-
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        with self._lock:
-            self.assigned -= set(revoked)
-            self._events.append(("revoked", set(revoked)))
-
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        with self._lock:
-            self.assigned |= set(assigned)
-            self.generations += 1
-            self._events.append(("assigned", set(assigned)))
-
-    def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
-        with self._lock:
-            self.assigned -= set(lost)
-            self._events.append(("lost", set(lost)))
-        for tp in sorted(lost):
-            log.warning("partition lost (not committing it)", extra=self.context(tp))
-
-    def owned(self) -> set[TopicPartition]:
-        with self._lock:
-            return set(self.assigned)
-
-    def drain(self) -> list[tuple[str, set[TopicPartition]]]:
-        with self._lock:
-            out, self._events = self._events, []
-        return out
 
 
 class StreamRunner:
@@ -119,7 +80,7 @@ class StreamRunner:
         self._batch_cap = settings.batch_max_events
         self._restoring: dict[TopicPartition, int] = {}  # partition -> committed offset its state must reach
         self.model_sync = None  # issue 8: stream.model_sync.ModelSync when the model is shared by the group
-        self.decode_worker: DecodeWorker | None = None  # decodes the next batch while this one is processed
+        self.decode_ahead: DecodeAhead | None = None  # decodes the next batch in a child while this one is processed
         self._ahead: Records | None = None  # the next batch, fetched while this one is processed (decode process)
 
     def _log_context(self, tp: TopicPartition) -> dict:
@@ -163,7 +124,7 @@ class StreamRunner:
                 continue
             last_record = time.monotonic()
             decoded = None
-            if self.decode_worker is not None:
+            if self.decode_ahead is not None and self.decode_ahead.active:
                 records, decoded = self._prefetch(records)
                 if not len(records):
                     continue
@@ -173,48 +134,21 @@ class StreamRunner:
 
     def _prefetch(self, records: Records) -> tuple[Records, tuple[EventBatch, list[Rejected]] | None]:
         """With a decode process: take the records already fetched as the next batch (``self._ahead``) and
-        start decoding them in the child; returns this batch (less what a rebalance voided) and its columns,
-        decoded in the child while the last batch was processed (``None``: decode in-process).
+        hand them to the child; returns this batch (less what a rebalance voided) and its columns, decoded
+        in the child while the last batch was processed (``None``: decode in-process).
 
-        Order matters: the poll may run rebalance callbacks, so this batch's records of reset partitions
-        are dropped first (:meth:`_void`, as in :meth:`_collect`), and its result is taken before the next
-        batch is handed over (one batch in the child at a time).
+        The poll may run rebalance callbacks, so this batch's records of reset partitions are dropped
+        first (:meth:`_void`, as in :meth:`_collect`), and with them the child's columns of this batch.
         """
+        assert self.decode_ahead is not None
         ahead = Records.concat([b for _, b in self._poll(0, self._max_batch)])
         self._ahead = ahead if len(ahead) else None
         if self._reset:
             kept = self._void(records)
             if len(kept) < len(records):
                 records = kept
-                self._discard_decoded()
-        worker = self.decode_worker
-        if worker is None:  # it failed while a result was discarded
-            return records, None
-        decoded = None
-        try:
-            if worker.busy:
-                decoded = worker.result()
-            if self._ahead is not None:
-                worker.submit(self._ahead.values)
-        except DecodeWorkerError as exc:  # whatever was not decoded there is decoded here: nothing is lost
-            self._decode_in_process(exc)
-        return records, decoded
-
-    def _discard_decoded(self) -> None:
-        """The batch in the decode process lost records to a rebalance: take its result and drop it."""
-        worker = self.decode_worker
-        if worker is not None and worker.busy:
-            try:
-                worker.result()
-            except DecodeWorkerError as exc:
-                self._decode_in_process(exc)
-
-    def _decode_in_process(self, exc: Exception) -> None:
-        log.warning("decode process failed (%s): decoding in-process from now on", exc)
-        self.metrics.decode_process_up.set(0)
-        if self.decode_worker is not None:
-            self.decode_worker.close()
-        self.decode_worker = None
+                self.decode_ahead.discard()
+        return records, self.decode_ahead.exchange(None if self._ahead is None else self._ahead.values)
 
     def _poll(self, timeout_ms: int, max_records: int) -> list[tuple[TopicPartition, Records]]:
         """One poll (one block of columns per partition), with any rebalance it caused applied first."""

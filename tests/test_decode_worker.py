@@ -11,7 +11,7 @@ import pytest
 from fuzzing import mixed_log
 from helpers import produce, read_topic
 from state.features import FeatureSpec
-from stream.decode_worker import DecodeWorker, DecodeWorkerError
+from stream.decode_worker import DecodeAhead, DecodeWorker, DecodeWorkerError
 from stream.events import EventDecoder
 
 
@@ -74,7 +74,7 @@ def test_consumer_keeps_every_event_when_the_decode_process_dies(broker, topics)
 
     def on_ready(runner) -> None:
         seen["runner"] = runner
-        seen["worker"] = runner.decode_worker
+        seen["worker"] = runner.decode_ahead.worker if runner.decode_ahead is not None else None
         seen["up"] = runner.metrics.registry.get_sample_value("segstream_decode_process_up")
 
     def on_batch(result, summary) -> None:
@@ -85,7 +85,7 @@ def test_consumer_keeps_every_event_when_the_decode_process_dies(broker, topics)
     summary = run_consumer(settings, stop=threading.Event(), max_events=4000, idle_exit_s=15,
                            on_ready=on_ready, on_batch=on_batch)
     assert seen["worker"] is not None, "the decode process was not started"
-    assert seen["runner"].decode_worker is None, "the runner did not notice the dead decode process"
+    assert not seen["runner"].decode_ahead.active, "the runner did not notice the dead decode process"
     assert seen["up"] == 1 and seen["runner"].metrics.registry.get_sample_value("segstream_decode_process_up") == 0
     assert summary.events == 4000 and summary.invalid == 0
     out = read_topic(broker.bootstrap, topics["output"], expected=users)
@@ -99,3 +99,25 @@ def test_closing_with_a_batch_inside_ends_the_child_cleanly():
     worker.submit([msgpack.packb({"user_id": f"u{i}", "action": "view", "ts": 1.7e9}) for i in range(20_000)])
     worker.close()
     assert worker._proc.returncode == 0
+
+
+def test_decode_ahead_hands_each_batch_back_once_and_switches_off_for_good_on_failure():
+    off: list[int] = []
+    ahead = DecodeAhead(DecodeWorker(EventDecoder(FeatureSpec())), on_off=lambda: off.append(1))
+
+    def values(n: int) -> list[bytes]:
+        return [msgpack.packb({"user_id": f"u{i}", "action": "view", "ts": 1.7e9}) for i in range(n)]
+
+    assert ahead.exchange(values(3)) is None  # nothing was inside yet
+    batch, rejected = ahead.exchange(values(5))
+    assert len(batch) == 3 and not rejected
+    ahead.discard()  # the 5 are dropped: the next exchange has nothing to hand back
+    assert ahead.exchange(None) is None and ahead.active and not ahead.worker.busy
+    ahead.exchange(values(2))
+    ahead.worker._proc.kill()
+    ahead.worker._proc.wait()
+    got = ahead.exchange(values(1))  # the 2 may have been answered before the kill; the hand-over fails
+    assert got is None or len(got[0]) == 2
+    assert not ahead.active and off == [1]
+    assert ahead.exchange(values(1)) is None and off == [1]  # stays off, reported once
+    ahead.close()

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 from kafka import TopicPartition
 
 from stream.logs import configure_logging
-from stream.runner import RebalanceTracker, StreamRunner
+from stream.rebalance import RebalanceTracker
+from stream.runner import StreamRunner
 
 
 class FakeConsumer:  # boundary fake: only the group metadata the log context reads
@@ -20,7 +21,7 @@ class FakeConsumer:  # boundary fake: only the group metadata the log context re
 
 def test_partition_lost_warning_is_structured() -> None:
     buf = io.StringIO()
-    configure_logging("json", "INFO", stream=buf, name="stream.runner")
+    configure_logging("json", "INFO", stream=buf, name="stream.rebalance")
     try:
         runner = StreamRunner.__new__(StreamRunner)
         runner.consumer = FakeConsumer()
@@ -29,8 +30,8 @@ def test_partition_lost_warning_is_structured() -> None:
         tracker.on_partitions_assigned([TopicPartition("events", 2), TopicPartition("events", 5)])
         tracker.on_partitions_lost([TopicPartition("events", 2), TopicPartition("events", 5)])
     finally:
-        logging.getLogger("stream.runner").handlers[:] = []
-        logging.getLogger("stream.runner").propagate = True
+        logging.getLogger("stream.rebalance").handlers[:] = []
+        logging.getLogger("stream.rebalance").propagate = True
     lines = [json.loads(line) for line in buf.getvalue().splitlines()]
     warnings = [r for r in lines if r["level"] == "WARNING"]
     assert [(r["topic"], r["partition"], r["offset"], r["generation"]) for r in warnings] == [
