@@ -41,7 +41,7 @@ def segment_profiles(store: UserStore, model: SegmentModel | None, rng: np.rando
     ix = model.index_of(store.segment[rows].astype(np.int64))
     rows, ix = rows[ix >= 0], ix[ix >= 0]
     sizes = np.bincount(ix, minlength=model.k)
-    # bounded sample per segment: members grouped by segment (a counting sort for small k), then a
+    # bounded sample per segment: members grouped by segment (numpy sorts int16 keys by radix), then a
     # seeded choice of `sample_per_segment` positions within each segment larger than that
     grouped = np.argsort(ix.astype(np.int16) if model.k <= np.iinfo(np.int16).max else ix, kind="stable")
     starts = np.cumsum(sizes) - sizes
