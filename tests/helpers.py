@@ -194,6 +194,20 @@ def pick_busy_member(group: list[SegstreamProcess], total: int, *, min_left: int
     raise AssertionError("no member had work left to interrupt")
 
 
+def freeze_partition_owner(group: list[SegstreamProcess]) -> tuple[int, set[int]]:
+    """SIGSTOP the member owning the most input partitions (the partition labels of its lag gauge, scraped
+    over HTTP); returns its index and those partitions. Records that land on them afterwards stay there
+    until it is killed and the group rebalances, however fast the other members drain theirs."""
+    owned: list[set[int]] = []
+    for p in group:
+        keys = [k for k in p.metrics() if k.startswith("segstream_consumer_lag_records{")]
+        owned.append({int(k.split('partition="', 1)[1].split('"', 1)[0]) for k in keys})
+    victim = max(range(len(group)), key=lambda i: len(owned[i]))
+    assert owned[victim], "no member owns a partition"
+    group[victim].proc.send_signal(signal.SIGSTOP)
+    return victim, owned[victim]
+
+
 def wait_committed(bootstrap: str, group: str, topic: str, want: dict[int, int], procs: list[SegstreamProcess],
                    timeout_s: float = 150.0) -> None:
     """Until the group's committed offsets equal ``want``; fails early if a process exits, and on timeout
