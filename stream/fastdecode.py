@@ -29,9 +29,8 @@ def _short_str(x: Any, limit: int) -> bool:
     return type(x) is str and 0 < len(x) <= limit
 
 
-def _id_ok(col: list[Any], limit: int, *, optional: bool) -> list[bool] | None:
-    """None when every entry is fine; else a per-entry mask."""
-    types = set(map(type, col))
+def _id_ok(col: list[Any], types: set[type], limit: int, *, optional: bool) -> list[bool] | None:
+    """None when every entry is fine; else a per-entry mask (``types``: the column's entry types)."""
     allowed = {str, int, _NONE} if optional else {str, int}
     if types <= allowed:
         strs = col if types <= {str} else [x for x in col if type(x) is str]
@@ -41,10 +40,11 @@ def _id_ok(col: list[Any], limit: int, *, optional: bool) -> list[bool] | None:
     return [(type(x) is int) or _short_str(x, limit) or (optional and x is None) for x in col]
 
 
-def _categories_ok(cats: list[Any], max_categories: int, max_category: int) -> tuple[list[bool] | None, list[Any]]:
+def _categories_ok(cats: list[Any], types: set[type], max_categories: int,
+                   max_category: int) -> tuple[list[bool] | None, list[Any]]:
     """(None, every category in order) when every entry is None or a list of at most ``max_categories``
-    short strings; else (a per-entry mask, [])."""
-    if set(map(type, cats)) <= {list, _NONE}:
+    short strings; else (a per-entry mask, []). ``types``: the column's entry types."""
+    if types <= {list, _NONE}:
         lists = [c for c in cats if c]
         flat = list(itertools.chain.from_iterable(lists))
         if (not lists or max(map(len, lists)) <= max_categories) and (
@@ -98,7 +98,7 @@ def fast_columns(objs: Sequence[Any], spec: FeatureSpec, *, min_ts: float, max_t
 
     users = [o.get("user_id") for o in maps]
     user_types = set(map(type, users))
-    fail(_id_ok(users, max_id, optional=False))
+    fail(_id_ok(users, user_types, max_id, optional=False))
     actions = [o.get("action") for o in maps]
     action_lengths = set(map(len, actions)) if set(map(type, actions)) <= {str} else set()
     if not (m and min(action_lengths, default=0) > 0 and max(action_lengths) <= max_action):
@@ -108,11 +108,12 @@ def fast_columns(objs: Sequence[Any], spec: FeatureSpec, *, min_ts: float, max_t
     with np.errstate(invalid="ignore"):
         good &= np.isfinite(ts) & (ts >= min_ts) & (ts <= max_ts)
     event_ids = [o.get("event_id") for o in maps]
-    any_event_id = any(e is not None for e in event_ids)
+    event_id_types = set(map(type, event_ids))
+    any_event_id = bool(event_id_types - {_NONE})
     if any_event_id:
-        fail(_id_ok(event_ids, max_id, optional=True))
+        fail(_id_ok(event_ids, event_id_types, max_id, optional=True))
     items = [o.get("item_id") for o in maps]
-    fail(_id_ok(items, max_id, optional=True))
+    fail(_id_ok(items, set(map(type, items)), max_id, optional=True))
     raw_values = [o.get("value") for o in maps]
     values, mask = _numbers(raw_values, optional=True)
     fail(mask)
@@ -121,7 +122,8 @@ def fast_columns(objs: Sequence[Any], spec: FeatureSpec, *, min_ts: float, max_t
     if int(np.count_nonzero(~finite)) != raw_values.count(None):  # NaN or inf given explicitly
         good &= finite | np.fromiter((v is None for v in raw_values), dtype=bool, count=m)
     cats = [o.get("categories") for o in maps]
-    cat_mask, flat = _categories_ok(cats, max_categories, max_category)
+    cat_types = set(map(type, cats))
+    cat_mask, flat = _categories_ok(cats, cat_types, max_categories, max_category)
     fail(cat_mask)
     if delete_action in actions:
         good &= np.array([a != delete_action for a in actions], dtype=bool)
@@ -134,7 +136,7 @@ def fast_columns(objs: Sequence[Any], spec: FeatureSpec, *, min_ts: float, max_t
         users, actions, items, cats, event_ids = sel(users), sel(actions), sel(items), sel(cats), sel(event_ids)
         ts, values = ts[keep], values[keep]
         flat = list(itertools.chain.from_iterable(c for c in cats if c))
-    per_event = (np.fromiter(map(len, cats), dtype=np.int64, count=len(cats)) if _NONE not in set(map(type, cats))
+    per_event = (np.fromiter(map(len, cats), dtype=np.int64, count=len(cats)) if _NONE not in cat_types
                  else np.fromiter((len(c) if c else 0 for c in cats), dtype=np.int64, count=len(cats)))
     columns = {
         "user_ids": users if user_types <= {str} else [u if type(u) is str else str(u) for u in users],
@@ -145,7 +147,7 @@ def fast_columns(objs: Sequence[Any], spec: FeatureSpec, *, min_ts: float, max_t
         "cat_event": np.repeat(np.arange(len(cats), dtype=np.int32), per_event),
         "cat_bucket": spec.category_buckets_of(flat),
         "source_index": pos[keep].astype(np.int64),
-        "event_ids": (event_ids if set(map(type, event_ids)) <= {str, _NONE}
+        "event_ids": (event_ids if event_id_types <= {str, _NONE}
                       else [e if e is None or type(e) is str else str(e) for e in event_ids]) if any_event_id else [],
     }
     return columns, accepted
