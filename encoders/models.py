@@ -73,6 +73,7 @@ class ItemPoolEncoder(nn.Module):
     """
 
     kind = "item-pool"
+    uses_items = True  # pools the recent-item columns of Features
 
     def __init__(self, spec: FeatureSpec, dim: int = 32, vocab_size: int = 1) -> None:
         super().__init__()

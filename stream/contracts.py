@@ -6,8 +6,9 @@
     user_id           str    the user (ids are always published as strings)
     segment           int    the new segment id
     previous_segment  int | nil
-    event_time        float  ts of the event that caused the change (epoch s); for a change the model
-                             caused (re-assignment), the newest ts of the micro-batch that made it
+    event_time        float  ts of the event that caused the change (epoch s); for a re-assignment the
+                             model caused (segment ended, split or merged; a restored user queued for
+                             a segment), the newest ts of the micro-batch that made it
     emitted_at        float  wall clock when published (epoch s)
     model_version     int    segment model version that made the decision
     distance          float  distance to the segment's centroid
@@ -80,10 +81,12 @@ def change_ids(changes: Any, partitions: Any, offsets: Any, fallback: tuple[int,
     takes ``fallback`` = (partition, offset) of the batch's last record.
     """
     src = np.asarray(changes.source_index)
+    if len(src) == 0:
+        return []
     own = src >= 0
     at = np.where(own, src, 0)
-    parts = np.where(own, np.asarray(partitions)[at], fallback[0]).tolist() if len(src) else []
-    offs = np.where(own, np.asarray(offsets)[at], fallback[1]).tolist() if len(src) else []
+    parts = np.where(own, np.asarray(partitions)[at], fallback[0]).tolist()
+    offs = np.where(own, np.asarray(offsets)[at], fallback[1]).tolist()
     return [change_id(uid, p, o, seg) for uid, seg, p, o in zip(changes.user_ids, changes.segments.tolist(), parts, offs)]
 
 
