@@ -4,7 +4,7 @@
 
 For each size, the real pipeline (raw encoder) is fed events of new users until it
 holds ``users`` users spread over 6 partitions; then the snapshot of every partition
-plus the shared state is written with :class:`~stream.checkpoints.CheckpointStore`
+plus the shared state is written with :class:`~stream.runtime.checkpoints.CheckpointStore`
 (fsync included) and read back into a fresh pipeline as a restore on start does.
 Prints one JSON object per size: seconds to write, seconds to restore, bytes on disk.
 """
@@ -20,8 +20,8 @@ import msgpack
 import numpy as np
 
 from bench.common import emit
-from stream.checkpoints import CheckpointStore
-from stream.pipeline import Pipeline
+from stream.runtime.checkpoints import CheckpointStore
+from stream.runtime.pipeline import Pipeline
 from stream.settings import Settings
 
 PARTS = 6

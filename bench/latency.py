@@ -36,7 +36,7 @@ ACTIONS = ("view", "click", "add_to_cart", "purchase", "rate")
 
 
 def reader(bootstrap: str, topic: str, seconds: float, out: str) -> None:
-    from stream.kafka_io import make_consumer
+    from stream.kafka.clients import make_consumer
     from stream.settings import Settings
 
     c = make_consumer(Settings(bootstrap=bootstrap), topic, group_id=f"reader-{uuid.uuid4().hex[:6]}",
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         reader(a.reader[0], a.reader[1], float(a.reader[2]), a.reader[3])
         return 0
 
-    from stream.embedded_broker import EmbeddedBroker, free_port
-    from stream.kafka_io import ensure_topics, make_producer
+    from stream.kafka.embedded_broker import EmbeddedBroker, free_port
+    from stream.kafka.clients import ensure_topics, make_producer
     from stream.settings import Settings
 
     encoder = bench_encoder(synthetic_log(20_000, 200_000), a.dim)

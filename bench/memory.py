@@ -43,7 +43,7 @@ def _settle() -> int:
 
 
 def measure(users: int, encoder: str, segments: int) -> dict[str, Any]:
-    from stream.pipeline import Pipeline
+    from stream.runtime.pipeline import Pipeline
     from stream.settings import Settings
 
     p = Pipeline.from_settings(Settings(encoder=encoder, segments=segments, max_users=users, metrics_port=0),

@@ -22,7 +22,7 @@ def naive_rate(log: Path, encoder: Path, segments: int, users: int, limit: int) 
 
     from encoders.serving import load_encoder
     from state.user_store import UserStore
-    from stream.events import EventDecoder
+    from state.events import EventDecoder
 
     enc = load_encoder(str(encoder), device="cpu")
     store = UserStore(enc.spec, capacity=max(2 * users, 1000))

@@ -3,11 +3,11 @@
     python -m bench.produce --events 100000
 
 Segment events shaped like contract v1 (about 130 bytes, keyed by user) go
-through :class:`stream.kafka_io.Publisher` to a 4-partition topic of the
+through :class:`stream.kafka.clients.Publisher` to a 4-partition topic of the
 embedded broker, ``--batch`` at a time, each batch confirmed before the next
 (as the consumer loop does): once with one ``send`` per record
 (``SEGSTREAM_COLUMNAR_PRODUCE=false``) and once as whole record batches
-(:mod:`stream.batch_produce`, the default). The rate is records confirmed per
+(:mod:`stream.kafka.batch_produce`, the default). The rate is records confirmed per
 second of send + confirm.
 """
 
@@ -24,7 +24,7 @@ from bench.common import emit, note
 
 
 def publish_rate(bootstrap: str, keys: list[bytes], values: list[bytes], batch: int, *, columnar: bool) -> dict[str, Any]:
-    from stream.kafka_io import Publisher, ensure_topics, make_producer
+    from stream.kafka.clients import Publisher, ensure_topics, make_producer
     from stream.settings import Settings
 
     topic = f"produce-{uuid.uuid4().hex[:6]}"
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=2000, help="records per send_many + confirm")
     a = p.parse_args(argv)
-    from stream.embedded_broker import EmbeddedBroker
+    from stream.kafka.embedded_broker import EmbeddedBroker
 
     keys = [f"user-{i % 50_000:06d}".encode() for i in range(a.events)]
     values = [msgpack.packb({"schema": 1, "user_id": k.decode(), "segment": i % 8, "previous_segment": 3,

@@ -39,7 +39,7 @@ def _rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
                              f"{b['pipeline']['segment_changes']:,} segment events published)", cmd))
         elif r.get("bench") == "produce":
             for name, label in (("send_per_record", "kafka-python `send` per record"),
-                                ("record_batches", "whole record batches (`stream/batch_produce.py`)")):
+                                ("record_batches", "whole record batches (`stream/kafka/batch_produce.py`)")):
                 g = f[name]
                 rows.append((f"publish + confirm segment events: {label}",
                              f"{g['records']:,} events, {p['batch']:,} per confirm, {p['partitions']} partitions",

@@ -68,7 +68,7 @@ def _scrape(port: int) -> tuple[float, set[int]]:
 
 def run_group(bootstrap: str, topic: str, produced: int, instances: int, partitions: int, encoder: str,
               segments: int, measure_s: float, global_model: bool = True, decode_process: bool = False) -> dict[str, Any]:
-    from stream.embedded_broker import free_port
+    from stream.kafka.embedded_broker import free_port
 
     group = f"scale-{uuid.uuid4().hex[:6]}"
     procs, ports = [], []
@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                         "each instance then uses one core, the unit of scale-out)")
     a = p.parse_args(argv)
 
-    from stream.embedded_broker import EmbeddedBroker
-    from stream.kafka_io import ensure_topics
-    from stream.producer import produce_log
+    from stream.kafka.embedded_broker import EmbeddedBroker
+    from stream.kafka.clients import ensure_topics
+    from stream.cli.producer import produce_log
     from stream.settings import Settings
 
     log = synthetic_log(a.users, a.events)

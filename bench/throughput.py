@@ -9,12 +9,12 @@ produced into a topic of the embedded broker, then, in the same run, (1) a
 plain kafka-python consumer reads the topic with no processing (the client's
 own ceiling: kafka-python's record-at-a-time decoding; once more under Python's default gc
 thresholds, ``raw_consume_python_gc``, as a plain kafka-python application runs), (2) the same consumer with segstream's
-columnar batch decoder (:mod:`stream.records`) and no processing, and (3) ``segstream run``'s consumer loop
+columnar batch decoder (:mod:`stream.kafka.records`) and no processing, and (3) ``segstream run``'s consumer loop
 processes it. Rates
 count records after each consumer's first non-empty poll, so the group join
 (a few seconds) is excluded from both sides equally. ``ratio`` =
 pipeline / raw. Every mode runs under the process settings ``segstream run``
-applies (:func:`stream.pipeline.tune_process`: thread caps and the gc
+applies (:func:`stream.runtime.pipeline.tune_process`: thread caps and the gc
 threshold, which alone moves kafka-python's raw consume rate by ~20%), set
 before the first mode, and after a full collection, so the figures do not
 depend on which modes ran before in the same process.
@@ -42,7 +42,7 @@ def _settings(encoder: Path, segments: int, users: int, **kw: Any):
 
 
 def file_rate(log: Path, encoder: Path, segments: int, users: int) -> dict[str, Any]:
-    from stream.replay import replay_log
+    from stream.runtime.replay import replay_log
 
     s = replay_log(_settings(encoder, segments, users), log, clock="event")
     return {"events": s.events, "seconds": round(s.seconds, 3), "events_per_s": round(s.events_per_second),
@@ -64,8 +64,8 @@ def gc_thresholds(thresholds: tuple[int, ...]) -> Iterator[None]:
 
 def raw_consume_rate(bootstrap: str, topic: str, expect: int, *, columnar: bool = False) -> dict[str, Any]:
     """Records/s of a consumer that does nothing with them; ``columnar``: with segstream's batch decoder."""
-    from stream.kafka_io import make_consumer
-    from stream.records import install_columnar_fetch
+    from stream.kafka.clients import make_consumer
+    from stream.kafka.records import install_columnar_fetch
     from stream.settings import Settings
 
     # the same client configuration as segstream's own consumer
@@ -91,7 +91,7 @@ def raw_consume_rate(bootstrap: str, topic: str, expect: int, *, columnar: bool 
 
 def pipeline_consume_rate(bootstrap: str, topic: str, expect: int, encoder: Path, segments: int,
                           users: int) -> dict[str, Any]:
-    from stream.app import run_consumer
+    from stream.runtime.app import run_consumer
 
     marks: list[tuple[float, int]] = []
 
@@ -109,9 +109,9 @@ def pipeline_consume_rate(bootstrap: str, topic: str, expect: int, encoder: Path
 
 def broker_rates(log: Path, events: int, encoder: Path, segments: int, users: int,
                  partitions: int) -> dict[str, Any]:
-    from stream.embedded_broker import EmbeddedBroker
-    from stream.kafka_io import ensure_topics
-    from stream.producer import produce_log
+    from stream.kafka.embedded_broker import EmbeddedBroker
+    from stream.kafka.clients import ensure_topics
+    from stream.cli.producer import produce_log
     from stream.settings import Settings
 
     with EmbeddedBroker() as broker:
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     encoder = bench_encoder(synthetic_log(20_000, 200_000), a.dim)
     figures: dict[str, Any] = {}
     modes = a.modes.split(",")
-    from stream.pipeline import tune_process
+    from stream.runtime.pipeline import tune_process
     from stream.settings import Settings
 
     tune_process(Settings())

@@ -26,7 +26,7 @@ from encoders.models import StateAutoencoder
 from eventlogs.recorded import read_event_chunks, read_events
 from state.features import DEFAULT_HALF_LIFE_S, FeatureSpec
 from state.user_store import Features, UserStore
-from stream.events import EventDecoder
+from state.events import EventDecoder
 
 __all__ = ["TrainConfig", "train_encoder", "replay_features", "category_vocabulary", "TRAINERS"]
 

@@ -44,7 +44,7 @@ from encoders.train import fit
 from eventlogs.recorded import read_event_chunks
 from state.features import FeatureSpec
 from state.user_store import UserStore
-from stream.events import EventDecoder
+from state.events import EventDecoder
 
 __all__ = ["item_vocabulary", "next_item_examples", "NextItemExamples", "train_item_pool"]
 

@@ -3,7 +3,7 @@
 Protocol (see :mod:`evaluation.hitrate`): each user's first 80% of ratings by
 time are history, the rest held out. Encoders are trained on the history log
 only (``segstream train-encoder``'s code), the history is replayed through the
-consumer's :class:`~stream.pipeline.Pipeline` (event-time clock, the same
+consumer's :class:`~stream.runtime.pipeline.Pipeline` (event-time clock, the same
 micro-batches, online k-means, hysteresis), and each user's *final streaming
 segment* decides their recommendations: the 10 items most rated in that
 segment's history that the user has not rated. Reported per encoder (``raw``:
@@ -65,12 +65,12 @@ def _replay(log: Path, encoder: Path | None, k: int, seed: int, batch_events: in
     from sklearn.metrics import silhouette_score
 
     from state.segments import squared_distances
-    from stream.replay import replay_log
+    from stream.runtime.replay import replay_log
     from stream.settings import Settings
 
     settings = Settings(segments=k, seed=seed, encoder=str(encoder) if encoder else "", batch_max_events=batch_events,
                         warmup_users=max(k, warmup_users), encoder_device="cpu", metrics_port=0)
-    from stream.pipeline import Pipeline
+    from stream.runtime.pipeline import Pipeline
 
     pipeline = Pipeline.from_settings(settings, now=lambda: float("inf"))
     replay_log(settings, log, None, clock="event", pipeline=pipeline)

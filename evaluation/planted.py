@@ -3,7 +3,7 @@
 ``segstream evaluate planted`` generates a log with ``--groups`` planted user
 groups (:mod:`eventlogs.synthetic`); half-way through event time
 ``--drift-groups`` of them switch to new interests. The log is replayed
-through the same :class:`~stream.pipeline.Pipeline` as ``segstream run``
+through the same :class:`~stream.runtime.pipeline.Pipeline` as ``segstream run``
 and, every ``--checkpoint-events`` events, the harness records:
 
 - ``ari`` / ``nmi``: online segments of the users seen so far vs their planted group;
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from eventlogs.synthetic import SyntheticConfig, generate
-from stream.pipeline import Pipeline
+from stream.runtime.pipeline import Pipeline
 from stream.settings import Settings
 
 __all__ = ["add_arguments", "main", "run_planted", "summarise"]

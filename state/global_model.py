@@ -5,7 +5,7 @@ sees only the users of its partitions. Each keeps a local
 :class:`~state.kmeans.OnlineKMeans` (river, exactly as in single-instance
 mode) but assigns users **only with the global model**: a
 :class:`~state.segments.SegmentModel` that it has read back from the model
-topic. The protocol, as plain messages (:mod:`stream.model_sync` carries them
+topic. The protocol, as plain messages (:mod:`stream.runtime.model_sync` carries them
 over Kafka, schema ``segstream.model/1``):
 
 1. **v1**: the leader (the instance that owns partition 0 of the input topic)

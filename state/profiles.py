@@ -8,7 +8,7 @@ so that profiling costs the same whatever the number of users.
 
     >>> import numpy as np
     >>> from eventlogs.synthetic import SyntheticConfig, generate
-    >>> from stream.pipeline import Pipeline
+    >>> from stream.runtime.pipeline import Pipeline
     >>> from stream.settings import Settings
     >>> p = Pipeline.from_settings(Settings(segments=2, warmup_users=20, model_update_events=100))
     >>> _ = p.process_objects(list(generate(SyntheticConfig(users=40, groups=2, events=400))))

@@ -9,7 +9,7 @@ row times ``2 ** (-(t_u - t0) / h)``. When the batch's newest event drifts
 far from ``t0`` every row is rescaled once ("rebase"), keeping float32 safe.
 
     >>> from state.features import FeatureSpec
-    >>> from stream.events import EventDecoder
+    >>> from state.events import EventDecoder
     >>> spec = FeatureSpec(half_life_s=10.0)
     >>> dec = EventDecoder(spec, now=lambda: 2e9)
     >>> batch, _ = dec.decode_objects([
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from state.features import FeatureSpec
-from stream.events import EventBatch
+from state.events import EventBatch
 
 __all__ = ["UserStore", "Features", "ApplyResult"]
 

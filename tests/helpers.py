@@ -19,8 +19,8 @@ import msgpack
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.embedded_broker import free_port
-from stream.kafka_io import ensure_topics
+from stream.kafka.embedded_broker import free_port
+from stream.kafka.clients import ensure_topics
 from stream.settings import Settings
 
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}

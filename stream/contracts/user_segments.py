@@ -1,0 +1,159 @@
+"""Output contracts: what recommenders read from segstream's topics.
+
+``user-segments`` (schema 1), key = user id (UTF-8), value = msgpack map::
+
+    schema            1
+    user_id           str    the user (ids are always published as strings)
+    segment           int    the new segment id
+    previous_segment  int | nil
+    event_time        float  ts of the event that caused the change (epoch s); for a re-assignment the
+                             model caused (segment ended, split or merged; a restored user queued for
+                             a segment), the newest ts of the micro-batch that made it
+    emitted_at        float  wall clock when published (epoch s)
+    model_version     int    segment model version that made the decision
+    distance          float  distance to the segment's centroid
+    seq               int    per-user change counter (+1 per change)
+    change_id         str    deterministic id of this change: a hash of (user, source partition,
+                             source offset, new segment); a re-sent change after a crash has the same id
+
+A null value (tombstone) for a user key means the user was erased.
+
+Dead letters (``user-events-dlq``): key and value are the original record's,
+byte for byte; headers say why (``segstream.dlq.reason``, ``.detail``) and
+where it came from (``segstream.source.topic``, ``.partition``, ``.offset``).
+
+    >>> import numpy as np
+    >>> from stream.runtime.pipeline import SegmentChanges
+    >>> ch = SegmentChanges(["u1"], np.array([3]), np.array([-1]), np.array([0.5], np.float32),
+    ...                     np.array([1], np.uint32), np.array([1.7e9]), np.array([0]), 2)
+    >>> (key, value), = encode_segment_changes(ch, emitted_at=1.7e9 + 1)
+    >>> key, decode_segment_event(value)["previous_segment"]
+    (b'u1', None)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from state.events import Rejected
+
+__all__ = ["SEGMENT_SCHEMA_VERSION", "encode_segment_changes", "change_id", "change_ids", "decode_segment_event", "dead_letter_headers",
+           "ContractError", "SEGMENT_EVENT_FIELDS"]
+
+SEGMENT_SCHEMA_VERSION = 1
+
+#: field -> accepted Python types after msgpack decoding
+SEGMENT_EVENT_FIELDS: dict[str, tuple[type, ...]] = {
+    "schema": (int,),
+    "user_id": (str,),
+    "segment": (int,),
+    "previous_segment": (int, type(None)),
+    "event_time": (float,),
+    "emitted_at": (float,),
+    "model_version": (int,),
+    "distance": (float,),
+    "seq": (int,),
+}
+
+
+#: optional fields: checked when present
+SEGMENT_EVENT_OPTIONAL: dict[str, tuple[type, ...]] = {"change_id": (str,)}
+
+
+def change_id(user_id: str, partition: int, offset: int, segment: int) -> str:
+    """Deterministic id of a segment change (idempotent outputs, issue 6).
+
+    >>> change_id("u1", 0, 41, 3) == change_id("u1", 0, 41, 3) != change_id("u1", 0, 42, 3)
+    True
+    """
+    raw = f"{user_id}\x1f{partition}\x1f{offset}\x1f{segment}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def change_ids(changes: Any, partitions: Any, offsets: Any, fallback: tuple[int, int]) -> list[str]:
+    """One id per change; ``partitions``/``offsets`` indexed by the change's ``source_index``.
+
+    A change with no source event in the batch (seeding, re-assignment after a segment retired)
+    takes ``fallback`` = (partition, offset) of the batch's last record.
+    """
+    src = np.asarray(changes.source_index)
+    if len(src) == 0:
+        return []
+    own = src >= 0
+    at = np.where(own, src, 0)
+    parts = np.where(own, np.asarray(partitions)[at], fallback[0]).tolist()
+    offs = np.where(own, np.asarray(offsets)[at], fallback[1]).tolist()
+    return [change_id(uid, p, o, seg) for uid, seg, p, o in zip(changes.user_ids, changes.segments.tolist(), parts, offs)]
+
+
+class ContractError(ValueError):
+    """A message does not conform to the published contract."""
+
+
+def encode_segment_changes(changes: Any, emitted_at: float, ids: list[str] | None = None) -> list[tuple[bytes, bytes]]:
+    """(key, value) per change, in order (``ids``: each change's :func:`change_id`)."""
+    packb = msgpack.Packer().pack  # what msgpack.packb does, without a new Packer per change
+    version = int(changes.model_version)
+    out = []
+    for i, (uid, seg, prev, et, dist, seq) in enumerate(zip(
+        changes.user_ids, changes.segments.tolist(), changes.previous.tolist(), changes.event_time.tolist(),
+        changes.distances.tolist(), changes.seq.tolist(),
+    )):
+        value = {
+            "schema": SEGMENT_SCHEMA_VERSION,
+            "user_id": uid,
+            "segment": seg,
+            "previous_segment": None if prev < 0 else prev,
+            "event_time": et,
+            "emitted_at": emitted_at,
+            "model_version": version,
+            "distance": dist,
+            "seq": seq,
+        }
+        if ids is not None:
+            value["change_id"] = ids[i]
+        out.append((uid.encode(), packb(value)))
+    return out
+
+
+def decode_checked(value: bytes, fields: dict[str, tuple[type, ...]], schema: int,
+                   optional: dict[str, tuple[type, ...]] | None = None) -> dict[str, Any]:
+    """Decode a msgpack map and check its schema number, required ``fields`` and ``optional`` ones
+    (name -> allowed types); raises :class:`ContractError`. Shared by every output contract."""
+    try:
+        obj = msgpack.unpackb(value, raw=False)
+    except Exception as exc:
+        raise ContractError(f"not msgpack: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ContractError("not a map")
+    if obj.get("schema") != schema:
+        raise ContractError(f"schema {obj.get('schema')!r}, expected {schema}")
+    for name, types in fields.items():
+        if name not in obj:
+            raise ContractError(f"missing field {name}")
+        if type(obj[name]) not in types:
+            raise ContractError(f"{name}: {type(obj[name]).__name__} not in {[t.__name__ for t in types]}")
+    for name, types in (optional or {}).items():
+        if name in obj and type(obj[name]) not in types:
+            raise ContractError(f"{name}: {type(obj[name]).__name__} not in {[t.__name__ for t in types]}")
+    return obj
+
+
+def decode_segment_event(value: bytes) -> dict[str, Any]:
+    """Decode and check one ``user-segments`` value against schema 1 (what a careful client does)."""
+    return decode_checked(value, SEGMENT_EVENT_FIELDS, SEGMENT_SCHEMA_VERSION, SEGMENT_EVENT_OPTIONAL)
+
+
+def dead_letter_headers(rejected: Rejected, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    return [
+        ("segstream.dlq.schema", b"1"),
+        ("segstream.dlq.reason", rejected.reason.encode()),
+        ("segstream.dlq.detail", rejected.detail.encode("utf-8", "replace")[:1000]),
+        ("segstream.source.topic", topic.encode()),
+        ("segstream.source.partition", str(partition).encode()),
+        ("segstream.source.offset", str(offset).encode()),
+    ]

@@ -1,0 +1,222 @@
+"""Kafka edges: client construction, topic set-up, and a publisher that confirms every send.
+
+Consumers never auto-commit and start from the earliest offset of a new
+group; producers wait for all in-sync replicas. Security options
+(SASL/SSL) come from :class:`~stream.settings.Settings` and reach every client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from stream.kafka.batch_produce import append_run, encode_runs, run_error, supports_runs
+from stream.observability.metrics import Metrics
+from stream.kafka.partitioning import partitions_for_keys
+from stream.settings import Settings
+
+__all__ = ["make_consumer", "make_producer", "make_admin", "ensure_topics", "Publisher", "PublishError", "wait_for_broker"]
+
+log = logging.getLogger(__name__)
+
+
+def _servers(settings: Settings) -> list[str]:
+    return [s.strip() for s in settings.bootstrap.split(",") if s.strip()]
+
+
+def make_consumer(settings: Settings, *topics: str, **overrides: Any) -> KafkaConsumer:
+    cfg: dict[str, Any] = dict(
+        bootstrap_servers=_servers(settings),
+        client_id=settings.client_id,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        max_poll_records=settings.batch_max_events,
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_wait_ms=min(100, max(1, settings.batch_max_wait_ms)),
+        **settings.kafka_security(),
+    )
+    if settings.group_instance_id:
+        cfg["group_instance_id"] = settings.group_instance_id
+    cfg.update(overrides)
+    return KafkaConsumer(*topics, **cfg)
+
+
+def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
+    cfg: dict[str, Any] = dict(
+        bootstrap_servers=_servers(settings),
+        client_id=settings.client_id,
+        acks="all",
+        linger_ms=5,
+        batch_size=256 << 10,
+        max_request_size=8 << 20,
+        retries=5,
+        **settings.kafka_security(),
+    )
+    cfg.update(overrides)
+    return KafkaProducer(**cfg)
+
+
+def make_admin(settings: Settings, **overrides: Any) -> KafkaAdminClient:
+    return KafkaAdminClient(bootstrap_servers=_servers(settings), client_id=f"{settings.client_id}-admin",
+                            **settings.kafka_security(), **overrides)
+
+
+def wait_for_broker(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Block until the bootstrap servers answer (or raise after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            make_admin(settings, request_timeout_ms=2000).close()
+            return
+        except Exception as exc:  # NoBrokersAvailable and friends
+            last = exc
+            time.sleep(0.2)
+    raise TimeoutError(f"no Kafka broker answered at {settings.bootstrap} within {timeout_s:.0f}s ({last})")
+
+
+def ensure_topics(settings: Settings, topics: dict[str, int], *, configs: dict[str, dict[str, str]] | None = None,
+                  replication: int = 1) -> None:
+    """Create missing topics (name -> partitions); existing ones are left as they are."""
+    configs = configs or {}
+    admin = make_admin(settings)
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(name, parts, replication, topic_configs=configs.get(name, {}))
+               for name, parts in topics.items() if name not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+class PublishError(RuntimeError):
+    """Outputs could not be confirmed: offsets must not be committed."""
+
+
+class _Pending(NamedTuple):
+    """A send awaiting confirmation: one record (``future`` of ``send``) or one run of a partition's records."""
+
+    topic: str
+    keys: Sequence[bytes | None]
+    values: Sequence[bytes | None]
+    headers: list[tuple[str, bytes]] | None
+    partition: int | None
+    future: Any
+    run: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(self.keys)
+
+
+class Publisher:
+    """Sends records and, on :meth:`confirm`, blocks until each one is acknowledged.
+
+    A failed send is re-sent (up to ``retries`` rounds) before confirm gives
+    up with :class:`PublishError`; the caller then must not commit offsets.
+    With ``columnar`` (the default), :meth:`send_many` writes each partition's
+    records as whole record batches (:mod:`stream.kafka.batch_produce`) instead of
+    one ``send`` per record.
+    """
+
+    def __init__(self, producer: KafkaProducer, metrics: Metrics | None = None, *, retries: int = 3,
+                 timeout_s: float = 60.0, columnar: bool = True) -> None:
+        self.producer = producer
+        self.metrics = metrics
+        self.retries = retries
+        self.timeout_s = timeout_s
+        self.columnar = columnar and supports_runs(producer)
+        self._pending: list[_Pending] = []
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> None:
+        fut = self.producer.send(topic, key=key, value=value, headers=headers)
+        self._pending.append(_Pending(topic, (key,), (value,), headers, None, fut))
+
+    def send_many(self, topic: str, keys: Sequence[bytes], values: Sequence[bytes | None]) -> None:
+        """Send keyed records, partitioned exactly as Kafka's default partitioner would, hashed per batch."""
+        if not keys:
+            return
+        count = len(self.producer.partitions_for(topic))
+        partitions = partitions_for_keys(keys, count)
+        if self.columnar:
+            self._send_runs(topic, keys, values, partitions)
+            return
+        send, pending = self.producer.send, self._pending
+        for key, value, part in zip(keys, values, partitions.tolist()):
+            pending.append(_Pending(topic, (key,), (value,), None, part,
+                                    send(topic, key=key, value=value, partition=part)))
+
+    def _send_runs(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes | None],
+                   partitions: np.ndarray) -> None:
+        order = np.argsort(partitions, kind="stable")
+        bounds = np.flatnonzero(np.diff(partitions[order])) + 1
+        config = self.producer.config
+        for rows in np.split(order, bounds):
+            part = int(partitions[rows[0]])
+            rows_list = rows.tolist()
+            pk = [keys[i] for i in rows_list]
+            pv = [values[i] for i in rows_list]
+            for run in encode_runs(pk, pv, batch_size=config["batch_size"], max_request_size=config["max_request_size"]):
+                self._pending.append(_Pending(topic, pk[run.start:run.stop], pv[run.start:run.stop], None, part,
+                                              append_run(self.producer, topic, part, run), run=True))
+
+    def __len__(self) -> int:
+        return sum(p.count for p in self._pending)
+
+    def confirm(self) -> int:
+        """Flush and check every send since the last confirm; returns how many records were confirmed."""
+        pending, self._pending = self._pending, []
+        confirmed = 0
+        for attempt in range(self.retries + 1):
+            self.producer.flush(timeout=self.timeout_s)
+            failed: list[_Pending] = []
+            for p in pending:
+                error = self._outcome(p)
+                if error is None:
+                    confirmed += p.count
+                    continue
+                failed.append(p)
+                if self.metrics is not None:
+                    self.metrics.publish_failures.inc(p.count)
+                log.warning("send of %d record(s) to %s failed (attempt %d): %s", p.count, p.topic, attempt + 1, error)
+            if not failed:
+                return confirmed
+            pending = []
+            time.sleep(min(2.0, 0.1 * 2**attempt))
+            for p in failed:
+                if p.run:
+                    self._send_runs(p.topic, p.keys, p.values, np.full(p.count, p.partition, dtype=np.int64))
+                else:
+                    self._pending.append(p._replace(future=self.producer.send(
+                        p.topic, key=p.keys[0], value=p.values[0], headers=p.headers, partition=p.partition)))
+            pending, self._pending = self._pending, []
+        raise PublishError(f"{sum(p.count for p in pending)} records could not be published after "
+                           f"{self.retries + 1} attempts")
+
+    def _outcome(self, p: _Pending) -> BaseException | None:
+        if p.run:
+            return run_error(p.future)
+        fut = p.future
+        if fut.is_done and fut.succeeded():
+            return None
+        try:
+            fut.get(timeout=self.timeout_s)
+            return None
+        except KafkaError as exc:
+            return exc

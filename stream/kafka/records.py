@@ -1,0 +1,396 @@
+"""Kafka records as columns, decoded a whole record batch at a time.
+
+kafka-python turns every fetched record into a ``ConsumerRecord`` with a
+pure-Python varint decoder: about 9 µs a record on the reference machine, the
+largest single cost of ``segstream run`` (py-spy: 29% of the loop) and the
+whole of kafka-python's own consume ceiling. :class:`Records` holds a run of
+records as columns instead (offsets, timestamps and partitions as numpy arrays,
+keys and values as lists of ``bytes``), and :func:`decode_batch` fills one from
+a v2 record batch with numpy over all its records: only the walk over record
+lengths is a Python loop.
+
+:func:`install_columnar_fetch` plugs the decoder into a ``KafkaConsumer``'s
+fetcher, so group membership, positions, fetch sessions and CRC checks stay
+kafka-python's; ``poll()`` then returns ``{TopicPartition: [Records, ...]}``
+and ``max_records`` still counts records. Batches the fast decoder does not
+take (message format v0/v1) go through kafka-python's own record iterator
+into the same columns. The decoder is checked against kafka-python's iterator
+on random batches (``tests/stream/kafka/test_records.py``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+from kafka import codec
+from kafka.errors import CorruptRecordError
+from kafka.structs import TopicPartition
+
+__all__ = ["Records", "RecordView", "decode_batch", "install_columnar_fetch", "as_records"]
+
+log = logging.getLogger(__name__)
+
+_HEADER = 61  # bytes of a v2 batch header before its records
+_LOG_APPEND_TIME = 0x08
+_CONTROL = 0x20
+_CODECS = {1: codec.gzip_decode, 2: codec.snappy_decode, 3: codec.lz4_decode, 4: codec.zstd_decode}
+
+
+class RecordView(NamedTuple):
+    """One record of a :class:`Records` (what the dead-letter path needs)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+
+
+@dataclass(slots=True, eq=False)
+class Records:
+    """Consecutive records of one topic as columns, in fetch order.
+
+    ``partitions``/``offsets`` (int64) and ``timestamps`` (int64 ms) are arrays;
+    ``keys``/``values`` lists of ``bytes`` or ``None``. ``headers`` is ``None``
+    when no record has any, else a list with one list per record.
+
+    >>> r = Records.single("t", 0, np.array([5, 6]), np.array([1000, 2000]), [b"a", None], [b"x", b"y"])
+    >>> len(r), r[1].offset, r[1].value
+    (2, 6, b'y')
+    >>> both = Records.concat([r, Records.single("t", 1, np.array([9]), np.array([3000]), [None], [b"z"])])
+    >>> both.partitions.tolist(), both[-1].offset
+    ([0, 0, 1], 9)
+    """
+
+    topic: str
+    partitions: np.ndarray
+    offsets: np.ndarray
+    timestamps: np.ndarray
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    headers: list[list[tuple[str, bytes | None]]] | None = None
+
+    @classmethod
+    def single(cls, topic: str, partition: int, offsets: np.ndarray, timestamps: np.ndarray,
+               keys: list[bytes | None], values: list[bytes | None],
+               headers: list[list[tuple[str, bytes | None]]] | None = None) -> Records:
+        parts = np.full(len(offsets), partition, dtype=np.int64)
+        return cls(topic, parts, offsets.astype(np.int64, copy=False), timestamps.astype(np.int64, copy=False),
+                   keys, values, headers)
+
+    @classmethod
+    def empty(cls, topic: str = "") -> Records:
+        z = np.zeros(0, dtype=np.int64)
+        return cls(topic, z, z, z, [], [])
+
+    @classmethod
+    def concat(cls, parts: Sequence[Records]) -> Records:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
+        topics = {p.topic for p in parts}
+        if len(topics) != 1:
+            raise ValueError(f"records of several topics cannot share columns: {sorted(topics)}")
+        headers = None
+        if any(p.headers is not None for p in parts):
+            headers = list(itertools.chain.from_iterable(p.headers or [[]] * len(p) for p in parts))
+        return cls(parts[0].topic, np.concatenate([p.partitions for p in parts]),
+                   np.concatenate([p.offsets for p in parts]), np.concatenate([p.timestamps for p in parts]),
+                   list(itertools.chain.from_iterable(p.keys for p in parts)),
+                   list(itertools.chain.from_iterable(p.values for p in parts)), headers)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def offset(self) -> int:
+        """Offset of the first record."""
+        return int(self.offsets[0])
+
+    def __getitem__(self, i: int) -> RecordView:
+        return RecordView(self.topic, int(self.partitions[i]), int(self.offsets[i]), int(self.timestamps[i]),
+                          self.keys[i], self.values[i], self.headers[i] if self.headers is not None else [])
+
+    def select(self, index: slice | np.ndarray) -> Records:
+        """The records at ``index`` (a slice, a boolean mask or positions), order kept."""
+        if isinstance(index, slice):
+            keys, values = self.keys[index], self.values[index]
+            headers = self.headers[index] if self.headers is not None else None
+        else:
+            pos = np.flatnonzero(index) if index.dtype == bool else index
+            ix = pos.tolist()
+            keys, values = [self.keys[i] for i in ix], [self.values[i] for i in ix]
+            headers = [self.headers[i] for i in ix] if self.headers is not None else None
+        return Records(self.topic, self.partitions[index], self.offsets[index], self.timestamps[index],
+                       keys, values, headers)
+
+    def value_bytes(self) -> int:
+        return sum(map(len, filter(None, self.values)))
+
+    def next_offsets(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset after its last record here."""
+        out: dict[TopicPartition, int] = {}
+        if not len(self):
+            return out
+        parts = self.partitions
+        for p in np.unique(parts).tolist():
+            out[TopicPartition(self.topic, p)] = int(self.offsets[parts == p].max()) + 1
+        return out
+
+
+def as_records(tp: TopicPartition, fetched: Iterable[Any]) -> Records:
+    """Columns of what ``poll()`` returned for one partition: :class:`Records` or ConsumerRecords."""
+    blocks: list[Records] = []
+    loose: list[Any] = []
+    for item in fetched:
+        if isinstance(item, Records):
+            if loose:
+                blocks.append(_from_consumer_records(tp, loose))
+                loose = []
+            blocks.append(item)
+        else:
+            loose.append(item)
+    if loose:
+        blocks.append(_from_consumer_records(tp, loose))
+    out = Records.concat(blocks)
+    return out if len(out) else Records.empty(tp.topic)
+
+
+def _from_consumer_records(tp: TopicPartition, recs: Sequence[Any]) -> Records:
+    headers = [list(r.headers or []) for r in recs]
+    return Records.single(tp.topic, tp.partition, np.array([r.offset for r in recs], dtype=np.int64),
+                          np.array([r.timestamp for r in recs], dtype=np.int64), [r.key for r in recs],
+                          [r.value for r in recs], headers if any(headers) else None)
+
+
+# ----- decoding a v2 record batch ------------------------------------------------
+
+def _varints(buf: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zig-zag varints starting at every ``pos`` (``buf`` padded with 10 zero bytes): values and next positions."""
+    b = buf[pos].astype(np.int64)
+    raw = b & 0x7F
+    nxt = pos + 1
+    cont = np.flatnonzero(b >= 0x80)
+    shift = 7
+    while len(cont):
+        if shift > 63:
+            raise CorruptRecordError("varint longer than 10 bytes in a record batch")
+        b = buf[nxt[cont]].astype(np.int64)
+        raw[cont] |= (b & 0x7F) << shift
+        nxt[cont] += 1
+        cont = cont[b >= 0x80]
+        shift += 7
+    return (raw >> 1) ^ -(raw & 1), nxt
+
+
+def _varint(buf: bytes | bytearray, pos: int) -> tuple[int, int]:
+    raw, shift = 0, 0
+    while True:
+        b = buf[pos]
+        raw |= (b & 0x7F) << shift
+        pos += 1
+        if b < 0x80:
+            return (raw >> 1) ^ -(raw & 1), pos
+        shift += 7
+        if shift > 63:
+            raise CorruptRecordError("varint longer than 10 bytes in a record batch")
+
+
+def _headers(payload: bytes, pos: int, count: int) -> tuple[list[tuple[str, bytes | None]], int]:
+    out = []
+    for _ in range(count):
+        klen, pos = _varint(payload, pos)
+        if klen < 0:
+            raise CorruptRecordError(f"negative header key size {klen}")
+        key = payload[pos:pos + klen].decode("utf-8")
+        pos += klen
+        vlen, pos = _varint(payload, pos)
+        value = None
+        if vlen >= 0:
+            value, pos = payload[pos:pos + vlen], pos + vlen
+        out.append((key, value))
+    return out, pos
+
+
+def decode_batch(batch: Any, tp: TopicPartition, min_offset: int = 0) -> Records:
+    """The records of kafka-python's ``DefaultRecordBatch`` (message format v2) at offsets ≥ ``min_offset``.
+
+    Raises ``CorruptRecordError`` where the batch's framing does not add up
+    (record sizes, varints, record count), like kafka-python's own iterator.
+    """
+    n = batch.records_count
+    raw = bytes(batch._buffer)  # the whole batch; kafka-python exposes no public accessor for it
+    payload = raw[_HEADER:]
+    if batch.compression_type:
+        decode = _CODECS.get(batch.compression_type)
+        if decode is None:
+            raise CorruptRecordError(f"unknown compression type {batch.compression_type}")
+        payload = bytes(decode(payload))
+    starts = np.empty(n, dtype=np.int64)
+    lengths = np.empty(n, dtype=np.int64)
+    pos, end = 0, len(payload)
+    try:
+        for i in range(n):  # the only per-record Python work: walk the length prefixes
+            b = payload[pos]
+            if b < 0x80:
+                length, pos = (b >> 1) ^ -(b & 1), pos + 1
+            elif payload[pos + 1] < 0x80:  # records of 64 to 8191 bytes
+                raw = (b & 0x7F) | (payload[pos + 1] << 7)
+                length, pos = (raw >> 1) ^ -(raw & 1), pos + 2
+            else:
+                length, pos = _varint(payload, pos)
+            starts[i], lengths[i] = pos, length
+            pos += length
+    except IndexError:
+        raise CorruptRecordError(f"record batch of {tp} at offset {batch.base_offset} ends inside a record") from None
+    if pos != end or (n and lengths.min() < 0):
+        raise CorruptRecordError(f"record batch of {tp} at offset {batch.base_offset}: record sizes do not add up "
+                                 f"({pos} of {end} bytes)")
+    buf = np.frombuffer(payload + b"\0" * 10, dtype=np.uint8)
+    ts_delta, p = _varints(buf, starts + 1)  # +1: the record's attributes byte (unused)
+    offset_delta, p = _varints(buf, p)
+    key_len, p = _varints(buf, p)
+    key_at = p
+    value_len, p = _varints(buf, p + np.maximum(key_len, 0))
+    value_at = p
+    header_count, p = _varints(buf, p + np.maximum(value_len, 0))
+    headers: list[list[tuple[str, bytes | None]]] | None = None
+    if n and (header_count.min() < 0):
+        raise CorruptRecordError(f"record batch of {tp} at offset {batch.base_offset}: negative header count")
+    if n and header_count.max() > 0:
+        headers = [[] for _ in range(n)]
+        for i in np.flatnonzero(header_count).tolist():
+            headers[i], p[i] = _headers(payload, int(p[i]), int(header_count[i]))
+    if not np.array_equal(p, starts + lengths):
+        raise CorruptRecordError(f"record batch of {tp} at offset {batch.base_offset}: a record's fields do not "
+                                 "fill its size")
+    offsets = batch.base_offset + offset_delta
+    if batch.attributes & _LOG_APPEND_TIME:
+        timestamps = np.full(n, batch.max_timestamp, dtype=np.int64)
+    else:
+        timestamps = batch.first_timestamp + ts_delta
+    kl, ka, vl, va = key_len.tolist(), key_at.tolist(), value_len.tolist(), value_at.tolist()
+    keys = [payload[a:a + n_] if n_ >= 0 else None for a, n_ in zip(ka, kl)]
+    values = [payload[a:a + n_] if n_ >= 0 else None for a, n_ in zip(va, vl)]
+    out = Records.single(tp.topic, tp.partition, offsets, timestamps, keys, values, headers)
+    if n and offsets[0] < min_offset:
+        out = out.select(offsets >= min_offset)
+    return out
+
+
+# ----- the kafka-python fetcher hook --------------------------------------------
+
+class _Taken:
+    """What ``take`` hands kafka-python's fetcher: iterates blocks, ``len`` counts records."""
+
+    __slots__ = ("blocks", "count")
+
+    def __init__(self) -> None:
+        self.blocks: list[Records] = []
+        self.count = 0
+
+    def __iter__(self) -> Iterator[Records]:
+        return iter(self.blocks)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _partition_records_class(base: type) -> type:
+    class ColumnarPartitionRecords(base):  # type: ignore[misc, valid-type]
+        """kafka-python's per-fetch record source, yielding :class:`Records` (one per record batch)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._rest: tuple[Records, int] | None = None
+            super().__init__(*args, **kwargs)
+
+        def _maybe_skip_record(self, item: Any) -> bool:
+            return False  # blocks are cut at the fetch offset when decoded
+
+        def _unpack_records(self, tp: TopicPartition, records: Any, key_deserializer: Any,
+                            value_deserializer: Any) -> Iterator[tuple[Records, int]]:
+            """(block, offset after it) per record batch; control batches only move the position."""
+            batch = records.next_batch()
+            while batch is not None:
+                if self.check_crcs and not batch.validate_crc():
+                    raise CorruptRecordError(f"Record batch for partition {tp} at offset {batch.base_offset} "
+                                             "failed crc check")
+                if batch.magic >= 2:
+                    self.leader_epoch = batch.leader_epoch
+                    if batch.attributes & _CONTROL:
+                        block, end = None, batch.next_offset
+                    else:
+                        block, end = decode_batch(batch, tp, self.fetch_offset), batch.next_offset
+                else:  # message format v0/v1: kafka-python's iterator, then the same columns
+                    block = as_records(tp, [r for r in batch if r.offset >= self.fetch_offset])
+                    end = int(block.offsets[-1]) + 1 if len(block) else self.next_fetch_offset
+                if block is not None and len(block):
+                    self.records_read += len(block)
+                    self.bytes_read += getattr(batch, "size_in_bytes", 0)
+                    yield block, end
+                else:
+                    self.next_fetch_offset = max(self.next_fetch_offset, end)
+                batch = records.next_batch()
+            self.drain()
+
+        def take(self, n: int | None = None) -> _Taken:
+            self._maybe_raise_next_inline_exception()
+            taken = _Taken()
+            try:
+                while n is None or taken.count < n:
+                    item, self._rest = self._rest, None
+                    if item is None:
+                        if self.record_iterator is None:
+                            break
+                        item = next(self.record_iterator, None)
+                        if item is None:
+                            break
+                    block, end = item
+                    room = len(block) if n is None else n - taken.count
+                    if len(block) > room:
+                        rest = block.select(slice(room, None))
+                        block, self._rest = block.select(slice(0, room)), (rest, end)
+                        end = rest.offset
+                    taken.blocks.append(block)
+                    taken.count += len(block)
+                    self.next_fetch_offset = end  # where kafka-python moves the position after this take
+            except Exception as exc:
+                if not taken.count:
+                    raise
+                self._next_inline_exception = exc
+            return taken
+
+        def __bool__(self) -> bool:
+            return self._rest is not None or self.record_iterator is not None
+
+        def drain(self) -> None:
+            self._rest = None
+            super().drain()
+
+    return ColumnarPartitionRecords
+
+
+def install_columnar_fetch(consumer: Any) -> bool:
+    """Make ``consumer.poll()`` return :class:`Records` per record batch; False (and a log line) if it cannot.
+
+    Not installed for ``read_committed`` consumers: aborted-transaction
+    filtering stays kafka-python's.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    base = getattr(fetcher, "PartitionRecords", None)
+    if base is None or not hasattr(base, "_unpack_records") or not hasattr(base, "take"):
+        log.warning("kafka-python's fetcher has changed shape; decoding records one at a time")
+        return False
+    if consumer.config.get("isolation_level") == "read_committed":
+        return False
+    fetcher.PartitionRecords = _partition_records_class(base)
+    return True

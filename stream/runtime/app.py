@@ -1,0 +1,95 @@
+"""Assemble and run the consumer: settings -> pipeline, Kafka clients, metrics endpoint, run loop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry
+
+from stream.runtime.checkpoints import CheckpointStore
+from stream.runtime.decode_worker import DecodeAhead, DecodeWorker, available_cpus
+from stream.observability.drift import DriftMonitor
+from stream.kafka.clients import Publisher, ensure_topics, make_admin, make_consumer, make_producer, wait_for_broker
+from stream.observability.metrics import Metrics
+from stream.runtime.pipeline import BatchResult, Pipeline
+from stream.kafka.records import install_columnar_fetch
+from stream.runtime.runner import RunSummary, StreamRunner
+from stream.settings import Settings
+
+__all__ = ["run_consumer"]
+
+log = logging.getLogger(__name__)
+
+
+def _input_partitions(settings: Settings) -> int:
+    admin = make_admin(settings)
+    try:
+        meta = admin.describe_topics([settings.input_topic])
+        parts = meta[0].get("partitions") or []
+        return max(1, len(parts))
+    except Exception:  # topic missing or broker without DescribeTopics: fall back to one partition
+        return 1
+    finally:
+        admin.close()
+
+
+def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max_events: int | None = None,
+                 idle_exit_s: float | None = None, registry: CollectorRegistry | None = None,
+                 on_batch: Callable[[BatchResult, RunSummary], None] | None = None,
+                 on_ready: Callable[[StreamRunner], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> RunSummary:
+    """Run ``segstream run`` until stopped; returns what was processed."""
+    pipeline = Pipeline.from_settings(settings)
+    log.info("encoder %s (%s, %d dims), %d segments", pipeline.encoder.kind, pipeline.encoder.version,
+             pipeline.encoder.dim, settings.segments)
+    metrics = Metrics(registry, drift=DriftMonitor.from_settings(settings))
+    if settings.metrics_port:
+        port = metrics.serve(settings.metrics_port, settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+    wait_for_broker(settings)
+    if settings.create_topics:
+        n = _input_partitions(settings)
+        ensure_topics(settings, {settings.output_topic: n, settings.dlq_topic: n,
+                                 settings.lineage_topic: 1, settings.profiles_topic: 1})
+    consumer = make_consumer(settings)
+    if settings.columnar_fetch:
+        install_columnar_fetch(consumer)
+    producer = make_producer(settings)
+    checkpoints = (CheckpointStore(settings.checkpoint_dir, settings.group_id, settings.input_topic)
+                   if settings.checkpoint_dir else None)
+    publisher = Publisher(producer, metrics, columnar=settings.columnar_produce)
+    runner = StreamRunner(settings, pipeline, consumer, publisher, metrics, clock=clock,
+                          on_batch=on_batch, checkpoints=checkpoints)
+    if settings.decode_process and not settings.aligned_batches and available_cpus() >= 2:
+        runner.decode_ahead = DecodeAhead(DecodeWorker(pipeline.decoder, gc_threshold=settings.gc_threshold),
+                                          on_off=lambda: metrics.decode_process_up.set(0))
+        metrics.decode_process_up.set(1)
+    if settings.global_model:
+        from stream.runtime.model_sync import ModelSync
+
+        if settings.create_topics:
+            ensure_topics(settings, {settings.model_topic: 1},
+                          configs={settings.model_topic: {"cleanup.policy": "compact"}})
+        runner.model_sync = ModelSync(settings, pipeline.segmenter, runner.publisher, metrics)  # type: ignore[arg-type]
+        runner.model_sync.catch_up()
+    runner.subscribe()
+    if on_ready is not None:
+        on_ready(runner)
+    try:
+        summary = runner.run(stop, max_events=max_events, idle_exit_s=idle_exit_s)
+        log.info("stopped (%s) after %d events, %d invalid, %d segment changes", summary.stopped_by,
+                 summary.events, summary.invalid, summary.changes)
+        return summary
+    finally:
+        try:
+            if runner.model_sync is not None:
+                runner.model_sync.close()
+            consumer.close(autocommit=False)
+            if runner.decode_ahead is not None:
+                runner.decode_ahead.close()
+        finally:
+            producer.close(timeout=10)
+            metrics.shutdown()

@@ -1,0 +1,68 @@
+"""Dropping re-delivered input events by ``event_id`` within a bounded window.
+
+Upstream producers are at-least-once too: the same event can arrive twice.
+When events carry the optional ``event_id``, :class:`EventIdWindow` keeps the
+last ``size`` ids seen (insertion order, oldest forgotten first) and drops an
+event whose id is still in the window. Events without an id always pass.
+
+    >>> from state.features import FeatureSpec
+    >>> from state.events import EventDecoder
+    >>> dec = EventDecoder(FeatureSpec(), now=lambda: 2e9)
+    >>> batch, _ = dec.decode_objects([
+    ...     {"user_id": "a", "action": "view", "ts": 1.7e9, "event_id": "e1"},
+    ...     {"user_id": "a", "action": "view", "ts": 1.7e9, "event_id": "e1"},
+    ...     {"user_id": "b", "action": "view", "ts": 1.7e9}])
+    >>> w = EventIdWindow(size=2)
+    >>> kept, dropped = w.filter(batch)
+    >>> kept.user_ids, dropped
+    (['a', 'b'], 1)
+    >>> w.filter(batch)[1]   # both e1 copies are repeats now
+    2
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from state.events import EventBatch
+
+__all__ = ["EventIdWindow"]
+
+
+class EventIdWindow:
+    """The most recent ``size`` event ids (memory: ``size`` strings)."""
+
+    def __init__(self, size: int) -> None:
+        if size <= 0:
+            raise ValueError("size must be > 0")
+        self.size = size
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def filter(self, batch: EventBatch) -> tuple[EventBatch, int]:
+        """The batch without repeated events, and how many were dropped."""
+        if not batch.event_ids:
+            return batch, 0
+        seen = self._seen
+        keep = np.ones(len(batch), dtype=bool)
+        for i, eid in enumerate(batch.event_ids):
+            if eid is None:
+                continue
+            if eid in seen:
+                keep[i] = False
+                continue
+            seen[eid] = None
+            if len(seen) > self.size:
+                seen.popitem(last=False)
+        dropped = int((~keep).sum())
+        return (batch if dropped == 0 else batch.select(keep)), dropped
+
+    def state(self) -> list[str]:
+        return list(self._seen)
+
+    def load(self, ids: list[str]) -> None:
+        self._seen = OrderedDict.fromkeys(ids[-self.size :])

@@ -1,0 +1,68 @@
+"""Everything a processed micro-batch publishes, in one place.
+
+Segment changes go to the output topic (contract v1), lineage and profiles to
+their topics (:mod:`stream.contracts.lineage_profiles`), rejected records to the
+dead-letter topic (original bytes + reason headers), erased users become
+tombstones. Sends are only *started* here; :class:`~stream.kafka.clients.Publisher`
+confirms them during the checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+from stream.contracts.user_segments import change_ids, dead_letter_headers, encode_segment_changes
+from stream.kafka.clients import Publisher
+from stream.contracts.lineage_profiles import encode_lineage, encode_profiles
+from stream.runtime.pipeline import BatchResult
+from stream.kafka.records import Records
+from stream.settings import Settings
+
+__all__ = ["OutputWriter"]
+
+log = logging.getLogger(__name__)
+
+
+class OutputWriter:
+    def __init__(self, publisher: Publisher, settings: Settings) -> None:
+        self.publisher = publisher
+        self.settings = settings
+
+    def write(self, result: BatchResult, records: Records, emitted_at: float,
+              ids: list[str] | None = None) -> None:
+        """Start every send the batch causes (``records`` are the batch's Kafka records, in order).
+
+        ``ids``: the changes' ``change_id``s when there is no record to derive them from."""
+        out = self.settings.output_topic
+        if ids is None and len(result.changes) and len(records):
+            parts, offs = records.partitions, records.offsets
+            ids = change_ids(result.changes, parts, offs, (int(parts[-1]), int(offs[-1])))
+        encoded = encode_segment_changes(result.changes, emitted_at, ids)
+        if encoded:
+            keys, values = zip(*encoded)
+            self.publisher.send_many(out, keys, values)
+        if result.erased:
+            self.publisher.send_many(out, [uid.encode() for uid in result.erased], [None] * len(result.erased))
+        send = self.publisher.send
+        for key, value in encode_lineage(result.lineage):
+            send(self.settings.lineage_topic, key, value)
+        if result.profiles:
+            version = result.changes.model_version
+            for key, value in encode_profiles(result.profiles, version, result.max_event_time):
+                send(self.settings.profiles_topic, key, value)
+        self._dead_letters(result, records)
+
+    def _dead_letters(self, result: BatchResult, records: Records) -> None:
+        if not result.rejected:
+            return
+        for rej in result.rejected:
+            rec = records[rej.index]
+            key = rec.key if rec.key is not None or rec.value is not None else b""  # Kafka needs one of the two
+            self.publisher.send(self.settings.dlq_topic, key, rec.value,
+                                headers=dead_letter_headers(rej, rec.topic, rec.partition, rec.offset))
+        first = records[result.rejected[0].index]
+        reasons = collections.Counter(r.reason for r in result.rejected)
+        log.warning("dead-lettered %d records (%s); first: %s", len(result.rejected),
+                    ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())), result.rejected[0].detail,
+                    extra={"topic": first.topic, "partition": first.partition, "offset": first.offset})

@@ -1,0 +1,475 @@
+"""The processing core, free of Kafka: events -> user state -> encoder -> segments -> changes.
+
+:class:`Pipeline` takes one decoded micro-batch at a time and returns what
+must be published. The Kafka run loop, the recorded-log replay, training
+and the benchmarks all drive this same object, so they see identical
+features and identical segment decisions.
+
+    >>> from eventlogs.synthetic import SyntheticConfig, generate
+    >>> from stream.settings import Settings
+    >>> p = Pipeline.from_settings(Settings(segments=2, warmup_users=20, model_update_events=100))
+    >>> evs = list(generate(SyntheticConfig(users=40, groups=2, events=400)))
+    >>> changes = [p.process_objects(evs[i:i + 100]).changes for i in range(0, 400, 100)]
+    >>> sum(len(c) for c in changes) >= 40   # every user got a first assignment
+    True
+    >>> p.model.version > 1, sorted(p.users_per_segment())
+    (True, [0, 1])
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from encoders.serving import Encoder, load_encoder
+from state.features import FeatureSpec
+from state.dbstream import OnlineDBSTREAM
+from state.global_model import GlobalKMeans
+from state.kmeans import LineageEvent, OnlineKMeans
+from state.profiles import segment_profiles
+from state.segments import SegmentModel, assign, squared_distances
+from state.user_store import UserStore
+from stream.runtime.dedup import EventIdWindow
+from state.events import EventBatch, EventDecoder, Rejected, set_gc_threshold
+from stream.runtime.pseudonym import Pseudonymiser
+from stream.settings import Settings
+
+__all__ = ["Pipeline", "BatchResult", "SegmentChanges", "spec_from_settings", "tune_process"]
+
+
+@dataclass
+class SegmentChanges:
+    """Users whose segment changed in one batch (columnar)."""
+
+    user_ids: list[str]
+    segments: np.ndarray  # int64
+    previous: np.ndarray  # int64, -1 = no previous segment
+    distances: np.ndarray  # float32
+    seq: np.ndarray  # uint32, per-user change counter after this change
+    event_time: np.ndarray  # float64, ts of the event that caused the change (model-caused: the batch's newest)
+    source_index: np.ndarray  # int64, batch position of that event (-1: no event of this batch caused it)
+    model_version: int
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def empty(cls, version: int = 0) -> SegmentChanges:
+        z = np.zeros(0, np.int64)
+        return cls([], z, z, z.astype(np.float32), z.astype(np.uint32), z.astype(np.float64), z, version)
+
+
+@dataclass
+class BatchResult:
+    events: int
+    changes: SegmentChanges
+    rejected: list[Rejected] = field(default_factory=list)
+    erased: list[str] = field(default_factory=list)  # users deleted: publish tombstones
+    users_updated: int = 0
+    new_users: int = 0
+    evicted: int = 0
+    new_model: SegmentModel | None = None
+    lineage: list[LineageEvent] = field(default_factory=list)
+    profiles: list[dict[str, Any]] = field(default_factory=list)  # segment profiles due this batch
+    encode_seconds: float = 0.0
+    max_event_time: float = float("nan")
+    duplicates: int = 0  # events dropped as repeats of a recent event_id (issue 6)
+    # issue 5 (drift metrics): distances to the assigned centroid and embeddings of this batch's updated users
+    distances: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    embeddings: np.ndarray | None = None
+
+
+def default_instance_id() -> str:
+    """host-pid-random: unique per process, readable in logs."""
+    import os
+    import socket
+    import uuid
+
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def spec_from_settings(settings: Settings, base: FeatureSpec | None = None) -> FeatureSpec:
+    spec = base or FeatureSpec()
+    if settings.half_life_s > 0 and settings.half_life_s != spec.half_life_s:
+        spec = FeatureSpec.from_dict({**spec.to_dict(), "half_life_s": settings.half_life_s})
+    return spec
+
+
+class Pipeline:
+    def __init__(self, store: UserStore, encoder: Encoder, segmenter: OnlineKMeans | OnlineDBSTREAM | GlobalKMeans,
+                 decoder: EventDecoder, *, hysteresis: float = 0.05, dwell_s: float = 0.0,
+                 profile_every_events: int = 0, seed: int = 0) -> None:
+        if store.spec != encoder.spec:
+            raise ValueError("the user store and the encoder disagree on the feature configuration")
+        self.store = store
+        self.encoder = encoder
+        self.segmenter = segmenter
+        self.decoder = decoder
+        self.hysteresis = hysteresis
+        self.dwell_s = dwell_s
+        self.profile_every_events = profile_every_events
+        self._since_profile = 0
+        self._profile_rng = np.random.default_rng([seed, 13])
+        self._sample_rng = np.random.default_rng([seed, 17])  # consolidation sample of users
+        self.consolidate_on_users = False  # starvation of segments judged on a sample of users (see OnlineKMeans._publish)
+        self._changed_at = np.zeros(0, dtype=np.float64)  # event time of each row's last segment change
+        self._segment_users = np.zeros(0, dtype=np.int64)  # users per segment id
+        self._stale = np.zeros(0, dtype=np.int64)  # rows to (re-)assign: retired segment, or restored without one
+        self.reassign_per_batch = 2000
+        self.events_seen = 0
+        self.pseudonymiser: Pseudonymiser | None = None  # keyed hash of user ids before anything is stored
+        self.dedup: EventIdWindow | None = None  # drops repeated event_ids within a bounded window
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, now: Callable[[], float] = time.time) -> Pipeline:
+        """Build everything the settings name: encoder (or raw), state, segmenter, decoder."""
+        tune_process(settings)
+        if settings.encoder:
+            encoder = load_encoder(settings.encoder, device=settings.encoder_device, max_batch=settings.encoder_batch)
+            if settings.half_life_s > 0 and settings.half_life_s != encoder.spec.half_life_s:
+                from encoders.artifact import ArtifactError
+
+                raise ArtifactError(
+                    f"{settings.encoder}: trained with half_life_s={encoder.spec.half_life_s}, "
+                    f"but SEGSTREAM_HALF_LIFE_S={settings.half_life_s}; retrain or unset it")
+        else:
+            encoder = Encoder.raw(spec_from_settings(settings))
+        spec = encoder.spec
+        store = UserStore(spec, capacity=settings.max_users)
+        segmenter: OnlineKMeans | OnlineDBSTREAM | GlobalKMeans
+        if settings.clusterer == "dbstream":
+            segmenter = OnlineDBSTREAM(
+                encoder.dim, radius=settings.dbstream_radius, fading_factor=settings.dbstream_fading,
+                warmup_users=settings.warmup_users, learn_sample=settings.learn_sample,
+                recluster_events=settings.model_update_events, seed=settings.seed, match_factor=settings.match_factor)
+        else:
+            segmenter = OnlineKMeans(
+                settings.segments, encoder.dim, learning_rate=settings.learning_rate,
+                warmup_users=settings.warmup_users, learn_sample=settings.learn_sample,
+                update_every_events=settings.model_update_events, seed=settings.seed)
+        if settings.global_model:
+            segmenter = GlobalKMeans(segmenter, settings.instance_id or default_instance_id())
+        decoder = EventDecoder(spec, max_event_bytes=settings.max_event_bytes, min_ts=settings.min_event_ts,
+                               max_clock_skew_s=settings.max_clock_skew_s, now=now)
+        pipeline = cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis, dwell_s=settings.dwell_s,
+                       profile_every_events=settings.profile_every_events, seed=settings.seed)
+        if settings.pseudonymise_key:
+            pipeline.pseudonymiser = Pseudonymiser(settings.pseudonymise_key)
+        if settings.dedup_window > 0:
+            pipeline.dedup = EventIdWindow(settings.dedup_window)
+        return pipeline
+
+    # ----- views -------------------------------------------------------------
+    @property
+    def model(self) -> SegmentModel | None:
+        return self.segmenter.model
+
+    def users_per_segment(self) -> dict[int, int]:
+        nz = np.flatnonzero(self._segment_users)
+        return {int(s): int(self._segment_users[s]) for s in nz}
+
+    def segment_of(self, user_id: str) -> int | None:
+        row = self.store.row_of(user_id)
+        if row is None or self.store.segment[row] < 0:
+            return None
+        return int(self.store.segment[row])
+
+    # ----- processing ----------------------------------------------------------
+    def process_records(self, raws: Sequence[bytes | None], partitions: np.ndarray | None = None) -> BatchResult:
+        """Decode and process record values; ``partitions[i]``: source partition of ``raws[i]``."""
+        return self.process_decoded(*self.decoder.decode_records(raws), partitions)
+
+    def process_decoded(self, batch: EventBatch, rejected: list[Rejected],
+                        partitions: np.ndarray | None = None) -> BatchResult:
+        """Process a batch decoded elsewhere (:mod:`stream.runtime.decode_worker`): what ``process_records`` does next."""
+        result = self.process(batch, partitions)
+        result.rejected = rejected
+        return result
+
+    def process_objects(self, objs: Sequence[Any]) -> BatchResult:
+        return self.process_decoded(*self.decoder.decode_objects(objs))
+
+    def process(self, batch: EventBatch, partitions: np.ndarray | None = None) -> BatchResult:
+        store, seg = self.store, self.segmenter
+        erased: list[str] = []
+        if self.pseudonymiser is not None:
+            batch = self.pseudonymiser.apply(batch)
+        duplicates = 0
+        if self.dedup is not None and batch.event_ids:
+            batch, duplicates = self.dedup.filter(batch)
+        if batch.deletes:
+            batch, erased = self._erase(batch)
+        applied = store.apply(batch)
+        if partitions is not None and len(applied.rows):
+            store.partition[applied.rows] = partitions[batch.source_index[applied.last_event]]
+        self._count(applied.evicted_segments, -1)
+        for uid in applied.evicted_user_ids:
+            seg.forget(uid)
+        rows = applied.rows
+        n = len(batch)
+        self.events_seen += n
+        result = BatchResult(events=n, changes=SegmentChanges.empty(self._version()), erased=erased,
+                             users_updated=len(rows), new_users=applied.new_users, evicted=len(applied.evicted_rows),
+                             duplicates=duplicates)
+        if n == 0:
+            return result
+        result.max_event_time = float(batch.ts.max())
+        t = time.perf_counter()
+        emb = self._embed(rows)
+        result.encode_seconds = time.perf_counter() - t
+        source = batch.source_index[applied.last_event]
+        event_time = batch.ts[applied.last_event]
+
+        if seg.warming:
+            seg.add_warmup(store.user_ids(rows), emb, event_time=result.max_event_time)
+            if not seg.ready():
+                return result
+            wrows, wemb = self._seed_waiting(result.max_event_time)
+            in_batch = dict(zip(rows.tolist(), range(len(rows))))
+            pos = np.array([in_batch.get(r, -1) for r in wrows.tolist()], dtype=np.int64)
+            source = np.where(pos >= 0, source[np.maximum(pos, 0)], -1)
+            event_time = np.where(pos >= 0, event_time[np.maximum(pos, 0)], store.last_ts[wrows])
+            rows, emb = wrows, wemb
+            result.new_model = seg.model
+
+        learn_emb = emb
+        stale = self._take_stale(rows)
+        if len(stale):
+            rows = np.concatenate([rows, stale])
+            emb = np.concatenate([emb, self._embed(stale)])
+            source = np.concatenate([source, np.full(len(stale), -1, dtype=np.int64)])
+            # the model caused these changes, not an event of theirs: they carry the event time at which they
+            # are made (this batch's newest), not the user's last activity (which may be long past)
+            event_time = np.concatenate([event_time, np.full(len(stale), result.max_event_time)])
+        reassigned = np.zeros(len(rows), dtype=bool)
+        reassigned[len(rows) - len(stale):] = True  # queued because their segment ended or split
+        result.changes = self._assign(rows, emb, source, event_time, reassigned)
+        result.distances = store.distance[rows]
+        result.embeddings = learn_emb
+        seg.learn(learn_emb)
+        new_model = seg.tick(n, result.max_event_time, self.users_per_segment(), self._population if self.consolidate_on_users else None)
+        if new_model is not None:
+            result.new_model = new_model
+        result.lineage = seg.drain_lineage()
+        # users of a segment that ended, or of a segment that was split, are re-assigned (bounded per batch)
+        retired = [s for ev in result.lineage if ev.kind in ("retired", "merged") for s in ev.segments]
+        retired += [s for ev in result.lineage if ev.kind == "split" for s in ev.parents]
+        if retired:
+            used = store.segment
+            self._stale = np.union1d(self._stale, np.flatnonzero(np.isin(used, retired)))
+        if self.profile_every_events > 0:
+            self._since_profile += n
+            if self._since_profile >= self.profile_every_events:
+                self._since_profile = 0
+                result.profiles = segment_profiles(store, seg.model, self._profile_rng)
+        return result
+
+    def assign_waiting(self) -> BatchResult | None:
+        """Assign the users held back until the model arrived, without a batch of events (global mode:
+        the model can arrive after an instance's partitions ran dry). None when there is nothing to do."""
+        seg = self.segmenter
+        if not (seg.warming and seg.ready()):
+            return None
+        rows, emb = self._seed_waiting(float("nan"))
+        result = BatchResult(events=0, changes=SegmentChanges.empty(self._version()), new_model=seg.model)
+        if len(rows):
+            result.changes = self._assign(rows, emb, np.full(len(rows), -1, dtype=np.int64),
+                                          self.store.last_ts[rows].astype(np.float64), np.zeros(len(rows), bool))
+            seg.learn(emb)
+        result.lineage = seg.drain_lineage()
+        return result
+
+    def _seed_waiting(self, event_time: float) -> tuple[np.ndarray, np.ndarray]:
+        """Seed (or adopt) the model; rows and embeddings of the users that waited for it and are still held."""
+        users, emb = self.segmenter.seed_model(event_time)
+        rows = np.array([-1 if (r := self.store.row_of(u)) is None else r for u in users], dtype=np.int64)
+        keep = rows >= 0
+        return rows[keep], emb[keep]
+
+    def _embed(self, rows: np.ndarray) -> np.ndarray:
+        """Embeddings of the users at ``rows`` (recent items gathered only for encoders that read them)."""
+        return self.encoder.encode(self.store.features(rows, items=self.encoder.uses_items))
+
+    def _population(self, n: int) -> np.ndarray:
+        """Embeddings of a seeded sample of at most ``n`` assigned users (the consolidation population)."""
+        rows = self.store.live_rows()
+        rows = rows[self.store.segment[rows] >= 0]
+        if len(rows) > n:
+            rows = np.sort(self._sample_rng.choice(rows, n, replace=False))
+        return self._embed(rows)
+
+    def _take_stale(self, exclude: np.ndarray) -> np.ndarray:
+        """Rows queued for (re-)assignment, a bounded number per batch: users whose segment ended or
+        was split, and restored users still without a segment. Rows freed since are skipped."""
+        if len(self._stale) == 0:
+            return self._stale
+        live = self._stale[self.store.holds_user(self._stale)]
+        take, self._stale = live[: self.reassign_per_batch], live[self.reassign_per_batch :]
+        return take[~np.isin(take, exclude)]
+
+    def requeue_unassigned(self) -> int:
+        """After a restore: users held without a segment (they were waiting for the first model on the
+        instance that checkpointed them) get one in a coming batch, even if they send no new event."""
+        rows = self.store.live_rows()
+        rows = rows[self.store.segment[rows] < 0]
+        if len(rows) == 0:
+            return 0
+        if self.segmenter.warming:
+            waiting = self.segmenter.waiting_users()
+            ids = self.store.user_ids(rows)
+            new = np.array([u not in waiting for u in ids], dtype=bool)
+            if not new.any():
+                return 0
+            rows = rows[new]
+            self.segmenter.add_warmup([u for u, k in zip(ids, new) if k], self._embed(rows))
+        else:
+            self._stale = np.union1d(self._stale, rows)
+        return len(rows)
+
+    def _version(self) -> int:
+        m = self.segmenter.model
+        return 0 if m is None else m.version
+
+    def _erase(self, batch: EventBatch) -> tuple[EventBatch, list[str]]:
+        """Forget deleted users; their events *before* the delete in this batch are dropped too."""
+        erased = []
+        deleted_at: dict[str, int] = {}
+        for src, uid in batch.deletes:
+            deleted_at[uid] = max(src, deleted_at.get(uid, -1))
+            prev = self.store.delete(uid)
+            self.segmenter.forget(uid)
+            if prev is not None and prev >= 0:
+                self._count(np.array([prev]), -1)
+            if uid not in erased:  # a tombstone even for a user not (or no longer) held: erasure is idempotent
+                erased.append(uid)
+        src = batch.source_index.tolist()
+        keep = np.array([src[i] > deleted_at.get(u, -1) for i, u in enumerate(batch.user_ids)], dtype=bool)
+        return (batch if keep.all() else batch.select(keep)), erased
+
+    def _count(self, segments: np.ndarray, delta: int) -> None:
+        segments = segments[segments >= 0]
+        if len(segments) == 0:
+            return
+        top = int(segments.max()) + 1
+        if top > len(self._segment_users):
+            grown = np.zeros(max(top, 2 * len(self._segment_users)), dtype=np.int64)
+            grown[: len(self._segment_users)] = self._segment_users
+            self._segment_users = grown
+        np.add.at(self._segment_users, segments, delta)
+
+    def _assign(self, rows: np.ndarray, emb: np.ndarray, source: np.ndarray, event_time: np.ndarray,
+                reassigned: np.ndarray) -> SegmentChanges:
+        store = self.store
+        model = self.segmenter.model
+        assert model is not None
+        current = store.segment[rows].astype(np.int64)
+        new, dist = assign(model, emb, current, self.hysteresis)
+        if self.dwell_s > 0:
+            if len(self._changed_at) < len(store.segment):
+                grown = np.full(len(store.segment), -np.inf)
+                grown[: len(self._changed_at)] = self._changed_at
+                self._changed_at = grown
+            held = ((current >= 0) & (model.index_of(current) >= 0) & ~reassigned  # re-assignments are not held
+                    & (event_time - self._changed_at[rows] < self.dwell_s))
+            if held.any():
+                keep = held & (new != current)
+                cur_ix = model.index_of(current[keep])
+                dist[keep] = np.sqrt(squared_distances(emb[keep], model.centroids)[np.arange(keep.sum()), cur_ix])
+                new = np.where(held, current, new)
+        store.distance[rows] = dist
+        changed = np.flatnonzero(new != current)
+        if len(changed) == 0:
+            return SegmentChanges.empty(model.version)
+        crow = rows[changed]
+        prev = current[changed]
+        self._count(prev, -1)
+        self._count(new[changed], +1)
+        store.segment[crow] = new[changed]
+        if self.dwell_s > 0:
+            self._changed_at[crow] = event_time[changed]
+        store.seq[crow] += 1
+        return SegmentChanges(
+            user_ids=store.user_ids(crow), segments=new[changed], previous=prev, distances=dist[changed],
+            seq=store.seq[crow].copy(), event_time=event_time[changed].astype(np.float64),
+            source_index=source[changed].astype(np.int64), model_version=model.version)
+
+    # ----- checkpoints and rebalances (issue 6) ----------------------------------
+    def recount(self) -> None:
+        """Recompute users per segment from the store (after users were restored or dropped)."""
+        live = self.store.live_rows()
+        segs = self.store.segment[live].astype(np.int64)
+        segs = segs[segs >= 0]
+        self._segment_users = np.bincount(segs, minlength=len(self._segment_users)) if len(segs) else \
+            np.zeros(len(self._segment_users), dtype=np.int64)
+
+    def import_users(self, block: dict[str, Any], *, keep_rows: bool) -> int:
+        """Load one partition snapshot's users (replacing any held copy); returns how many."""
+        for uid in self.store.import_rows(block, keep_rows=keep_rows):
+            self.segmenter.forget(uid)
+        return len(block["ids"])
+
+    def finish_restore(self, layout: Any | None = None) -> None:
+        """After snapshots were imported: the row layout they were written with, segment counts, and
+        restored users without a segment queued for assignment."""
+        if layout is not None:
+            self.store.set_layout(layout)
+        self.recount()
+        self.requeue_unassigned()
+
+    def drop_partition(self, partition: int) -> int:
+        """Forget the users of a partition this consumer no longer owns; returns how many."""
+        rows = self.store.rows_of_partition(partition)
+        for uid in self.store.drop_rows(rows):
+            self.segmenter.forget(uid)
+        self._stale = self._stale[~np.isin(self._stale, rows)]
+        self.recount()
+        return len(rows)
+
+    def global_state(self) -> dict[str, Any]:
+        """State shared by all partitions: segmenter, row layout, pending re-assignments, dedup window."""
+        return {"spec": self.store.spec.to_dict(), "segmenter": self.segmenter.state_dict(),
+                "layout": self.store.layout(), "stale": self._stale.copy(),
+                "events_seen": self.events_seen,
+                "dedup": None if self.dedup is None else self.dedup.state(),
+                # issue 4: dwell clock per row, profile schedule
+                "changed_at": self._changed_at.copy(), "since_profile": self._since_profile,
+                "profile_rng": json.dumps(self._profile_rng.bit_generator.state),
+                "sample_rng": json.dumps(self._sample_rng.bit_generator.state)}
+
+    def load_global_state(self, state: dict[str, Any]) -> None:
+        if json.dumps(state["spec"], sort_keys=True) != json.dumps(self.store.spec.to_dict(), sort_keys=True):
+            raise ValueError("the checkpoint was written with another feature configuration (encoder): "
+                             "point SEGSTREAM_CHECKPOINT_DIR elsewhere or remove it to start from scratch")
+        self.segmenter.load_state_dict(state["segmenter"])
+        self._stale = np.asarray(state["stale"], dtype=np.int64)
+        self.events_seen = int(state["events_seen"])
+        if self.dedup is not None and state.get("dedup") is not None:
+            self.dedup.load(state["dedup"])
+        if "changed_at" in state:
+            self._changed_at = np.asarray(state["changed_at"], dtype=np.float64).copy()
+            self._since_profile = int(state["since_profile"])
+            self._profile_rng.bit_generator.state = json.loads(state["profile_rng"])
+            self._sample_rng.bit_generator.state = json.loads(state["sample_rng"])
+
+
+def tune_process(settings: Settings) -> None:
+    """Process-wide settings the hot path wants: torch and BLAS thread caps, the gc threshold.
+
+    Applied when a :class:`Pipeline` is built; ``bench.throughput`` applies it to its reference
+    consumers too, so that a comparison does not hinge on which ran first in the process.
+    """
+    if settings.encoder_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.encoder_threads)
+        # numpy's BLAS too (segment assignment, consolidation): a multi-threaded OpenBLAS spin-waits on a
+        # busy machine; measured 0.06-0.57 s instead of ~20 ms per consolidation at load 5 on 2 cores
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=settings.encoder_threads, user_api="blas")
+    set_gc_threshold(settings.gc_threshold)  # process-wide, like the thread limits above

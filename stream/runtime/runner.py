@@ -1,0 +1,522 @@
+"""The Kafka run loop: poll a micro-batch, process it, publish, confirm, checkpoint.
+
+Delivery is at-least-once, and a checkpoint is one named sequence,
+:meth:`StreamRunner.checkpoint`: flush outputs and confirm every send, persist
+state and model with the offsets they reflect, then commit those offsets
+explicitly. A stop request (SIGTERM/SIGINT) lets the current batch finish and
+checkpoint before the consumer leaves the group.
+
+Rebalance callbacks run on kafka-python's IO thread, so the listener only
+queues what happened; the loop applies it right after the poll that ran the
+callbacks, before any record is processed: revoked partitions' state is
+dropped (their last commit stands), lost partitions are dropped without
+committing, assigned partitions are restored from their snapshot and the
+consumer seeks to the snapshot's offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from stream.runtime.checkpoints import CheckpointStore
+from stream.contracts.user_segments import change_id
+from stream.runtime.decode_worker import DecodeAhead
+from state.events import EventBatch, Rejected
+from stream.kafka.clients import Publisher
+from stream.observability.metrics import Metrics
+from stream.runtime.outputs import OutputWriter
+from stream.runtime.pipeline import BatchResult, Pipeline
+from stream.kafka.rebalance import RebalanceTracker
+from stream.kafka.records import Records, as_records
+from stream.settings import Settings
+
+__all__ = ["StreamRunner", "RunSummary"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    events: int = 0
+    invalid: int = 0
+    changes: int = 0
+    batches: int = 0
+    stopped_by: str = ""
+    committed: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+class StreamRunner:
+    def __init__(self, settings: Settings, pipeline: Pipeline, consumer: KafkaConsumer, publisher: Publisher,
+                 metrics: Metrics, *, clock: Callable[[], float] = time.time,
+                 on_batch: Callable[[BatchResult, RunSummary], None] | None = None,
+                 checkpoints: CheckpointStore | None = None) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.consumer = consumer
+        self.publisher = publisher
+        self.outputs = OutputWriter(publisher, settings)
+        self.metrics = metrics
+        self.clock = clock
+        self.on_batch = on_batch
+        self.checkpoints = checkpoints
+        self.rebalance = RebalanceTracker(self._log_context)
+        self.summary = RunSummary()
+        self._positions: dict[TopicPartition, int] = {}  # last committed offset per owned partition
+        self._state_offsets: dict[TopicPartition, int] = {}  # next offset the in-memory state reflects
+        self._buffer: dict[TopicPartition, Records] = {}  # aligned batching: records not yet processed
+        self._deadline: dict[TopicPartition, float] = {}
+        self._last_checkpoint = time.monotonic()
+        self._reset: set[TopicPartition] = set()
+        # back-pressure: the batch size shrinks while batches take too large a share of max_poll_interval_ms
+        self._batch_cap = settings.batch_max_events
+        self._restoring: dict[TopicPartition, int] = {}  # partition -> committed offset its state must reach
+        self.model_sync = None  # issue 8: stream.runtime.model_sync.ModelSync when the model is shared by the group
+        self.decode_ahead: DecodeAhead | None = None  # decodes the next batch in a child while this one is processed
+        self._ahead: Records | None = None  # the next batch, fetched while this one is processed (decode process)
+
+    def _log_context(self, tp: TopicPartition) -> dict:
+        """Structured log fields of a partition: topic, partition, last committed offset, group generation."""
+        try:
+            generation = self.consumer.group_metadata().generation_id
+        except Exception:  # not in a group yet
+            generation = -1
+        return {"topic": tp.topic, "partition": tp.partition, "offset": self._positions.get(tp), "generation": generation}
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe([self.settings.input_topic], listener=self.rebalance)
+
+    # ------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None, *, max_events: int | None = None,
+            idle_exit_s: float | None = None) -> RunSummary:
+        stop = stop or threading.Event()
+        summary = self.summary
+        last_record = time.monotonic()
+        while True:
+            if stop.is_set():
+                summary.stopped_by = "signal"
+                break
+            if max_events is not None and summary.events >= max_events:
+                summary.stopped_by = "max-events"
+                break
+            if self.model_sync is not None:  # between batches: apply announced models, send summaries/proposals
+                self.model_sync.pump(leader=TopicPartition(self.settings.input_topic, 0) in self.rebalance.owned())
+                self._assign_waiting()
+            if self._ahead is not None:
+                records, self._ahead = self._ahead, None
+            else:
+                records = self._collect_aligned(stop) if self.settings.aligned_batches else self._collect(stop)
+            if self._reset or not self.rebalance.owned():  # idle time counts while partitions are owned
+                last_record = max(last_record, time.monotonic())
+            if not len(records):
+                self._maybe_checkpoint(force=False)
+                if idle_exit_s is not None and time.monotonic() - last_record >= idle_exit_s:
+                    summary.stopped_by = "idle"
+                    break
+                continue
+            last_record = time.monotonic()
+            decoded = None
+            if self.decode_ahead is not None and self.decode_ahead.active:
+                records, decoded = self._prefetch(records)
+                if not len(records):
+                    continue
+            self._process(records, decoded)
+        self._maybe_checkpoint(force=True)  # a prefetched batch is left unprocessed and uncommitted: read again
+        return summary
+
+    def _prefetch(self, records: Records) -> tuple[Records, tuple[EventBatch, list[Rejected]] | None]:
+        """With a decode process: take the records already fetched as the next batch (``self._ahead``) and
+        hand them to the child; returns this batch (less what a rebalance voided) and its columns, decoded
+        in the child while the last batch was processed (``None``: decode in-process).
+
+        The poll may run rebalance callbacks, so this batch's records of reset partitions are dropped
+        first (:meth:`_void`, as in :meth:`_collect`), and with them the child's columns of this batch.
+        """
+        assert self.decode_ahead is not None
+        ahead = Records.concat([b for _, b in self._poll(0, self._max_batch)])
+        self._ahead = ahead if len(ahead) else None
+        if self._reset:
+            kept = self._void(records)
+            if len(kept) < len(records):
+                records = kept
+                self.decode_ahead.discard()
+        return records, self.decode_ahead.exchange(None if self._ahead is None else self._ahead.values)
+
+    def _poll(self, timeout_ms: int, max_records: int) -> list[tuple[TopicPartition, Records]]:
+        """One poll (one block of columns per partition), with any rebalance it caused applied first."""
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        reset = self._reset = self._apply_rebalance()
+        owned = self.rebalance.owned()
+        out = []
+        for tp, fetched in polled.items():
+            block = as_records(tp, fetched)
+            if tp in owned and tp not in reset:
+                out.append((tp, block))
+            elif len(block):
+                log.info("dropped %d fetched records of partition %s (revoked or restored)", len(block), tp,
+                         extra={"topic": tp.topic, "partition": tp.partition})
+        return out
+
+    def _collect(self, stop: threading.Event) -> Records:
+        """One micro-batch: up to ``batch_max_events`` records or ``batch_max_wait_ms`` after the first."""
+        max_n = self._max_batch
+        wait_s = self.settings.batch_max_wait_ms / 1000.0
+        blocks: list[Records] = []
+        count = 0
+        deadline: float | None = None
+        while not stop.is_set():
+            timeout_ms = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            got = self._poll(timeout_ms, max_n - count)
+            if self._reset and blocks:
+                blocks = [self._void(Records.concat(blocks))]
+            blocks.extend(b for _, b in got)
+            count = sum(len(b) for b in blocks)
+            if count and deadline is None:
+                deadline = time.monotonic() + wait_s
+            if count >= max_n or (deadline is not None and time.monotonic() >= deadline):
+                break
+            if not count:
+                break  # idle tick: let the caller check stop / idle exit
+        return Records.concat(blocks)
+
+    def _void(self, records: Records) -> Records:
+        """``records`` less those of partitions the last poll's rebalance reset: dropped partitions are
+        re-read by their new owner, restored or kept ones from where this member's state stands."""
+        reset = [tp.partition for tp in self._reset if tp.topic == records.topic]
+        hit = np.isin(records.partitions, reset)
+        if not hit.any():
+            return records
+        owned = self.rebalance.owned()
+        for p in sorted(set(records.partitions[hit].tolist())):
+            tp = TopicPartition(records.topic, p)
+            if tp not in owned:
+                first = int(records.offsets[records.partitions == p][0])  # a partition's records ascend
+                log.warning("dropped records of a partition revoked during the batch (re-read by its new owner)",
+                            extra={**self._log_context(tp), "offset": first})
+        return records.select(~hit)
+
+    @property
+    def _max_batch(self) -> int:
+        """Records one batch may take: the configured size, or less under back-pressure (:meth:`_pace`)."""
+        return min(self.settings.batch_max_events, self._batch_cap)
+
+    def _collect_aligned(self, stop: threading.Event) -> Records:
+        """One partition's block of offsets [k*B, (k+1)*B), so that a replay cuts the very same batches.
+
+        A block is processed once its last offset (or a later one) has been fetched, or
+        ``batch_max_wait_ms`` after its first record arrived (the tail of a partition).
+        """
+        B = self.settings.batch_max_events
+        wait_s = self.settings.batch_max_wait_ms / 1000.0
+        while True:
+            block = self._ready_block(B)
+            if len(block) or stop.is_set():
+                return block
+            if self._deadline:
+                timeout_ms = max(0, int((min(self._deadline.values()) - time.monotonic()) * 1000))
+            else:
+                timeout_ms = 200
+            got = self._poll(min(timeout_ms, 200), B)
+            now = time.monotonic()
+            for tp, block in got:
+                buf = self._buffer.get(tp)
+                if buf is None or not len(buf):
+                    self._deadline[tp] = now + wait_s
+                    self._buffer[tp] = block
+                else:
+                    self._buffer[tp] = Records.concat([buf, block])
+            if not got and not self._deadline:
+                return Records.empty()  # idle tick
+
+    def _ready_block(self, B: int) -> Records:
+        now = time.monotonic()
+        for tp in sorted(self._buffer, key=lambda t: (t.topic, t.partition)):
+            buf = self._buffer[tp]
+            if not len(buf):
+                continue
+            end = (buf.offset // B + 1) * B
+            n = int(np.searchsorted(buf.offsets, end))  # a partition's offsets ascend
+            complete = n < len(buf) or int(buf.offsets[n - 1]) == end - 1
+            if complete or now >= self._deadline.get(tp, now):
+                block, rest = buf.select(slice(0, n)), buf.select(slice(n, None))
+                if len(rest):
+                    self._buffer[tp] = rest
+                    self._deadline[tp] = now + self.settings.batch_max_wait_ms / 1000.0
+                else:
+                    del self._buffer[tp]
+                    self._deadline.pop(tp, None)
+                return block
+        return Records.empty()
+
+    # ----- rebalances ----------------------------------------------------
+    def _apply_rebalance(self) -> set[TopicPartition]:
+        """Act on queued rebalance events; returns partitions whose fetched records must be dropped."""
+        events = self.rebalance.drain()
+        if not events:
+            return set()
+        gone: dict[TopicPartition, str] = {}
+        assigned: set[TopicPartition] = set()
+        for kind, tps in events:
+            if kind == "assigned":
+                assigned |= tps
+            else:
+                assigned -= tps
+                for tp in tps:
+                    gone[tp] = "lost" if "lost" in (kind, gone.get(tp)) else kind
+        # revoked and handed straight back (eager rebalancing): keep the state if it is all committed
+        keep = {tp for tp in assigned if gone.get(tp, "revoked") == "revoked" and self._in_sync(tp)}
+        for tp in keep:
+            gone.pop(tp, None)
+        meta = self.consumer.group_metadata()
+        for tp, kind in sorted(gone.items(), key=lambda x: x[0].partition):
+            self._drop(tp, kind)
+        for tp in keep:  # rewind to what the state reflects: records fetched or buffered past it come again
+            self._buffer.pop(tp, None)
+            self._deadline.pop(tp, None)
+            self.consumer.seek(tp, self._state_offsets[tp])
+        restore = assigned - keep
+        if restore:
+            self._restore(restore)
+        log.info("rebalance applied", extra={
+            "generation": meta.generation_id, "member": meta.member_id,
+            "assigned": sorted(tp.partition for tp in self.rebalance.owned()),
+            "dropped": sorted(tp.partition for tp in gone), "restored": sorted(tp.partition for tp in restore),
+            "kept": sorted(tp.partition for tp in keep)})
+        return restore | set(gone) | keep
+
+    def _in_sync(self, tp: TopicPartition) -> bool:
+        """Whether the in-memory state of ``tp`` is exactly what was last committed (nothing to redo)."""
+        return tp in self._state_offsets and self._state_offsets[tp] == self._positions.get(tp)
+
+    def _position_processed(self, tp: TopicPartition) -> int:
+        """The consumer's position less the records fetched ahead and not processed yet."""
+        position = self.consumer.position(tp)
+        ahead = self._ahead
+        if ahead is not None:
+            mine = ahead.offsets[ahead.partitions == tp.partition]
+            if len(mine):
+                position = min(position, int(mine[0]))
+        return position
+
+    def _check_restored(self) -> None:
+        """A restore ends when the consumer's position reaches the committed offset (not on a record
+        offset: transaction markers and compaction leave gaps)."""
+        for tp, target in list(self._restoring.items()):
+            if tp not in self.rebalance.owned():
+                del self._restoring[tp]
+            elif self._position_processed(tp) >= target:
+                del self._restoring[tp]
+                log.info("partition %s caught up with its committed offset %d", tp, target,
+                         extra={"partition": tp.partition, "offset": target})
+
+    def _drop(self, tp: TopicPartition, kind: str) -> None:
+        n = self.pipeline.drop_partition(tp.partition)
+        self._state_offsets.pop(tp, None)
+        self._positions.pop(tp, None)
+        self._buffer.pop(tp, None)
+        self._deadline.pop(tp, None)
+        self._restoring.pop(tp, None)
+        log.info("partition %s %s: dropped the state of %d users%s", tp, kind, n,
+                 "" if kind == "revoked" else " (not committed)", extra={"partition": tp.partition})
+
+    def _restore(self, tps: set[TopicPartition]) -> None:
+        """Load each partition's snapshot at or before its committed offset, then seek there.
+
+        The state is complete once the consumer's position reaches the committed offset:
+        records between the snapshot and the commit (normally none) are processed again as
+        usual, and their outputs carry the same change ids as the first time.
+        """
+        t0 = time.perf_counter()
+        committed = {tp: self.consumer.committed(tp) for tp in tps}
+        for tp in tps:
+            self._buffer.pop(tp, None)
+            self._deadline.pop(tp, None)
+            # a partition may come back while this member still holds users of it: start clean
+            if len(self.pipeline.store.rows_of_partition(tp.partition)):
+                self.pipeline.drop_partition(tp.partition)
+        chosen = {tp: (self.checkpoints.best(tp.partition, c) if self.checkpoints else None)
+                  for tp, c in committed.items()}
+        snaps = [s for s in chosen.values() if s is not None]
+        fresh = self.pipeline.model is None and len(self.pipeline.store) == 0 and self.pipeline.events_seen == 0
+        exact = None
+        layout = None
+        if fresh and snaps and self.checkpoints is not None:
+            newest = max(snaps, key=lambda s: s.ckpt)
+            state = self.checkpoints.load_global(newest.ckpt)
+            if state is not None:
+                self.pipeline.load_global_state(state)
+                exact, layout = newest.ckpt, state["layout"]
+        users = 0
+        for tp, snap in sorted(chosen.items(), key=lambda x: x[0].partition):
+            if committed[tp] is not None:
+                self._positions[tp] = committed[tp]
+            if snap is None:
+                c = committed[tp]
+                self._state_offsets[tp] = c if c is not None else -1
+                # records fetched along with this assignment were dropped: rewind to where they started
+                if c is not None:
+                    self.consumer.seek(tp, c)
+                else:
+                    self.consumer.seek_to_beginning(tp)
+                if c is not None and self.checkpoints is not None:
+                    log.warning("no snapshot of partition %s at or before committed offset %d: its users start empty",
+                                tp, c, extra={"partition": tp.partition, "offset": c})
+                continue
+            users += self.pipeline.import_users(snap.load()["users"], keep_rows=snap.ckpt == exact)
+            self.consumer.seek(tp, snap.offset)
+            self._state_offsets[tp] = snap.offset
+            if committed[tp] is not None and committed[tp] > snap.offset:
+                self._restoring[tp] = committed[tp]
+        self.pipeline.finish_restore(layout)
+        self.metrics.restores.inc(len(tps))
+        self.metrics.users_tracked.set(len(self.pipeline.store))
+        log.info("restored %d partitions (%d users) in %.3fs", len(tps), users, time.perf_counter() - t0, extra={
+            "partitions": sorted(tp.partition for tp in tps),
+            "offsets": {tp.partition: (s.offset if s else committed[tp]) for tp, s in chosen.items()}})
+
+    def _assign_waiting(self) -> None:
+        """Global model (issue 8): users held back until the first model was announced get their segment
+        as soon as it is, even when their partitions have no more records. Each change id is derived
+        from the offset the user's partition state reflects, so a replay after a crash repeats it."""
+        result = self.pipeline.assign_waiting()
+        if result is None:
+            return
+        store = self.pipeline.store
+        ids = []
+        for uid, seg in zip(result.changes.user_ids, result.changes.segments.tolist()):
+            p = int(store.partition[store.row_of(uid)])
+            ids.append(change_id(uid, p, self._state_offsets.get(TopicPartition(self.settings.input_topic, p), 0) - 1,
+                                 seg))
+        self.outputs.write(result, Records.empty(self.settings.input_topic), self.clock(), ids)
+        self.publisher.confirm()
+        self.summary.changes += len(result.changes)
+        if result.new_model is not None:
+            self.metrics.model_version.set(result.new_model.version)
+        log.info("assigned %d users held back until model version %d", len(result.changes), self.pipeline.model.version)
+
+    # ----- processing ----------------------------------------------------
+    def _process(self, records: Records, decoded: tuple[EventBatch, list[Rejected]] | None = None) -> None:
+        t0 = time.perf_counter()
+        partitions = records.partitions.astype(np.int32)
+        result = (self.pipeline.process_records(records.values, partitions) if decoded is None
+                  else self.pipeline.process_decoded(*decoded, partitions))
+        self.outputs.write(result, records, self.clock())
+        for tp, nxt in records.next_offsets().items():
+            if nxt > self._state_offsets.get(tp, -1):
+                self._state_offsets[tp] = nxt
+        if self._restoring:
+            self._check_restored()
+        if not self._maybe_checkpoint(force=False):
+            self.publisher.confirm()
+        confirmed_at = time.time()
+        ts = records.timestamps.astype(np.float64)
+        self.metrics.event_to_publish.observe_many(confirmed_at - ts / 1000.0)
+        seconds = time.perf_counter() - t0
+        self._observe(result, records, seconds)
+        self._pace(seconds, len(records))
+
+    def _pace(self, seconds: float, n: int) -> None:
+        """Keep one batch (process, publish, confirm, checkpoint) under a quarter of the poll budget.
+
+        Aligned batching keeps its fixed block size (determinism first) and only warns.
+        """
+        budget = self.settings.max_poll_interval_ms / 4000.0
+        if seconds > budget:
+            if not self.settings.aligned_batches:
+                self._batch_cap = max(1, n // 2)
+            log.warning("a batch of %d records took %.1fs (> %.1fs, a quarter of max_poll_interval_ms): "
+                        "batch size now at most %d", n, seconds, budget, self._batch_cap)
+        elif seconds < budget / 8 and self._batch_cap < self.settings.batch_max_events:
+            self._batch_cap = min(self.settings.batch_max_events, 2 * self._batch_cap)
+
+    def _maybe_checkpoint(self, *, force: bool) -> bool:
+        due = (time.monotonic() - self._last_checkpoint) * 1000.0 >= self.settings.checkpoint_interval_ms
+        if not (force or due):
+            return False
+        owned = self.rebalance.owned()
+        offsets = {tp: off for tp, off in self._state_offsets.items() if tp in owned and off >= 0}
+        if not offsets or all(self._positions.get(tp) == off for tp, off in offsets.items()):
+            self.publisher.confirm()
+            return True
+        self.checkpoint(offsets)
+        return True
+
+    def checkpoint(self, offsets: dict[TopicPartition, int]) -> None:
+        """The checkpoint order, in one place:
+
+        1. flush outputs and confirm every send (raises, so nothing is persisted or committed, if any fails);
+        2. persist state and model with the offsets they reflect (one snapshot per owned partition);
+        3. commit exactly those offsets, explicitly, for partitions this member still owns.
+        """
+        t0 = time.perf_counter()
+        self.publisher.confirm()
+        if self.checkpoints is not None:
+            store = self.pipeline.store
+            self.checkpoints.write(self.pipeline.global_state(), {
+                tp.partition: (off, store.export_rows(store.rows_of_partition(tp.partition)))
+                for tp, off in offsets.items()})
+        committed = self._commit(offsets)
+        if committed and self.checkpoints is not None:
+            self.checkpoints.prune({tp.partition: off for tp, off in committed.items()})
+        self._last_checkpoint = time.monotonic()
+        self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
+        meta = self.consumer.group_metadata()
+        log.debug("checkpoint", extra={"generation": meta.generation_id, "member": meta.member_id,
+                                       "offsets": {tp.partition: off for tp, off in offsets.items()}})
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        owned = self.rebalance.owned()
+        commit = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items() if tp in owned}
+        if not commit:
+            return {}
+        try:
+            self.consumer.commit(commit)
+        except (CommitFailedError, KafkaError) as exc:
+            self.metrics.commit_failures.inc()
+            meta = self.consumer.group_metadata()
+            for tp, om in commit.items():
+                log.warning("offset commit failed: %s", exc, extra={
+                    "topic": tp.topic, "partition": tp.partition, "offset": om.offset,
+                    "generation": meta.generation_id})
+            return {}
+        self.metrics.commits.inc()
+        done = {tp: om.offset for tp, om in commit.items()}
+        self._positions = {tp: pos for tp, pos in self._positions.items() if tp in owned}
+        self._positions.update(done)
+        self.summary.committed.update(done)
+        return done
+
+    def _observe(self, result: BatchResult, records: Records, seconds: float) -> None:
+        s, p = self.summary, self.pipeline
+        s.events += len(records)
+        s.invalid += len(result.rejected)
+        s.changes += len(result.changes)
+        s.batches += 1
+        self.metrics.observe_batch(result, p, records=len(records),
+                                   value_bytes=records.value_bytes(),
+                                   seconds=seconds)
+        if self.settings.log_level.upper() == "DEBUG":
+            meta = self.consumer.group_metadata()
+            log.debug("batch", extra={"generation": meta.generation_id, "member": meta.member_id,
+                                      "partitions": sorted(set(records.partitions.tolist())),
+                                      "first_offset": records.offset, "last_offset": int(records.offsets[-1])})
+        lags = {}  # high-water mark minus the next offset this consumer's state reflects (processed, not committed)
+        owned = self.rebalance.owned()
+        processed = {tp: off for tp, off in self._state_offsets.items() if tp in owned and off >= 0}
+        for tp, pos in {**self._positions, **processed}.items():
+            if tp not in owned:
+                continue
+            hw = self.consumer.highwater(tp)
+            if hw is not None:
+                lags[(tp.topic, tp.partition)] = max(0, hw - pos)
+        self.metrics.set_lag(lags)
+        if self.on_batch is not None:
+            self.on_batch(result, s)

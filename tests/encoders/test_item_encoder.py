@@ -1,0 +1,153 @@
+"""The item-aware encoder (``item-pool``): learns, round-trips, refuses bad artifacts, is batch-invariant,
+and puts users who touch related items together even when nothing else tells them apart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.artifact import ArtifactError, load_artifact
+from encoders.serving import Encoder, load_encoder
+from encoders.train import TrainConfig, train_encoder
+from encoders.train_items import item_vocabulary
+from eventlogs.recorded import write_events
+from eventlogs.synthetic import SyntheticConfig, generate
+from state.features import FeatureSpec
+from state.quality import adjusted_rand_index
+from state.segments import best_of_restarts
+from state.user_store import UserStore
+from state.events import EventDecoder
+
+CFG = SyntheticConfig(users=300, groups=3, events=9000, seed=5, items_per_group=60, shared_items=30)
+
+
+def _items_only(ev: dict) -> dict:
+    """The same item sequences with every other signal removed: one action, no categories, no values."""
+    return {"user_id": ev["user_id"], "action": "view", "ts": ev["ts"], "item_id": ev["item_id"], "group": ev["group"]}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("item-enc")
+    log = d / "items.msgpack"
+    write_events(log, (_items_only(e) for e in generate(CFG)))
+    lines: list[str] = []
+    cfg = TrainConfig.for_kind("item-pool", epochs=15, dim=16, item_history=16, max_samples=20_000)
+    art = train_encoder(log, d / "item.pt", cfg, progress=lines.append)
+    return log, d / "item.pt", art, lines
+
+
+def _final_states(log, spec: FeatureSpec):
+    from eventlogs.recorded import read_events
+
+    store = UserStore(spec, capacity=10_000)
+    evs = list(read_events(log))
+    batch, _ = EventDecoder(spec).decode_objects(evs)
+    store.apply(batch)
+    rows = store.live_rows()
+    groups = {e["user_id"]: e["group"] for e in evs}
+    return store.features(rows), np.array([groups[u] for u in store.user_ids(rows)])
+
+
+def test_item_training_learns_in_seconds(trained):
+    _, _, art, lines = trained
+    losses = art.metadata["loss_history"]
+    assert len(losses) == 15 and sum("epoch" in ln for ln in lines) == 15
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert art.metadata["seconds"] < 60
+    assert art.config["vocab_size"] == art.metadata["vocabulary"] > 0
+
+
+def test_users_of_related_items_land_together_without_shared_categories(trained):
+    log, path, art, _ = trained
+    enc = load_encoder(path, device="cpu")
+    f, groups = _final_states(log, enc.spec)
+    rng = np.random.default_rng(0)
+    learned = best_of_restarts(enc.encode(f), 3, rng)
+    labels = ((enc.encode(f)[:, None, :] - learned[None]) ** 2).sum(-1).argmin(1)
+    raw = Encoder.raw(enc.spec).encode(f)
+    raw_labels = ((raw[:, None, :] - best_of_restarts(raw, 3, rng)[None]) ** 2).sum(-1).argmin(1)
+    ari_items, ari_raw = adjusted_rand_index(groups, labels), adjusted_rand_index(groups, raw_labels)
+    assert ari_items > 0.8, (ari_items, ari_raw)
+    assert ari_raw < 0.3, ari_raw  # the raw state sees one action and no categories: no group signal
+
+
+def test_item_artifact_round_trip_and_refusals(trained, tmp_path):
+    _, path, art, _ = trained
+    loaded = load_artifact(path)
+    assert loaded.kind == "item-pool" and loaded.checksum == art.checksum
+    enc = load_encoder(path, device="cpu")
+    assert enc.dim == 16 and enc.version == art.version
+    # the vocabulary is part of the checksummed content
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["tokens"][0] += 1
+    torch.save(payload, tmp_path / "tampered.pt")
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_artifact(tmp_path / "tampered.pt")
+    other = FeatureSpec.from_dict({**art.feature_spec.to_dict(), "item_history": 32})
+    with pytest.raises(ArtifactError, match="item_history: 16 != 32"):
+        load_encoder(path, expected_spec=other)
+
+
+def test_item_embeddings_do_not_depend_on_batch_composition(trained):
+    from encoders.train import replay_features
+
+    log, path, _, _ = trained
+    enc = load_encoder(path, device="cpu", max_batch=1024)
+    f = replay_features(log, enc.spec, max_samples=1024, batch_events=20)
+    assert len(f) == 1024 and (f.item_tokens >= 0).any()
+    full = enc.encode(f)
+    for i in (0, 511, 1023):
+        np.testing.assert_allclose(enc.encode(f.take(np.array([i])))[0], full[i], rtol=0, atol=1e-5)
+    perm = np.random.default_rng(1).permutation(len(f))
+    np.testing.assert_allclose(enc.encode(f.take(perm)), full[perm], rtol=0, atol=1e-5)
+    small = load_encoder(path, device="cpu", max_batch=7)  # chunked differently
+    np.testing.assert_allclose(small.encode(f), full, rtol=0, atol=1e-5)
+
+
+def test_unknown_items_embed_as_zero_and_known_items_are_normalised(trained):
+    _, path, art, _ = trained
+    enc = load_encoder(path, device="cpu")
+    spec = enc.spec
+    n = spec.item_history
+    tokens = np.full((3, n), -1, np.int32)
+    weights = np.zeros((3, n), np.float32)
+    tokens[1, 0] = 12345  # not an item of the log
+    weights[1, 0] = 1.0
+    known = int(art.state_dict["tokens"][0])
+    tokens[2, :2] = [known, 12345]
+    weights[2, :2] = 1.0
+    from state.user_store import Features
+
+    z = enc.encode(Features(np.zeros((3, spec.feature_width), np.float32), tokens, weights))
+    assert np.all(z[0] == 0) and np.all(z[1] == 0)
+    assert abs(float(np.linalg.norm(z[2])) - 1.0) < 1e-5
+
+
+def test_vocabulary_keeps_items_seen_often_enough(trained):
+    log, _, art, _ = trained
+    spec = art.feature_spec
+    all_items = item_vocabulary(log, spec, min_count=1)
+    frequent = item_vocabulary(log, spec, min_count=2)
+    assert set(frequent) < set(all_items)
+    assert np.all(np.diff(frequent) > 0)  # sorted, unique: searchsorted lookups
+    assert np.array_equal(art.state_dict["tokens"].numpy(), frequent)
+
+
+def test_the_pipeline_hands_recent_items_to_an_item_encoder(trained):
+    import math
+
+    from eventlogs.recorded import read_events
+    from stream.runtime.pipeline import Pipeline
+    from stream.settings import Settings
+
+    log, path, _, _ = trained
+    p = Pipeline.from_settings(Settings(encoder=str(path), segments=3, warmup_users=50, metrics_port=0),
+                               now=lambda: math.inf)
+    p.process_objects(list(read_events(log)))
+    assert p.encoder.uses_items
+    rows = p.store.live_rows()
+    with_items = p.encoder.encode(p.store.features(rows))
+    assert np.abs(with_items).sum() > 0
+    np.testing.assert_array_equal(p._embed(rows), with_items)

@@ -1,0 +1,170 @@
+"""Per-user state: event-time decay, order independence inside a batch, eviction, erasure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from state.features import FeatureSpec
+from state.user_store import UserStore
+from state.events import EventDecoder
+
+SPEC = FeatureSpec(half_life_s=100.0, category_buckets=8, item_history=4)
+
+
+def decode(events):
+    batch, rejected = EventDecoder(SPEC, now=lambda: 4e9).decode_objects(events)
+    assert not rejected
+    return batch
+
+
+def random_events(rng, n, users=5, t0=1.7e9):
+    evs = []
+    for i in range(n):
+        ev = {"user_id": f"u{rng.integers(users)}", "action": ["view", "click", "purchase", "zap"][rng.integers(4)],
+              "ts": float(t0 + rng.uniform(0, 1000)), "item_id": int(rng.integers(20))}
+        if rng.random() < 0.7:
+            ev["categories"] = [f"c{j}" for j in rng.choice(12, rng.integers(1, 3), replace=False)]
+        if rng.random() < 0.5:
+            ev["value"] = float(rng.uniform(0, 5))
+        evs.append(ev)
+    return evs
+
+
+def naive_features(events, user):
+    """Reference: one event at a time, decaying the state between events."""
+    evs = sorted((e for e in events if e["user_id"] == user), key=lambda e: e["ts"])
+    dense = np.zeros(SPEC.dense_width)
+    last = None
+    for e in evs:
+        if last is not None:
+            dense *= 2 ** (-(e["ts"] - last) / SPEC.half_life_s)
+        last = e["ts"]
+        dense[SPEC.COUNT] += 1
+        dense[SPEC.action_offset + SPEC.action_index(e["action"])] += 1
+        if "value" in e:
+            dense[SPEC.VALUE_SUM] += e["value"]
+            dense[SPEC.VALUE_COUNT] += 1
+        for c in e.get("categories", []):
+            dense[SPEC.category_offset + SPEC.category_bucket(c)] += 1 / len(e["categories"])
+    count = dense[SPEC.COUNT]
+    acts = dense[SPEC.action_offset:SPEC.category_offset] / count
+    cats = dense[SPEC.category_offset:]
+    cats = cats / max(cats.sum(), 1e-30)
+    mean_value = dense[SPEC.VALUE_SUM] / dense[SPEC.VALUE_COUNT] if dense[SPEC.VALUE_COUNT] else 0.0
+    scale = np.log1p(1000.0)
+    return np.concatenate([acts, cats, [np.log1p(count) / scale, np.sign(mean_value) * np.log1p(abs(mean_value)) / scale,
+                                        dense[SPEC.VALUE_COUNT] / count]])
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 1000])
+def test_matches_one_event_at_a_time_reference(batch_size):
+    rng = np.random.default_rng(1)
+    events = random_events(rng, 300)
+    store = UserStore(SPEC, capacity=100)
+    for i in range(0, len(events), batch_size):
+        store.apply(decode(events[i:i + batch_size]))
+    for u in sorted({e["user_id"] for e in events}):
+        row = store.row_of(u)
+        got = store.features(np.array([row])).dense[0]
+        np.testing.assert_allclose(got, naive_features(events, u), rtol=2e-4, atol=1e-5)
+
+
+def test_order_inside_a_batch_does_not_matter():
+    rng = np.random.default_rng(2)
+    events = random_events(rng, 200)
+    a, b = UserStore(SPEC, 100), UserStore(SPEC, 100)
+    a.apply(decode(events))
+    b.apply(decode(list(reversed(events))))
+    for u in {e["user_id"] for e in events}:
+        fa = a.features(np.array([a.row_of(u)]))
+        fb = b.features(np.array([b.row_of(u)]))
+        np.testing.assert_allclose(fa.dense, fb.dense, rtol=1e-5, atol=1e-6)
+        # the ring of recent items holds the same (item, weight) pairs
+        pa = sorted(zip(fa.item_tokens[0].tolist(), np.round(fa.item_weights[0], 5).tolist()))
+        pb = sorted(zip(fb.item_tokens[0].tolist(), np.round(fb.item_weights[0], 5).tolist()))
+        assert pa == pb
+
+
+def test_recent_items_keep_the_newest():
+    events = [{"user_id": "a", "action": "view", "ts": 1.7e9 + i, "item_id": i} for i in range(10)]
+    store = UserStore(SPEC, 10)
+    store.apply(decode(events[:3]))
+    store.apply(decode(events[3:]))
+    f = store.features(np.array([store.row_of("a")]))
+    kept = {t for t in f.item_tokens[0].tolist()}
+    assert kept == {SPEC.item_token(i) for i in range(6, 10)}
+    newest = f.item_weights[0][f.item_tokens[0].tolist().index(SPEC.item_token(9))]
+    assert newest == pytest.approx(1.0)
+
+
+def test_rebase_keeps_state_equivalent():
+    # events spread over 200 half-lives force several rebases; result must match the reference
+    events = [{"user_id": f"u{i % 3}", "action": "view", "ts": 1.7e9 + i * 500.0, "categories": [f"c{i % 4}"]}
+              for i in range(200)]
+    store = UserStore(SPEC, 10)
+    for i in range(0, 200, 10):
+        store.apply(decode(events[i:i + 10]))
+    assert store.t0 > 1.7e9 + 40 * SPEC.half_life_s
+    for u in ("u0", "u1", "u2"):
+        got = store.features(np.array([store.row_of(u)])).dense[0]
+        np.testing.assert_allclose(got, naive_features(events, u), rtol=2e-4, atol=1e-5)
+
+
+def test_evicts_least_recently_active_beyond_capacity():
+    store = UserStore(SPEC, capacity=100)
+    store.apply(decode([{"user_id": f"old{i}", "action": "view", "ts": 1.7e9 + i} for i in range(100)]))
+    res = store.apply(decode([{"user_id": "new", "action": "view", "ts": 1.8e9}]))
+    assert len(store) <= 100
+    assert store.row_of("new") is not None
+    assert res.evicted_user_ids == ["old0"]  # the least recently active goes first
+    assert store.row_of("old0") is None and store.row_of("old99") is not None
+
+
+def test_eviction_never_drops_users_of_the_current_batch():
+    store = UserStore(SPEC, capacity=4)
+    store.apply(decode([{"user_id": u, "action": "view", "ts": 1.7e9 + i} for i, u in enumerate("abcd")]))
+    store.apply(decode([{"user_id": "a", "action": "view", "ts": 1.6e9}, {"user_id": "e", "action": "view", "ts": 1.7e9}]))
+    assert store.row_of("a") is not None and store.row_of("e") is not None
+    assert len(store) == 4
+
+
+def test_delete_forgets_the_user():
+    store = UserStore(SPEC, 10)
+    store.apply(decode([{"user_id": "a", "action": "purchase", "ts": 1.7e9, "value": 9.0}]))
+    row = store.row_of("a")
+    store.segment[row] = 3
+    assert store.delete("a") == 3
+    assert store.row_of("a") is None and len(store) == 0
+    store.apply(decode([{"user_id": "a", "action": "view", "ts": 1.7e9 + 1}]))
+    f = store.features(np.array([store.row_of("a")])).dense[0]
+    assert f[SPEC.action_index("purchase")] == 0 and f[SPEC.action_index("view")] == 1  # fresh state
+    assert store.delete("nobody") is None
+
+
+def test_memory_is_columnar():
+    store = UserStore(SPEC, capacity=10_000)
+    store.apply(decode([{"user_id": f"u{i}", "action": "view", "ts": 1.7e9} for i in range(5000)]))
+    per_user = store.nbytes() / len(store.dense)
+    assert per_user < 200  # a few numpy columns per user, not Python objects
+
+
+def test_live_rows_are_the_rows_of_held_users_through_eviction_deletion_drops_and_restore():
+    rng = np.random.default_rng(3)
+    store = UserStore(SPEC, capacity=60)
+
+    def held() -> list[int]:
+        return sorted(store.row_of(u) for u in store._index)
+
+    for step in range(12):
+        store.apply(decode([{"user_id": f"u{rng.integers(150)}", "action": "view", "ts": 1.7e9 + step * 10 + i}
+                            for i in range(25)]))
+        if step % 3 == 0 and len(store):
+            store.delete(next(iter(store._index)))
+        if step % 4 == 1:
+            store.drop_rows(store.live_rows()[::5])
+        assert store.live_rows().tolist() == held()
+    restored = UserStore(SPEC, capacity=60)
+    restored.import_rows(store.export_rows(store.live_rows()[::2]), keep_rows=True)
+    assert restored.live_rows().tolist() == sorted(restored.row_of(u) for u in restored._index)
+    assert len(restored.live_rows()) == len(store.live_rows()[::2]) > 0

@@ -1,0 +1,150 @@
+"""The columnar batch decoder agrees with kafka-python's record iterator, and the fetcher hook keeps positions."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kafka import KafkaConsumer
+from kafka.errors import CorruptRecordError
+from kafka.record.default_records import DefaultRecordBatchBuilder
+from kafka.record.memory_records import MemoryRecords
+from kafka.structs import TopicPartition
+
+from helpers import produce, read_topic
+from stream.kafka.records import Records, decode_batch, install_columnar_fetch
+
+TP = TopicPartition("t", 3)
+
+record = st.tuples(
+    st.one_of(st.none(), st.binary(max_size=300)),  # key (lengths past 63 need two-byte varints)
+    st.one_of(st.none(), st.binary(max_size=300)),  # value
+    st.integers(0, 10**7),  # timestamp delta, ms
+    st.lists(st.tuples(st.text(max_size=8), st.one_of(st.none(), st.binary(max_size=20))), max_size=2),
+)
+
+
+def _batch_bytes(recs, *, compression=0, base_offset=0, first_ts=1_700_000_000_000, log_append_time=False) -> bytes:
+    b = DefaultRecordBatchBuilder(magic=2, compression_type=compression, is_transactional=0, producer_id=-1,
+                                  producer_epoch=-1, base_sequence=-1, batch_size=1 << 30)
+    for i, (key, value, dt, headers) in enumerate(recs):
+        b.append(i, timestamp=first_ts + dt, key=key, value=value, headers=headers)
+    raw = bytearray(b.build())
+    struct.pack_into(">q", raw, 0, base_offset)  # not covered by the CRC
+    if log_append_time:
+        raw[22] |= 0x08  # attributes (low byte); neither decoder checks the CRC
+    return bytes(raw)
+
+
+def _batch(raw: bytes):
+    return MemoryRecords(raw).next_batch()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(record, min_size=1, max_size=40), st.sampled_from([0, 1]), st.integers(0, 2**40),
+       st.booleans(), st.data())
+def test_decoded_columns_equal_kafka_pythons_records(recs, compression, base, log_append, data):
+    raw = _batch_bytes(recs, compression=compression, base_offset=base, log_append_time=log_append)
+    expected = list(_batch(raw))
+    skip = data.draw(st.integers(0, len(recs)))
+    got = decode_batch(_batch(raw), TP, min_offset=base + skip)
+    expected = expected[skip:]
+    assert got.offsets.tolist() == [r.offset for r in expected]
+    assert got.timestamps.tolist() == [r.timestamp for r in expected]
+    assert got.keys == [r.key for r in expected]
+    assert got.values == [r.value for r in expected]
+    assert [got[i].headers for i in range(len(got))] == [list(r.headers) for r in expected]
+    assert set(got.partitions.tolist()) <= {3}
+
+
+def test_a_batch_whose_records_do_not_add_up_is_rejected():
+    raw = bytearray(_batch_bytes([(b"k", b"v" * 10, 0, [])] * 3))
+    struct.pack_into(">i", raw, 57, 4)  # claims 4 records, holds 3
+    with pytest.raises(CorruptRecordError):
+        decode_batch(_batch(bytes(raw)), TP)
+    raw = bytearray(_batch_bytes([(b"k", b"v" * 10, 0, [])] * 3))
+    raw[61] += 2  # the first record claims one byte more than it has
+    with pytest.raises(CorruptRecordError):
+        decode_batch(_batch(bytes(raw)), TP)
+
+
+def test_select_and_concat_keep_columns_aligned():
+    a = Records.single("t", 0, np.arange(5), np.arange(5) * 10, [None] * 5, [bytes([i]) for i in range(5)])
+    b = Records.single("t", 2, np.arange(100, 103), np.zeros(3), [b"k"] * 3, [b"x", None, b"z"],
+                       [[("h", b"1")], [], []])
+    both = Records.concat([a.select(slice(1, 3)), b.select(np.array([True, False, True]))])
+    assert both.partitions.tolist() == [0, 0, 2, 2]
+    assert both.offsets.tolist() == [1, 2, 100, 102]
+    assert both.values == [b"\x01", b"\x02", b"x", b"z"]
+    assert [both[i].headers for i in range(4)] == [[], [], [("h", b"1")], []]
+    assert both.next_offsets() == {TopicPartition("t", 0): 3, TopicPartition("t", 2): 103}
+    assert both.value_bytes() == 4
+
+
+def _columnar_consumer(bootstrap: str, **kw) -> KafkaConsumer:
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                      session_timeout_ms=6000, heartbeat_interval_ms=1000, **kw)
+    assert install_columnar_fetch(c)
+    return c
+
+
+@pytest.mark.integration
+def test_group_consumer_gets_every_record_once_and_positions_follow(broker, topics):
+    """A real broker, 3 partitions, small polls that split record batches: columns equal kafka-python's records."""
+    broker.create(topics, partitions=3)
+    values = [f"value-{i}".encode() * (i % 7) or None for i in range(2000)]
+    keys = [f"user-{i % 97}".encode() for i in range(2000)]
+    produce(broker.bootstrap, topics["input"], values, keys=keys)
+    reference = read_topic(broker.bootstrap, topics["input"], expected=2000)
+
+    c = _columnar_consumer(broker.bootstrap, group_id=f"cols-{uuid.uuid4().hex[:6]}")
+    c.subscribe([topics["input"]])
+    got = []
+    try:
+        while len(got) < 2000:
+            polled = c.poll(timeout_ms=5000, max_records=7)
+            assert polled, "no records within 5s"
+            n = 0
+            for tp, blocks in polled.items():
+                for block in blocks:
+                    assert isinstance(block, Records)
+                    got.extend(block[i] for i in range(len(block)))
+                    n += len(block)
+                assert c.position(tp) == int(blocks[-1].offsets[-1]) + 1  # the position follows each poll
+            assert n <= 7
+        assert c.poll(timeout_ms=500) == {}
+        ends = {}
+        for r in got:
+            ends[r.partition] = max(ends.get(r.partition, 0), r.offset + 1)
+        for p, end in ends.items():
+            assert c.position(TopicPartition(topics["input"], p)) == end
+    finally:
+        c.close(autocommit=False)
+    key = lambda r: (r.partition, r.offset)  # noqa: E731
+    assert sorted((r.partition, r.offset, r.timestamp, r.key, r.value) for r in got) == \
+        sorted((r.partition, r.offset, r.timestamp, r.key, r.value) for r in reference)
+    assert len({key(r) for r in got}) == 2000
+
+
+@pytest.mark.integration
+def test_seek_into_the_middle_of_a_batch(broker, topics):
+    broker.create(topics, partitions=1)
+    produce(broker.bootstrap, topics["input"], [f"{i}".encode() for i in range(50)], partition=0)
+    tp = TopicPartition(topics["input"], 0)
+    c = _columnar_consumer(broker.bootstrap)
+    try:
+        c.assign([tp])
+        c.seek(tp, 17)
+        seen: list[int] = []
+        while len(seen) < 33:
+            for blocks in c.poll(timeout_ms=5000).values():
+                for block in blocks:
+                    seen.extend(block.offsets.tolist())
+        assert seen == list(range(17, 50))
+        assert [int(v) for v in block.values[-3:]] == [47, 48, 49]
+    finally:
+        c.close(autocommit=False)

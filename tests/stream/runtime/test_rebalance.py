@@ -1,0 +1,115 @@
+"""Issue 6: three consumers in one group on a 6-partition topic; one is SIGKILLed and another added
+mid-stream. The final per-user state equals an uninterrupted single consumer's, and no partition is
+processed by two members in the same generation."""
+
+from __future__ import annotations
+
+import collections
+import random
+
+import numpy as np
+import pytest
+
+from helpers import SegstreamProcess, committed, log_records, pick_busy_member, produce_by_partition, wait_committed
+from stream.runtime.checkpoints import CheckpointStore
+from stream.kafka.clients import ensure_topics
+from stream.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+P = 6
+N = 12_000
+USERS = 300
+HALF_LIFE = 1e9
+
+
+def _produce(bootstrap: str, topic: str) -> tuple[list[dict], dict[int, int]]:
+    rng = random.Random(9)
+    events = []
+    for i in range(N):
+        u = rng.randrange(USERS)
+        events.append({"user_id": f"u{u}", "action": ["view", "click", "purchase"][(u + i) % 3], "ts": 1.7e9 + i,
+                       "item_id": rng.randrange(40), "categories": [f"c{u % 5}"], "value": float(i % 4)})
+    return events, produce_by_partition(bootstrap, topic, events, lambda e: int(e["user_id"][1:]) % P)
+
+
+def _state(ckpt_dir, group, topic, want: dict[int, int]) -> dict[str, tuple]:
+    """Per-user behavioural state as of each user's last event (independent of the decay reference)."""
+    store = CheckpointStore(ckpt_dir, group, topic)
+    out = {}
+    for p, off in want.items():
+        snap = store.best(p, off)
+        assert snap is not None and snap.offset == off, (p, snap)
+        b = snap.load()["users"]
+        scale = np.exp2(-(b["last_ts"] - b["t0"]) / HALF_LIFE)
+        dense = b["dense"].astype(np.float64) * scale[:, None]
+        item_w = b["item_w"].astype(np.float64) * scale[:, None]
+        for i, uid in enumerate(b["ids"]):
+            assert uid not in out  # every user in exactly one partition's snapshot
+            # the recent-items ring: same content whatever the batching (its rotation depends on batch cuts)
+            ring = sorted(zip(b["items"][i].tolist(), item_w[i].tolist()))
+            out[uid] = (dense[i], b["last_ts"][i], [t for t, _ in ring], np.array([w for _, w in ring]), 0, p)
+    return out
+
+
+def test_three_consumers_with_a_kill_and_a_join_match_one_uninterrupted_consumer(broker, topics, tmp_path):
+    ensure_topics(Settings(bootstrap=broker.bootstrap), {topics["input"]: P, topics["output"]: P, topics["dlq"]: 1})
+    events, want = _produce(broker.bootstrap, topics["input"])
+    assert len(want) == P
+    common = ("--half-life-s", str(HALF_LIFE), "--batch-max-events", "150", "--warmup-users", "30", "--segments", "3",
+              "--checkpoint-interval-ms", "0", "--log-level", "DEBUG", "--log-format", "json")
+    ref_topics = {**topics, "group": topics["group"] + "-ref", "output": topics["output"] + "-ref"}
+    ref = SegstreamProcess(broker.settings(ref_topics), *common, "--checkpoint-dir", str(tmp_path / "ref"))
+    group = [SegstreamProcess(broker.settings(topics), *common, "--checkpoint-dir", str(tmp_path / "group"))
+             for _ in range(3)]
+    errs = []
+    try:
+        # once the three share the work, kill one that still has work left on its own partitions
+        # (mid-stream for it, not only for the group) and add a fourth
+        victim = pick_busy_member(group, N)
+        group[victim].proc.kill()
+        at_kill = committed(broker.bootstrap, topics["group"], topics["input"], P)
+        errs.append(group[victim].proc.communicate()[1])
+        survivors = [p for i, p in enumerate(group) if i != victim]
+        survivors.append(SegstreamProcess(broker.settings(topics), *common, "--checkpoint-dir", str(tmp_path / "group")))
+        wait_committed(broker.bootstrap, topics["group"], topics["input"], want, survivors)
+        wait_committed(broker.bootstrap, ref_topics["group"], topics["input"], want, [ref])
+        for p in survivors:
+            code, _, err = p.terminate()
+            assert code == 0, err[-3000:]
+            errs.append(err)
+        code, _, _ = ref.terminate()
+        assert code == 0
+    finally:
+        for p in group + [ref]:
+            p.kill()
+
+    got = _state(tmp_path / "group", topics["group"], topics["input"], want)
+    ref_state = _state(tmp_path / "ref", ref_topics["group"], topics["input"], want)
+    assert sorted(got) == sorted(ref_state) and len(got) == USERS
+    for uid, (dense, last_ts, items, item_w, head, part) in ref_state.items():
+        g = got[uid]
+        np.testing.assert_allclose(g[0], dense, rtol=1e-5, atol=1e-6, err_msg=uid)
+        assert g[1] == last_ts and g[2] == items and g[4] == head and g[5] == part
+        np.testing.assert_allclose(g[3], item_w, rtol=1e-5, atol=1e-6, err_msg=uid)
+    counts = collections.Counter(e["user_id"] for e in events)
+    from state.features import FeatureSpec
+
+    c = FeatureSpec(half_life_s=HALF_LIFE).COUNT
+    assert {u: round(float(v[0][c])) for u, v in got.items()} == dict(counts)  # nothing lost, nothing twice
+
+    # ownership: within one generation, each partition was processed by one member only
+    owners: dict[tuple[int, int], set[str]] = collections.defaultdict(set)
+    for err in errs:
+        for b in log_records(err, "batch"):
+            for p in b["partitions"]:
+                owners[(b["generation"], p)].add(b["member"])
+    assert owners and all(len(m) == 1 for m in owners.values()), owners
+    members_per_partition = collections.defaultdict(set)
+    for (gen, p), m in owners.items():
+        members_per_partition[p] |= m
+    print(f"committed at the kill: {at_kill}; owners (generation, partition) -> member: "
+          f"{ {k: sorted(v)[0][-6:] for k, v in sorted(owners.items())} }")
+    assert sum(v or 0 for v in at_kill.values()) < N  # the kill landed mid-stream
+    assert len({gen for gen, _ in owners}) >= 2  # the kill and the join did move partitions
+    assert any(len(m) >= 2 for m in members_per_partition.values())

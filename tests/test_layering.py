@@ -1,0 +1,59 @@
+"""The package layering: data flows one way, and kafka-python is reached through one seam.
+
+``state`` and ``encoders`` sit below ``stream`` and never import it; only
+``stream/kafka/`` imports kafka-python, so a kafka-python upgrade touches one
+package.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PRODUCT = ("stream", "state", "encoders", "evaluation", "eventlogs")
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def _modules(*packages: str) -> list[Path]:
+    return sorted(p for pkg in packages for p in (REPO / pkg).rglob("*.py"))
+
+
+def _top(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
+@pytest.mark.parametrize("package", ["state", "encoders"])
+def test_lower_layers_never_import_stream(package):
+    offenders = {str(p.relative_to(REPO)): sorted(n for n in _imports(p) if _top(n) == "stream")
+                 for p in _modules(package)}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_state_never_imports_encoders():
+    offenders = {str(p.relative_to(REPO)) for p in _modules("state") if any(_top(n) == "encoders" for n in _imports(p))}
+    assert not offenders
+
+
+def test_only_the_kafka_seam_imports_kafka_python():
+    seam = REPO / "stream" / "kafka"
+    offenders = {str(p.relative_to(REPO)): sorted(n for n in _imports(p) if _top(n) == "kafka")
+                 for p in _modules(*PRODUCT) if seam not in p.parents}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_the_layering_check_sees_imports(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import kafka.errors\nfrom stream.kafka import clients\nfrom . import x\n")
+    assert _imports(probe) == {"kafka.errors", "stream.kafka"}
