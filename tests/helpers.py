@@ -178,30 +178,35 @@ def metric_sum(p: SegstreamProcess, prefix: str) -> float:
         return 0.0
 
 
-def pick_busy_member(group: list[SegstreamProcess], total: int, *, min_left: int = 300,
-                     timeout_s: float = 120.0) -> int:
-    """Once at least two members consume and a fifth of ``total`` is consumed, the index of the member
-    with the most records left on its own partitions (>= ``min_left``): killing it interrupts its work."""
+def owned_partitions(p: SegstreamProcess) -> set[int]:
+    """The input partitions a member reports as assigned to it (its metrics, scraped over HTTP)."""
+    try:
+        keys = [k for k in p.metrics() if k.startswith("segstream_partition_assigned{")]
+    except OSError:
+        return set()
+    return {int(k.split('partition="', 1)[1].split('"', 1)[0]) for k in keys}
+
+
+def wait_partitions_spread(group: list[SegstreamProcess], partitions: int, timeout_s: float = 120.0) -> None:
+    """Until every member reports partitions of its own and together they report each partition once:
+    the group has settled on one assignment."""
     deadline = time.monotonic() + timeout_s
+    owned: list[set[int]] = []
     while time.monotonic() < deadline:
-        consumed = [metric_sum(p, "segstream_events_consumed_total") for p in group]
-        if sum(1 for c in consumed if c > 0) >= 2 and sum(consumed) >= total // 5:
-            left = [metric_sum(p, "segstream_consumer_lag_records{") for p in group]
-            busy = [i for i in range(len(group)) if consumed[i] > 0 and left[i] >= min_left]
-            if busy:
-                return max(busy, key=lambda i: left[i])
-        time.sleep(0.05)
-    raise AssertionError("no member had work left to interrupt")
+        for p in group:
+            assert p.proc.poll() is None, p.proc.communicate()[1][-3000:]
+        owned = [owned_partitions(p) for p in group]
+        if all(owned) and sorted(x for o in owned for x in o) == list(range(partitions)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the group did not settle on one assignment within {timeout_s}s: {owned}")
 
 
 def freeze_partition_owner(group: list[SegstreamProcess]) -> tuple[int, set[int]]:
-    """SIGSTOP the member owning the most input partitions (the partition labels of its lag gauge, scraped
-    over HTTP); returns its index and those partitions. Records that land on them afterwards stay there
-    until it is killed and the group rebalances, however fast the other members drain theirs."""
-    owned: list[set[int]] = []
-    for p in group:
-        keys = [k for k in p.metrics() if k.startswith("segstream_consumer_lag_records{")]
-        owned.append({int(k.split('partition="', 1)[1].split('"', 1)[0]) for k in keys})
+    """SIGSTOP the member owning the most input partitions; returns its index and those partitions.
+    Records that land on them afterwards stay there until it is killed and the group rebalances,
+    however fast the other members drain theirs."""
+    owned = [owned_partitions(p) for p in group]
     victim = max(range(len(group)), key=lambda i: len(owned[i]))
     assert owned[victim], "no member owns a partition"
     group[victim].proc.send_signal(signal.SIGSTOP)

@@ -116,6 +116,8 @@ class Metrics:
         self.commit_failures = Counter("segstream_offset_commit_failures", "Offset commits refused (e.g. during a rebalance).", registry=r)
         self.consumer_lag = Gauge("segstream_consumer_lag_records", "High-water mark minus this consumer's position.",
                                   ["topic", "partition"], registry=r)
+        self.partition_assigned = Gauge("segstream_partition_assigned", "1 for each input partition assigned to this member (the series goes when the partition does).",
+                                        ["topic", "partition"], registry=r)
         self.last_event_time = Gauge("segstream_last_event_timestamp_seconds", "Event time of the newest event processed.", registry=r)
         self.decode_process_up = Gauge("segstream_decode_process_up", "1 while micro-batches are decoded in a child process (SEGSTREAM_DECODE_PROCESS); 0 when decoded in-process (off, fewer than 2 CPUs, or the child failed).", registry=r)
         # --- checkpoints, recovery, duplicates (issue 6) ---
@@ -142,6 +144,7 @@ class Metrics:
         self.drift = drift if drift is not None else DriftMonitor.from_settings(Settings())
         self._segment_labels: set[str] = set()
         self._lag_labels: set[tuple[str, str]] = set()
+        self._assigned_labels: set[tuple[str, str]] = set()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Start the /metrics endpoint; returns the bound port (useful with port 0)."""
@@ -219,6 +222,14 @@ class Metrics:
             self.segment_share.labels(str(s)).set(n / total if total else 0.0)
         self._segment_labels = labels
         self.segments.set(len(live))
+
+    def set_assigned(self, owned: list[tuple[str, int]]) -> None:
+        labels = {(t, str(p)) for t, p in owned}
+        for stale in self._assigned_labels - labels:
+            self.partition_assigned.remove(*stale)
+        for label in labels:
+            self.partition_assigned.labels(*label).set(1)
+        self._assigned_labels = labels
 
     def set_lag(self, lags: dict[tuple[str, int], int]) -> None:
         labels = {(t, str(p)) for t, p in lags}

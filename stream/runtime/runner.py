@@ -290,6 +290,7 @@ class StreamRunner:
             "assigned": sorted(tp.partition for tp in self.rebalance.owned()),
             "dropped": sorted(tp.partition for tp in gone), "restored": sorted(tp.partition for tp in restore),
             "kept": sorted(tp.partition for tp in keep)})
+        self.metrics.set_assigned([(tp.topic, tp.partition) for tp in self.rebalance.owned()])
         return restore | set(gone) | keep
 
     def _in_sync(self, tp: TopicPartition) -> bool:

@@ -1,4 +1,4 @@
-"""Issue 6: three consumers in one group on a 6-partition topic; one is SIGKILLed and another added
+"""Three consumers in one group on a 6-partition topic; one is SIGKILLed and another added
 mid-stream. The final per-user state equals an uninterrupted single consumer's, and no partition is
 processed by two members in the same generation."""
 
@@ -10,7 +10,8 @@ import random
 import numpy as np
 import pytest
 
-from helpers import SegstreamProcess, committed, log_records, pick_busy_member, produce_by_partition, wait_committed
+from helpers import (SegstreamProcess, committed, freeze_partition_owner, log_records, produce_by_partition,
+                     wait_committed, wait_partitions_spread)
 from stream.runtime.checkpoints import CheckpointStore
 from stream.kafka.clients import ensure_topics
 from stream.settings import Settings
@@ -23,14 +24,18 @@ USERS = 300
 HALF_LIFE = 1e9
 
 
-def _produce(bootstrap: str, topic: str) -> tuple[list[dict], dict[int, int]]:
+def _events() -> list[dict]:
     rng = random.Random(9)
     events = []
     for i in range(N):
         u = rng.randrange(USERS)
         events.append({"user_id": f"u{u}", "action": ["view", "click", "purchase"][(u + i) % 3], "ts": 1.7e9 + i,
                        "item_id": rng.randrange(40), "categories": [f"c{u % 5}"], "value": float(i % 4)})
-    return events, produce_by_partition(bootstrap, topic, events, lambda e: int(e["user_id"][1:]) % P)
+    return events
+
+
+def _produce(bootstrap: str, topic: str, events: list[dict]) -> dict[int, int]:
+    return produce_by_partition(bootstrap, topic, events, lambda e: int(e["user_id"][1:]) % P)
 
 
 def _state(ckpt_dir, group, topic, want: dict[int, int]) -> dict[str, tuple]:
@@ -54,8 +59,8 @@ def _state(ckpt_dir, group, topic, want: dict[int, int]) -> dict[str, tuple]:
 
 def test_three_consumers_with_a_kill_and_a_join_match_one_uninterrupted_consumer(broker, topics, tmp_path):
     ensure_topics(Settings(bootstrap=broker.bootstrap), {topics["input"]: P, topics["output"]: P, topics["dlq"]: 1})
-    events, want = _produce(broker.bootstrap, topics["input"])
-    assert len(want) == P
+    events = _events()
+    want = collections.Counter(_produce(broker.bootstrap, topics["input"], events[: N // 2]))
     common = ("--half-life-s", str(HALF_LIFE), "--batch-max-events", "150", "--warmup-users", "30", "--segments", "3",
               "--checkpoint-interval-ms", "0", "--log-level", "DEBUG", "--log-format", "json")
     ref_topics = {**topics, "group": topics["group"] + "-ref", "output": topics["output"] + "-ref"}
@@ -64,11 +69,17 @@ def test_three_consumers_with_a_kill_and_a_join_match_one_uninterrupted_consumer
              for _ in range(3)]
     errs = []
     try:
-        # once the three share the work, kill one that still has work left on its own partitions
-        # (mid-stream for it, not only for the group) and add a fourth
-        victim = pick_busy_member(group, N)
-        group[victim].proc.kill()
+        # once the three share the partitions, one is frozen before the second half goes in and killed
+        # after it: its partitions' share of the second half is work it leaves unfinished however fast
+        # the others drain theirs (picking a member by its lag raced them); then a fourth joins
+        wait_partitions_spread(group, P)
+        victim, frozen = freeze_partition_owner(group)
+        want.update(_produce(broker.bootstrap, topics["input"], events[N // 2:]))
+        want = dict(want)
+        assert len(want) == P
         at_kill = committed(broker.bootstrap, topics["group"], topics["input"], P)
+        assert any((at_kill[p] or 0) < want[p] for p in frozen), (frozen, at_kill, want)
+        group[victim].proc.kill()
         errs.append(group[victim].proc.communicate()[1])
         survivors = [p for i, p in enumerate(group) if i != victim]
         survivors.append(SegstreamProcess(broker.settings(topics), *common, "--checkpoint-dir", str(tmp_path / "group")))
