@@ -1,0 +1,43 @@
+"""Per-user state and the segment model: the layer below the Kafka edges.
+
+Everything here works on numpy columns and knows nothing of Kafka, torch or
+Prometheus, so replays, benchmarks and tests drive it directly.
+
+- ``events``: input contract v1, decoded and validated into a columnar :class:`EventBatch`
+  (``fastdecode``: the column-at-a-time checks of its fast path)
+- ``features``: how events fold into the per-user feature vector (:class:`FeatureSpec`)
+- ``user_store``: the per-user state rows (:class:`UserStore`)
+- ``segments``: the published segment model and assignment (:class:`SegmentModel`)
+- ``kmeans`` / ``dbstream``: the online clusterers (river) with stable ids and lineage
+- ``identity``: id matching between model versions; ``global_model``: one model for a group
+- ``profiles``: segment profiles; ``quality``: ARI and contingency tables
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "EventBatch": "state.events",
+    "EventDecoder": "state.events",
+    "Rejected": "state.events",
+    "REASONS": "state.events",
+    "DELETE_ACTION": "state.events",
+    "FeatureSpec": "state.features",
+    "UserStore": "state.user_store",
+    "SegmentModel": "state.segments",
+    "OnlineKMeans": "state.kmeans",
+    "LineageEvent": "state.kmeans",
+    "OnlineDBSTREAM": "state.dbstream",
+    "GlobalKMeans": "state.global_model",
+    "segment_profiles": "state.profiles",
+    "adjusted_rand_index": "state.quality",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    # Lazy, so that importing one module of the package does not import all of them.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

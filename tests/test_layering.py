@@ -57,3 +57,20 @@ def test_the_layering_check_sees_imports(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("import kafka.errors\nfrom stream.kafka import clients\nfrom . import x\n")
     assert _imports(probe) == {"kafka.errors", "stream.kafka"}
+
+
+def _packages() -> list[str]:
+    return sorted(str(p.parent.relative_to(REPO)).replace("/", ".") for p in _modules(*PRODUCT)
+                  if p.name == "__init__.py")
+
+
+@pytest.mark.parametrize("package", _packages())
+def test_each_package_names_its_public_api(package):
+    import importlib
+
+    mod = importlib.import_module(package)
+    assert (mod.__doc__ or "").strip(), f"{package}/__init__.py says nothing about the package"
+    if package != "stream":  # the top package only names its sub-packages
+        assert mod.__all__, package
+        for name in mod.__all__:
+            assert getattr(mod, name) is not None, (package, name)
