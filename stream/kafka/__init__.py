@@ -14,6 +14,9 @@ one module per concern:
   and the v2 record batch decoder;
 - :mod:`~stream.kafka.batch_produce`: a partition's records encoded as whole
   record batches;
+- :mod:`~stream.kafka.compat`: every use of kafka-python's internals (the
+  columnar fetch hook and the columnar produce), checked at start-up, with a
+  fallback to the public API when a check fails;
 - :mod:`~stream.kafka.rebalance`, :mod:`~stream.kafka.partitioning`,
   :mod:`~stream.kafka.embedded_broker`: assignment changes for the run loop,
   Kafka's key hash over numpy, and the Tansu broker process for tests and demos.
@@ -28,6 +31,7 @@ from stream.kafka.clients import (
     make_producer,
     wait_for_broker,
 )
+from stream.kafka.compat import install_columnar_fetch, use_columnar_produce
 from stream.kafka.consumer import (
     CommitFailedError,
     Consumer,
@@ -45,4 +49,6 @@ __all__ = [
     "RebalanceTracker", "Records", "as_records",
     # clients and publishing
     "make_consumer", "make_producer", "make_admin", "ensure_topics", "wait_for_broker", "Publisher", "PublishError",
+    # the fast paths (checked at start-up; see stream.kafka.compat)
+    "install_columnar_fetch", "use_columnar_produce",
 ]
