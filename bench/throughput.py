@@ -65,7 +65,7 @@ def gc_thresholds(thresholds: tuple[int, ...]) -> Iterator[None]:
 def raw_consume_rate(bootstrap: str, topic: str, expect: int, *, columnar: bool = False) -> dict[str, Any]:
     """Records/s of a consumer that does nothing with them; ``columnar``: with segstream's batch decoder."""
     from stream.kafka.clients import make_consumer
-    from stream.kafka.records import install_columnar_fetch
+    from stream.kafka.compat import install_columnar_fetch
     from stream.settings import Settings
 
     # the same client configuration as segstream's own consumer

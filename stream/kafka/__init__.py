@@ -1,0 +1,54 @@
+"""The Kafka seam: the one package of segstream that imports kafka-python.
+
+Everything else (the run loop, the model sync, the CLI) reaches Kafka through
+the names below, so that a kafka-python upgrade touches this package only
+(``tests/test_layering.py`` fails on any other import of ``kafka``). Inside,
+one module per concern:
+
+- :mod:`~stream.kafka.consumer`: the consumer interface of the run loop:
+  ``Consumer``, ``TopicPartition``, :func:`commit_offsets` (explicit offsets
+  as ints), the errors a commit raises, the rebalance listener base;
+- :mod:`~stream.kafka.clients`: client construction, topic set-up, and the
+  :class:`Publisher` that confirms every send;
+- :mod:`~stream.kafka.records`: fetched records as columns (:class:`Records`)
+  and the v2 record batch decoder;
+- :mod:`~stream.kafka.batch_produce`: a partition's records encoded as whole
+  record batches;
+- :mod:`~stream.kafka.compat`: every use of kafka-python's internals (the
+  columnar fetch hook and the columnar produce), checked at start-up, with a
+  fallback to the public API when a check fails;
+- :mod:`~stream.kafka.rebalance`, :mod:`~stream.kafka.partitioning`,
+  :mod:`~stream.kafka.embedded_broker`: assignment changes for the run loop,
+  Kafka's key hash over numpy, and the Tansu broker process for tests and demos.
+"""
+
+from stream.kafka.clients import (
+    Publisher,
+    PublishError,
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+    wait_for_broker,
+)
+from stream.kafka.compat import install_columnar_fetch, use_columnar_produce
+from stream.kafka.consumer import (
+    CommitFailedError,
+    Consumer,
+    KafkaError,
+    RebalanceListener,
+    TopicPartition,
+    commit_offsets,
+)
+from stream.kafka.rebalance import RebalanceTracker
+from stream.kafka.records import Records, as_records
+
+__all__ = [
+    # the consumer interface of the run loop
+    "Consumer", "TopicPartition", "commit_offsets", "CommitFailedError", "KafkaError", "RebalanceListener",
+    "RebalanceTracker", "Records", "as_records",
+    # clients and publishing
+    "make_consumer", "make_producer", "make_admin", "ensure_topics", "wait_for_broker", "Publisher", "PublishError",
+    # the fast paths (checked at start-up; see stream.kafka.compat)
+    "install_columnar_fetch", "use_columnar_produce",
+]

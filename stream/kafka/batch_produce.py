@@ -6,41 +6,33 @@ encoder, a lock and two futures per record, then the sender thread's share.
 Segment changes leave in bulk (one micro-batch, hundreds to thousands of
 records, already partitioned by :mod:`stream.kafka.partitioning`), so
 :func:`encode_runs` writes the records of one partition straight into the v2
-record layout (one Python-level pass that only concatenates bytes) and
-:func:`append_run` hands each run to the producer's accumulator as one
-ready-made batch. From there on it is kafka-python's: the sender drains it,
+record layout (one Python-level pass that only concatenates bytes).
+Handing a run to the producer's accumulator as one ready-made batch takes
+kafka-python internals, so that is :func:`stream.kafka.compat.append_run`,
+checked at start-up. From there on it is kafka-python's: the sender drains it,
 assigns idempotent sequence numbers, compresses, computes the CRC, retries and
-completes it. What the caller gets back is the batch's future:
-:func:`run_error` tells whether the whole run was written.
+completes it. What the caller gets back is the batch's future, read by
+:func:`stream.kafka.compat.run_error`.
 
 Every record of a run carries the same create timestamp (the time of the
 append) and no headers; anything else goes through ``send``.
 
     >>> runs = encode_runs([b"u1", b"u2", None], [b"a", None, b"ccc"], batch_size=1 << 16)
-    >>> [(r.start, r.stop) for r in runs]
-    [(0, 3)]
-    >>> from kafka.record.memory_records import MemoryRecords
-    >>> builder = run_builder(runs[0], timestamp_ms=1_700_000_000_000)
-    >>> builder.close()
-    >>> [(r.offset, r.key, r.value) for batch in MemoryRecords(bytes(builder.buffer())) for r in batch]
-    [(0, b'u1', b'a'), (1, b'u2', None), (2, None, b'ccc')]
+    >>> [(r.start, r.stop, r.count) for r in runs]
+    [(0, 3, 3)]
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
-from kafka.errors import IllegalStateError, MessageSizeTooLargeError
-from kafka.producer.producer_batch import ProducerBatch
-from kafka.record.memory_records import MemoryRecordsBuilder
-from kafka.structs import TopicPartition
+from kafka.errors import MessageSizeTooLargeError
 
-__all__ = ["Run", "encode_runs", "run_builder", "append_run", "run_error", "supports_runs"]
+__all__ = ["Run", "encode_runs", "BATCH_HEADER"]
 
-_BATCH_HEADER = 61  # bytes of a v2 batch header
+BATCH_HEADER = 61  # bytes of a v2 batch header
 _TABLE_SIZE = 1 << 14
 
 
@@ -103,11 +95,11 @@ def encode_runs(keys: Sequence[bytes | None], values: Sequence[bytes | None], *,
     # attributes, timestamp delta (0) and header count (0) take a byte each; the offset delta at most 3 here
     body = 3 + _varint_sizes(klen) + np.maximum(klen, 0) + _varint_sizes(vlen) + np.maximum(vlen, 0)
     bound = body + 3 + _varint_sizes(body + 3)  # with offset delta and length prefix, an upper bound
-    if max_request_size is not None and int(bound.max()) + _BATCH_HEADER > max_request_size:
+    if max_request_size is not None and int(bound.max()) + BATCH_HEADER > max_request_size:
         big = int(np.argmax(bound))
         raise MessageSizeTooLargeError(f"record {big} is about {int(bound[big])} bytes, over max_request_size "
                                        f"{max_request_size}")
-    room = max(1, batch_size - _BATCH_HEADER)
+    room = max(1, batch_size - BATCH_HEADER)
     runs = []
     start = 0
     cum = np.cumsum(bound)
@@ -134,67 +126,3 @@ def _encode(keys, values, start: int, stop: int, body: np.ndarray) -> Run:
              null if key is None else varint(len(key)), key or b"",
              null if value is None else varint(len(value)), value or b"", b"\x00"))
     return Run(start, stop, b"".join(parts), largest)
-
-
-def run_builder(run: Run, *, timestamp_ms: int, compression_attrs: int = 0, batch_size: int = 0) -> MemoryRecordsBuilder:
-    """A producer-side batch builder that already holds ``run`` (open: the sender closes it)."""
-    builder = MemoryRecordsBuilder(2, compression_attrs, max(batch_size, _BATCH_HEADER + len(run.body)))
-    inner = builder._builder  # DefaultRecordBatchBuilder: header space, then the records
-    inner._buffer += run.body
-    inner._first_timestamp = inner._max_timestamp = int(timestamp_ms)
-    inner._last_offset = run.count - 1
-    inner._num_records = run.count
-    builder._next_offset = run.count
-    return builder
-
-
-def supports_runs(producer: Any) -> bool:
-    """Whether ``producer`` writes v2 record batches (any broker since Kafka 0.11)."""
-    return producer._accumulator.config["message_version"] >= 2
-
-
-def append_run(producer: Any, topic: str, partition: int, run: Run, timestamp_ms: int | None = None) -> Any:
-    """Queue ``run`` as one batch of ``producer`` for ``topic``/``partition``; returns the batch's future.
-
-    The batch goes behind anything already queued for the partition, so order
-    with earlier ``send`` calls is kept. ``flush()`` waits for it like for any
-    batch; :func:`run_error` reads the outcome.
-    """
-    acc = producer._accumulator
-    if timestamp_ms is None:
-        timestamp_ms = int(time.time() * 1000)
-    tp = TopicPartition(topic, partition)
-    manager = producer._transaction_manager
-    if manager is not None and manager.is_transactional():
-        manager.maybe_add_partition_to_transaction(tp)
-    builder = run_builder(run, timestamp_ms=timestamp_ms, compression_attrs=acc.config["compression_attrs"],
-                          batch_size=acc.config["batch_size"])
-    now = time.monotonic()
-    batch = ProducerBatch(tp, builder, now=now)
-    batch.max_record_size = run.max_record_size
-    acc._appends_in_progress.increment()
-    try:
-        with acc._tp_lock(tp):
-            if acc._closed:
-                raise IllegalStateError("RecordAccumulator is closed")
-            acc._batches[tp].append(batch)
-            acc._incomplete.add(batch)
-    finally:
-        acc._appends_in_progress.decrement()
-    producer._sender.wakeup()
-    return batch.produce_future
-
-
-def run_error(future: Any) -> BaseException | None:
-    """``None`` when the run's batch was written; else why not.
-
-    A batch kafka-python split after ``MESSAGE_TOO_LARGE`` never completes its
-    own future (its records move to new batches): after a flush, a future that
-    is not done counts as failed, so the run is sent again (at least once).
-    """
-    if not future.is_done:
-        return TimeoutError("record batch not completed (split by the producer, or not flushed)")
-    if future.failed():
-        return future.exception
-    _, _, record_error = future.value
-    return None if record_error is None else record_error(0)

@@ -17,9 +17,10 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from stream.kafka.batch_produce import append_run, encode_runs, run_error, supports_runs
-from stream.observability.metrics import Metrics
+from stream.kafka.batch_produce import encode_runs
+from stream.kafka.compat import append_run, run_error, use_columnar_produce
 from stream.kafka.partitioning import partitions_for_keys
+from stream.observability.metrics import Metrics
 from stream.settings import Settings
 
 __all__ = ["make_consumer", "make_producer", "make_admin", "ensure_topics", "Publisher", "PublishError", "wait_for_broker"]
@@ -132,7 +133,10 @@ class Publisher:
     up with :class:`PublishError`; the caller then must not commit offsets.
     With ``columnar`` (the default), :meth:`send_many` writes each partition's
     records as whole record batches (:mod:`stream.kafka.batch_produce`) instead of
-    one ``send`` per record.
+    one ``send`` per record, unless the start-up check of kafka-python's
+    internals (:func:`stream.kafka.compat.use_columnar_produce`) fails: then
+    ``columnar`` is False, one warning says why, and the
+    ``segstream_kafka_fast_path{path="produce"}`` gauge of ``metrics`` reads 0.
     """
 
     def __init__(self, producer: KafkaProducer, metrics: Metrics | None = None, *, retries: int = 3,
@@ -141,7 +145,7 @@ class Publisher:
         self.metrics = metrics
         self.retries = retries
         self.timeout_s = timeout_s
-        self.columnar = columnar and supports_runs(producer)
+        self.columnar = columnar and use_columnar_produce(producer, metrics)
         self._pending: list[_Pending] = []
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> None:

@@ -4,7 +4,7 @@ The callbacks run on the client's IO thread, where a blocking call (a commit) ra
 :class:`RebalanceTracker` only records what happened; :class:`~stream.runtime.runner.StreamRunner`
 drains the queue right after the poll that ran the callbacks, before any record is processed.
 
-    >>> from kafka import TopicPartition
+    >>> from stream.kafka import TopicPartition
     >>> t = RebalanceTracker()
     >>> t.on_partitions_assigned([TopicPartition("events", 0), TopicPartition("events", 1)])
     >>> t.on_partitions_revoked([TopicPartition("events", 1)])
@@ -18,15 +18,14 @@ import logging
 import threading
 from collections.abc import Callable
 
-from kafka import TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from stream.kafka.consumer import RebalanceListener, TopicPartition
 
 __all__ = ["RebalanceTracker"]
 
 log = logging.getLogger(__name__)
 
 
-class RebalanceTracker(ConsumerRebalanceListener):
+class RebalanceTracker(RebalanceListener):
     """Queues assignment changes without blocking the client's IO thread."""
 
     def __init__(self, context: Callable[[TopicPartition], dict] | None = None) -> None:
@@ -34,7 +33,7 @@ class RebalanceTracker(ConsumerRebalanceListener):
         self.assigned: set[TopicPartition] = set()
         self.generations = 0
         self._events: list[tuple[str, set[TopicPartition]]] = []
-        # issue 5: per-partition log fields (partition, offset, generation) for warnings
+        # per-partition log fields (partition, offset, generation) for warnings, given by the run loop
         self.context = context or (lambda tp: {"topic": tp.topic, "partition": tp.partition})
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:

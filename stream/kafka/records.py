@@ -9,20 +9,21 @@ keys and values as lists of ``bytes``), and :func:`decode_batch` fills one from
 a v2 record batch with numpy over all its records: only the walk over record
 lengths is a Python loop.
 
-:func:`install_columnar_fetch` plugs the decoder into a ``KafkaConsumer``'s
-fetcher, so group membership, positions, fetch sessions and CRC checks stay
-kafka-python's; ``poll()`` then returns ``{TopicPartition: [Records, ...]}``
-and ``max_records`` still counts records. Batches the fast decoder does not
-take (message format v0/v1) go through kafka-python's own record iterator
-into the same columns. The decoder is checked against kafka-python's iterator
-on random batches (``tests/stream/kafka/test_records.py``).
+:func:`decode_batch` reads the wire format only (the batch's bytes, header
+included); plugging it into a ``KafkaConsumer``'s fetcher takes kafka-python
+internals, so that lives in :mod:`stream.kafka.compat`
+(:func:`~stream.kafka.compat.install_columnar_fetch`), which checks them at
+start-up and otherwise leaves ``poll()`` returning kafka-python's own
+``ConsumerRecord`` lists: :func:`as_records` turns either into columns. The
+decoder is checked against kafka-python's iterator on random batches
+(``tests/stream/kafka/test_records.py``).
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
-from collections.abc import Iterable, Iterator, Sequence
+import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -31,13 +32,17 @@ from kafka import codec
 from kafka.errors import CorruptRecordError
 from kafka.structs import TopicPartition
 
-__all__ = ["Records", "RecordView", "decode_batch", "install_columnar_fetch", "as_records"]
+__all__ = ["Records", "RecordView", "decode_batch", "as_records"]
 
-log = logging.getLogger(__name__)
-
-_HEADER = 61  # bytes of a v2 batch header before its records
+# the v2 record batch header (KIP-98): 61 bytes before the records
+_HEADER = 61
+_MAGIC = 16
+_BASE_OFFSET = struct.Struct(">q")  # at 0
+_ATTRIBUTES = struct.Struct(">h")  # at 21
+_TIMESTAMPS = struct.Struct(">qq")  # first and max timestamp, at 27
+_COUNT = struct.Struct(">i")  # records, at 57
+_COMPRESSION = 0x07
 _LOG_APPEND_TIME = 0x08
-_CONTROL = 0x20
 _CODECS = {1: codec.gzip_decode, 2: codec.snappy_decode, 3: codec.lz4_decode, 4: codec.zstd_decode}
 
 
@@ -221,19 +226,29 @@ def _headers(payload: bytes, pos: int, count: int) -> tuple[list[tuple[str, byte
     return out, pos
 
 
-def decode_batch(batch: Any, tp: TopicPartition, min_offset: int = 0) -> Records:
-    """The records of kafka-python's ``DefaultRecordBatch`` (message format v2) at offsets ≥ ``min_offset``.
+def decode_batch(batch: bytes | bytearray, tp: TopicPartition, min_offset: int = 0) -> Records:
+    """The records of one v2 record batch (its bytes, header included) at offsets ≥ ``min_offset``.
 
-    Raises ``CorruptRecordError`` where the batch's framing does not add up
-    (record sizes, varints, record count), like kafka-python's own iterator.
+    The header is read here, not taken from kafka-python's batch object, so
+    the decoder depends on the wire format only. Raises ``CorruptRecordError``
+    where the batch's framing does not add up (header, record sizes, varints,
+    record count), like kafka-python's own iterator. CRCs are not checked here
+    (the fetcher hook checks them first when the consumer asks for it).
     """
-    n = batch.records_count
-    raw = bytes(batch._buffer)  # the whole batch; kafka-python exposes no public accessor for it
-    payload = raw[_HEADER:]
-    if batch.compression_type:
-        decode = _CODECS.get(batch.compression_type)
+    if len(batch) < _HEADER or batch[_MAGIC] != 2:
+        raise CorruptRecordError(f"record batch of {tp}: not a message format v2 batch ({len(batch)} bytes)")
+    (base_offset,) = _BASE_OFFSET.unpack_from(batch, 0)
+    (attributes,) = _ATTRIBUTES.unpack_from(batch, 21)
+    first_timestamp, max_timestamp = _TIMESTAMPS.unpack_from(batch, 27)
+    (n,) = _COUNT.unpack_from(batch, 57)
+    if n < 0:
+        raise CorruptRecordError(f"record batch of {tp} at offset {base_offset}: negative record count {n}")
+    payload = bytes(memoryview(batch)[_HEADER:])
+    compression = attributes & _COMPRESSION
+    if compression:
+        decode = _CODECS.get(compression)
         if decode is None:
-            raise CorruptRecordError(f"unknown compression type {batch.compression_type}")
+            raise CorruptRecordError(f"unknown compression type {compression}")
         payload = bytes(decode(payload))
     starts = np.empty(n, dtype=np.int64)
     lengths = np.empty(n, dtype=np.int64)
@@ -244,16 +259,16 @@ def decode_batch(batch: Any, tp: TopicPartition, min_offset: int = 0) -> Records
             if b < 0x80:
                 length, pos = (b >> 1) ^ -(b & 1), pos + 1
             elif payload[pos + 1] < 0x80:  # records of 64 to 8191 bytes
-                raw = (b & 0x7F) | (payload[pos + 1] << 7)
-                length, pos = (raw >> 1) ^ -(raw & 1), pos + 2
+                z = (b & 0x7F) | (payload[pos + 1] << 7)
+                length, pos = (z >> 1) ^ -(z & 1), pos + 2
             else:
                 length, pos = _varint(payload, pos)
             starts[i], lengths[i] = pos, length
             pos += length
     except IndexError:
-        raise CorruptRecordError(f"record batch of {tp} at offset {batch.base_offset} ends inside a record") from None
+        raise CorruptRecordError(f"record batch of {tp} at offset {base_offset} ends inside a record") from None
     if pos != end or (n and lengths.min() < 0):
-        raise CorruptRecordError(f"record batch of {tp} at offset {batch.base_offset}: record sizes do not add up "
+        raise CorruptRecordError(f"record batch of {tp} at offset {base_offset}: record sizes do not add up "
                                  f"({pos} of {end} bytes)")
     buf = np.frombuffer(payload + b"\0" * 10, dtype=np.uint8)
     ts_delta, p = _varints(buf, starts + 1)  # +1: the record's attributes byte (unused)
@@ -265,19 +280,19 @@ def decode_batch(batch: Any, tp: TopicPartition, min_offset: int = 0) -> Records
     header_count, p = _varints(buf, p + np.maximum(value_len, 0))
     headers: list[list[tuple[str, bytes | None]]] | None = None
     if n and (header_count.min() < 0):
-        raise CorruptRecordError(f"record batch of {tp} at offset {batch.base_offset}: negative header count")
+        raise CorruptRecordError(f"record batch of {tp} at offset {base_offset}: negative header count")
     if n and header_count.max() > 0:
         headers = [[] for _ in range(n)]
         for i in np.flatnonzero(header_count).tolist():
             headers[i], p[i] = _headers(payload, int(p[i]), int(header_count[i]))
     if not np.array_equal(p, starts + lengths):
-        raise CorruptRecordError(f"record batch of {tp} at offset {batch.base_offset}: a record's fields do not "
+        raise CorruptRecordError(f"record batch of {tp} at offset {base_offset}: a record's fields do not "
                                  "fill its size")
-    offsets = batch.base_offset + offset_delta
-    if batch.attributes & _LOG_APPEND_TIME:
-        timestamps = np.full(n, batch.max_timestamp, dtype=np.int64)
+    offsets = base_offset + offset_delta
+    if attributes & _LOG_APPEND_TIME:
+        timestamps = np.full(n, max_timestamp, dtype=np.int64)
     else:
-        timestamps = batch.first_timestamp + ts_delta
+        timestamps = first_timestamp + ts_delta
     kl, ka, vl, va = key_len.tolist(), key_at.tolist(), value_len.tolist(), value_at.tolist()
     keys = [payload[a:a + n_] if n_ >= 0 else None for a, n_ in zip(ka, kl)]
     values = [payload[a:a + n_] if n_ >= 0 else None for a, n_ in zip(va, vl)]
@@ -285,112 +300,3 @@ def decode_batch(batch: Any, tp: TopicPartition, min_offset: int = 0) -> Records
     if n and offsets[0] < min_offset:
         out = out.select(offsets >= min_offset)
     return out
-
-
-# ----- the kafka-python fetcher hook --------------------------------------------
-
-class _Taken:
-    """What ``take`` hands kafka-python's fetcher: iterates blocks, ``len`` counts records."""
-
-    __slots__ = ("blocks", "count")
-
-    def __init__(self) -> None:
-        self.blocks: list[Records] = []
-        self.count = 0
-
-    def __iter__(self) -> Iterator[Records]:
-        return iter(self.blocks)
-
-    def __len__(self) -> int:
-        return self.count
-
-
-def _partition_records_class(base: type) -> type:
-    class ColumnarPartitionRecords(base):  # type: ignore[misc, valid-type]
-        """kafka-python's per-fetch record source, yielding :class:`Records` (one per record batch)."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self._rest: tuple[Records, int] | None = None
-            super().__init__(*args, **kwargs)
-
-        def _maybe_skip_record(self, item: Any) -> bool:
-            return False  # blocks are cut at the fetch offset when decoded
-
-        def _unpack_records(self, tp: TopicPartition, records: Any, key_deserializer: Any,
-                            value_deserializer: Any) -> Iterator[tuple[Records, int]]:
-            """(block, offset after it) per record batch; control batches only move the position."""
-            batch = records.next_batch()
-            while batch is not None:
-                if self.check_crcs and not batch.validate_crc():
-                    raise CorruptRecordError(f"Record batch for partition {tp} at offset {batch.base_offset} "
-                                             "failed crc check")
-                if batch.magic >= 2:
-                    self.leader_epoch = batch.leader_epoch
-                    if batch.attributes & _CONTROL:
-                        block, end = None, batch.next_offset
-                    else:
-                        block, end = decode_batch(batch, tp, self.fetch_offset), batch.next_offset
-                else:  # message format v0/v1: kafka-python's iterator, then the same columns
-                    block = as_records(tp, [r for r in batch if r.offset >= self.fetch_offset])
-                    end = int(block.offsets[-1]) + 1 if len(block) else self.next_fetch_offset
-                if block is not None and len(block):
-                    self.records_read += len(block)
-                    self.bytes_read += getattr(batch, "size_in_bytes", 0)
-                    yield block, end
-                else:
-                    self.next_fetch_offset = max(self.next_fetch_offset, end)
-                batch = records.next_batch()
-            self.drain()
-
-        def take(self, n: int | None = None) -> _Taken:
-            self._maybe_raise_next_inline_exception()
-            taken = _Taken()
-            try:
-                while n is None or taken.count < n:
-                    item, self._rest = self._rest, None
-                    if item is None:
-                        if self.record_iterator is None:
-                            break
-                        item = next(self.record_iterator, None)
-                        if item is None:
-                            break
-                    block, end = item
-                    room = len(block) if n is None else n - taken.count
-                    if len(block) > room:
-                        rest = block.select(slice(room, None))
-                        block, self._rest = block.select(slice(0, room)), (rest, end)
-                        end = rest.offset
-                    taken.blocks.append(block)
-                    taken.count += len(block)
-                    self.next_fetch_offset = end  # where kafka-python moves the position after this take
-            except Exception as exc:
-                if not taken.count:
-                    raise
-                self._next_inline_exception = exc
-            return taken
-
-        def __bool__(self) -> bool:
-            return self._rest is not None or self.record_iterator is not None
-
-        def drain(self) -> None:
-            self._rest = None
-            super().drain()
-
-    return ColumnarPartitionRecords
-
-
-def install_columnar_fetch(consumer: Any) -> bool:
-    """Make ``consumer.poll()`` return :class:`Records` per record batch; False (and a log line) if it cannot.
-
-    Not installed for ``read_committed`` consumers: aborted-transaction
-    filtering stays kafka-python's.
-    """
-    fetcher = getattr(consumer, "_fetcher", None)
-    base = getattr(fetcher, "PartitionRecords", None)
-    if base is None or not hasattr(base, "_unpack_records") or not hasattr(base, "take"):
-        log.warning("kafka-python's fetcher has changed shape; decoding records one at a time")
-        return False
-    if consumer.config.get("isolation_level") == "read_committed":
-        return False
-    fetcher.PartitionRecords = _partition_records_class(base)
-    return True

@@ -120,6 +120,9 @@ class Metrics:
                                         ["topic", "partition"], registry=r)
         self.last_event_time = Gauge("segstream_last_event_timestamp_seconds", "Event time of the newest event processed.", registry=r)
         self.decode_process_up = Gauge("segstream_decode_process_up", "1 while micro-batches are decoded in a child process (SEGSTREAM_DECODE_PROCESS); 0 when decoded in-process (off, fewer than 2 CPUs, or the child failed).", registry=r)
+        self.kafka_fast_path = Gauge("segstream_kafka_fast_path", "1 while the columnar Kafka path is in use (path: fetch, produce); 0 when kafka-python's own path is: the setting is off, or the start-up check of kafka-python's internals failed (a warning names what).", ["path"], registry=r)
+        for path in ("fetch", "produce"):  # 0 until a fast path is switched on, so both series always exist
+            self.kafka_fast_path.labels(path=path).set(0)
         # --- checkpoints, recovery, duplicates (issue 6) ---
         self.checkpoint_duration = Histogram("segstream_checkpoint_duration_seconds",
                                              "Wall time of one checkpoint (confirm outputs, snapshot state, commit).",

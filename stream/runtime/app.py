@@ -13,9 +13,9 @@ from stream.runtime.checkpoints import CheckpointStore
 from stream.runtime.decode_worker import DecodeAhead, DecodeWorker, available_cpus
 from stream.observability.drift import DriftMonitor
 from stream.kafka.clients import Publisher, ensure_topics, make_admin, make_consumer, make_producer, wait_for_broker
+from stream.kafka.compat import install_columnar_fetch
 from stream.observability.metrics import Metrics
 from stream.runtime.pipeline import BatchResult, Pipeline
-from stream.kafka.records import install_columnar_fetch
 from stream.runtime.runner import RunSummary, StreamRunner
 from stream.settings import Settings
 
@@ -55,8 +55,8 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
         ensure_topics(settings, {settings.output_topic: n, settings.dlq_topic: n,
                                  settings.lineage_topic: 1, settings.profiles_topic: 1})
     consumer = make_consumer(settings)
-    if settings.columnar_fetch:
-        install_columnar_fetch(consumer)
+    if settings.columnar_fetch:  # the compat check may still say no: kafka-python's own decoding, gauge at 0
+        install_columnar_fetch(consumer, metrics)
     producer = make_producer(settings)
     checkpoints = (CheckpointStore(settings.checkpoint_dir, settings.group_id, settings.input_topic)
                    if settings.checkpoint_dir else None)

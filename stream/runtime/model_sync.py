@@ -23,9 +23,9 @@ import time
 from typing import Any
 
 import msgpack
-from kafka import KafkaConsumer, TopicPartition
 
 from state.global_model import SCHEMA, GlobalKMeans, model_digest
+from stream.kafka import Consumer, TopicPartition
 from stream.kafka.clients import Publisher, make_consumer
 from stream.observability.metrics import Metrics
 from stream.settings import Settings
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 class ModelSync:
     def __init__(self, settings: Settings, segmenter: GlobalKMeans, publisher: Publisher,
-                 metrics: Metrics | None = None, consumer: KafkaConsumer | None = None) -> None:
+                 metrics: Metrics | None = None, consumer: Consumer | None = None) -> None:
         self.segmenter = segmenter
         self.publisher = publisher
         self.metrics = metrics

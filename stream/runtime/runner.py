@@ -23,9 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata
+from stream.kafka import CommitFailedError, Consumer, KafkaError, TopicPartition, commit_offsets
 
 from stream.runtime.checkpoints import CheckpointStore
 from stream.contracts.user_segments import change_id
@@ -55,7 +53,7 @@ class RunSummary:
 
 
 class StreamRunner:
-    def __init__(self, settings: Settings, pipeline: Pipeline, consumer: KafkaConsumer, publisher: Publisher,
+    def __init__(self, settings: Settings, pipeline: Pipeline, consumer: Consumer, publisher: Publisher,
                  metrics: Metrics, *, clock: Callable[[], float] = time.time,
                  on_batch: Callable[[BatchResult, RunSummary], None] | None = None,
                  checkpoints: CheckpointStore | None = None) -> None:
@@ -475,21 +473,20 @@ class StreamRunner:
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         owned = self.rebalance.owned()
-        commit = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items() if tp in owned}
-        if not commit:
+        done = {tp: off for tp, off in offsets.items() if tp in owned}
+        if not done:
             return {}
         try:
-            self.consumer.commit(commit)
+            commit_offsets(self.consumer, done)
         except (CommitFailedError, KafkaError) as exc:
             self.metrics.commit_failures.inc()
             meta = self.consumer.group_metadata()
-            for tp, om in commit.items():
+            for tp, off in done.items():
                 log.warning("offset commit failed: %s", exc, extra={
-                    "topic": tp.topic, "partition": tp.partition, "offset": om.offset,
+                    "topic": tp.topic, "partition": tp.partition, "offset": off,
                     "generation": meta.generation_id})
             return {}
         self.metrics.commits.inc()
-        done = {tp: om.offset for tp, om in commit.items()}
         self._positions = {tp: pos for tp, pos in self._positions.items() if tp in owned}
         self._positions.update(done)
         self.summary.committed.update(done)

@@ -1,4 +1,9 @@
-"""Columnar produce (stream/kafka/batch_produce.py): runs decode to exactly the records sent, and land on a broker."""
+"""Columnar produce (stream/kafka/batch_produce.py): runs decode to exactly the records sent, and land on a broker.
+
+The broker tests run twice: with runs appended to the producer's accumulator,
+and with the compat check forced to fail, where the Publisher sends one record
+at a time and must deliver exactly the same.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from helpers import read_topic
-from stream.kafka.batch_produce import encode_runs, run_builder
+from stream.kafka.batch_produce import encode_runs
 from stream.kafka.clients import Publisher, make_producer
+from stream.kafka.compat import FORCE_FALLBACK_ENV, run_builder
 from stream.observability.metrics import Metrics
 from stream.kafka.partitioning import partitions_for_keys
 
@@ -47,6 +53,26 @@ def test_a_record_over_the_request_limit_is_refused_before_anything_is_sent():
         encode_runs([b"k", b"k"], [b"v", b"x" * 5000], batch_size=1 << 16, max_request_size=4096)
 
 
+@pytest.fixture(params=["columnar", "fallback"])
+def produce_path(request, monkeypatch) -> str:
+    """``fallback``: the compat check is forced to fail, as a changed kafka-python would make it."""
+    if request.param == "fallback":
+        monkeypatch.setenv(FORCE_FALLBACK_ENV, "produce")
+    return request.param
+
+
+def _publisher(producer, path: str, caplog, metrics: Metrics | None = None) -> Publisher:
+    """A Publisher, checked to use the path asked for: the gauge, and one warning exactly when it falls back."""
+    metrics = metrics or Metrics(CollectorRegistry())
+    with caplog.at_level("WARNING", logger="stream.kafka.compat"):
+        pub = Publisher(producer, metrics)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "stream.kafka.compat"]
+    assert pub.columnar == (path == "columnar")
+    assert metrics.registry.get_sample_value("segstream_kafka_fast_path", {"path": "produce"}) == pub.columnar
+    assert len(warnings) == (path == "fallback") and all(FORCE_FALLBACK_ENV in w for w in warnings)
+    return pub
+
+
 def _sent(n: int) -> tuple[list[bytes], list[bytes | None]]:
     keys = [f"user-{i % 97}".encode() for i in range(n)]
     values = [None if i % 50 == 7 else msgpack.packb({"i": i, "pad": "x" * (i % 300)}) for i in range(n)]
@@ -55,12 +81,12 @@ def _sent(n: int) -> tuple[list[bytes], list[bytes | None]]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("compression", [None, "gzip"])
-def test_runs_land_in_the_default_partition_in_order_mixed_with_single_sends(broker, topics, compression):
+def test_runs_land_in_the_default_partition_in_order_mixed_with_single_sends(broker, topics, compression,
+                                                                             produce_path, caplog):
     """Small batches force several runs per partition; single sends in between keep their place."""
     broker.create(topics, partitions=3)
     producer = make_producer(broker.settings(topics), batch_size=2048, compression_type=compression)
-    pub = Publisher(producer)
-    assert pub.columnar
+    pub = _publisher(producer, produce_path, caplog)
     keys, values = _sent(1200)
     out = topics["output"]
     pub.send_many(out, keys[:600], values[:600])
@@ -83,22 +109,25 @@ def test_runs_land_in_the_default_partition_in_order_mixed_with_single_sends(bro
 
 
 @pytest.mark.integration
-def test_a_failed_run_is_sent_again_and_counted(broker, topics):
-    """A run whose batch fails (aborted here before the sender takes it) is re-sent by confirm, once."""
+def test_a_failed_run_is_sent_again_and_counted(broker, topics, produce_path, caplog):
+    """A run whose batch fails (aborted here before the sender takes it) is re-sent by confirm, once;
+    in the fallback, so is each record of the failed batches."""
     broker.create(topics, partitions=1)
     producer = make_producer(broker.settings(topics), linger_ms=60_000)  # nothing leaves before the abort
     metrics = Metrics(CollectorRegistry())
-    pub = Publisher(producer, metrics)
+    pub = _publisher(producer, produce_path, caplog, metrics)
     keys, values = _sent(300)
     out = topics["output"]
     pub.send_many(out, keys, values)
     acc = producer._accumulator
     tp = TopicPartition(out, 0)
     with acc._tp_lock(tp):
-        (batch,) = acc._batches[tp]
+        batches = list(acc._batches[tp])
         acc._batches[tp].clear()
-    acc.deallocate(batch)
-    batch.abort(KafkaError("injected failure"))
+    assert len(batches) == 1 or produce_path == "fallback"
+    for batch in batches:
+        acc.deallocate(batch)
+        batch.abort(KafkaError("injected failure"))
 
     assert pub.confirm() == 300
     assert metrics.publish_failures._value.get() == 300

@@ -10,6 +10,7 @@ from kafka.partitioner.default import murmur2
 
 from helpers import produce, read_topic
 from stream.kafka.clients import Publisher, make_producer
+from stream.kafka.compat import FORCE_FALLBACK_ENV
 from stream.kafka.partitioning import murmur2_many, partitions_for_keys
 
 
@@ -26,14 +27,19 @@ def test_partitions_match_kafka_python_default_partitioner(user_ids, n):
 
 
 @pytest.mark.integration
-def test_send_many_lands_each_key_in_its_default_partition(broker, topics):
-    """Reference: the same keys sent through kafka-python's own partitioner, on a 5-partition topic."""
+@pytest.mark.parametrize("path", ["columnar", "fallback"])
+def test_send_many_lands_each_key_in_its_default_partition(broker, topics, monkeypatch, path):
+    """Reference: the same keys sent through kafka-python's own partitioner, on a 5-partition topic; with
+    runs, and with one send per record (the compat check forced to fail)."""
+    if path == "fallback":
+        monkeypatch.setenv(FORCE_FALLBACK_ENV, "produce")
     broker.create(topics, partitions=5)
     keys = [f"user-{i}".encode() for i in range(300)]
     values = [msgpack.packb({"i": i}) for i in range(300)]
     produce(broker.bootstrap, topics["input"], values, keys=keys)  # kafka-python picks the partitions
 
     pub = Publisher(make_producer(broker.settings(topics)))
+    assert pub.columnar == (path == "columnar")
     pub.send_many(topics["output"], keys, values)
     assert pub.confirm() == 300
     pub.producer.close()

@@ -1,4 +1,9 @@
-"""The columnar batch decoder agrees with kafka-python's record iterator, and the fetcher hook keeps positions."""
+"""The columnar batch decoder agrees with kafka-python's record iterator, and the fetcher hook keeps positions.
+
+The broker tests run twice: with the columnar fetch hook, and with the compat
+check forced to fail, where ``poll()`` returns kafka-python's own records and
+:func:`as_records` must give the same columns.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from kafka.record.memory_records import MemoryRecords
 from kafka.structs import TopicPartition
 
 from helpers import produce, read_topic
-from stream.kafka.records import Records, decode_batch, install_columnar_fetch
+from stream.kafka.compat import FORCE_FALLBACK_ENV, install_columnar_fetch
+from stream.kafka.records import Records, as_records, decode_batch
 
 TP = TopicPartition("t", 3)
 
@@ -44,6 +50,15 @@ def _batch(raw: bytes):
     return MemoryRecords(raw).next_batch()
 
 
+def test_a_buffer_that_is_not_a_v2_batch_is_rejected():
+    raw = bytearray(_batch_bytes([(b"k", b"v", 0, [])]))
+    with pytest.raises(CorruptRecordError):
+        decode_batch(bytes(raw[:60]), TP)
+    raw[16] = 1  # magic
+    with pytest.raises(CorruptRecordError):
+        decode_batch(bytes(raw), TP)
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(record, min_size=1, max_size=40), st.sampled_from([0, 1]), st.integers(0, 2**40),
        st.booleans(), st.data())
@@ -51,7 +66,7 @@ def test_decoded_columns_equal_kafka_pythons_records(recs, compression, base, lo
     raw = _batch_bytes(recs, compression=compression, base_offset=base, log_append_time=log_append)
     expected = list(_batch(raw))
     skip = data.draw(st.integers(0, len(recs)))
-    got = decode_batch(_batch(raw), TP, min_offset=base + skip)
+    got = decode_batch(raw, TP, min_offset=base + skip)
     expected = expected[skip:]
     assert got.offsets.tolist() == [r.offset for r in expected]
     assert got.timestamps.tolist() == [r.timestamp for r in expected]
@@ -65,11 +80,11 @@ def test_a_batch_whose_records_do_not_add_up_is_rejected():
     raw = bytearray(_batch_bytes([(b"k", b"v" * 10, 0, [])] * 3))
     struct.pack_into(">i", raw, 57, 4)  # claims 4 records, holds 3
     with pytest.raises(CorruptRecordError):
-        decode_batch(_batch(bytes(raw)), TP)
+        decode_batch(bytes(raw), TP)
     raw = bytearray(_batch_bytes([(b"k", b"v" * 10, 0, [])] * 3))
     raw[61] += 2  # the first record claims one byte more than it has
     with pytest.raises(CorruptRecordError):
-        decode_batch(_batch(bytes(raw)), TP)
+        decode_batch(bytes(raw), TP)
 
 
 def test_select_and_concat_keep_columns_aligned():
@@ -85,15 +100,32 @@ def test_select_and_concat_keep_columns_aligned():
     assert both.value_bytes() == 4
 
 
-def _columnar_consumer(bootstrap: str, **kw) -> KafkaConsumer:
+@pytest.fixture(params=["columnar", "fallback"])
+def fetch_path(request, monkeypatch, caplog) -> str:
+    """``fallback``: the compat check is forced to fail, as a changed kafka-python would make it."""
+    if request.param == "fallback":
+        monkeypatch.setenv(FORCE_FALLBACK_ENV, "fetch")
+    caplog.set_level("WARNING", logger="stream.kafka.compat")
+    return request.param
+
+
+def _consumer(bootstrap: str, path: str, caplog, **kw) -> KafkaConsumer:
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
                       session_timeout_ms=6000, heartbeat_interval_ms=1000, **kw)
-    assert install_columnar_fetch(c)
+    assert install_columnar_fetch(c) == (path == "columnar")
+    warnings = [r.getMessage() for r in caplog.records if r.name == "stream.kafka.compat"]
+    assert len(warnings) == (path == "fallback") and all(FORCE_FALLBACK_ENV in w for w in warnings)
     return c
 
 
+def _columns(tp: TopicPartition, fetched: list, path: str) -> Records:
+    """What the run loop makes of one partition's poll: the hook's blocks, or kafka-python's records."""
+    assert all(isinstance(x, Records) == (path == "columnar") for x in fetched)
+    return as_records(tp, fetched)
+
+
 @pytest.mark.integration
-def test_group_consumer_gets_every_record_once_and_positions_follow(broker, topics):
+def test_group_consumer_gets_every_record_once_and_positions_follow(broker, topics, fetch_path, caplog):
     """A real broker, 3 partitions, small polls that split record batches: columns equal kafka-python's records."""
     broker.create(topics, partitions=3)
     values = [f"value-{i}".encode() * (i % 7) or None for i in range(2000)]
@@ -101,7 +133,7 @@ def test_group_consumer_gets_every_record_once_and_positions_follow(broker, topi
     produce(broker.bootstrap, topics["input"], values, keys=keys)
     reference = read_topic(broker.bootstrap, topics["input"], expected=2000)
 
-    c = _columnar_consumer(broker.bootstrap, group_id=f"cols-{uuid.uuid4().hex[:6]}")
+    c = _consumer(broker.bootstrap, fetch_path, caplog, group_id=f"cols-{uuid.uuid4().hex[:6]}")
     c.subscribe([topics["input"]])
     got = []
     try:
@@ -109,12 +141,11 @@ def test_group_consumer_gets_every_record_once_and_positions_follow(broker, topi
             polled = c.poll(timeout_ms=5000, max_records=7)
             assert polled, "no records within 5s"
             n = 0
-            for tp, blocks in polled.items():
-                for block in blocks:
-                    assert isinstance(block, Records)
-                    got.extend(block[i] for i in range(len(block)))
-                    n += len(block)
-                assert c.position(tp) == int(blocks[-1].offsets[-1]) + 1  # the position follows each poll
+            for tp, fetched in polled.items():
+                block = _columns(tp, fetched, fetch_path)
+                got.extend(block[i] for i in range(len(block)))
+                n += len(block)
+                assert c.position(tp) == int(block.offsets[-1]) + 1  # the position follows each poll
             assert n <= 7
         assert c.poll(timeout_ms=500) == {}
         ends = {}
@@ -131,19 +162,19 @@ def test_group_consumer_gets_every_record_once_and_positions_follow(broker, topi
 
 
 @pytest.mark.integration
-def test_seek_into_the_middle_of_a_batch(broker, topics):
+def test_seek_into_the_middle_of_a_batch(broker, topics, fetch_path, caplog):
     broker.create(topics, partitions=1)
     produce(broker.bootstrap, topics["input"], [f"{i}".encode() for i in range(50)], partition=0)
     tp = TopicPartition(topics["input"], 0)
-    c = _columnar_consumer(broker.bootstrap)
+    c = _consumer(broker.bootstrap, fetch_path, caplog)
     try:
         c.assign([tp])
         c.seek(tp, 17)
         seen: list[int] = []
         while len(seen) < 33:
-            for blocks in c.poll(timeout_ms=5000).values():
-                for block in blocks:
-                    seen.extend(block.offsets.tolist())
+            for fetched in c.poll(timeout_ms=5000).values():
+                block = _columns(tp, fetched, fetch_path)
+                seen.extend(block.offsets.tolist())
         assert seen == list(range(17, 50))
         assert [int(v) for v in block.values[-3:]] == [47, 48, 49]
     finally:
