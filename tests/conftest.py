@@ -24,6 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 MOVIELENS = Path(os.environ.get("SEGSTREAM_MOVIELENS", REPO.parent / "shared" / "data" / "ml-latest-small"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that talks to a broker is an integration test, marked or not: ``-m "not integration"``
+    is then the broker-free unit suite."""
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     external = os.environ.get("SEGSTREAM_TEST_BOOTSTRAP")
