@@ -78,7 +78,7 @@ def run_demo(settings: Settings, *, workdir: str = "runs/demo", users: int = 300
     with EmbeddedBroker() as broker:
         out(f"[3/5] embedded Kafka-protocol broker (Tansu) on {broker.bootstrap}")
         s = settings.replace(bootstrap=broker.bootstrap, encoder=encoder_path)
-        ensure_topics(s, {s.input_topic: partitions, s.output_topic: partitions, s.dlq_topic: 1})
+        ensure_topics(s, {s.input_topic: partitions})  # the consumer creates its outputs with their policies
         producer_error: list[BaseException] = []
 
         def produce() -> None:

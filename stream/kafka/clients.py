@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -20,10 +20,14 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from stream.kafka.batch_produce import encode_runs
 from stream.kafka.compat import append_run, run_error, use_columnar_produce
 from stream.kafka.partitioning import partitions_for_keys
-from stream.observability.metrics import Metrics
+from stream.kafka.topics import check_policies
 from stream.settings import Settings
 
-__all__ = ["make_consumer", "make_producer", "make_admin", "ensure_topics", "Publisher", "PublishError", "wait_for_broker"]
+if TYPE_CHECKING:  # annotations only: a reader of the topics (stream.client) need not import the metrics stack
+    from stream.observability.metrics import Metrics
+
+__all__ = ["make_consumer", "make_producer", "make_admin", "ensure_topics", "verify_topics", "Publisher",
+           "PublishError", "wait_for_broker"]
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +93,15 @@ def wait_for_broker(settings: Settings, timeout_s: float = 30.0) -> None:
 
 
 def ensure_topics(settings: Settings, topics: dict[str, int], *, configs: dict[str, dict[str, str]] | None = None,
-                  replication: int = 1) -> None:
-    """Create missing topics (name -> partitions); existing ones are left as they are."""
+                  replication: int = 1) -> list[str]:
+    """Create missing topics (name -> partitions) with their ``configs``; check the existing ones.
+
+    An existing topic is left as it is, but when ``configs`` names a
+    ``cleanup.policy`` for it, a differing policy is logged as one warning line
+    per topic (and one line for those the broker would not describe): see
+    :func:`stream.kafka.topics.check_policies`. Returns those lines.
+    ``configs`` usually comes from :func:`stream.kafka.topics.topic_plan`.
+    """
     configs = configs or {}
     admin = make_admin(settings)
     try:
@@ -102,8 +113,32 @@ def ensure_topics(settings: Settings, topics: dict[str, int], *, configs: dict[s
                 admin.create_topics(new)
             except TopicAlreadyExistsError:
                 pass
+            log.info("created topic(s) %s", ", ".join(
+                f"{t.name} ({t.num_partitions} partitions{''.join(f', {k}={v}' for k, v in sorted(t.topic_configs.items()))})"
+                for t in new))
+        return _report(check_policies(admin, _policies({n: configs.get(n, {}) for n in topics if n in existing})))
     finally:
         admin.close()
+
+
+def verify_topics(settings: Settings, configs: dict[str, dict[str, str]]) -> list[str]:
+    """Check the ``cleanup.policy`` of existing topics without creating any (for ``create_topics=false``)."""
+    admin = make_admin(settings)
+    try:
+        existing = set(admin.list_topics())
+        return _report(check_policies(admin, _policies({n: c for n, c in configs.items() if n in existing})))
+    finally:
+        admin.close()
+
+
+def _policies(configs: dict[str, dict[str, str]]) -> dict[str, str]:
+    return {name: c["cleanup.policy"] for name, c in configs.items() if "cleanup.policy" in c}
+
+
+def _report(lines: list[str]) -> list[str]:
+    for line in lines:
+        log.warning("%s", line)
+    return lines
 
 
 class PublishError(RuntimeError):

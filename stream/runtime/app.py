@@ -12,8 +12,17 @@ from prometheus_client import CollectorRegistry
 from stream.runtime.checkpoints import CheckpointStore
 from stream.runtime.decode_worker import DecodeAhead, DecodeWorker, available_cpus
 from stream.observability.drift import DriftMonitor
-from stream.kafka.clients import Publisher, ensure_topics, make_admin, make_consumer, make_producer, wait_for_broker
+from stream.kafka.clients import (
+    Publisher,
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+    verify_topics,
+    wait_for_broker,
+)
 from stream.kafka.compat import install_columnar_fetch
+from stream.kafka.topics import topic_plan
 from stream.observability.metrics import Metrics
 from stream.runtime.pipeline import BatchResult, Pipeline
 from stream.runtime.runner import RunSummary, StreamRunner
@@ -36,6 +45,20 @@ def _input_partitions(settings: Settings) -> int:
         admin.close()
 
 
+def _prepare_topics(settings: Settings) -> None:
+    """Create the output topics with their policies (stream/kafka/topics.py), or only check them when
+    ``create_topics`` is off; a topic with the wrong ``cleanup.policy`` is one warning line."""
+    n = _input_partitions(settings) if settings.create_topics else 1
+    roles = {"segments": n, "dead-letters": n, "lineage": 1, "profiles": 1}
+    if settings.global_model:
+        roles["model"] = 1
+    parts, configs = topic_plan(settings, roles)
+    if settings.create_topics:
+        ensure_topics(settings, parts, configs=configs)
+    else:
+        verify_topics(settings, configs)
+
+
 def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max_events: int | None = None,
                  idle_exit_s: float | None = None, registry: CollectorRegistry | None = None,
                  on_batch: Callable[[BatchResult, RunSummary], None] | None = None,
@@ -50,10 +73,7 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
         port = metrics.serve(settings.metrics_port, settings.metrics_host)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
     wait_for_broker(settings)
-    if settings.create_topics:
-        n = _input_partitions(settings)
-        ensure_topics(settings, {settings.output_topic: n, settings.dlq_topic: n,
-                                 settings.lineage_topic: 1, settings.profiles_topic: 1})
+    _prepare_topics(settings)
     consumer = make_consumer(settings)
     if settings.columnar_fetch:  # the compat check may still say no: kafka-python's own decoding, gauge at 0
         install_columnar_fetch(consumer, metrics)
@@ -70,9 +90,6 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
     if settings.global_model:
         from stream.runtime.model_sync import ModelSync
 
-        if settings.create_topics:
-            ensure_topics(settings, {settings.model_topic: 1},
-                          configs={settings.model_topic: {"cleanup.policy": "compact"}})
         runner.model_sync = ModelSync(settings, pipeline.segmenter, runner.publisher, metrics)  # type: ignore[arg-type]
         runner.model_sync.catch_up()
     runner.subscribe()
