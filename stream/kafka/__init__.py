@@ -10,6 +10,10 @@ one module per concern:
   as ints), the errors a commit raises, the rebalance listener base;
 - :mod:`~stream.kafka.clients`: client construction, topic set-up, and the
   :class:`Publisher` that confirms every send;
+- :mod:`~stream.kafka.topics`: every topic's role and configuration (one
+  table: compacted where a record is the latest per key), checked at start-up;
+- :mod:`~stream.kafka.topic_reader`: a whole topic to its end and on, without
+  a group (what :class:`stream.client.SegmentTable` reads through);
 - :mod:`~stream.kafka.records`: fetched records as columns (:class:`Records`)
   and the v2 record batch decoder;
 - :mod:`~stream.kafka.batch_produce`: a partition's records encoded as whole
@@ -29,6 +33,7 @@ from stream.kafka.clients import (
     make_admin,
     make_consumer,
     make_producer,
+    verify_topics,
     wait_for_broker,
 )
 from stream.kafka.compat import install_columnar_fetch, use_columnar_produce
@@ -42,6 +47,8 @@ from stream.kafka.consumer import (
 )
 from stream.kafka.rebalance import RebalanceTracker
 from stream.kafka.records import Records, as_records
+from stream.kafka.topic_reader import TopicNotFound, TopicReader, TopicRecord
+from stream.kafka.topics import TOPIC_POLICIES, topic_plan
 
 __all__ = [
     # the consumer interface of the run loop
@@ -49,6 +56,8 @@ __all__ = [
     "RebalanceTracker", "Records", "as_records",
     # clients and publishing
     "make_consumer", "make_producer", "make_admin", "ensure_topics", "wait_for_broker", "Publisher", "PublishError",
+    # topics: their policies, and reading one whole
+    "TOPIC_POLICIES", "topic_plan", "verify_topics", "TopicReader", "TopicRecord", "TopicNotFound",
     # the fast paths (checked at start-up; see stream.kafka.compat)
     "install_columnar_fetch", "use_columnar_produce",
 ]
