@@ -109,6 +109,14 @@ def main_parser() -> argparse.ArgumentParser:
 
     register_commands(ev)
 
+    look = sub.add_parser("lookup", help="print a user's current segment, read from the output topic (JSON)")
+    look.add_argument("user_id", metavar="USER_ID", help="the user id (pseudonymised first when a key is set)")
+    look.add_argument("--follow", action="store_true",
+                      help="then keep reading: one line per change of the user's segment (Ctrl-C stops)")
+    look.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                      help="longest wait for the broker, and for the read to the topic's end")
+    _add_settings(look)
+
     brk = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")
     brk.add_argument("--port", type=int, default=9092)
 
@@ -219,6 +227,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if cmd == "evaluate":
         return int(args.evaluation_main(args))
+    if cmd == "lookup":
+        from stream.cli.lookup import run_lookup
+
+        stop = threading.Event()
+        if args.follow:
+            _install_stop_handlers(stop)
+        return run_lookup(settings, args.user_id, follow=args.follow, timeout_s=args.timeout, stop=stop)
     if cmd == "broker":
         from stream.kafka.embedded_broker import EmbeddedBroker
 
