@@ -204,7 +204,7 @@ def scaleout_table(results: Results) -> str:
             if run is not one:
                 rate += f" ({run['events_per_s'] / one['events_per_s']:.2f}× one)"
                 cpu += f" ({run['cpu_us_per_event'] / one['cpu_us_per_event']:.2f}×)"
-            rows.append((f"{run['instances']} instance(s), {cores}, {model}",
+            rows.append((f"{run['instances']} instance" + ("s" if run["instances"] > 1 else "") + f", {cores}, {model}",
                          f"{p['partitions']} partitions, k = {p['segments']}, {p['users']:,} users, "
                          f"{run['events']:,} events in the window", rate, cpu, _cmd(r)))
     return _table(("Group", "Workload", "Group rate", "CPU per event", "Command"), rows)
@@ -225,7 +225,7 @@ def _basis(results: Results) -> dict[str, Any]:
         "disk_per_user": ck["figures"]["bytes_per_user"], "write_s": ck["figures"]["write_seconds"],
         "restore_s": ck["figures"]["restore_seconds"], "ck_users": ck["params"]["users"], "checkpoint": ck,
         "changes_per_event": tp["figures"]["file"]["segment_changes"] / tp["figures"]["file"]["events"],
-        "throughput": tp, "dim": tp["params"]["dim"],
+        "throughput": tp, "dim": tp["params"]["dim"], "tp_users": tp["params"]["users"],
     }
 
 
@@ -278,8 +278,8 @@ def plan_table(results: Results) -> str:
         ("snapshot write per instance", f"~{write_s:.1f} s; at one checkpoint a minute ~{write_s / P['checkpoint_every_s']:.0%} "
                                         "of an instance's time",
          f"{b['write_s']} s at {b['ck_users']:,} users, scaled linearly"),
-        ("output records", f"~{P['events_per_s'] * b['changes_per_event']:,.0f} segment events/s on `user-segments`",
-         f"{b['changes_per_event']:.3f} segment events per input event (k = 8, log-file run)"),
+        ("output records", f"~{round(P['events_per_s'] * b['changes_per_event'], -3):,.0f} segment events/s on `user-segments`",
+         f"{b['changes_per_event']:.3f} segment events per input event (k = 8, {b['tp_users']:,} users, log-file run)"),
         ("model-topic writes", f"{summaries_per_s:,.0f} summaries/s, ~{summaries_per_s * summary_b / 1e6:.2f} MB/s at k = {P['segments']}",
          f"one summary per {P['model_update_events']:,} events of an instance; k × {b['dim']} dims × 4 B + ~150 B "
          f"= ~{summary_b / 1e3:.1f} KB (from the schema, not measured)"),
@@ -353,16 +353,19 @@ def movielens_table(results: Results) -> str:
         cmd += ["--batch-events", str(pr["batch_events"])]
     if list(enc) != ["raw", "state-ae", "item-pool"]:
         cmd += ["--kinds", *enc]
-    head = ("Encoder", *(f"HR@10 k={k}" for k in ks), "HR@10 per seed (" + " / ".join(f"k={k}" for k in ks) + ")",
-            "final-model re-assignment HR@10", "silhouette: final model / held labels")
+    per_k = "(k = " + " / ".join(ks) + ")"
+    head = ("Encoder", *(f"HR@10 k={k}" for k in ks), f"HR@10 per seed {per_k}",
+            f"final-model re-assignment HR@10 {per_k}", f"silhouette, final model {per_k}",
+            f"silhouette, held labels {per_k}")
     rows = []
     for kind, e in enc.items():
         g = e["k"]
         rows.append(("none (raw state)" if kind == "raw" else f"`{kind}`", *(f"{g[k]['hr10']:.3f}" for k in ks),
                      "; ".join(", ".join(f"{h:.3f}" for h in g[k]["hr10_per_seed"]) for k in ks),
                      " / ".join(f"{g[k]['hr10_final_model']:.3f}" for k in ks),
-                     " / ".join(f"{g[k]['silhouette']:.2f} / {g[k]['silhouette_held']:.2f}" for k in ks)))
-    rows.append(("global popularity (one segment)", f"{r['global_popularity_hr10']:.3f}", *[""] * (len(ks) + 2)))
+                     " / ".join(f"{g[k]['silhouette']:.2f}" for k in ks),
+                     " / ".join(f"{g[k]['silhouette_held']:.2f}" for k in ks)))
+    rows.append(("global popularity (one segment)", f"{r['global_popularity_hr10']:.3f}", *[""] * (len(ks) + 3)))
     best = r.get("best")
     note = (f"\n\n{pr['users']:,} users, {pr['history_ratings']:,} history ratings replayed, {pr['heldout_ratings']:,} "
             f"held out; micro-batches of {pr['batch_events']:,} events; HR@10 is the mean over seeds "
