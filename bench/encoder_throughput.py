@@ -1,6 +1,6 @@
 """Encoder throughput: user states embedded per second, batch 1024, per encoder kind (CPU; CUDA when present).
 
-    python -m bench.encoder_throughput [--seconds 3] [--threads 1]
+    python -m bench.encoder_throughput [--seconds 3] [--threads 1] [--out docs/bench/encoders.jsonl]
 
 Artifacts are trained briefly on a cached synthetic log (training quality does
 not change inference cost); the inputs are 1024 real user states replayed from
@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from bench.common import CACHE, emit, note, synthetic_log
+from bench.output import append_result, command_line
 
 
 def _artifact(log, kind: str):
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per figure")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the consumer's default is 1)")
     ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--out", default="", help="also write the result, with its command, to this JSON-lines file (replaced)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     log = synthetic_log(users=20_000, events=200_000)
@@ -82,8 +85,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             note(f"{kind} int8 on cpu: {row['cpu_int8_states_per_s']:,} states/s")
         figures[kind] = row
     figures["default_kind"] = "state-ae"
-    return emit("encoder_throughput", figures, batch=args.batch, threads=args.threads, seconds=args.seconds,
-                devices=devices, log=log.name)
+    result = emit("encoder_throughput", figures, batch=args.batch, threads=args.threads, seconds=args.seconds,
+                  devices=devices, log=log.name)
+    if args.out:
+        Path(args.out).unlink(missing_ok=True)
+        append_result(args.out, result, command_line("bench.encoder_throughput", argv))
+    return result
 
 
 if __name__ == "__main__":

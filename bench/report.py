@@ -1,23 +1,97 @@
-"""README's performance table from a suite results file (every figure from one run).
+"""Markdown figure tables from committed benchmark JSON, and the docs blocks that hold them.
 
-    python -m bench.report runs/bench/suite-<time>.jsonl
+    python -m bench.report runs/bench/suite-<time>.jsonl      # print the machine line and the suite table
+    python -m bench.report --update docs/performance.md docs/scaling.md   # re-render every block in place
+    python -m bench.report --check docs/performance.md docs/scaling.md    # exit 1 if a block is stale
+
+A doc holds a rendered table between two HTML comments::
+
+    <!-- bench:KIND FILE[,FILE...] -->
+    ...the output of render(KIND, FILES)...
+    <!-- /bench -->
+
+FILE is a JSON-lines file written by a bench script (``python -m bench.suite --out
+docs/bench/suite.jsonl``, ``python -m bench.scaleout --out docs/bench/scaleout.jsonl``,
+``python -m bench.encoder_throughput --out docs/bench/encoders.jsonl``), relative to the
+repository root. ``tests/test_docs.py`` checks that every block equals the rendering of
+its files, so a table cannot drift from the JSON behind it and a figure cannot be
+edited by hand. Rows that are estimates (``sizing``, ``plan``) are computed here from
+measured figures, and say so.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"<!-- bench:([a-z-]+) (\S+) -->\n(.*?)<!-- /bench -->", re.S)
+
+Results = list[dict[str, Any]]
 
 
-def _rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+def load(*paths: str | Path) -> Results:
+    """Every JSON object of the given JSON-lines files (relative paths: from the repository root)."""
+    out: Results = []
+    for p in paths:
+        path = Path(p) if Path(p).is_absolute() else ROOT / p
+        if path.suffix == ".json":  # one JSON document (what `segstream evaluate` writes)
+            out.append(json.loads(path.read_text()))
+        else:
+            out.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return out
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _of(results: Results, bench: str, **params: Any) -> list[dict[str, Any]]:
+    return [r for r in results if r.get("bench") == bench
+            and all(r.get("params", {}).get(k) == v for k, v in params.items())]
+
+
+def _one(results: Results, bench: str, **params: Any) -> dict[str, Any]:
+    found = _of(results, bench, **params)
+    if not found:
+        raise KeyError(f"no {bench} result with {params} in the benchmark JSON")
+    return found[0]
+
+
+def _cmd(r: dict[str, Any]) -> str:
+    return f"`{r.get('command', 'python -m bench.' + r.get('bench', '?'))}`"
+
+
+# --- the suite ------------------------------------------------------------------------------------
+
+
+def machine_line(results: Results) -> str:
+    """One sentence: the machine and the load average seen as each run started (no dates)."""
+    m = results[0]["machine"]
+    loads = [r["machine"]["loadavg_at_start"][0] for r in results if "machine" in r]
+    lo, hi = min(loads), max(loads)
+    load = f"{lo}" if lo == hi else f"{lo}–{hi}"
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, "
+            f"torch {m['versions']['torch']}, river {m['versions']['river']}, "
+            f"kafka-python {m['versions']['kafka-python']}; load average (1 min) as each run started: {load}.")
+
+
+def suite_rows(results: Results) -> list[tuple[str, str, str, str]]:
     rows = []
     for r in results:
-        f, p, cmd = r.get("figures", {}), r.get("params", {}), f"`{r.get('command', '')}`"
+        f, p, cmd = r.get("figures", {}), r.get("params", {}), _cmd(r)
         if r.get("bench") == "throughput":
             size = f"k={p['segments']}, {p['users']:,} users, {p['events']:,} events, {p['dim']} dims"
             if "file" in f:
-                rows.append(("log file → pipeline (no broker)", size, f"{f['file']['events_per_s']:,} events/s", cmd))
+                rows.append(("log file → pipeline (no broker)", size,
+                             f"{f['file']['events_per_s']:,} events/s ({f['file']['segment_changes']:,} segment events)",
+                             cmd))
             if "naive" in f:
                 rows.append(("naive per-event reference", size + f", first {f['naive']['events']:,} events",
                              f"{f['naive']['events_per_s']:,} events/s (pipeline: {f.get('file_over_naive', '?')}×)", cmd))
@@ -56,23 +130,298 @@ def _rows(results: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
         elif r.get("bench") == "checkpoint":
             rows.append(("checkpoint snapshot write / restore", f"{p['users']:,} users, {p['partitions']} partitions",
                          f"{f['write_seconds']} s / {f['restore_seconds']} s, {f['bytes_per_user']} B/user on disk", cmd))
-        elif r.get("bench") == "scaleout":
-            for run in f.get("runs", []):
-                rows.append((f"{run['instances']} instance(s), {p['partitions']} partitions", f"{p['users']:,} users",
-                             f"{run['events_per_s']:,} events/s, {run['cpu_us_per_event']} CPU µs/event", cmd))
     return rows
 
 
+def suite_table(results: Results) -> str:
+    return _table(("Measure", "Workload", "Result", "Command"), suite_rows(results))
+
+
+_GOALS = {
+    "file_events_per_s": "log file → pipeline, one process",
+    "broker_ratio": "`segstream run` loop / raw kafka-python consume (same process settings)",
+    "file_over_naive": "log-file pipeline / naive per-event pipeline",
+    "latency_p99_ms": "p99 event-to-publish latency at 5,000 events/s (ms)",
+    "memory_bytes_per_user": "resident bytes per tracked user",
+}
+
+
+def goals_table(results: Results) -> str:
+    """The suite's goals (``bench.suite._targets``) checked on the committed run."""
+    from bench.suite import _targets
+
+    rows = []
+    for key, t in _targets(results).items():
+        base = next(b for b in _GOALS if key.startswith(b))
+        tag = key[len(base):].lstrip("_")
+        where = ""
+        if tag.startswith("k"):
+            k, u = tag[1:].split("_u")
+            if k != "8":  # the goals are set for k = 8 (the planted groups); k = 64 is in the figures table
+                continue
+            where = f" (k = {k}, {int(u):,} users)"
+        elif tag:
+            where = f" ({int(tag):,} users)"
+        op, num = t["goal"].split()
+        goal = {">=": "≥", "<=": "≤"}[op] + " " + f"{float(num):,g}".replace("1e+05", "100,000")
+        rows.append((_GOALS[base] + where, goal, f"{t['value']:,}", "yes" if t["met"] else "**no**"))
+    return _table(("Goal", "Target", "Measured", "Met"), rows)
+
+
+# --- encoders --------------------------------------------------------------------------------------
+
+
+def encoders_table(results: Results) -> str:
+    r = _one(results, "encoder_throughput")
+    f, p = r["figures"], r["params"]
+    rows = []
+    for kind, row in f.items():
+        if not isinstance(row, dict):
+            continue
+        what = f"`{kind}` ({row['dim']}-d" + (f", {row['item_history']} recent items)" if kind == "item-pool" else ")")
+        for dev in p["devices"]:
+            rows.append((what, f"{dev}, batch {p['batch']:,}, {p['threads']} torch thread(s)",
+                         f"{row[f'{dev}_states_per_s']:,} states/s", _cmd(r)))
+        if "cpu_int8_states_per_s" in row:
+            rows.append((what + ", dynamic int8 quantisation", f"cpu, batch {p['batch']:,}",
+                         f"{row['cpu_int8_states_per_s']:,} states/s, embeddings off by up to "
+                         f"{row['int8_max_abs_diff']:.3g}", _cmd(r)))
+    return _table(("Encoder", "Device", "Result", "Command"), rows)
+
+
+# --- scale-out and sizing --------------------------------------------------------------------------
+
+
+def scaleout_table(results: Results) -> str:
+    rows = []
+    for r in _of(results, "scaleout"):
+        f, p = r["figures"], r["params"]
+        cores = "with decode process" if p.get("decode_process") else "no decode process (one core each)"
+        model = "global model" if p.get("global_model") else "a model per instance"
+        one = f["runs"][0]
+        for run in f["runs"]:
+            rate, cpu = f"{run['events_per_s']:,} events/s", f"{run['cpu_us_per_event']} CPU-µs/event"
+            if run is not one:
+                rate += f" ({run['events_per_s'] / one['events_per_s']:.2f}× one)"
+                cpu += f" ({run['cpu_us_per_event'] / one['cpu_us_per_event']:.2f}×)"
+            rows.append((f"{run['instances']} instance" + ("s" if run["instances"] > 1 else "") + f", {cores}, {model}",
+                         f"{p['partitions']} partitions, k = {p['segments']}, {p['users']:,} users, "
+                         f"{run['events']:,} events in the window", rate, cpu, _cmd(r)))
+    return _table(("Group", "Workload", "Group rate", "CPU per event", "Command"), rows)
+
+
+def _basis(results: Results) -> dict[str, Any]:
+    """The measured figures the sizing estimates start from."""
+    one = next(r for r in _of(results, "scaleout") if not r["params"].get("decode_process"))
+    single = one["figures"]["runs"][0]
+    mem = _one(results, "memory")
+    top = max(mem["figures"], key=int)
+    ck = max(_of(results, "checkpoint"), key=lambda r: r["params"]["users"])
+    tp = next(r for r in _of(results, "throughput", segments=8) if "file" in r["figures"])
+    return {
+        "cpu_us": single["cpu_us_per_event"], "core_rate": single["events_per_s"], "scaleout": one,
+        "bytes_per_user": mem["figures"][top]["bytes_per_user"], "mem_users": int(top),
+        "baseline_bytes": mem["figures"][top]["rss_baseline_bytes"], "memory": mem,
+        "disk_per_user": ck["figures"]["bytes_per_user"], "write_s": ck["figures"]["write_seconds"],
+        "restore_s": ck["figures"]["restore_seconds"], "ck_users": ck["params"]["users"], "checkpoint": ck,
+        "changes_per_event": tp["figures"]["file"]["segment_changes"] / tp["figures"]["file"]["events"],
+        "throughput": tp, "dim": tp["params"]["dim"], "tp_users": tp["params"]["users"],
+    }
+
+
+def sizing_table(results: Results) -> str:
+    """Per instance, per million users held: estimates scaled linearly from the measured figures."""
+    b = _basis(results)
+    per_m = 1e6 / b["ck_users"]
+    rows = [
+        ("memory", f"~{b['bytes_per_user'] * 1e6 / 1e9:.2f} GB of state + ~{b['baseline_bytes'] / 1e9:.2f} GB process baseline",
+         f"{b['bytes_per_user']} B/user resident at {b['mem_users']:,} users; baseline RSS with the encoder loaded",
+         _cmd(b["memory"])),
+        ("CPU", f"~{b['cpu_us']} CPU-µs per event (one core ≈ {b['core_rate']:,} events/s at k = 8)",
+         "one instance without its decode process", _cmd(b["scaleout"])),
+        ("snapshot disk", f"~{b['disk_per_user'] * 1e6 / 1e9:.2f} GB", f"{b['disk_per_user']} B/user on disk",
+         _cmd(b["checkpoint"])),
+        ("snapshot pause", f"~{b['write_s'] * per_m:.1f} s per write, ~{b['restore_s'] * per_m:.1f} s per restore",
+         f"{b['write_s']} s / {b['restore_s']} s at {b['ck_users']:,} users", _cmd(b["checkpoint"])),
+    ]
+    return _table(("Resource", "Need (estimate)", "Measured basis", "Command"), rows)
+
+
+PLAN = {"users": 100_000_000, "events_per_s": 1_000_000, "instances": 40, "partitions": 120, "segments": 8,
+        "model_update_events": 5000, "checkpoint_every_s": 60, "failover_share": 1.4}
+
+
+def plan_table(results: Results) -> str:
+    """The 100M-users, 1M-events/s plan: every figure an estimate computed from the measured basis."""
+    b, P = _basis(results), PLAN
+    per_inst_users = P["users"] / P["instances"]
+    per_inst_rate = P["events_per_s"] / P["instances"]
+    max_users = P["failover_share"] * per_inst_users
+    write_s = b["write_s"] * per_inst_users / b["ck_users"]
+    summary_b = P["segments"] * b["dim"] * 4 + 150
+    summaries_per_s = P["events_per_s"] / P["model_update_events"]
+    rows = [
+        ("pipeline CPU", f"~{P['events_per_s'] * b['cpu_us'] / 1e6:.1f} cores",
+         f"{P['events_per_s']:,} events/s × {b['cpu_us']} CPU-µs/event"),
+        ("rate per instance", f"{per_inst_rate:,.0f} events/s = {per_inst_rate / b['core_rate']:.0%} of one core's measured rate",
+         f"{P['instances']} instances, one core each; {b['core_rate']:,} events/s measured on one core"),
+        ("partitions", f"{P['partitions']} ({P['partitions'] // P['instances']} per instance); "
+                       f"~{P['events_per_s'] / P['partitions']:,.0f} events/s and ~{P['users'] / P['partitions'] / 1e6:.2f}M users each",
+         "choice (see Choosing the partition count)"),
+        ("state", f"~{P['users'] * b['bytes_per_user'] / 1e9:.0f} GB in all, ~{per_inst_users * b['bytes_per_user'] / 1e9:.2f} GB "
+                  f"per instance ({per_inst_users / 1e6:.1f}M users)", f"{b['bytes_per_user']} B/user resident"),
+        ("`SEGSTREAM_MAX_USERS` per instance", f"{max_users:,.0f}",
+         f"{P['failover_share']}× an instance's share of users, to absorb a failed peer's partitions"),
+        ("memory per instance", f"~{(max_users * b['bytes_per_user'] + b['baseline_bytes']) / 1e9:.1f} GB",
+         f"`SEGSTREAM_MAX_USERS` × {b['bytes_per_user']} B + {b['baseline_bytes'] / 1e9:.2f} GB process baseline"),
+        ("snapshots on shared storage", f"~{P['users'] * b['disk_per_user'] / 1e9:.0f} GB", f"{b['disk_per_user']} B/user on disk"),
+        ("snapshot write per instance", f"~{write_s:.1f} s; at one checkpoint a minute ~{write_s / P['checkpoint_every_s']:.0%} "
+                                        "of an instance's time",
+         f"{b['write_s']} s at {b['ck_users']:,} users, scaled linearly"),
+        ("output records", f"~{round(P['events_per_s'] * b['changes_per_event'], -3):,.0f} segment events/s on `user-segments`",
+         f"{b['changes_per_event']:.3f} segment events per input event (k = 8, {b['tp_users']:,} users, log-file run)"),
+        ("model-topic writes", f"{summaries_per_s:,.0f} summaries/s, ~{summaries_per_s * summary_b / 1e6:.2f} MB/s at k = {P['segments']}",
+         f"one summary per {P['model_update_events']:,} events of an instance; k × {b['dim']} dims × 4 B + ~150 B "
+         f"= ~{summary_b / 1e3:.1f} KB (from the schema, not measured)"),
+        ("model-topic reads", f"~{P['instances'] * summaries_per_s * summary_b / 1e6:.0f} MB/s in all",
+         "every instance reads every record"),
+    ]
+    return _table(("Quantity", "Estimate", "Derived from"), rows)
+
+
+# --- evaluations (`segstream evaluate`: results.json, planted.json) ----------------------------------
+
+
+def _planted_command(c: dict[str, Any]) -> str:
+    """The `segstream evaluate planted` flags that give this configuration (its defaults left out)."""
+    args = []
+    for flag, value, default in (("--users", c["users"], 20000), ("--groups", c["groups"], 8),
+                                 ("--events", c["events"], 600_000), ("--days", c["duration_s"] / 86400, 14.0),
+                                 ("--clusterer", c["clusterer"], "kmeans"), ("--batch", c["batch"], 5000),
+                                 ("--seed", c["seed"], 0)):
+        if value != default:
+            args.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    if not c["drift_at"]:
+        args.append("--drift-at 0")
+    else:
+        if c["drift_at"] != 0.5:
+            args.append(f"--drift-at {c['drift_at']:g}")
+        if c["drift_groups"] != 3:
+            args.append(f"--drift-groups {c['drift_groups']}")
+    for flag, value, default in (("--half-life-s", c["half_life_s"], 86400.0), ("--hysteresis", c["hysteresis"], 0.05),
+                                 ("--dwell-s", c["dwell_s"], 0.0)):
+        if value != default:
+            args.append(f"{flag} {value:g}")
+    return "`" + " ".join(["segstream evaluate planted", *args]) + "`"
+
+
+def planted_table(results: Results) -> str:
+    """One row per `segstream evaluate planted` run: online k-means against batch k-means and the planted groups."""
+    rows = []
+    for r in results:
+        c, s, pts = r["config"], r["summary"], r["points"]
+        drift = (f"{c['drift_groups']} of {c['groups']} groups drift at {c['drift_at']:.0%} of the span"
+                 if c["drift_at"] else "stationary")
+        run = (f"{c['users']:,} users, {c['events']:,} events, {drift}, half-life {c['half_life_s'] / 86400:g} d, "
+               f"hysteresis {c['hysteresis']:g}")
+        moves = sorted(q["moves_per_10k"] * 100 for q in pts[2:])
+        median = moves[len(moves) // 2]
+        end = pts[-1]
+        if s.get("pre_drift_ari") is not None:
+            rec = s["recovery_half_lives"]
+            after = (f"{s['pre_drift_ari']:.3f} → lowest {s['min_ari_after_drift']:.3f}; back to 0.9× after "
+                     + ("never" if rec is None else f"{rec:.2f} half-lives"))
+        else:
+            after = "—"
+        rows.append((run, f"{s['ari_mean']:.3f}", f"{s['batch_ari_mean']:.3f}", f"{s['ari_ratio']:.2f}",
+                     f"{end['ari']:.3f} / {end['batch_ari']:.3f}", f"median {median:.2f}%, max {max(moves):.2f}%",
+                     f"{s['min_share_min']:.1%}", after, _planted_command(c)))
+    return _table(("Run", "online ARI (mean after warm-up, before any drift)", "batch k-means ARI", "ratio",
+                   "end of run: online / batch ARI", "users changing segment per 10k events (after warm-up)",
+                   "smallest segment (share of users)", "drift: ARI before → after", "Command"), rows)
+
+
+def movielens_table(results: Results) -> str:
+    """HR@10 of the streamed segments per encoder and k (`segstream evaluate movielens`)."""
+    r = results[0]
+    pr, enc = r["protocol"], r["encoders"]
+    ks = list(next(iter(enc.values()))["k"])
+    cmd = ["segstream evaluate movielens", "--seeds", *map(str, pr["seeds"])]
+    if ks != ["8", "16", "32"]:
+        cmd += ["--k", *ks]
+    if pr["batch_events"] != 1000:
+        cmd += ["--batch-events", str(pr["batch_events"])]
+    if list(enc) != ["raw", "state-ae", "item-pool"]:
+        cmd += ["--kinds", *enc]
+    per_k = "(k = " + " / ".join(ks) + ")"
+    head = ("Encoder", *(f"HR@10 k={k}" for k in ks), f"HR@10 per seed {per_k}",
+            f"final-model re-assignment HR@10 {per_k}", f"silhouette, final model {per_k}",
+            f"silhouette, held labels {per_k}")
+    rows = []
+    for kind, e in enc.items():
+        g = e["k"]
+        rows.append(("none (raw state)" if kind == "raw" else f"`{kind}`", *(f"{g[k]['hr10']:.3f}" for k in ks),
+                     "; ".join(", ".join(f"{h:.3f}" for h in g[k]["hr10_per_seed"]) for k in ks),
+                     " / ".join(f"{g[k]['hr10_final_model']:.3f}" for k in ks),
+                     " / ".join(f"{g[k]['silhouette']:.2f}" for k in ks),
+                     " / ".join(f"{g[k]['silhouette_held']:.2f}" for k in ks)))
+    rows.append(("global popularity (one segment)", f"{r['global_popularity_hr10']:.3f}", *[""] * (len(ks) + 3)))
+    best = r.get("best")
+    note = (f"\n\n{pr['users']:,} users, {pr['history_ratings']:,} history ratings replayed, {pr['heldout_ratings']:,} "
+            f"held out; micro-batches of {pr['batch_events']:,} events; HR@10 is the mean over seeds "
+            f"{', '.join(map(str, pr['seeds']))}.")
+    if best:
+        note += (f" Best: `{best['encoder']}` at k = {best['k']}, HR@10 {best['hr10']:.3f} = "
+                 f"{best['vs_popularity']:.2f}× global popularity.")
+    return _table(head, rows) + note + f" Command: `{' '.join(cmd)}`."
+
+
+RENDERERS: dict[str, Callable[[Results], str]] = {
+    "machine": machine_line, "suite": suite_table, "goals": goals_table, "encoders": encoders_table,
+    "scaleout": scaleout_table, "sizing": sizing_table, "plan": plan_table,
+    "planted": planted_table, "movielens": movielens_table,
+}
+
+
+def render(kind: str, files: str) -> str:
+    """The text of a ``<!-- bench:KIND FILES -->`` block (FILES: comma-separated)."""
+    return RENDERERS[kind](load(*files.split(","))) + "\n"
+
+
+def blocks(text: str) -> list[tuple[str, str, str]]:
+    """(kind, files, current text) of every block of a doc."""
+    return [(m.group(1), m.group(2), m.group(3)) for m in BLOCK.finditer(text)]
+
+
+def update(text: str) -> str:
+    return BLOCK.sub(lambda m: f"<!-- bench:{m.group(1)} {m.group(2)} -->\n{render(m.group(1), m.group(2))}"
+                               "<!-- /bench -->", text)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    results = [json.loads(line) for line in open(argv[0]) if line.strip()]
-    m = results[0]["machine"]
-    print(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, "
-          f"torch {m['versions']['torch']}, kafka-python {m['versions']['kafka-python']}; "
-          f"run {results[0]['at']} (load average at start {m['loadavg_at_start'][0]}).\n")
-    print("| Measure | Workload | Result | Command |\n|---|---|---|---|")
-    for row in _rows(results):
-        print("| " + " | ".join(row) + " |")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", help="a suite results file, or docs with --update/--check")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--update", action="store_true", help="re-render every bench block of the given docs in place")
+    g.add_argument("--check", action="store_true", help="exit 1 when a bench block differs from its rendering")
+    a = p.parse_args(argv)
+    if a.update or a.check:
+        stale = []
+        for doc in a.files:
+            text = Path(doc).read_text()
+            new = update(text)
+            if new != text:
+                stale.append(doc)
+                if a.update:
+                    Path(doc).write_text(new)
+        verb = "updated" if a.update else "stale"
+        for doc in stale:
+            print(f"{verb}: {doc}")
+        return 1 if stale and a.check else 0
+    results = load(*a.files)
+    print(machine_line(results) + "\n")
+    print(suite_table(results))
+    print("\n" + goals_table(results))
     return 0
 
 

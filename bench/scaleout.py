@@ -1,6 +1,7 @@
 """Scale-out: one vs several ``segstream run`` processes in one consumer group.
 
     python -m bench.scaleout --instances 1,2 --partitions 6 --events 1500000
+    python -m bench.scaleout --out docs/bench/scaleout.jsonl   # also append the result (and its command) there
 
 A synthetic log is produced into a ``--partitions`` topic of the embedded
 broker. For each instance count, that many real ``segstream run`` processes
@@ -15,7 +16,7 @@ the instances. Instances run without the decode process (one core each, the
 unit of scale-out) unless ``--decode-process`` is given.
 
 By default the instances share one segment model through the model topic
-(``SEGSTREAM_GLOBAL_MODEL=true``, issue 8), so the figures include the
+(``SEGSTREAM_GLOBAL_MODEL=true``), so the figures include the
 coordination cost (summaries, merges, model reads); ``--local-models`` runs
 each instance with its own model instead.
 """
@@ -31,6 +32,7 @@ import uuid
 from typing import Any
 
 from bench.common import bench_encoder, emit, note, scrape_samples, synthetic_log
+from bench.output import append_result, command_line
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-process", action="store_true",
                    help="instances decode in a child process (SEGSTREAM_DECODE_PROCESS; off by default here: "
                         "each instance then uses one core, the unit of scale-out)")
+    p.add_argument("--out", default="", help="also append the result, with its command, to this JSON-lines file")
     a = p.parse_args(argv)
 
     from stream.kafka.embedded_broker import EmbeddedBroker
@@ -157,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         one, two = runs[0], runs[1]
         figures["cpu_per_event_ratio"] = round(two["cpu_us_per_event"] / one["cpu_us_per_event"], 3)
         figures["wall_speedup"] = round(two["events_per_s"] / one["events_per_s"], 3)
-    emit("scaleout", figures, partitions=a.partitions, users=a.users, events=a.events, segments=a.segments,
-         measure_s=a.measure_s, global_model=not a.local_models, decode_process=a.decode_process)
+    result = emit("scaleout", figures, partitions=a.partitions, users=a.users, events=a.events, segments=a.segments,
+                  measure_s=a.measure_s, global_model=not a.local_models, decode_process=a.decode_process)
+    if a.out:
+        append_result(a.out, result, command_line("bench.scaleout", argv))
     return 0
 
 

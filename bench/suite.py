@@ -1,13 +1,15 @@
 """The whole benchmark suite, each run in a fresh process, results collected in one file.
 
-    python -m bench.suite                 # every figure README's performance section quotes
-    python -m bench.suite --quick         # small sizes, a minute or two (smoke run)
+    python -m bench.suite --out docs/bench/suite.jsonl   # every figure of docs/performance.md
+    python -m bench.suite --quick                       # small sizes, a minute or two (smoke run)
 
 Runs :mod:`bench.throughput` (k = 8 and 64; file mode at 100k and 1M users,
 broker mode at 100k users; the naive reference once), :mod:`bench.latency` (5k events/s),
 :mod:`bench.memory` (100k and 1M users), :mod:`bench.checkpoint` and :mod:`bench.produce`. Each child prints one JSON object;
-they are appended to ``runs/bench/suite-<time>.jsonl`` and summarised as one
-JSON object on stdout, with the issue's targets checked (``"met"``).
+they are appended to ``--out`` (default ``runs/bench/suite-<time>.jsonl``; an existing
+file is replaced) and summarised as one JSON object on stdout, with the goals checked
+(``"met"``). ``python -m bench.report --update docs/performance.md docs/scaling.md``
+re-renders the docs' tables from the committed file.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.common import CACHE, emit, note
@@ -47,7 +50,7 @@ def _plan(quick: bool) -> list[tuple[str, list[str]]]:
 
 
 def _targets(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's goals, checked on the figures of this run."""
+    """The goals, checked on the figures of this run (docs/performance.md shows them)."""
     out: dict[str, Any] = {}
     for r in results:
         f, p = r.get("figures", {}), r.get("params", {})
@@ -77,12 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", default="", help="comma-separated substrings of run names to keep")
+    p.add_argument("--out", default="", help="results file (JSON lines; default runs/bench/suite-<time>.jsonl)")
     a = p.parse_args(argv)
     plan = _plan(a.quick)
     if a.only:
         plan = [(n, c) for n, c in plan if any(s in n for s in a.only.split(","))]
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"suite-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+    path = Path(a.out) if a.out else CACHE / f"suite-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
     results: list[dict[str, Any]] = []
     for name, cmd in plan:
         note(f"== {name}: python -m {' '.join(cmd)}")

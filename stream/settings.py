@@ -1,7 +1,7 @@
 """One frozen, typed settings object for the whole consumer.
 
 Every field names its environment variable and its default, so that the
-configuration table in README, the CLI flags and the container's environment
+configuration table in docs/configuration.md, the CLI flags and the container's environment
 all come from this one place::
 
     >>> s = Settings.from_env({"SEGSTREAM_SEGMENTS": "16"})
@@ -56,9 +56,9 @@ class Settings:
     ssl_certfile: str = _opt("SEGSTREAM_SSL_CERTFILE", "", "Client certificate (mutual TLS).", group="kafka")
     ssl_keyfile: str = _opt("SEGSTREAM_SSL_KEYFILE", "", "Client private key (mutual TLS).", group="kafka")
     group_instance_id: str = _opt("SEGSTREAM_GROUP_INSTANCE_ID", "", "Static group membership (KIP-345): a restarted member with the same id takes its partitions back without waiting for the session timeout (empty: dynamic membership).", group="kafka")
-    columnar_fetch: bool = _opt("SEGSTREAM_COLUMNAR_FETCH", True, "Decode fetched record batches a whole batch at a time into columns (stream/kafka/records.py) instead of kafka-python's record-at-a-time iterator (several times its consume rate: README, Performance). false: kafka-python's own decoding, as when the start-up check of kafka-python's internals fails (stream/kafka/compat.py: a warning, segstream_kafka_fast_path 0).", group="kafka")
+    columnar_fetch: bool = _opt("SEGSTREAM_COLUMNAR_FETCH", True, "Decode fetched record batches a whole batch at a time into columns (stream/kafka/records.py) instead of kafka-python's record-at-a-time iterator (several times its consume rate: docs/performance.md). false: kafka-python's own decoding, as when the start-up check of kafka-python's internals fails (stream/kafka/compat.py: a warning, segstream_kafka_fast_path 0).", group="kafka")
     columnar_produce: bool = _opt("SEGSTREAM_COLUMNAR_PRODUCE", True, "Write each partition's segment events of a micro-batch as whole record batches (stream/kafka/batch_produce.py) instead of one KafkaProducer.send per event. false: one send per event, as when the start-up check of kafka-python's internals fails (stream/kafka/compat.py: a warning, segstream_kafka_fast_path 0).", group="kafka")
-    decode_process: bool = _opt("SEGSTREAM_DECODE_PROCESS", True, "Decode the next micro-batch's events in a child process while this one is processed (stream/runtime/decode_worker.py); only with free-running batches and at least 2 CPUs (affinity, capped by the cgroup quota). Set false when instances share a host's cores (README, Known limits). false: decode in the consumer process.", group="batching")
+    decode_process: bool = _opt("SEGSTREAM_DECODE_PROCESS", True, "Decode the next micro-batch's events in a child process while this one is processed (stream/runtime/decode_worker.py); only with free-running batches and at least 2 CPUs (affinity, capped by the cgroup quota). Set false when instances share a host's cores (docs/known-limits.md). false: decode in the consumer process.", group="batching")
     create_topics: bool = _opt("SEGSTREAM_CREATE_TOPICS", True, "Create missing output and dead-letter topics at start-up.", group="kafka")
 
     # --- micro-batching ----------------------------------------------------
@@ -78,7 +78,7 @@ class Settings:
     encoder_batch: int = _opt("SEGSTREAM_ENCODER_BATCH", 1024, "Largest inference batch handed to the encoder.", group="encoder")
     encoder_threads: int = _opt("SEGSTREAM_ENCODER_THREADS", 1, "torch intra-op threads (0: torch's default). One thread leaves the other cores to the Kafka client and the broker; more threads spin-wait on a busy machine.", group="encoder")
 
-    gc_threshold: int = _opt("SEGSTREAM_GC_THRESHOLD", 50000, "Python's generation-0 garbage-collection threshold (0: Python's default of 700). Decoding allocates a dict per event; at the default the collector runs every few hundred events and scans the whole heap often (README, Performance).", group="encoder")
+    gc_threshold: int = _opt("SEGSTREAM_GC_THRESHOLD", 50000, "Python's generation-0 garbage-collection threshold (0: Python's default of 700). Decoding allocates a dict per event; at the default the collector runs every few hundred events and scans the whole heap often (docs/performance.md).", group="encoder")
 
     # --- segments ----------------------------------------------------------
     segments: int = _opt("SEGSTREAM_SEGMENTS", 8, "Number of segments (k).", group="segments")
@@ -213,7 +213,7 @@ def parse_value(tp: type, raw: str, name: str) -> Any:
 
 
 def markdown_table() -> str:
-    """The configuration table README shows (kept in sync by a test)."""
+    """The configuration table docs/configuration.md shows (kept in sync by tests/test_docs.py)."""
     rows = ["| Flag | Environment variable | Default | Meaning |", "|---|---|---|---|"]
     for f in setting_fields():
         flag = "--" + f.name.replace("_", "-")

@@ -2,7 +2,7 @@
 
 Every consumer setting is a flag of ``run`` (and of ``demo``/``replay``) and an
 environment variable; flags win over the environment, which wins over the
-defaults. ``segstream config --markdown`` prints the table README shows.
+defaults. ``segstream config --markdown`` prints the table docs/configuration.md shows.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def main_parser() -> argparse.ArgumentParser:
     brk = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")
     brk.add_argument("--port", type=int, default=9092)
 
-    cfg = sub.add_parser("config", help="print the effective settings (or the README table)")
+    cfg = sub.add_parser("config", help="print the effective settings (or the docs/configuration.md table)")
     cfg.add_argument("--markdown", action="store_true")
     _add_settings(cfg)
     return p

@@ -5,7 +5,7 @@ One partition, read from the beginning by every instance with its own
 group-less consumer, so that all instances see the same records in the same
 order. Record keys: ``model`` for models (proposals), ``summary/<instance>``
 for summaries, so a compacted topic keeps the latest of each. Values are
-msgpack maps, schema ``segstream.model/1`` (documented in README).
+msgpack maps, schema ``segstream.model/1`` (documented in docs/contracts.md).
 
 At start-up :meth:`ModelSync.catch_up` reads the topic to its end before the
 first input record is processed, so a new or restarted instance starts from

@@ -78,7 +78,7 @@ def test_evaluate_command_writes_json_and_plot(tmp_path):
 
 @pytest.mark.slow
 def test_item_encoder_segments_beat_raw_and_popularity_on_movielens(movielens_dir, tmp_path):
-    """The issue's claim, one seed at k=8 (README's table has k = 8, 16, 32 over three seeds)."""
+    """The documented claim, one seed at k=8 (docs/encoders-and-evaluation.md has k = 8, 16, 32 over three seeds)."""
     from evaluation.movielens import evaluate
 
     r = evaluate(str(movielens_dir), tmp_path, ["raw", "item-pool"], [8], [0], progress=lambda m: None)

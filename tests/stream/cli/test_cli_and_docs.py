@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
 from stream.cli import main_parser, run_cli
-from stream.settings import Settings, SettingsError, markdown_table
+from stream.settings import Settings, SettingsError
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 
@@ -35,22 +34,6 @@ def test_every_setting_is_a_flag_of_run():
     flags = {opt for a in run._actions for opt in a.option_strings}
     for name in Settings.__dataclass_fields__:
         assert "--" + name.replace("_", "-") in flags
-
-
-def test_readme_configuration_table_is_current():
-    text = README.read_text()
-    assert markdown_table() in text, "README's configuration table is stale: paste `segstream config --markdown`"
-
-
-def test_readme_names_every_metric():
-    from prometheus_client import generate_latest
-
-    from stream.observability.metrics import Metrics
-
-    exported = set(re.findall(r"^# TYPE (\S+)", generate_latest(Metrics().registry).decode(), re.M))
-    text = README.read_text()
-    missing = sorted(m for m in exported if f"`{m}" not in text)
-    assert not missing, f"README's metrics table misses {missing}"
 
 
 def test_readme_quick_start_commands_exist():

@@ -56,7 +56,7 @@ def test_three_instances_share_one_model_through_a_kill_a_join_and_a_restart(bro
     common = ("--global-model", "true", "--model-topic", model_topic, "--segments", "3", "--warmup-users", "30",
               "--batch-max-events", "150", "--model-update-events", "300", "--checkpoint-interval-ms", "0",
               "--checkpoint-dir", str(tmp_path / "ckpt"), "--log-format", "json",
-              # three instances share two cores: without their decode processes (README's advice)
+              # three instances share two cores: without their decode processes (docs/known-limits.md's advice)
               "--decode-process", "false")
     settings = broker.settings(topics)
     group = [SegstreamProcess(settings, *common) for _ in range(3)]
