@@ -57,7 +57,7 @@ def replay_log(settings: Settings, log_path: str | os.PathLike[str], out_path: s
             if out is not None:
                 emitted_at = result.max_event_time if clock == "event" else time.time()
                 offsets = base + np.arange(len(chunk), dtype=np.int64)
-                ids = change_ids(result.changes, np.zeros(len(chunk), np.int64), offsets, (0, base + len(chunk) - 1))
+                ids = change_ids(result.changes, np.zeros(len(chunk), np.int64), offsets)
                 for key, value in encode_segment_changes(result.changes, emitted_at, ids):
                     out.write(msgpack.packb([key, value]))
                 for uid in result.erased:

@@ -28,7 +28,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from stream.runtime.checkpoints import CheckpointStore
-from stream.contracts.user_segments import change_id
+from stream.contracts.user_segments import change_ids
 from stream.runtime.decode_worker import DecodeAhead
 from state.events import EventBatch, Rejected
 from stream.kafka.clients import Publisher
@@ -390,11 +390,9 @@ class StreamRunner:
         if result is None:
             return
         store = self.pipeline.store
-        ids = []
-        for uid, seg in zip(result.changes.user_ids, result.changes.segments.tolist()):
-            p = int(store.partition[store.row_of(uid)])
-            ids.append(change_id(uid, p, self._state_offsets.get(TopicPartition(self.settings.input_topic, p), 0) - 1,
-                                 seg))
+        parts = store.partition[[store.row_of(uid) for uid in result.changes.user_ids]].tolist()
+        offs = [self._state_offsets.get(TopicPartition(self.settings.input_topic, p), 0) - 1 for p in parts]
+        ids = change_ids(result.changes, (), (), reflected=(parts, offs))
         self.outputs.write(result, Records.empty(self.settings.input_topic), self.clock(), ids)
         self.publisher.confirm()
         self.summary.changes += len(result.changes)
