@@ -16,7 +16,8 @@ from stream.kafka.clients import Publisher, ensure_topics, make_admin, make_cons
 from stream.observability.metrics import Metrics
 from stream.runtime.pipeline import BatchResult, Pipeline
 from stream.kafka.records import install_columnar_fetch
-from stream.runtime.runner import RunSummary, StreamRunner
+from stream.runtime.runner import StreamRunner
+from stream.runtime.summary import RunSummary
 from stream.settings import Settings
 
 __all__ = ["run_consumer"]

@@ -20,7 +20,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
@@ -34,24 +33,15 @@ from state.events import EventBatch, Rejected
 from stream.kafka.clients import Publisher
 from stream.observability.metrics import Metrics
 from stream.runtime.outputs import OutputWriter
+from stream.runtime.summary import RunSummary
 from stream.runtime.pipeline import BatchResult, Pipeline
 from stream.kafka.rebalance import RebalanceTracker
 from stream.kafka.records import Records, as_records
 from stream.settings import Settings
 
-__all__ = ["StreamRunner", "RunSummary"]
+__all__ = ["StreamRunner"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunSummary:
-    events: int = 0
-    invalid: int = 0
-    changes: int = 0
-    batches: int = 0
-    stopped_by: str = ""
-    committed: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 class StreamRunner:
@@ -99,6 +89,7 @@ class StreamRunner:
             idle_exit_s: float | None = None) -> RunSummary:
         stop = stop or threading.Event()
         summary = self.summary
+        started = time.perf_counter()
         last_record = time.monotonic()
         while True:
             if stop.is_set():
@@ -130,6 +121,7 @@ class StreamRunner:
                     continue
             self._process(records, decoded)
         self._maybe_checkpoint(force=True)  # a prefetched batch is left unprocessed and uncommitted: read again
+        summary.seconds += time.perf_counter() - started
         return summary
 
     def _prefetch(self, records: Records) -> tuple[Records, tuple[EventBatch, list[Rejected]] | None]:
@@ -494,10 +486,7 @@ class StreamRunner:
 
     def _observe(self, result: BatchResult, records: Records, seconds: float) -> None:
         s, p = self.summary, self.pipeline
-        s.events += len(records)
-        s.invalid += len(result.rejected)
-        s.changes += len(result.changes)
-        s.batches += 1
+        s.add_batch(len(records), result)
         self.metrics.observe_batch(result, p, records=len(records),
                                    value_bytes=records.value_bytes(),
                                    seconds=seconds)
