@@ -119,12 +119,13 @@ def validate_columns(objs: Sequence[Any], spec: FeatureSpec, window: tuple[float
     numbers: dict[str, np.ndarray] = {}
     flat: list[Any] | None = None  # every category of the kept rows, in order
     for rule in FIELDS:
-        col = cols[rule.name] = [o.get(rule.name) for o in maps]
-        types = col_types[rule.name] = set(map(type, col))
+        name = rule.name  # a local: the comprehension below reads it once per map
+        col = cols[name] = [o.get(name) for o in maps]
+        types = col_types[name] = set(map(type, col))
         if rule.kind == STRING:
             mask: Any = _string_doubts(rule, col, types)
         elif rule.kind == NUMBER:
-            numbers[rule.name], mask = _number_doubts(rule, col, types, window)
+            numbers[name], mask = _number_doubts(rule, col, types, window)
         else:
             mask, flat = _list_doubts(rule, col, types)
             flat = flat if mask is None else None
