@@ -27,7 +27,7 @@ from stream.kafka.embedded_broker import EmbeddedBroker
 from stream.kafka.clients import ensure_topics, make_consumer
 from stream.runtime.pipeline import BatchResult
 from stream.cli.producer import produce_log
-from stream.runtime.runner import RunSummary
+from stream.runtime.summary import RunSummary
 from stream.settings import Settings
 
 __all__ = ["run_demo"]
@@ -135,8 +135,8 @@ class _LiveSummary:
                  f"model v{result.changes.model_version}")
 
     def final(self, summary: RunSummary) -> None:
-        elapsed = time.monotonic() - self.t0
-        self.out(f"      done: {summary.events:,} records in {elapsed:.1f}s ({summary.events / elapsed:,.0f}/s), "
+        self.out(f"      done: {summary.events:,} records in {summary.seconds:.1f}s "
+                 f"({summary.events_per_second:,.0f}/s), "
                  f"{summary.changes:,} segment changes, {summary.invalid} dead-lettered, stopped by {summary.stopped_by}")
 
 

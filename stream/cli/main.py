@@ -174,10 +174,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         stop = threading.Event()
         _install_stop_handlers(stop)
         summary = run_consumer(settings, stop=stop, max_events=args.max_events, idle_exit_s=args.idle_exit)
-        print(json.dumps({"events": summary.events, "invalid": summary.invalid, "segment_changes": summary.changes,
-                          "batches": summary.batches, "stopped_by": summary.stopped_by,
-                          "committed": {f"{tp.topic}:{tp.partition}": off for tp, off in sorted(summary.committed.items())}}),
-              flush=True)
+        print(json.dumps(summary.as_dict()), flush=True)
         return 0
     if cmd == "demo":
         from stream.cli.demo import run_demo
@@ -221,9 +218,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "replay":
         from stream.runtime.replay import replay_log
 
-        s = replay_log(settings, args.log, args.out, clock=args.clock)
-        print(json.dumps({"events": s.events, "invalid": s.invalid, "segment_changes": s.changes,
-                          "seconds": round(s.seconds, 3), "events_per_second": round(s.events_per_second)}))
+        print(json.dumps(replay_log(settings, args.log, args.out, clock=args.clock).as_dict()))
         return 0
     if cmd == "evaluate":
         return int(args.evaluation_main(args))

@@ -65,7 +65,7 @@ SEGMENT_EVENT_OPTIONAL: dict[str, tuple[type, ...]] = {"change_id": (str,)}
 
 
 def change_id(user_id: str, partition: int, offset: int, segment: int) -> str:
-    """Deterministic id of a segment change (idempotent outputs, issue 6).
+    """Deterministic id of one segment change (idempotent outputs): the hash :func:`change_ids` applies.
 
     >>> change_id("u1", 0, 41, 3) == change_id("u1", 0, 41, 3) != change_id("u1", 0, 42, 3)
     True
@@ -74,20 +74,46 @@ def change_id(user_id: str, partition: int, offset: int, segment: int) -> str:
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
-def change_ids(changes: Any, partitions: Any, offsets: Any, fallback: tuple[int, int]) -> list[str]:
-    """One id per change; ``partitions``/``offsets`` indexed by the change's ``source_index``.
+def change_ids(changes: Any, partitions: Any, offsets: Any,
+               reflected: tuple[Any, Any] | None = None) -> list[str]:
+    """The ``change_id`` of every change: the one rule every output path (run loop, replay) applies.
 
-    A change with no source event in the batch (seeding, re-assignment after a segment retired)
-    takes ``fallback`` = (partition, offset) of the batch's last record.
+    A change is identified by (user, partition, offset, new segment) of the record that caused it:
+    ``partitions``/``offsets`` are the batch's source records in batch order, which
+    ``changes.source_index`` points into. A change no record of the batch caused (the model seeded,
+    a segment retired, a user held back until the first model) takes the newest position the state
+    reflected when it was made, ``reflected`` = (partition, offset), one for all or one per change;
+    by default the batch's last record. A replay or a re-run after a crash makes the same ids.
+
+    >>> import numpy as np
+    >>> from stream.runtime.pipeline import SegmentChanges
+    >>> ch = SegmentChanges(["a", "b"], np.array([1, 2]), np.array([-1, -1]), np.zeros(2, np.float32),
+    ...                     np.ones(2, np.uint32), np.zeros(2), np.array([0, -1]), 1)
+    >>> change_ids(ch, [3, 3], [40, 41]) == [change_id("a", 3, 40, 1), change_id("b", 3, 41, 2)]
+    True
+    >>> change_ids(ch, [3, 3], [40, 41], reflected=([3, 5], [40, 99]))[1] == change_id("b", 5, 99, 2)
+    True
     """
-    src = np.asarray(changes.source_index)
-    if len(src) == 0:
+    src = np.asarray(changes.source_index, dtype=np.int64)
+    n = len(src)
+    if n == 0:
         return []
     own = src >= 0
-    at = np.where(own, src, 0)
-    parts = np.where(own, np.asarray(partitions)[at], fallback[0]).tolist()
-    offs = np.where(own, np.asarray(offsets)[at], fallback[1]).tolist()
-    return [change_id(uid, p, o, seg) for uid, seg, p, o in zip(changes.user_ids, changes.segments.tolist(), parts, offs)]
+    if own.all():
+        parts, offs = np.asarray(partitions, dtype=np.int64)[src], np.asarray(offsets, dtype=np.int64)[src]
+    else:
+        if reflected is None:
+            if not len(partitions):
+                raise ValueError("changes without a source record need the position the state reflected")
+            reflected = (partitions[-1], offsets[-1])
+        parts = np.broadcast_to(np.asarray(reflected[0], dtype=np.int64), (n,))
+        offs = np.broadcast_to(np.asarray(reflected[1], dtype=np.int64), (n,))
+        if own.any():
+            at = np.where(own, src, 0)
+            parts = np.where(own, np.asarray(partitions, dtype=np.int64)[at], parts)
+            offs = np.where(own, np.asarray(offsets, dtype=np.int64)[at], offs)
+    return [change_id(uid, p, o, seg) for uid, seg, p, o in zip(changes.user_ids, changes.segments.tolist(),
+                                                                parts.tolist(), offs.tolist())]
 
 
 class ContractError(ValueError):

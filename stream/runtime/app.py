@@ -25,7 +25,8 @@ from stream.kafka.compat import install_columnar_fetch
 from stream.kafka.topics import topic_plan
 from stream.observability.metrics import Metrics
 from stream.runtime.pipeline import BatchResult, Pipeline
-from stream.runtime.runner import RunSummary, StreamRunner
+from stream.runtime.runner import StreamRunner
+from stream.runtime.summary import RunSummary
 from stream.settings import Settings
 
 __all__ = ["run_consumer"]

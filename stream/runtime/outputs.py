@@ -36,8 +36,7 @@ class OutputWriter:
         ``ids``: the changes' ``change_id``s when there is no record to derive them from."""
         out = self.settings.output_topic
         if ids is None and len(result.changes) and len(records):
-            parts, offs = records.partitions, records.offsets
-            ids = change_ids(result.changes, parts, offs, (int(parts[-1]), int(offs[-1])))
+            ids = change_ids(result.changes, records.partitions, records.offsets)
         encoded = encode_segment_changes(result.changes, emitted_at, ids)
         if encoded:
             keys, values = zip(*encoded)

@@ -11,7 +11,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import msgpack
 import numpy as np
@@ -19,45 +18,30 @@ import numpy as np
 from eventlogs.recorded import read_event_chunks
 from stream.contracts.user_segments import change_ids, encode_segment_changes
 from stream.runtime.pipeline import BatchResult, Pipeline
+from stream.runtime.summary import RunSummary
 from stream.settings import Settings
 
-__all__ = ["replay_log", "ReplaySummary"]
-
-
-@dataclass
-class ReplaySummary:
-    events: int = 0
-    invalid: int = 0
-    changes: int = 0
-    batches: int = 0
-    seconds: float = 0.0
-
-    @property
-    def events_per_second(self) -> float:
-        return self.events / self.seconds if self.seconds else math.nan
+__all__ = ["replay_log"]
 
 
 def replay_log(settings: Settings, log_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None, *,
                clock: str = "wall", pipeline: Pipeline | None = None,
-               on_batch: Callable[[BatchResult], None] | None = None) -> ReplaySummary:
+               on_batch: Callable[[BatchResult], None] | None = None) -> RunSummary:
     if clock not in ("wall", "event"):
         raise ValueError("clock must be 'wall' or 'event'")
     pipeline = pipeline or Pipeline.from_settings(settings, now=(lambda: math.inf) if clock == "event" else time.time)
-    summary = ReplaySummary()
+    summary = RunSummary()
     out = open(out_path, "wb") if out_path else None
     t0 = time.perf_counter()
     try:
         for chunk in read_event_chunks(log_path, settings.batch_max_events):
             result = pipeline.process_objects(chunk)
             base = summary.events  # a log replays like one partition: offset = position in the log
-            summary.events += len(chunk)
-            summary.invalid += len(result.rejected)
-            summary.changes += len(result.changes)
-            summary.batches += 1
+            summary.add_batch(len(chunk), result)
             if out is not None:
                 emitted_at = result.max_event_time if clock == "event" else time.time()
                 offsets = base + np.arange(len(chunk), dtype=np.int64)
-                ids = change_ids(result.changes, np.zeros(len(chunk), np.int64), offsets, (0, base + len(chunk) - 1))
+                ids = change_ids(result.changes, np.zeros(len(chunk), np.int64), offsets)
                 for key, value in encode_segment_changes(result.changes, emitted_at, ids):
                     out.write(msgpack.packb([key, value]))
                 for uid in result.erased:
@@ -68,4 +52,5 @@ def replay_log(settings: Settings, log_path: str | os.PathLike[str], out_path: s
         if out is not None:
             out.close()
     summary.seconds = time.perf_counter() - t0
+    summary.stopped_by = "end-of-log"
     return summary

@@ -20,36 +20,26 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 from stream.kafka import CommitFailedError, Consumer, KafkaError, TopicPartition, commit_offsets
 
 from stream.runtime.checkpoints import CheckpointStore
-from stream.contracts.user_segments import change_id
+from stream.contracts.user_segments import change_ids
 from stream.runtime.decode_worker import DecodeAhead
 from state.events import EventBatch, Rejected
 from stream.kafka.clients import Publisher
 from stream.observability.metrics import Metrics
 from stream.runtime.outputs import OutputWriter
+from stream.runtime.summary import RunSummary
 from stream.runtime.pipeline import BatchResult, Pipeline
 from stream.kafka.rebalance import RebalanceTracker
 from stream.kafka.records import Records, as_records
 from stream.settings import Settings
 
-__all__ = ["StreamRunner", "RunSummary"]
+__all__ = ["StreamRunner"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunSummary:
-    events: int = 0
-    invalid: int = 0
-    changes: int = 0
-    batches: int = 0
-    stopped_by: str = ""
-    committed: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 class StreamRunner:
@@ -97,6 +87,7 @@ class StreamRunner:
             idle_exit_s: float | None = None) -> RunSummary:
         stop = stop or threading.Event()
         summary = self.summary
+        started = time.perf_counter()
         last_record = time.monotonic()
         while True:
             if stop.is_set():
@@ -128,6 +119,7 @@ class StreamRunner:
                     continue
             self._process(records, decoded)
         self._maybe_checkpoint(force=True)  # a prefetched batch is left unprocessed and uncommitted: read again
+        summary.seconds += time.perf_counter() - started
         return summary
 
     def _prefetch(self, records: Records) -> tuple[Records, tuple[EventBatch, list[Rejected]] | None]:
@@ -389,11 +381,9 @@ class StreamRunner:
         if result is None:
             return
         store = self.pipeline.store
-        ids = []
-        for uid, seg in zip(result.changes.user_ids, result.changes.segments.tolist()):
-            p = int(store.partition[store.row_of(uid)])
-            ids.append(change_id(uid, p, self._state_offsets.get(TopicPartition(self.settings.input_topic, p), 0) - 1,
-                                 seg))
+        parts = store.partition[[store.row_of(uid) for uid in result.changes.user_ids]].tolist()
+        offs = [self._state_offsets.get(TopicPartition(self.settings.input_topic, p), 0) - 1 for p in parts]
+        ids = change_ids(result.changes, (), (), reflected=(parts, offs))
         self.outputs.write(result, Records.empty(self.settings.input_topic), self.clock(), ids)
         self.publisher.confirm()
         self.summary.changes += len(result.changes)
@@ -494,10 +484,7 @@ class StreamRunner:
 
     def _observe(self, result: BatchResult, records: Records, seconds: float) -> None:
         s, p = self.summary, self.pipeline
-        s.events += len(records)
-        s.invalid += len(result.rejected)
-        s.changes += len(result.changes)
-        s.batches += 1
+        s.add_batch(len(records), result)
         self.metrics.observe_batch(result, p, records=len(records),
                                    value_bytes=records.value_bytes(),
                                    seconds=seconds)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from state.features import FeatureSpec
-from state.events import REASONS, EventDecoder
+from state.events import REASONS, EventBatch, EventDecoder
 
 DEC = EventDecoder(FeatureSpec(), now=lambda: 1.8e9)
 
@@ -82,19 +82,32 @@ def test_replayed_objects_that_msgpack_cannot_hold_are_still_rejected():
     assert rejected[0].reason == "ts_out_of_range" and rejected[0].raw
 
 
-# --- the column-at-a-time fast path must agree with the per-record reference ---------------------
+# --- the column-at-a-time path must agree with the contract's per-record rules --------------------
 def _reference(objs):
-    """Per-record validation only (the path that names precise reasons)."""
-    from state.events import Rejected, _Columns, _Invalid, _repack
+    """Each record judged on its own by :func:`first_violation`, its columns built one by one."""
+    from state.event_contract import first_violation, is_delete
+    from state.events import Rejected, _repack
 
-    cols, rejected = _Columns(), []
-    max_ts = DEC.now() + DEC.max_clock_skew_s
+    spec, window = DEC.spec, (DEC.min_ts, DEC.now() + DEC.max_clock_skew_s)
+    rows, deletes, rejected, cat_event, cat_bucket = [], [], [], [], []
     for i, obj in enumerate(objs):
-        try:
-            DEC._append(cols, i, obj, max_ts)
-        except _Invalid as bad:
-            rejected.append(Rejected(i, bad.reason, bad.detail, _repack(obj)))
-    return cols.finish(), rejected
+        bad = first_violation(obj, window)
+        if bad is not None:
+            rejected.append(Rejected(i, *bad, _repack(obj)))
+        elif is_delete(obj):
+            deletes.append((i, str(obj["user_id"])))
+        else:
+            for c in obj.get("categories") or []:
+                cat_event.append(len(rows))
+                cat_bucket.append(spec.category_bucket(c))
+            item, value, event_id = obj.get("item_id"), obj.get("value"), obj.get("event_id")
+            rows.append((str(obj["user_id"]), spec.action_index(obj["action"]), float(obj["ts"]),
+                         -1 if item is None else spec.item_token(item), math.nan if value is None else float(value),
+                         i, None if event_id is None else str(event_id)))
+    users, actions, ts, items, values, source, event_ids = zip(*rows) if rows else ([],) * 7
+    return EventBatch(list(users), np.array(actions, np.int16), np.array(ts, np.float64), np.array(items, np.int64),
+                      np.array(values, np.float32), np.array(cat_event, np.int32), np.array(cat_bucket, np.int32),
+                      np.array(source, np.int64), list(event_ids), deletes), rejected
 
 
 field_values = st.one_of(
@@ -122,7 +135,7 @@ any_event = st.one_of(good_event, mutated_event, mutated_event, dropped_field, s
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(any_event, max_size=30))
-def test_fast_path_agrees_with_per_record_reference(objs):
+def test_column_checks_agree_with_per_record_rules(objs):
     fast, fast_rej = DEC.decode_objects(objs)
     ref, ref_rej = _reference(objs)
     assert [(r.index, r.reason, r.detail) for r in fast_rej] == [(r.index, r.reason, r.detail) for r in ref_rej]
@@ -135,7 +148,7 @@ def test_fast_path_agrees_with_per_record_reference(objs):
                                                                   np.array_equal(a, b, equal_nan=True)), name
 
 
-def test_fast_path_keeps_good_records_around_bad_ones():
+def test_column_checks_keep_good_records_around_bad_ones():
     objs = [{"user_id": "a", "action": "view", "ts": 1.7e9, "categories": ["x"]}, {"user_id": None},
             {"user_id": 5, "action": "delete", "ts": 1.7e9}, {"user_id": "b", "action": "view", "ts": 1.7e9,
                                                                "value": math.nan}, {"user_id": "c", "action": "rate", "ts": 1.7e9, "categories": ["y", "z"]}]

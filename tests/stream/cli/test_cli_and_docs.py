@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from stream.cli import main_parser, run_cli
+from stream.runtime.summary import RunSummary
 from stream.settings import Settings, SettingsError
 
 README = Path(__file__).resolve().parents[3] / "README.md"
@@ -27,6 +29,27 @@ def test_bad_settings_are_a_clear_error(monkeypatch, capsys):
     assert "SEGSTREAM_SEGMENTS must be > 0" in capsys.readouterr().err
     with pytest.raises(SettingsError):
         Settings(hysteresis=1.5)
+
+
+SUMMARY_KEYS = {"events", "invalid", "segment_changes", "batches", "stopped_by", "committed", "seconds",
+                "events_per_second"}
+
+
+def test_run_and_replay_print_the_same_json_summary(tmp_path, capsys):
+    log = tmp_path / "log.msgpack"
+    assert run_cli(["generate", "--out", str(log), "--users", "60", "--events", "3000"]) == 0
+    capsys.readouterr()
+    assert run_cli(["replay", "--log", str(log), "--segments", "3", "--warmup-users", "20",
+                    "--batch-max-events", "1000"]) == 0
+    got = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert set(got) == SUMMARY_KEYS
+    assert (got["events"], got["invalid"], got["batches"], got["stopped_by"], got["committed"]) == (
+        3000, 0, 3, "end-of-log", {})
+    assert got["segment_changes"] >= 60 and got["events_per_second"] > 0
+    # what `segstream run` prints: committed offsets keyed "topic:partition", in partition order
+    run = RunSummary(events=5, batches=1, stopped_by="idle", committed={("in", 1): 3, ("in", 0): 2}).as_dict()
+    assert set(run) == SUMMARY_KEYS and run["committed"] == {"in:0": 2, "in:1": 3}
+    assert list(run["committed"]) == ["in:0", "in:1"] and run["events_per_second"] is None
 
 
 def test_every_setting_is_a_flag_of_run():

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from stream.contracts.user_segments import change_id, decode_segment_event, encode_segment_changes
+from stream.contracts.user_segments import change_id, change_ids, decode_segment_event, encode_segment_changes
 from stream.kafka.clients import make_consumer
 from stream.runtime.pipeline import SegmentChanges
 from stream.settings import Settings
@@ -68,3 +69,17 @@ def test_change_ids_are_deterministic_and_published():
     (_, va), (_, vb) = encode_segment_changes(ch, 1.7e9, ids)
     assert decode_segment_event(va)["change_id"] == ids[0]
     assert decode_segment_event(vb)["change_id"] == ids[1]
+
+
+def test_change_ids_take_the_source_record_or_the_position_the_state_reflects():
+    ch = SegmentChanges(["a", "b", "c"], np.array([1, 2, 3]), np.full(3, -1), np.zeros(3, np.float32),
+                        np.ones(3, np.uint32), np.zeros(3), np.array([1, -1, 0]), 4)
+    parts, offs = np.array([0, 1, 2], np.int32), np.array([7, 8, 9])
+    # a batch: changes with no source event take the batch's last record
+    assert change_ids(ch, parts, offs) == [change_id("a", 1, 8, 1), change_id("b", 2, 9, 2), change_id("c", 0, 7, 3)]
+    # no batch (users assigned when the first model arrives): each takes its partition's reflected offset
+    ch.source_index = np.full(3, -1)
+    assert change_ids(ch, (), (), reflected=([4, 5, 4], [10, 20, 10])) == [
+        change_id("a", 4, 10, 1), change_id("b", 5, 20, 2), change_id("c", 4, 10, 3)]
+    with pytest.raises(ValueError):
+        change_ids(ch, (), ())
