@@ -31,6 +31,7 @@ from state.features import FeatureSpec
 from state.dbstream import OnlineDBSTREAM
 from state.global_model import GlobalKMeans
 from state.kmeans import LineageEvent, OnlineKMeans
+from state.row_queue import RowQueue
 from state.profiles import segment_profiles
 from state.segments import SegmentModel, assign, squared_distances
 from state.user_store import UserStore
@@ -119,7 +120,7 @@ class Pipeline:
         self.consolidate_on_users = False  # starvation of segments judged on a sample of users (see OnlineKMeans._publish)
         self._changed_at = np.zeros(0, dtype=np.float64)  # event time of each row's last segment change
         self._segment_users = np.zeros(0, dtype=np.int64)  # users per segment id
-        self._stale = np.zeros(0, dtype=np.int64)  # rows to (re-)assign: retired segment, or restored without one
+        self._stale = RowQueue()  # rows to (re-)assign: retired segment, or restored without one
         self.reassign_per_batch = 2000
         self.events_seen = 0
         self.pseudonymiser: Pseudonymiser | None = None  # keyed hash of user ids before anything is stored
@@ -261,7 +262,7 @@ class Pipeline:
         retired += [s for ev in result.lineage if ev.kind == "split" for s in ev.parents]
         if retired:
             used = store.segment
-            self._stale = np.union1d(self._stale, np.flatnonzero(np.isin(used, retired)))
+            self._stale.add(np.flatnonzero(np.isin(used, retired)))
         if self.profile_every_events > 0:
             self._since_profile += n
             if self._since_profile >= self.profile_every_events:
@@ -307,9 +308,9 @@ class Pipeline:
         """Rows queued for (re-)assignment, a bounded number per batch: users whose segment ended or
         was split, and restored users still without a segment. Rows freed since are skipped."""
         if len(self._stale) == 0:
-            return self._stale
-        live = self._stale[self.store.holds_user(self._stale)]
-        take, self._stale = live[: self.reassign_per_batch], live[self.reassign_per_batch :]
+            return np.zeros(0, dtype=np.int64)
+        self._stale.keep(self.store.holds_user(self._stale.rows()))
+        take = self._stale.take(self.reassign_per_batch)
         return take[~np.isin(take, exclude)]
 
     def requeue_unassigned(self) -> int:
@@ -328,7 +329,7 @@ class Pipeline:
             rows = rows[new]
             self.segmenter.add_warmup([u for u, k in zip(ids, new) if k], self._embed(rows))
         else:
-            self._stale = np.union1d(self._stale, rows)
+            self._stale.add(rows)
         return len(rows)
 
     def _version(self) -> int:
@@ -426,14 +427,14 @@ class Pipeline:
         rows = self.store.rows_of_partition(partition)
         for uid in self.store.drop_rows(rows):
             self.segmenter.forget(uid)
-        self._stale = self._stale[~np.isin(self._stale, rows)]
+        self._stale.discard(rows)
         self.recount()
         return len(rows)
 
     def global_state(self) -> dict[str, Any]:
         """State shared by all partitions: segmenter, row layout, pending re-assignments, dedup window."""
         return {"spec": self.store.spec.to_dict(), "segmenter": self.segmenter.state_dict(),
-                "layout": self.store.layout(), "stale": self._stale.copy(),
+                "layout": self.store.layout(), "stale": self._stale.rows(),
                 "events_seen": self.events_seen,
                 "dedup": None if self.dedup is None else self.dedup.state(),
                 # issue 4: dwell clock per row, profile schedule
@@ -446,7 +447,7 @@ class Pipeline:
             raise ValueError("the checkpoint was written with another feature configuration (encoder): "
                              "point SEGSTREAM_CHECKPOINT_DIR elsewhere or remove it to start from scratch")
         self.segmenter.load_state_dict(state["segmenter"])
-        self._stale = np.asarray(state["stale"], dtype=np.int64)
+        self._stale = RowQueue(np.asarray(state["stale"], dtype=np.int64))
         self.events_seen = int(state["events_seen"])
         if self.dedup is not None and state.get("dedup") is not None:
             self.dedup.load(state["dedup"])
