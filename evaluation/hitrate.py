@@ -1,6 +1,6 @@
 """The per-user time split and HR@10 of segment-popularity recommendations.
 
-Protocol (issue 3): for each user the first 80% of their ratings by time are
+Protocol: for each user the first 80% of their ratings by time are
 *history*, the rest are *held out*. A user's recommendations are the ``n``
 items most rated within their segment's history that the user has not rated;
 HR@n is the share of users with at least one held-out item among them. With a

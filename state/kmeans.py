@@ -262,7 +262,7 @@ class OnlineKMeans(WarmupBuffer):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume learning exactly where it stopped (checkpoints, issue 6).
+        """Everything needed to resume learning exactly where it stopped (checkpoints).
 
         Plain values and numpy arrays only (no pickle); :meth:`load_state_dict` is its inverse.
         """

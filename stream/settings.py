@@ -89,14 +89,14 @@ class Settings:
     hysteresis: float = _opt("SEGSTREAM_HYSTERESIS", 0.05, "A user moves only to a segment closer by this relative margin.", group="segments")
     seed: int = _opt("SEGSTREAM_SEED", 0, "Seed of every random choice (replays are deterministic).", group="segments")
 
-    # --- checkpoints, recovery, duplicates, privacy (issue 6) -------------
+    # --- checkpoints, recovery, duplicates, privacy -------------
     checkpoint_dir: str = _opt("SEGSTREAM_CHECKPOINT_DIR", "", "Directory of state snapshots tied to offsets (empty: no snapshots; state is rebuilt only from what is consumed after the committed offset).", group="recovery")
     checkpoint_interval_ms: int = _opt("SEGSTREAM_CHECKPOINT_INTERVAL_MS", 0, "Checkpoint (confirm outputs, snapshot state, commit offsets) at most this often; 0: after every micro-batch. Snapshots cost time in proportion to users held.", group="recovery")
     aligned_batches: bool = _opt("SEGSTREAM_ALIGNED_BATCHES", False, "Cut micro-batches per partition at offset multiples of the batch size, so that a replay after a crash sees the very same batches (bit-exact recovery).", group="recovery")
     dedup_window: int = _opt("SEGSTREAM_DEDUP_WINDOW", 0, "Drop an event whose event_id is among the last N ids seen (0: off).", group="recovery")
     pseudonymise_key: str = _opt("SEGSTREAM_PSEUDONYMISE_KEY", "", "Replace user ids by HMAC-SHA-256(key, id) before they are stored or published (empty: off).", group="recovery")
 
-    # --- issue 4: clusterers, segment identity, lineage and profiles -------
+    # --- clusterers, segment identity, lineage and profiles -------
     clusterer: str = _opt("SEGSTREAM_CLUSTERER", "kmeans", "Online clusterer: kmeans (river KMeans, k-means++ warm-up, dead-cluster re-seeding) or dbstream (river DBSTREAM, reclustered every SEGSTREAM_MODEL_UPDATE_EVENTS events).", group="segments", choices=("kmeans", "dbstream"))
     dbstream_radius: float = _opt("SEGSTREAM_DBSTREAM_RADIUS", 0.3, "DBSTREAM micro-cluster radius (clustering_threshold), in embedding units.", group="segments")
     dbstream_fading: float = _opt("SEGSTREAM_DBSTREAM_FADING", 0.01, "DBSTREAM fading factor per learned point (weights halve every ~1/fading learned points).", group="segments")
@@ -106,7 +106,7 @@ class Settings:
     profiles_topic: str = _opt("SEGSTREAM_PROFILES_TOPIC", "segment-profiles", "Topic of periodic segment profiles (keyed by segment id, schema 1).", group="kafka")
     profile_every_events: int = _opt("SEGSTREAM_PROFILE_EVERY_EVENTS", 50000, "Events between published segment profiles (0: never).", group="segments")
 
-    # --- issue 8: one segment model for several instances -----------------
+    # --- one segment model for several instances -----------------
     global_model: bool = _opt("SEGSTREAM_GLOBAL_MODEL", False, "Share one segment model across the instances of the group through the model topic (kmeans only). Off: each instance learns its own model (one instance per group).", group="scale-out")
     model_topic: str = _opt("SEGSTREAM_MODEL_TOPIC", "segment-model", "Single-partition topic of model summaries and announced global models (schema segstream.model/1; compacted when created here).", group="scale-out")
     instance_id: str = _opt("SEGSTREAM_INSTANCE_ID", "", "Name of this instance in the model protocol (empty: host-pid-random).", group="scale-out")
@@ -117,7 +117,7 @@ class Settings:
     log_format: str = _opt("SEGSTREAM_LOG_FORMAT", "text", "text or json.", group="ops", choices=("text", "json"))
     log_level: str = _opt("SEGSTREAM_LOG_LEVEL", "INFO", "Python logging level.", group="ops")
 
-    # --- drift detection (issue 5) -----------------------------------------
+    # --- drift detection -----------------------------------------
     drift_grace_batches: int = _opt("SEGSTREAM_DRIFT_GRACE_BATCHES", 20, "Batches after seeding before drift detectors and the PSI reference start.", group="ops")
     drift_delta: float = _opt("SEGSTREAM_DRIFT_DELTA", 0.05, "Page-Hinkley tolerance, relative to the signal's baseline (0.05: ignore rises under 5%).", group="ops")
     drift_threshold: float = _opt("SEGSTREAM_DRIFT_THRESHOLD", 1.5, "Page-Hinkley alarm threshold (relative units).", group="ops")

@@ -1,4 +1,4 @@
-"""Issue 2, end to end: MovieLens replayed through a real broker into ``segstream run``."""
+"""End to end: MovieLens replayed through a real broker into ``segstream run``."""
 
 from __future__ import annotations
 

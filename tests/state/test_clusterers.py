@@ -1,4 +1,4 @@
-"""Issue 4: online segments measured against planted groups and batch k-means; stability, replay,
+"""Online segments measured against planted groups and batch k-means; stability, replay,
 no collapsed segments, DBSTREAM with stable ids explained by lineage, lineage/profile contracts."""
 
 from __future__ import annotations

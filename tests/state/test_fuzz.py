@@ -1,4 +1,4 @@
-"""Issue 6: malformed input never crashes the consumer; every bad record is dead-lettered with a reason,
+"""Malformed input never crashes the consumer; every bad record is dead-lettered with a reason,
 every good event is applied."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 8, unit level: the global-model protocol between pipelines, with a list standing in for the
+"""Unit level: the global-model protocol between pipelines, with a list standing in for the
 model topic (the Kafka edge is covered by tests/stream/runtime/test_scaleout.py)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 2: malformed records between good ones never stop the consumer and never lose good data."""
+"""Malformed records between good ones never stop the consumer and never lose good data."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 4, end to end: DBSTREAM mode on ml-latest-small through a real broker, with segment ids
+"""End to end: DBSTREAM mode on ml-latest-small through a real broker, with segment ids
 explained by the ``segment-lineage`` topic and profiles on ``segment-profiles``."""
 
 from __future__ import annotations

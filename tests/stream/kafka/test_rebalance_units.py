@@ -1,4 +1,4 @@
-"""Issue 6: what the run loop does with each rebalance event (a plain fake consumer at the Kafka boundary)."""
+"""What the run loop does with each rebalance event (a plain fake consumer at the Kafka boundary)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 6: snapshots are complete (a restored pipeline continues bit-exactly), tied to offsets, and safe to load."""
+"""Snapshots are complete (a restored pipeline continues bit-exactly), tied to offsets, and safe to load."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _store_state(p: Pipeline) -> dict:
             "t0": s.t0}
 
 
-SEGMENTERS = {  # issue 4: both clusterers, with dwell and profiles, restore bit-exactly
+SEGMENTERS = {  # both clusterers, with dwell and profiles, restore bit-exactly
     "kmeans": SETTINGS,
     "kmeans-dwell-profiles": replace(SETTINGS, dwell_s=3600.0, profile_every_events=700),
     "dbstream": replace(SETTINGS, clusterer="dbstream", dbstream_radius=0.25, dwell_s=3600.0, profile_every_events=700),

@@ -1,4 +1,4 @@
-"""Issue 6: deletion (state gone, counts updated, tombstone, fresh restart) with pseudonymised ids,
+"""Deletion (state gone, counts updated, tombstone, fresh restart) with pseudonymised ids,
 and SIGTERM finishing within a bounded time, with a later SIGKILL losing nothing."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 6: SIGKILL at seeded random points, restart each time: the end state and the de-duplicated
+"""SIGKILL at seeded random points, restart each time: the end state and the de-duplicated
 outputs equal those of an uninterrupted run, and no (user, seq) is missing."""
 
 from __future__ import annotations

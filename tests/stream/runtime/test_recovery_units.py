@@ -1,4 +1,4 @@
-"""Issue 6 unit tests: security pass-through, static membership, back-pressure, output change ids."""
+"""Unit tests: security pass-through, static membership, back-pressure, output change ids."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 8: three ``segstream run --global-model true`` processes in one group (6 partitions) share one
+"""Three ``segstream run --global-model true`` processes in one group (6 partitions) share one
 segment model through the model topic; one is SIGKILLed and another added mid-stream; then the whole
 group is restarted and resumes from the announced model."""
 

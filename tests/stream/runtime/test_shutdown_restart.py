@@ -1,4 +1,4 @@
-"""Issue 2: SIGTERM mid-stream finishes the batch and commits; a restart skips nothing."""
+"""SIGTERM mid-stream finishes the batch and commits; a restart skips nothing."""
 
 from __future__ import annotations
 
