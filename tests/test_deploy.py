@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,75 @@ def dashboard_and_rule_metrics() -> set[str]:
 def test_promtool_check_rules() -> None:
     out = subprocess.run([_promtool(), "check", "rules", str(RULES)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 7 rules found" in out.stdout + out.stderr
+    assert "SUCCESS: 16 rules found" in out.stdout + out.stderr
+
+
+def _rules() -> list[dict]:
+    return [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+
+
+def _doc_anchors() -> set[str]:
+    """GitHub-style anchors of the headings of the runbook (docs/operations.md, or docs/alerts.md until it moves there)."""
+    anchors = set()
+    for name in ("operations.md", "alerts.md"):
+        path = REPO / "docs" / name
+        if path.exists():
+            for heading in re.findall(r"^#+\s+(.+?)\s*$", path.read_text(), re.M):
+                anchors.add(re.sub(r"[^a-z0-9 _-]", "", heading.lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_every_alert_has_a_runbook_entry() -> None:
+    anchors = _doc_anchors()
+    for rule in _rules():
+        runbook = rule["annotations"]["runbook"]
+        assert runbook == f"docs/operations.md#{rule['alert'].lower()}", runbook
+        assert rule["alert"].lower() in anchors, f"no runbook heading for {rule['alert']}"
+        assert rule["labels"]["severity"] in ("page", "warn")
+
+
+def test_the_rules_cover_down_stall_drift_and_the_rest() -> None:
+    exprs = {r["alert"]: r["expr"] for r in _rules()}
+    assert 'up{job="segstream"} == 0' in exprs["SegstreamTargetDown"]
+    assert 'absent(up{job="segstream"})' in exprs["SegstreamTargetAbsent"]
+    # drift on the counter of detections over a window, not on the held gauge
+    assert "increase(segstream_drift_alarms_total[" in exprs["SegstreamDriftDetected"]
+    assert "segstream_drift_alarm_active" not in " ".join(exprs.values())
+    for name, metric in (("SegstreamConsumerStalled", "segstream_consumer_lag_records"),
+                         ("SegstreamSegmentIdChurnHigh", "segstream_segment_lineage_events_total"),
+                         ("SegstreamModelStale", "segstream_model_age_seconds"),
+                         ("SegstreamCheckpointStale", "segstream_last_checkpoint_timestamp_seconds"),
+                         ("SegstreamProcessingDelayed", "segstream_oldest_unprocessed_event_age_seconds"),
+                         ("SegstreamSegmentCollapsed", "segstream_segment_share")):
+        assert metric in exprs[name], name
+
+
+def test_scaled_rules_keep_every_rule_and_shorten_every_duration(tmp_path) -> None:
+    import doctest
+
+    from prom_helpers import scale_rules_module
+
+    scale = scale_rules_module()
+    assert doctest.testmod(scale).failed == 0
+    text = RULES.read_text()
+    fast = scale.scale_text(text, 1 / 60, scale.parse_duration("5s"))
+    (tmp_path / "fast.yml").write_text(fast)
+    out = subprocess.run([_promtool(), "check", "rules", str(tmp_path / "fast.yml")], capture_output=True, text=True)
+    assert out.returncode == 0 and "SUCCESS: 16 rules found" in out.stdout, out.stdout + out.stderr
+    slow = {r["alert"]: r for r in _rules()}
+    quick = {r["alert"]: r for g in yaml.safe_load(fast)["groups"] for r in g["rules"]}
+    assert slow.keys() == quick.keys()
+    windows = re.compile(r"\[(\w+)\]")
+    for name, rule in slow.items():
+        assert scale.parse_duration(quick[name]["for"]) == scale.parse_duration(rule["for"]) // 60, name
+        for long_w, short_w in zip(windows.findall(rule["expr"]), windows.findall(quick[name]["expr"]), strict=True):
+            assert scale.parse_duration(short_w) == max(5000, scale.parse_duration(long_w) // 60), name
+        # thresholds stay: the expressions differ only inside [...]
+        assert windows.sub("[]", rule["expr"]) == windows.sub("[]", quick[name]["expr"]), name
+    # the command line writes the same text
+    out = subprocess.run([sys.executable, str(DEPLOY / "prometheus" / "scale_rules.py"), "--factor", "1/60",
+                          "--min-range", "5s", str(RULES)], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == fast, out.stderr
 
 
 def test_promtool_unit_tests_cover_every_alert() -> None:
