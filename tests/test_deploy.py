@@ -145,7 +145,7 @@ def test_dashboard_and_provisioning() -> None:
 def test_docker_compose_file() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"kafka", "topic-init", "segstream", "generator", "prometheus", "grafana"} <= set(services)
+    assert {"kafka", "topic-init", "encoder-init", "segstream", "generator", "prometheus", "grafana"} <= set(services)
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
     assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
@@ -155,7 +155,10 @@ def test_docker_compose_file() -> None:
         assert services[name]["restart"] in ("unless-stopped", "always", "on-failure"), name
     assert services["segstream"]["build"] == "."
     assert services["segstream"]["depends_on"]["topic-init"]["condition"] == "service_completed_successfully"
-    published = {p.split(":")[0] for s in services.values() for p in s.get("ports", [])}
+    # every published port is bound to loopback: nothing is reachable from other hosts by default
+    ports = [p for s in services.values() for p in s.get("ports", [])]
+    assert all(p.startswith("127.0.0.1:") for p in ports), ports
+    published = {p.split(":")[1] for p in ports}
     assert {"9090", "3000", "9400", "29092"} <= published
     # bind mounts point at files and folders in the repo
     for svc in services.values():
@@ -165,16 +168,79 @@ def test_docker_compose_file() -> None:
                 assert (REPO / src).exists(), src
     # every SEGSTREAM_* name given to a service is one the CLI reads
     known = {f.metadata["env"] for f in setting_fields()}
-    for svc in ("segstream", "generator"):
+    for svc in ("segstream", "generator", "encoder-init"):
         env = services[svc]["environment"]
         names = {k for k in env if k.startswith("SEGSTREAM_")}
         assert names and names <= known, names - known
     # the scrape target's port is the one segstream serves on
-    assert services["segstream"]["environment"]["SEGSTREAM_METRICS_PORT"] == "9400"
-    # topic-init creates the topics segstream uses
-    init = " ".join(services["topic-init"]["command"])
-    for var in ("SEGSTREAM_INPUT_TOPIC", "SEGSTREAM_OUTPUT_TOPIC", "SEGSTREAM_DLQ_TOPIC"):
-        assert services["segstream"]["environment"][var] in init
+    env = services["segstream"]["environment"]
+    assert env["SEGSTREAM_METRICS_PORT"] == "9400"
+    assert "/healthz" in " ".join(services["segstream"]["healthcheck"]["test"])
+
+
+def _compose() -> dict:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """Container path -> named volume of a service's named-volume mounts."""
+    out = {}
+    for vol in service.get("volumes", []):
+        src, dst = vol.split(":")[:2]
+        if not src.startswith((".", "/")):
+            out[dst] = src
+    return out
+
+
+def test_compose_grafana_credentials_come_from_the_environment() -> None:
+    compose = _compose()
+    grafana = compose["services"]["grafana"]["environment"]
+    password = grafana["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), password  # no default: compose refuses without it
+    assert "admin/admin" not in (REPO / "docker-compose.yml").read_text()
+    assert grafana["GF_USERS_ALLOW_SIGN_UP"] == "false" and grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "--web.enable-lifecycle" not in compose["services"]["prometheus"]["command"]
+
+
+def test_compose_state_and_encoder_are_durable() -> None:
+    compose = _compose()
+    services, volumes = compose["services"], set(compose["volumes"])
+    seg = services["segstream"]
+    env, mounts = seg["environment"], _mounts(seg)
+    # checkpoints in a named volume
+    ckpt = env["SEGSTREAM_CHECKPOINT_DIR"]
+    assert mounts.get(ckpt) in volumes, (ckpt, mounts)
+    # the encoder artifact: made by encoder-init into a named volume segstream mounts, before segstream starts
+    encoder = env["SEGSTREAM_ENCODER"]
+    model_dir = str(Path(encoder).parent)
+    assert mounts.get(model_dir) in volumes
+    init = services["encoder-init"]
+    assert _mounts(init).get(model_dir) == mounts[model_dir]
+    assert f"--out {encoder}" in " ".join(init["command"])
+    assert seg["depends_on"]["encoder-init"]["condition"] == "service_completed_successfully"
+    # the image owns those mount points (named volumes take the owner of the image's directory)
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for path in (ckpt, model_dir):
+        assert path in dockerfile, path
+
+
+def test_compose_creates_every_topic_with_its_cleanup_policy() -> None:
+    compose = _compose()
+    env = compose["services"]["segstream"]["environment"]
+    script = " ".join(compose["services"]["topic-init"]["command"])
+    created = {}
+    for line in script.splitlines():
+        m = re.search(r"\bcreate\s+--topic\s+(\S+)(.*)$", line.strip())
+        if m:
+            created[m.group(1)] = dict(re.findall(r"--config\s+([\w.]+)=(\S+)", m.group(2)))
+    topic = {name: env[f"SEGSTREAM_{name}_TOPIC"] for name in
+             ("INPUT", "OUTPUT", "DLQ", "LINEAGE", "PROFILES", "MODEL")}
+    assert set(topic.values()) <= set(created), set(topic.values()) - set(created)
+    for name in ("OUTPUT", "PROFILES", "MODEL"):  # latest value per key
+        assert created[topic[name]].get("cleanup.policy") == "compact", name
+    for name in ("LINEAGE", "DLQ", "INPUT"):  # events: a stated retention
+        assert created[topic[name]].get("cleanup.policy", "delete") == "delete", name
+        assert int(created[topic[name]]["retention.ms"]) > 0, name
 
 
 def test_dockerfile_builds_the_cli() -> None:
