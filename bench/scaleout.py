@@ -7,7 +7,7 @@ A synthetic log is produced into a ``--partitions`` topic of the embedded
 broker. For each instance count, that many real ``segstream run`` processes
 join one fresh group and consume the whole topic. The measured window starts
 once the group is stable (every partition owned by exactly one instance,
-read from each process's ``segstream_consumer_lag_records`` series) and
+read from each process's ``segstream_partition_assigned`` series) and
 ends when ``--measure-s`` seconds have passed or the topic is drained.
 Reported per run: wall-clock events/s of the group, and CPU seconds per
 event (user + system time of the instances and their decode processes, from
@@ -63,7 +63,7 @@ def _scrape(port: int) -> tuple[float, set[int]]:
     for s in scrape_samples(port):
         if s.name == "segstream_events_consumed_total":
             consumed = s.value
-        elif s.name == "segstream_consumer_lag_records":
+        elif s.name == "segstream_partition_assigned":
             owned.add(int(s.labels["partition"]))
     return consumed, owned
 

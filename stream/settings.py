@@ -112,8 +112,14 @@ class Settings:
     instance_id: str = _opt("SEGSTREAM_INSTANCE_ID", "", "Name of this instance in the model protocol (empty: host-pid-random).", group="scale-out")
 
     # --- metrics and logs --------------------------------------------------
-    metrics_port: int = _opt("SEGSTREAM_METRICS_PORT", 9400, "Prometheus endpoint port (0: disabled).", group="ops")
-    metrics_host: str = _opt("SEGSTREAM_METRICS_HOST", "127.0.0.1", "Address the Prometheus endpoint binds to.", group="ops")
+    metrics_port: int = _opt("SEGSTREAM_METRICS_PORT", 9400, "Port of the HTTP endpoint: /metrics (Prometheus), /healthz and /readyz (probes); 0: none.", group="ops")
+    metrics_host: str = _opt("SEGSTREAM_METRICS_HOST", "127.0.0.1", "Address the HTTP endpoint binds to (0.0.0.0: every interface, e.g. in a container).", group="ops")
+    metrics_auth_user: str = _opt("SEGSTREAM_METRICS_AUTH_USER", "", "User name of HTTP basic auth on /metrics (empty: no auth). /healthz and /readyz stay open for probes.", group="ops")
+    metrics_auth_password: str = _opt("SEGSTREAM_METRICS_AUTH_PASSWORD", "", "Password of HTTP basic auth on /metrics (set it in the environment, not on the command line, where ps shows it).", group="ops")
+    metrics_tls_certfile: str = _opt("SEGSTREAM_METRICS_TLS_CERTFILE", "", "PEM certificate (chain) to serve /metrics, /healthz and /readyz over HTTPS (empty: plain HTTP).", group="ops")
+    metrics_tls_keyfile: str = _opt("SEGSTREAM_METRICS_TLS_KEYFILE", "", "PEM private key of SEGSTREAM_METRICS_TLS_CERTFILE.", group="ops")
+    liveness_timeout_s: float = _opt("SEGSTREAM_LIVENESS_TIMEOUT_S", 300.0, "/healthz fails once the run loop has not turned for this long (a loop turn is one poll and the batch it returns; a restore runs inside one turn).", group="ops")
+    lag_probe_interval_s: float = _opt("SEGSTREAM_LAG_PROBE_INTERVAL_S", 5.0, "Seconds between broker lag probes: a side thread with its own consumer reads the group's committed offsets and the log end of each owned partition (0: no probe, no lag metrics).", group="ops")
     log_format: str = _opt("SEGSTREAM_LOG_FORMAT", "text", "text or json.", group="ops", choices=("text", "json"))
     log_level: str = _opt("SEGSTREAM_LOG_LEVEL", "INFO", "Python logging level.", group="ops")
 
@@ -123,6 +129,7 @@ class Settings:
     drift_threshold: float = _opt("SEGSTREAM_DRIFT_THRESHOLD", 1.5, "Page-Hinkley alarm threshold (relative units).", group="ops")
     drift_hold_batches: int = _opt("SEGSTREAM_DRIFT_HOLD_BATCHES", 20, "Batches the drift-alarm gauge stays up after a detection.", group="ops")
     psi_window: int = _opt("SEGSTREAM_PSI_WINDOW", 2000, "Embeddings in the PSI reference and current windows.", group="ops")
+    psi_refresh_embeddings: int = _opt("SEGSTREAM_PSI_REFRESH_EMBEDDINGS", 500_000, "The PSI reference is replaced by the current window after this many embeddings, so PSI measures change since the last refresh, not since start-up (0: the first window stays the reference). Checkpointed with the state.", group="ops")
 
     # ------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -145,6 +152,13 @@ class Settings:
             raise SettingsError(f"{_env('warmup_users')} must be >= {_env('segments')}")
         if not 0.0 <= self.hysteresis < 1.0:
             raise SettingsError(f"{_env('hysteresis')} must be in [0, 1)")
+        if bool(self.metrics_auth_user) != bool(self.metrics_auth_password):
+            raise SettingsError(f"{_env('metrics_auth_user')} and {_env('metrics_auth_password')} go together")
+        if bool(self.metrics_tls_certfile) != bool(self.metrics_tls_keyfile):
+            raise SettingsError(f"{_env('metrics_tls_certfile')} and {_env('metrics_tls_keyfile')} go together")
+        if self.liveness_timeout_s <= 0 or self.lag_probe_interval_s < 0 or self.psi_refresh_embeddings < 0:
+            raise SettingsError(f"{_env('liveness_timeout_s')} must be > 0, {_env('lag_probe_interval_s')} and "
+                                f"{_env('psi_refresh_embeddings')} >= 0")
         if not 0.0 < self.learning_rate <= 1.0:
             raise SettingsError(f"{_env('learning_rate')} must be in (0, 1]")
 

@@ -120,8 +120,9 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> di
 class SegstreamProcess:
     """``segstream run`` as a child process with its own metrics port."""
 
-    def __init__(self, settings: Settings, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.metrics_port = free_port()
+    def __init__(self, settings: Settings, *extra: str, env: dict[str, str] | None = None,
+                 metrics_port: int | None = None) -> None:
+        self.metrics_port = metrics_port or free_port()  # chosen up front when a Prometheus must know it first
         args = [sys.executable, "-m", "stream.cli", "run", "--bootstrap", settings.bootstrap,
                 "--input-topic", settings.input_topic, "--output-topic", settings.output_topic,
                 "--dlq-topic", settings.dlq_topic, "--group-id", settings.group_id,

@@ -21,6 +21,8 @@ one module per concern:
 - :mod:`~stream.kafka.compat`: every use of kafka-python's internals (the
   columnar fetch hook and the columnar produce), checked at start-up, with a
   fallback to the public API when a check fails;
+- :mod:`~stream.kafka.lag`: the group's lag as the broker sees it, measured on a
+  side thread with a consumer of its own (:class:`LagMonitor`);
 - :mod:`~stream.kafka.rebalance`, :mod:`~stream.kafka.partitioning`,
   :mod:`~stream.kafka.embedded_broker`: assignment changes for the run loop,
   Kafka's key hash over numpy, and the Tansu broker process for tests and demos.
@@ -45,6 +47,7 @@ from stream.kafka.consumer import (
     TopicPartition,
     commit_offsets,
 )
+from stream.kafka.lag import LagMonitor, LagProbe
 from stream.kafka.rebalance import RebalanceTracker
 from stream.kafka.records import Records, as_records
 from stream.kafka.topic_reader import TopicNotFound, TopicReader, TopicRecord
@@ -58,6 +61,8 @@ __all__ = [
     "make_consumer", "make_producer", "make_admin", "ensure_topics", "wait_for_broker", "Publisher", "PublishError",
     # topics: their policies, and reading one whole
     "TOPIC_POLICIES", "topic_plan", "verify_topics", "TopicReader", "TopicRecord", "TopicNotFound",
+    # lag from the broker, on a side thread
+    "LagMonitor", "LagProbe",
     # the fast paths (checked at start-up; see stream.kafka.compat)
     "install_columnar_fetch", "use_columnar_produce",
 ]

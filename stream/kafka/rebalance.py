@@ -58,6 +58,11 @@ class RebalanceTracker(RebalanceListener):
         with self._lock:
             return set(self.assigned)
 
+    def pending(self) -> bool:
+        """Whether assignment changes wait to be drained by the run loop."""
+        with self._lock:
+            return bool(self._events)
+
     def drain(self) -> list[tuple[str, set[TopicPartition]]]:
         with self._lock:
             out, self._events = self._events, []

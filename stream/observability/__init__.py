@@ -3,6 +3,7 @@
 - ``metrics``: every ``segstream_*`` series on one injected registry (:class:`Metrics`)
 - ``drift``: churn, distance, centroid shift, PSI and Page-Hinkley alarms (:class:`DriftMonitor`)
 - ``logs``: text or JSON-lines logging
+- ``endpoint``: the HTTP server of ``/metrics``, ``/healthz`` and ``/readyz`` (:class:`OpsEndpoint`)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ _EXPORTS = {
     "population_stability_index": "stream.observability.drift",
     "centroid_shift": "stream.observability.drift",
     "configure_logging": "stream.observability.logs",
+    "OpsEndpoint": "stream.observability.endpoint",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -9,9 +9,13 @@ their embeddings, a new model) into the health signals exported as metrics:
 * **mean distance** to the assigned centroid;
 * **centroid shift**: mean Euclidean move of the centroids of segments present
   in both the previous and the new model version;
-* **PSI** (population stability index) of the embedding distribution against a
-  reference window (the first ``reference_size`` embeddings after the grace period), averaged over
-  dimensions, with decile bins of the reference;
+* **PSI** (population stability index) of the embedding distribution (the last ``current_size``
+  embeddings) against a reference window, averaged over dimensions, with decile bins of the
+  reference. The reference is the first ``reference_size`` embeddings after the grace period, and
+  every ``refresh_every`` embeddings after that it is replaced by the current window: PSI then says
+  how far the population moved since the last refresh, and a slow seasonal change does not pin it
+  high for ever (``refresh_every=0`` keeps the first window). The reference goes into checkpoints
+  (:meth:`DriftMonitor.state`), so a restart does not learn it again from post-restart traffic;
 * **drift alarms**: river Page-Hinkley detectors (mode ``up``: only rises matter)
   on the per-batch mean distance and on the churn rate, fed once the first
   ``grace_batches`` batches after seeding (the model's own convergence) are past.
@@ -40,8 +44,9 @@ is O(1) Python work plus vectorised numpy over the batch.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from river.drift import PageHinkley
@@ -50,6 +55,8 @@ if TYPE_CHECKING:
     from stream.settings import Settings
 
 __all__ = ["DriftMonitor", "DriftSnapshot", "population_stability_index", "centroid_shift", "SIGNALS"]
+
+log = logging.getLogger(__name__)
 
 SIGNALS = ("distance", "churn")
 
@@ -120,14 +127,19 @@ class DriftMonitor:
         """The monitor ``segstream run`` uses (``SEGSTREAM_PSI_WINDOW``, ``SEGSTREAM_DRIFT_*``)."""
         return cls(reference_size=settings.psi_window, current_size=settings.psi_window,
                    alarm_hold_batches=settings.drift_hold_batches, delta=settings.drift_delta,
-                   threshold=settings.drift_threshold, grace_batches=settings.drift_grace_batches)
+                   threshold=settings.drift_threshold, grace_batches=settings.drift_grace_batches,
+                   refresh_every=settings.psi_refresh_embeddings)
 
     def __init__(self, *, reference_size: int = 2000, current_size: int = 2000, alarm_hold_batches: int = 20,
-                 min_instances: int = 10, delta: float = 0.05, threshold: float = 1.5, grace_batches: int = 0) -> None:
+                 min_instances: int = 10, delta: float = 0.05, threshold: float = 1.5, grace_batches: int = 0,
+                 refresh_every: int = 0) -> None:
         self.grace_batches = grace_batches
         self.batches = 0
         self.reference_size = reference_size
         self.current_size = current_size
+        self.refresh_every = refresh_every
+        self.refreshes = 0  # times the reference was replaced by the current window
+        self._since_reference = 0  # embeddings seen since the reference was set
         self.alarm_hold_batches = alarm_hold_batches
         self.detectors = {s: PageHinkley(min_instances=min_instances, delta=delta, threshold=threshold, mode="up")
                           for s in SIGNALS}
@@ -182,19 +194,64 @@ class DriftMonitor:
                              {s: self.in_alarm(s) for s in SIGNALS})
 
     def _observe_embeddings(self, emb: np.ndarray) -> None:
+        held = self._edges if self._ref_shares is not None else (self._reference[0] if self._reference else emb)
+        if held.shape[1] != emb.shape[1]:  # a restored reference of another encoder
+            log.warning("embedding width changed (%d -> %d): the PSI reference starts again",
+                        held.shape[1], emb.shape[1])
+            self._ref_shares, self._reference, self._ref_n, self._current = None, [], 0, []
         if self._ref_shares is None:
             self._reference.append(emb)
             self._ref_n += len(emb)
             if self._ref_n >= self.reference_size:
-                ref = np.concatenate(self._reference)[: self.reference_size]
-                self._edges = quantile_edges(ref)
-                self._ref_shares = _shares(ref, self._edges)
+                self._set_reference(np.concatenate(self._reference)[: self.reference_size])
                 self._reference = []
             return
         self._current.append(emb)
         cur = np.concatenate(self._current)[-self.current_size:]
         self._current = [cur]
+        self._since_reference += len(emb)
+        if self.refresh_every and self._since_reference >= self.refresh_every and len(cur) >= self.reference_size:
+            self._set_reference(cur[-self.reference_size:])
+            self.refreshes += 1
         self.psi = _psi(self._ref_shares, _shares(cur, self._edges))
+
+    def _set_reference(self, ref: np.ndarray) -> None:
+        self._edges = quantile_edges(ref)
+        self._ref_shares = _shares(ref, self._edges)
+        self._since_reference = 0
+
+    # ----- checkpoints ---------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What a restart needs so as not to learn the reference again: the PSI reference (bin edges and
+        shares, or the embeddings gathered so far while it fills), the batch count (the grace period is
+        not served twice) and the detectors' baselines. The current window (up to ``current_size``
+        embeddings) is left out, to keep checkpoints small: it fills again within a few batches.
+        The Page-Hinkley detectors start afresh (river keeps no serialisable state); their baselines do not."""
+        filling = np.concatenate(self._reference).astype(np.float32) if self._reference else None
+        return {"batches": self.batches, "baseline": {s: list(v) for s, v in self._baseline.items()},
+                "edges": None if self._ref_shares is None else self._edges,
+                "shares": self._ref_shares, "filling": filling,
+                "since_reference": self._since_reference, "refreshes": self.refreshes, "psi": self.psi}
+
+    def load_state(self, state: dict[str, Any] | None) -> None:
+        """Take over :meth:`state` of an earlier run (None, as in checkpoints written before it: nothing)."""
+        if not state:
+            return
+        self.batches = int(state["batches"])
+        self._baseline = {s: [float(x) for x in state["baseline"].get(s, [])] for s in SIGNALS}
+        if state["shares"] is not None:
+            self._edges = np.asarray(state["edges"], dtype=np.float64)
+            self._ref_shares = np.asarray(state["shares"], dtype=np.float64)
+            self._reference, self._ref_n = [], 0
+        else:
+            filling = state["filling"]
+            self._ref_shares = None
+            self._reference = [] if filling is None else [np.asarray(filling, dtype=np.float64)]
+            self._ref_n = sum(len(x) for x in self._reference)
+        self._current = []
+        self._since_reference = int(state["since_reference"])
+        self.refreshes = int(state["refreshes"])
+        self.psi = float(state["psi"])
 
     def model_changed(self, old_ids: np.ndarray, old_c: np.ndarray, new_ids: np.ndarray, new_c: np.ndarray) -> float:
         self.last_shift = centroid_shift(old_ids, old_c, new_ids, new_c)

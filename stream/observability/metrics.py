@@ -24,16 +24,18 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from stream.observability.drift import SIGNALS, DriftMonitor
+from stream.observability.endpoint import OpsEndpoint, Probes
 from state.events import REASONS
 from stream.settings import Settings
 
 if TYPE_CHECKING:
+    from state.kmeans import LineageEvent
     from state.segments import SegmentModel
     from stream.runtime.pipeline import BatchResult, Pipeline
 
@@ -42,6 +44,7 @@ __all__ = ["Metrics", "ArrayHistogram", "LATENCY_BUCKETS"]
 disable_created_metrics()  # the *_created series only add noise to dashboards
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LINEAGE_KINDS = ("born", "retired", "merged", "split")
 BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 
 
@@ -114,8 +117,18 @@ class Metrics:
         self.publish_failures = Counter("segstream_publish_failures", "Sends that failed (retried before any commit).", registry=r)
         self.commits = Counter("segstream_offset_commits", "Successful offset commits.", registry=r)
         self.commit_failures = Counter("segstream_offset_commit_failures", "Offset commits refused (e.g. during a rebalance).", registry=r)
-        self.consumer_lag = Gauge("segstream_consumer_lag_records", "High-water mark minus this consumer's position.",
+        # measured from the broker by a side thread (stream.kafka.lag), so they keep moving while the run loop is stuck
+        self.consumer_lag = Gauge("segstream_consumer_lag_records", "Log end offset minus the group's committed offset, per input partition this member owns, read from the broker by a side thread every SEGSTREAM_LAG_PROBE_INTERVAL_S (it keeps growing while the run loop is stuck).",
                                   ["topic", "partition"], registry=r)
+        self.oldest_unprocessed_age = Gauge("segstream_oldest_unprocessed_event_age_seconds", "Now minus the Kafka timestamp of the record at the group's committed offset (the oldest record not yet checkpointed), per owned partition; 0 when none waits.",
+                                            ["topic", "partition"], registry=r)
+        self.lag_probe_time = Gauge("segstream_lag_probe_timestamp_seconds", "Wall time of the last successful broker lag probe (the process start until the first; 0: no probe, SEGSTREAM_LAG_PROBE_INTERVAL_S=0).", registry=r)
+        self.last_checkpoint = Gauge("segstream_last_checkpoint_timestamp_seconds", "Wall time of the last successful checkpoint: outputs confirmed, state persisted, offsets committed (0 before the first).", registry=r)
+        self.loop_turn = Gauge("segstream_loop_turn_timestamp_seconds", "Wall time the run loop last turned (one poll and its batch); /healthz fails once it is SEGSTREAM_LIVENESS_TIMEOUT_S old.", registry=r)
+        self.ready = Gauge("segstream_ready", "1 while /readyz answers 200 (in the group, every owned partition restored), else 0.", registry=r)
+        self.lineage_events = Counter("segstream_segment_lineage_events", "Segment lineage events published, by kind (born, retired, merged, split): segment ids appearing and ending.", ["kind"], registry=r)
+        for kind in LINEAGE_KINDS:
+            self.lineage_events.labels(kind)
         self.partition_assigned = Gauge("segstream_partition_assigned", "1 for each input partition assigned to this member (the series goes when the partition does).",
                                         ["topic", "partition"], registry=r)
         self.last_event_time = Gauge("segstream_last_event_timestamp_seconds", "Event time of the newest event processed.", registry=r)
@@ -147,19 +160,23 @@ class Metrics:
         self.drift = drift if drift is not None else DriftMonitor.from_settings(Settings())
         self._segment_labels: set[str] = set()
         self._lag_labels: set[tuple[str, str]] = set()
+        self._lag_lock = threading.Lock()  # set_lag runs on the lag probe's thread
         self._assigned_labels: set[tuple[str, str]] = set()
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Start the /metrics endpoint; returns the bound port (useful with port 0)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._server = server
-        return int(server.server_address[1])
+    def serve(self, port: int, host: str = "127.0.0.1", *, probes: Probes | None = None,
+              auth: tuple[str, str] | None = None, tls: tuple[str, str] | None = None) -> int:
+        """Start the HTTP endpoint (/metrics, and /healthz and /readyz from ``probes``); returns the bound
+        port (useful with port 0). ``auth``: (user, password) of basic auth on /metrics; ``tls``: (cert, key)."""
+        self._server = OpsEndpoint(self.registry, probes, auth=auth, tls=tls).start(port, host)
+        if probes is not None:
+            self.loop_turn.set_function(probes.loop_turned_at)
+            self.ready.set_function(lambda: 1.0 if probes.ready()[0] else 0.0)
+        return self._server.port
 
     def shutdown(self) -> None:
         server = getattr(self, "_server", None)
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            server.stop()
 
     def observe_batch(self, result: BatchResult, pipeline: Pipeline, *, records: int, value_bytes: int,
                       seconds: float) -> None:
@@ -194,6 +211,12 @@ class Metrics:
                 self._prev_model = model
             self.observe_drift(result)
             self.set_segments(pipeline.users_per_segment(), model.segment_ids.tolist())
+        self.observe_lineage(result.lineage)
+
+    def observe_lineage(self, events: Iterable[LineageEvent]) -> None:
+        """Count published lineage events by kind (the id-churn alert reads births and ends per hour)."""
+        for ev in events:
+            self.lineage_events.labels(ev.kind).inc()
 
     def observe_drift(self, result: BatchResult) -> None:
         """Churn, mean distance, PSI and Page-Hinkley alarms of one batch (see :mod:`stream.observability.drift`)."""
@@ -234,10 +257,16 @@ class Metrics:
             self.partition_assigned.labels(*label).set(1)
         self._assigned_labels = labels
 
-    def set_lag(self, lags: dict[tuple[str, int], int]) -> None:
-        labels = {(t, str(p)) for t, p in lags}
-        for stale in self._lag_labels - labels:
-            self.consumer_lag.remove(*stale)
-        for (t, p), lag in lags.items():
-            self.consumer_lag.labels(t, str(p)).set(lag)
-        self._lag_labels = labels
+    def set_lag(self, lags: dict[tuple[str, int], tuple[int, float]]) -> None:
+        """One broker lag probe: (topic, partition) -> (records, age in seconds of the oldest unprocessed
+        record) for each owned partition; the series of partitions no longer owned go."""
+        with self._lag_lock:
+            labels = {(t, str(p)) for t, p in lags}
+            for stale in self._lag_labels - labels:
+                self.consumer_lag.remove(*stale)
+                self.oldest_unprocessed_age.remove(*stale)
+            for (t, p), (lag, age) in lags.items():
+                self.consumer_lag.labels(t, str(p)).set(lag)
+                self.oldest_unprocessed_age.labels(t, str(p)).set(age)
+            self._lag_labels = labels
+            self.lag_probe_time.set(time.time())

@@ -22,8 +22,10 @@ from stream.kafka.clients import (
     wait_for_broker,
 )
 from stream.kafka.compat import install_columnar_fetch
+from stream.kafka.lag import LagMonitor
 from stream.kafka.topics import topic_plan
 from stream.observability.metrics import Metrics
+from stream.runtime.health import Health
 from stream.runtime.pipeline import BatchResult, Pipeline
 from stream.runtime.runner import StreamRunner
 from stream.runtime.summary import RunSummary
@@ -70,9 +72,13 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
     log.info("encoder %s (%s, %d dims), %d segments", pipeline.encoder.kind, pipeline.encoder.version,
              pipeline.encoder.dim, settings.segments)
     metrics = Metrics(registry, drift=DriftMonitor.from_settings(settings))
+    health = Health(settings.liveness_timeout_s)
     if settings.metrics_port:
-        port = metrics.serve(settings.metrics_port, settings.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+        auth = (settings.metrics_auth_user, settings.metrics_auth_password) if settings.metrics_auth_user else None
+        tls = (settings.metrics_tls_certfile, settings.metrics_tls_keyfile) if settings.metrics_tls_certfile else None
+        port = metrics.serve(settings.metrics_port, settings.metrics_host, probes=health, auth=auth, tls=tls)
+        log.info("metrics on %s://%s:%d/metrics (probes: /healthz, /readyz)%s", "https" if tls else "http",
+                 settings.metrics_host, port, ", basic auth on /metrics" if auth else "")
     wait_for_broker(settings)
     _prepare_topics(settings)
     consumer = make_consumer(settings)
@@ -84,6 +90,7 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
     publisher = Publisher(producer, metrics, columnar=settings.columnar_produce)
     runner = StreamRunner(settings, pipeline, consumer, publisher, metrics, clock=clock,
                           on_batch=on_batch, checkpoints=checkpoints)
+    health.loop = runner
     if settings.decode_process and not settings.aligned_batches and available_cpus() >= 2:
         runner.decode_ahead = DecodeAhead(DecodeWorker(pipeline.decoder, gc_threshold=settings.gc_threshold),
                                           on_off=lambda: metrics.decode_process_up.set(0))
@@ -94,6 +101,11 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
         runner.model_sync = ModelSync(settings, pipeline.segmenter, runner.publisher, metrics)  # type: ignore[arg-type]
         runner.model_sync.catch_up()
     runner.subscribe()
+    # lag as the broker sees it, from a consumer of its own: it keeps moving while the loop is stuck
+    lag = None
+    if settings.lag_probe_interval_s > 0:
+        metrics.lag_probe_time.set(time.time())  # a probe that never succeeds must age (SegstreamLagProbeFailing)
+        lag = LagMonitor(settings, runner.rebalance.owned, metrics.set_lag).start()
     if on_ready is not None:
         on_ready(runner)
     try:
@@ -103,6 +115,8 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
         return summary
     finally:
         try:
+            if lag is not None:
+                lag.stop()
             if runner.model_sync is not None:
                 runner.model_sync.close()
             consumer.close(autocommit=False)

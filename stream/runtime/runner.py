@@ -70,6 +70,8 @@ class StreamRunner:
         self.model_sync = None  # issue 8: stream.runtime.model_sync.ModelSync when the model is shared by the group
         self.decode_ahead: DecodeAhead | None = None  # decodes the next batch in a child while this one is processed
         self._ahead: Records | None = None  # the next batch, fetched while this one is processed (decode process)
+        self.last_turn = time.monotonic()  # liveness (/healthz): when the loop last turned
+        self._applying = False  # readiness (/readyz): an assignment change is being applied (restore)
 
     def _log_context(self, tp: TopicPartition) -> dict:
         """Structured log fields of a partition: topic, partition, last committed offset, group generation."""
@@ -90,6 +92,7 @@ class StreamRunner:
         started = time.perf_counter()
         last_record = time.monotonic()
         while True:
+            self.last_turn = time.monotonic()
             if stop.is_set():
                 summary.stopped_by = "signal"
                 break
@@ -252,6 +255,7 @@ class StreamRunner:
         events = self.rebalance.drain()
         if not events:
             return set()
+        self._applying = True  # /readyz: not ready until the restore below is done (reset on the way out)
         gone: dict[TopicPartition, str] = {}
         assigned: set[TopicPartition] = set()
         for kind, tps in events:
@@ -281,7 +285,20 @@ class StreamRunner:
             "dropped": sorted(tp.partition for tp in gone), "restored": sorted(tp.partition for tp in restore),
             "kept": sorted(tp.partition for tp in keep)})
         self.metrics.set_assigned([(tp.topic, tp.partition) for tp in self.rebalance.owned()])
+        self._applying = False
         return restore | set(gone) | keep
+
+    def readiness(self) -> tuple[bool, str]:
+        """/readyz: in the group (an assignment came, even an empty one), no assignment change waiting
+        or being applied, and every owned partition restored up to its committed offset. Read on the
+        HTTP endpoint's thread: it only reads flags and sizes."""
+        if self.rebalance.generations == 0:
+            return False, "not in the consumer group yet"
+        if self._applying or self.rebalance.pending():
+            return False, "applying a rebalance (restoring partitions)"
+        if self._restoring:
+            return False, f"replaying {len(self._restoring)} partition(s) up to their committed offsets"
+        return True, "ok"
 
     def _in_sync(self, tp: TopicPartition) -> bool:
         """Whether the in-memory state of ``tp`` is exactly what was last committed (nothing to redo)."""
@@ -344,6 +361,7 @@ class StreamRunner:
             state = self.checkpoints.load_global(newest.ckpt)
             if state is not None:
                 self.pipeline.load_global_state(state)
+                self.metrics.drift.load_state(state.get("drift"))
                 exact, layout = newest.ckpt, state["layout"]
         users = 0
         for tp, snap in sorted(chosen.items(), key=lambda x: x[0].partition):
@@ -389,6 +407,7 @@ class StreamRunner:
         self.summary.changes += len(result.changes)
         if result.new_model is not None:
             self.metrics.model_version.set(result.new_model.version)
+        self.metrics.observe_lineage(result.lineage)
         log.info("assigned %d users held back until model version %d", len(result.changes), self.pipeline.model.version)
 
     # ----- processing ----------------------------------------------------
@@ -449,10 +468,12 @@ class StreamRunner:
         self.publisher.confirm()
         if self.checkpoints is not None:
             store = self.pipeline.store
-            self.checkpoints.write(self.pipeline.global_state(), {
+            self.checkpoints.write({**self.pipeline.global_state(), "drift": self.metrics.drift.state()}, {
                 tp.partition: (off, store.export_rows(store.rows_of_partition(tp.partition)))
                 for tp, off in offsets.items()})
         committed = self._commit(offsets)
+        if committed:
+            self.metrics.last_checkpoint.set(time.time())
         if committed and self.checkpoints is not None:
             self.checkpoints.prune({tp.partition: off for tp, off in committed.items()})
         self._last_checkpoint = time.monotonic()
@@ -493,15 +514,5 @@ class StreamRunner:
             log.debug("batch", extra={"generation": meta.generation_id, "member": meta.member_id,
                                       "partitions": sorted(set(records.partitions.tolist())),
                                       "first_offset": records.offset, "last_offset": int(records.offsets[-1])})
-        lags = {}  # high-water mark minus the next offset this consumer's state reflects (processed, not committed)
-        owned = self.rebalance.owned()
-        processed = {tp: off for tp, off in self._state_offsets.items() if tp in owned and off >= 0}
-        for tp, pos in {**self._positions, **processed}.items():
-            if tp not in owned:
-                continue
-            hw = self.consumer.highwater(tp)
-            if hw is not None:
-                lags[(tp.topic, tp.partition)] = max(0, hw - pos)
-        self.metrics.set_lag(lags)
         if self.on_batch is not None:
             self.on_batch(result, s)

@@ -51,7 +51,8 @@ def test_prometheus_scrapes_live_consumer_and_dashboard_metrics_exist(broker, to
     cfg = SyntheticConfig(users=300, groups=3, events=6000, seed=1)
     values = [msgpack.packb(e) for e in generate(cfg)] + [b"\xc1\xc1"]  # one bad record: the DLQ path too
     produce(broker.bootstrap, topics["input"], values, keys=[str(i % 50).encode() for i in range(len(values))])
-    proc = SegstreamProcess(broker.settings(topics), "--warmup-users", "50", "--batch-max-events", "250")
+    proc = SegstreamProcess(broker.settings(topics), "--warmup-users", "50", "--batch-max-events", "250",
+                            "--lag-probe-interval-s", "1")
     prom = None
     try:
         proc.wait_metric("segstream_events_consumed_total", lambda v: v >= len(values), timeout_s=180)
@@ -86,14 +87,20 @@ def test_prometheus_scrapes_live_consumer_and_dashboard_metrics_exist(broker, to
         # rules loaded by the server
         with urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/api/v1/rules", timeout=5) as resp:
             rules = json.loads(resp.read())["data"]["groups"][0]["rules"]
-        assert len(rules) == 7 and all(r["health"] == "ok" for r in rules), rules
+        assert len(rules) == 16 and all(r["health"] == "ok" for r in rules), rules
 
+        # the broker lag of both partitions comes down to 0 once all is consumed and committed
+        deadline, lag = time.monotonic() + 30, {}
+        while time.monotonic() < deadline:
+            lag = {k: v for k, v in scrape(proc.metrics_port).items() if k.startswith("segstream_consumer_lag_records")}
+            if len(lag) == 2 and all(v == 0 for v in lag.values()):
+                break
+            time.sleep(0.5)
+        assert len(lag) == 2 and all(v == 0 for v in lag.values()), lag
         # every metric the dashboard and the alerts use is exported by the live consumer
         exported = _sample_names(proc.metrics_port)
         missing = sorted(m for m in dashboard_and_rule_metrics() if m not in exported)
         assert not missing, missing
-        lag = {k: v for k, v in scrape(proc.metrics_port).items() if k.startswith("segstream_consumer_lag_records")}
-        assert len(lag) == 2 and all(v == 0 for v in lag.values()), lag  # both partitions, all consumed
     finally:
         if prom is not None:
             prom.terminate()
@@ -126,6 +133,7 @@ def test_drift_alarm_fires_after_abrupt_drift_not_before() -> None:
     assert metrics.drift.psi > 0.25  # the embedding distribution moved away from the reference window
     assert np.isfinite(metrics.drift.mean_distance)
     assert metrics.model_updates._value.get() >= 2 and metrics.drift.last_shift > 0  # centroids moved between versions
+    assert metrics.lineage_events.labels("born")._value.get() >= settings.segments  # the seeded segment ids
 
 
 def test_segment_series_capped_and_retired_removed() -> None:
