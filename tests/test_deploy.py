@@ -240,7 +240,7 @@ def test_compose_creates_every_topic_with_its_cleanup_policy() -> None:
         assert created[topic[name]].get("cleanup.policy") == "compact", name
     for name in ("LINEAGE", "DLQ", "INPUT"):  # events: a stated retention
         assert created[topic[name]].get("cleanup.policy", "delete") == "delete", name
-        assert int(created[topic[name]]["retention.ms"]) > 0, name
+        assert "retention.ms" in created[topic[name]], name  # -1: kept for good (lineage)
 
 
 def test_dockerfile_builds_the_cli() -> None:
