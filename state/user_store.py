@@ -71,13 +71,20 @@ class ApplyResult:
     evicted_rows: np.ndarray  # rows freed to make room (their user ids are gone)
     evicted_segments: np.ndarray  # segment each evicted user held (-1: none)
     evicted_user_ids: list[str]
+    #: users of this batch evicted within it (more users in one batch than capacity): their events of the
+    #: batch are not kept; those already held are in ``evicted_*`` too, ``overflow_new`` counts the others
+    overflow: int = 0
+    overflow_new: int = 0
 
 
 class UserStore:
     """Bounded, columnar store of per-user state.
 
     ``capacity`` users at most; beyond it the least recently active users (by
-    event time) are evicted, 1% of capacity at a time.
+    event time) are evicted, 1% of capacity at a time. A batch with more users
+    than ``capacity`` keeps its ``capacity`` most recently active users (by
+    their newest event, then arrival) and evicts the others within the batch:
+    the bound holds, and applying then evicting them would leave the same state.
     """
 
     def __init__(self, spec: FeatureSpec, capacity: int, initial_rows: int = 1024) -> None:
@@ -237,7 +244,17 @@ class UserStore:
         number = local.setdefault
         inv = np.fromiter([number(u, len(local)) for u in batch.user_ids], dtype=np.int64, count=n)
         uniq = list(local)
+        kept: np.ndarray | None = None  # batch positions kept, when the batch brings more users than capacity
+        overflow: ApplyResult | None = None
+        if len(uniq) > self.capacity:
+            batch, inv, uniq, kept, overflow = self._overflow(batch, inv, uniq)
+            n = len(batch)
         rows_u, new_users, evicted = self._rows_for(uniq)
+        if overflow is not None:
+            evicted = overflow if evicted is None else ApplyResult(
+                rows_u[:0], 0, rows_u[:0], np.concatenate([overflow.evicted_rows, evicted.evicted_rows]),
+                np.concatenate([overflow.evicted_segments, evicted.evicted_segments]),
+                overflow.evicted_user_ids + evicted.evicted_user_ids)
         spec = self.spec
         h = spec.half_life_s
         ts = batch.ts
@@ -277,11 +294,44 @@ class UserStore:
         is_last = np.r_[inv_sorted[1:] != inv_sorted[:-1], True]
         last_event = np.empty(U, dtype=np.int64)
         last_event[inv_sorted[is_last]] = order[is_last]
+        if kept is not None:
+            last_event = kept[last_event]  # positions in the batch as given
         if evicted is None:
             e = np.zeros(0, dtype=np.int64)
             return ApplyResult(rows_u, new_users, last_event, e, e.astype(np.int32), [])
         return ApplyResult(rows_u, new_users, last_event, evicted.evicted_rows, evicted.evicted_segments,
-                           evicted.evicted_user_ids)
+                           evicted.evicted_user_ids, overflow=0 if overflow is None else overflow.overflow,
+                           overflow_new=0 if overflow is None else overflow.overflow_new)
+
+    def _overflow(self, batch: EventBatch, inv: np.ndarray,
+                  uniq: list[str]) -> tuple[EventBatch, np.ndarray, list[str], np.ndarray, ApplyResult]:
+        """A batch with more users than capacity: keep the ``capacity`` most recently active of them (by
+        newest event, then latest arrival, the order eviction goes by) and evict the rest within the batch.
+
+        Their events are left out rather than applied and then evicted (same state, no row needed); those
+        already held are evicted like any least recently active user. Returns the kept events (batch,
+        local user numbers, users, positions in the given batch) and the eviction."""
+        n, U = len(batch), len(uniq)
+        newest = np.full(U, -np.inf)
+        np.maximum.at(newest, inv, batch.ts)
+        latest = np.zeros(U, dtype=np.int64)
+        np.maximum.at(latest, inv, np.arange(n))
+        dropped = np.lexsort((latest, newest))[: U - self.capacity]  # least recently active first
+        keep_user = np.ones(U, dtype=bool)
+        keep_user[dropped] = False
+        kept = np.flatnonzero(keep_user[inv])
+        renumber = np.cumsum(keep_user) - 1  # kept users stay in first-appearance order
+        dropped_ids = [uniq[i] for i in dropped.tolist()]
+        held = np.array([r for u in dropped_ids if (r := self._index.get(u)) is not None], dtype=np.int64)
+        if len(held):
+            # every other held row protected: exactly the held users left out are evicted
+            evicted = self._evict(len(held), np.setdiff1d(self.live_rows(), held))
+        else:
+            e = np.zeros(0, dtype=np.int64)
+            evicted = ApplyResult(e, 0, e, e, e.astype(np.int32), [])
+        evicted.overflow, evicted.overflow_new = len(dropped), len(dropped) - len(held)
+        kept_users = [u for u, k in zip(uniq, keep_user.tolist()) if k]
+        return batch.select(keep_user[inv]), renumber[inv[kept]], kept_users, kept, evicted
 
     def _push_items(self, batch: EventBatch, inv: np.ndarray, w: np.ndarray, rows_u: np.ndarray) -> None:
         """Write each user's newest items of the batch into its ring of recent items."""

@@ -70,7 +70,7 @@ class Settings:
 
     # --- user state --------------------------------------------------------
     half_life_s: float = _opt("SEGSTREAM_HALF_LIFE_S", 0.0, "Event-time half-life of the per-user state, in seconds (0: take the encoder artifact's).", group="state")
-    max_users: int = _opt("SEGSTREAM_MAX_USERS", 1_000_000, "Most users held; the least recently active are evicted beyond this.", group="state")
+    max_users: int = _opt("SEGSTREAM_MAX_USERS", 1_000_000, "Most users held; the least recently active are evicted beyond this. A micro-batch with more users than this keeps its most recently active ones and evicts the others within the batch (warned once).", group="state")
 
     # --- encoder -----------------------------------------------------------
     encoder: str = _opt("SEGSTREAM_ENCODER", "", "Path of the encoder artifact (empty: raw normalised state, no model).", group="encoder")

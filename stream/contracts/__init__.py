@@ -13,6 +13,7 @@ import importlib
 _EXPORTS = {
     "SEGMENT_SCHEMA_VERSION": "stream.contracts.user_segments",
     "encode_segment_changes": "stream.contracts.user_segments",
+    "encode_user_segments": "stream.contracts.user_segments",
     "decode_segment_event": "stream.contracts.user_segments",
     "change_id": "stream.contracts.user_segments",
     "change_ids": "stream.contracts.user_segments",

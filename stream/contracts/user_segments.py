@@ -18,6 +18,11 @@
 
 A null value (tombstone) for a user key means the user was erased.
 
+Within a micro-batch a user's records follow its events: a ``delete`` followed by
+events of the same user publishes the tombstone, then the new first assignment
+(``seq`` 1, ``previous_segment`` nil); events followed by a ``delete`` end on the
+tombstone (the pipeline drops a user's events that came before its delete).
+
 Dead letters (``user-events-dlq``): key and value are the original record's,
 byte for byte; headers say why (``segstream.dlq.reason``, ``.detail``) and
 where it came from (``segstream.source.topic``, ``.partition``, ``.offset``).
@@ -34,6 +39,7 @@ where it came from (``segstream.source.topic``, ``.partition``, ``.offset``).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -41,7 +47,7 @@ import numpy as np
 
 from state.events import Rejected
 
-__all__ = ["SEGMENT_SCHEMA_VERSION", "encode_segment_changes", "change_id", "change_ids", "decode_segment_event", "dead_letter_headers",
+__all__ = ["SEGMENT_SCHEMA_VERSION", "encode_segment_changes", "encode_user_segments", "change_id", "change_ids", "decode_segment_event", "dead_letter_headers",
            "ContractError", "SEGMENT_EVENT_FIELDS"]
 
 SEGMENT_SCHEMA_VERSION = 1
@@ -143,6 +149,28 @@ def encode_segment_changes(changes: Any, emitted_at: float, ids: list[str] | Non
         if ids is not None:
             value["change_id"] = ids[i]
         out.append((uid.encode(), packb(value)))
+    return out
+
+
+def encode_user_segments(changes: Any, erased: Sequence[str], emitted_at: float,
+                         ids: list[str] | None = None) -> list[tuple[bytes, bytes | None]]:
+    """Every ``user-segments`` record of one micro-batch, in publish order: tombstones, then changes.
+
+    This order is each user's event order. The pipeline applies a batch's deletes before its events
+    and drops a deleted user's events that came before its last delete, so a change of an erased user
+    in the same batch always belongs to the user's new life: it must follow the tombstone, or the
+    topic would end on "erased" for a user segstream holds. The run loop and the replay both publish
+    through this one rule.
+
+    >>> import numpy as np
+    >>> from stream.runtime.pipeline import SegmentChanges
+    >>> ch = SegmentChanges(["u1"], np.array([3]), np.array([-1]), np.array([0.5], np.float32),
+    ...                     np.array([1], np.uint32), np.array([1.7e9]), np.array([4]), 2)
+    >>> [(key, value is None) for key, value in encode_user_segments(ch, ["u1", "u2"], 1.7e9 + 1)]
+    [(b'u1', True), (b'u2', True), (b'u1', False)]
+    """
+    out: list[tuple[bytes, bytes | None]] = [(uid.encode(), None) for uid in erased]
+    out += encode_segment_changes(changes, emitted_at, ids)
     return out
 
 

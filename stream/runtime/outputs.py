@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 
-from stream.contracts.user_segments import change_ids, dead_letter_headers, encode_segment_changes
+from stream.contracts.user_segments import change_ids, dead_letter_headers, encode_user_segments
 from stream.kafka.clients import Publisher
 from stream.contracts.lineage_profiles import encode_lineage, encode_profiles
 from stream.runtime.pipeline import BatchResult
@@ -37,12 +37,11 @@ class OutputWriter:
         out = self.settings.output_topic
         if ids is None and len(result.changes) and len(records):
             ids = change_ids(result.changes, records.partitions, records.offsets)
-        encoded = encode_segment_changes(result.changes, emitted_at, ids)
+        # tombstones before changes: each user's records in event order (see encode_user_segments)
+        encoded = encode_user_segments(result.changes, result.erased, emitted_at, ids)
         if encoded:
             keys, values = zip(*encoded)
             self.publisher.send_many(out, keys, values)
-        if result.erased:
-            self.publisher.send_many(out, [uid.encode() for uid in result.erased], [None] * len(result.erased))
         send = self.publisher.send
         for key, value in encode_lineage(result.lineage):
             send(self.settings.lineage_topic, key, value)

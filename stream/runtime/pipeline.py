@@ -19,6 +19,7 @@ features and identical segment decisions.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,11 @@ from stream.runtime.pseudonym import Pseudonymiser
 from stream.settings import Settings
 
 __all__ = ["Pipeline", "BatchResult", "SegmentChanges", "spec_from_settings", "tune_process"]
+
+log = logging.getLogger(__name__)
+
+#: a batch with more users than max_users is a configuration matter, not news: said once per process
+_overflow_warned = False
 
 
 @dataclass
@@ -211,11 +217,14 @@ class Pipeline:
         self._count(applied.evicted_segments, -1)
         for uid in applied.evicted_user_ids:
             seg.forget(uid)
+        if applied.overflow:
+            _warn_overflow(applied.overflow, store.capacity)
         rows = applied.rows
         n = len(batch)
         self.events_seen += n
         result = BatchResult(events=n, changes=SegmentChanges.empty(self._version()), erased=erased,
-                             users_updated=len(rows), new_users=applied.new_users, evicted=len(applied.evicted_rows),
+                             users_updated=len(rows), new_users=applied.new_users,
+                             evicted=len(applied.evicted_rows) + applied.overflow_new,  # new users turned away count too
                              duplicates=duplicates)
         if n == 0:
             return result
@@ -456,6 +465,18 @@ class Pipeline:
             self._since_profile = int(state["since_profile"])
             self._profile_rng.bit_generator.state = json.loads(state["profile_rng"])
             self._sample_rng.bit_generator.state = json.loads(state["sample_rng"])
+
+
+def _warn_overflow(overflow: int, capacity: int) -> None:
+    """Warn, once per process, that a batch brought more users than ``max_users`` (the store evicted
+    the least recently active of them within the batch; every batch that does so counts its evictions)."""
+    global _overflow_warned
+    if _overflow_warned:
+        return
+    _overflow_warned = True
+    log.warning("a micro-batch brought %d users more than SEGSTREAM_MAX_USERS=%d: the least recently active "
+                "of them were evicted within the batch (raise max_users or lower SEGSTREAM_BATCH_MAX_EVENTS; "
+                "said once per process, segstream_users_evicted_total counts every eviction)", overflow, capacity)
 
 
 def tune_process(settings: Settings) -> None:

@@ -16,7 +16,7 @@ import msgpack
 import numpy as np
 
 from eventlogs.recorded import read_event_chunks
-from stream.contracts.user_segments import change_ids, encode_segment_changes
+from stream.contracts.user_segments import change_ids, encode_user_segments
 from stream.runtime.pipeline import BatchResult, Pipeline
 from stream.runtime.summary import RunSummary
 from stream.settings import Settings
@@ -42,10 +42,8 @@ def replay_log(settings: Settings, log_path: str | os.PathLike[str], out_path: s
                 emitted_at = result.max_event_time if clock == "event" else time.time()
                 offsets = base + np.arange(len(chunk), dtype=np.int64)
                 ids = change_ids(result.changes, np.zeros(len(chunk), np.int64), offsets)
-                for key, value in encode_segment_changes(result.changes, emitted_at, ids):
+                for key, value in encode_user_segments(result.changes, result.erased, emitted_at, ids):
                     out.write(msgpack.packb([key, value]))
-                for uid in result.erased:
-                    out.write(msgpack.packb([uid.encode(), None]))
             if on_batch is not None:
                 on_batch(result)
     finally:

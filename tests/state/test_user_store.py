@@ -129,6 +129,31 @@ def test_eviction_never_drops_users_of_the_current_batch():
     assert len(store) == 4
 
 
+def test_a_batch_with_more_users_than_capacity_keeps_its_most_recently_active():
+    store = UserStore(SPEC, capacity=4)
+    store.apply(decode([{"user_id": u, "action": "view", "ts": 1.7e9 + i} for i, u in enumerate("abc")]))
+    # 6 users in one batch: "a" (held) and "x" are its least recently active, "b" (held) is not
+    evs = [{"user_id": "a", "action": "view", "ts": 1.7e9 + 10},
+           {"user_id": "x", "action": "view", "ts": 1.7e9 + 11},
+           {"user_id": "b", "action": "purchase", "ts": 1.7e9 + 12, "value": 2.0},
+           {"user_id": "y", "action": "view", "ts": 1.7e9 + 13, "categories": ["c1"], "item_id": 7},
+           {"user_id": "z", "action": "click", "ts": 1.7e9 + 14},
+           {"user_id": "w", "action": "view", "ts": 1.7e9 + 15},
+           {"user_id": "b", "action": "view", "ts": 1.7e9 + 16}]
+    batch = decode(evs)
+    res = store.apply(batch)
+    assert len(store) == 4 and sorted(store._index) == ["b", "w", "y", "z"]
+    assert res.overflow == 2 and res.overflow_new == 1  # "a" and "x" evicted within the batch
+    assert sorted(res.evicted_user_ids) == ["a", "c"]  # "c": a held user outside the batch, to make room
+    assert store.user_ids(res.rows) == ["b", "y", "z", "w"]  # first-appearance order of the kept users
+    assert [evs[int(batch.source_index[i])]["ts"] for i in res.last_event] == [1.7e9 + t for t in (16, 13, 14, 15)]
+    b = store.features(np.array([store.row_of("b")])).dense[0]
+    assert b[SPEC.action_index("purchase")] > 0 and b[SPEC.action_index("view")] > 0  # its events all applied
+    y = store.row_of("y")
+    assert store.items[y].max() >= 0 and store.dense[y, SPEC.category_offset:].sum() > 0  # its item and category
+    assert sorted(store.live_rows().tolist()) == sorted(store._index.values())
+
+
 def test_delete_forgets_the_user():
     store = UserStore(SPEC, 10)
     store.apply(decode([{"user_id": "a", "action": "purchase", "ts": 1.7e9, "value": 9.0}]))

@@ -50,6 +50,41 @@ def test_replay_is_byte_identical(log, tmp_path):
     assert other.read_bytes() != a.read_bytes()  # the seed matters, so the equality above is not vacuous
 
 
+def test_replay_with_max_users_below_one_batchs_users_runs_to_the_end(log, tmp_path, registry, caplog, monkeypatch):
+    import logging
+
+    import stream.runtime.pipeline as pipeline_module
+    from stream.contracts.user_segments import decode_segment_event
+    from stream.observability.metrics import Metrics
+
+    monkeypatch.setattr(pipeline_module, "_overflow_warned", False)  # as in a fresh process
+    settings = Settings(segments=4, warmup_users=30, batch_max_events=500, model_update_events=1000, max_users=50)
+    p = Pipeline.from_settings(settings)
+    metrics = Metrics(registry)
+    held_after: list[set[str]] = []
+
+    def observe(result):
+        metrics.observe_batch(result, p, records=result.events, value_bytes=0, seconds=0.0)
+        held_after.append(set(p.store._index))
+
+    out = tmp_path / "out.msgpack"
+    with caplog.at_level(logging.WARNING, logger="stream.runtime.pipeline"):
+        summary = replay_log(settings, log, out, clock="event", pipeline=p, on_batch=observe)
+    assert summary.stopped_by == "end-of-log" and summary.events == CFG.events
+    assert len(p.store) == 50 and sum(p.users_per_segment().values()) <= 50
+    records = list(msgpack.Unpacker(open(out, "rb")))
+    assert len(records) == summary.changes > 0
+    for key, value in records:
+        assert decode_segment_event(value)["user_id"] == key.decode()
+    # every user that arrived in a batch (not held at its start) was evicted since, or is held at the end
+    batch_users = [{e["user_id"] for e in chunk} for chunk in read_event_chunks(log, 500)]
+    arrivals = sum(len(users - held) for users, held in zip(batch_users, [set()] + held_after[:-1]))
+    evicted = registry.get_sample_value("segstream_users_evicted_total")
+    assert max(len(u) for u in batch_users) > 50 and evicted == arrivals - len(p.store) > 0
+    said = [r for r in caplog.records if "SEGSTREAM_MAX_USERS" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING  # once per process, not per batch
+
+
 def test_delete_erases_and_next_event_starts_fresh():
     p = Pipeline.from_settings(Settings(segments=2, warmup_users=4, hysteresis=0.0))
     evs = [{"user_id": f"u{i}", "action": "view" if i % 2 else "purchase", "ts": 1.7e9 + i, "item_id": i}
