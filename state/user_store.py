@@ -393,7 +393,7 @@ class UserStore:
         iw = (self.item_w[rows] * scale[:, None]).astype(np.float32)
         return Features(out, self.items[rows], iw)
 
-    # ----- checkpoints and rebalances (issue 6) -----------------------------
+    # ----- checkpoints and rebalances -----------------------------
     def rows_of_partition(self, partition: int) -> np.ndarray:
         """Live rows whose newest event came from ``partition`` (ascending)."""
         live = self.live_rows()

@@ -2,7 +2,7 @@
 
 Everything else (the run loop, the model sync, the CLI) reaches Kafka through
 the names below, so that a kafka-python upgrade touches this package only
-(``tests/test_layering.py`` fails on any other import of ``kafka``). Inside,
+(``tests/test_codebase.py`` fails on any other import of ``kafka``). Inside,
 one module per concern:
 
 - :mod:`~stream.kafka.consumer`: the consumer interface of the run loop:

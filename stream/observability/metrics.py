@@ -136,13 +136,13 @@ class Metrics:
         self.kafka_fast_path = Gauge("segstream_kafka_fast_path", "1 while the columnar Kafka path is in use (path: fetch, produce); 0 when kafka-python's own path is: the setting is off, or the start-up check of kafka-python's internals failed (a warning names what).", ["path"], registry=r)
         for path in ("fetch", "produce"):  # 0 until a fast path is switched on, so both series always exist
             self.kafka_fast_path.labels(path=path).set(0)
-        # --- checkpoints, recovery, duplicates (issue 6) ---
+        # --- checkpoints, recovery, duplicates ---
         self.checkpoint_duration = Histogram("segstream_checkpoint_duration_seconds",
                                              "Wall time of one checkpoint (confirm outputs, snapshot state, commit).",
                                              buckets=LATENCY_BUCKETS, registry=r)
         self.restores = Counter("segstream_partition_restores", "Partitions whose state was restored on assignment.", registry=r)
         self.duplicates = Counter("segstream_events_duplicate", "Events dropped as repeats of a recent event_id.", registry=r)
-        # issue 5: drift and segment health
+        # drift and segment health
         self.centroid_shift = Gauge("segstream_centroid_shift", "Mean Euclidean move of surviving centroids at the last model update.", registry=r)
         self.churn = Gauge("segstream_assignment_churn_ratio", "Share of updated users whose segment changed in the last batch.", registry=r)
         self.mean_distance = Gauge("segstream_mean_distance", "Mean distance of the last batch's updated users to their assigned centroid.", registry=r)

@@ -85,8 +85,8 @@ class BatchResult:
     profiles: list[dict[str, Any]] = field(default_factory=list)  # segment profiles due this batch
     encode_seconds: float = 0.0
     max_event_time: float = float("nan")
-    duplicates: int = 0  # events dropped as repeats of a recent event_id (issue 6)
-    # issue 5 (drift metrics): distances to the assigned centroid and embeddings of this batch's updated users
+    duplicates: int = 0  # events dropped as repeats of a recent event_id
+    # drift metrics: distances to the assigned centroid and embeddings of this batch's updated users
     distances: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     embeddings: np.ndarray | None = None
 
@@ -408,7 +408,7 @@ class Pipeline:
             seq=store.seq[crow].copy(), event_time=event_time[changed].astype(np.float64),
             source_index=source[changed].astype(np.int64), model_version=model.version)
 
-    # ----- checkpoints and rebalances (issue 6) ----------------------------------
+    # ----- checkpoints and rebalances ----------------------------------
     def recount(self) -> None:
         """Recompute users per segment from the store (after users were restored or dropped)."""
         live = self.store.live_rows()
@@ -446,7 +446,7 @@ class Pipeline:
                 "layout": self.store.layout(), "stale": self._stale.rows(),
                 "events_seen": self.events_seen,
                 "dedup": None if self.dedup is None else self.dedup.state(),
-                # issue 4: dwell clock per row, profile schedule
+                # dwell clock per row, profile schedule
                 "changed_at": self._changed_at.copy(), "since_profile": self._since_profile,
                 "profile_rng": json.dumps(self._profile_rng.bit_generator.state),
                 "sample_rng": json.dumps(self._sample_rng.bit_generator.state)}

@@ -67,7 +67,7 @@ class StreamRunner:
         # back-pressure: the batch size shrinks while batches take too large a share of max_poll_interval_ms
         self._batch_cap = settings.batch_max_events
         self._restoring: dict[TopicPartition, int] = {}  # partition -> committed offset its state must reach
-        self.model_sync = None  # issue 8: stream.runtime.model_sync.ModelSync when the model is shared by the group
+        self.model_sync = None  # stream.runtime.model_sync.ModelSync when the model is shared by the group
         self.decode_ahead: DecodeAhead | None = None  # decodes the next batch in a child while this one is processed
         self._ahead: Records | None = None  # the next batch, fetched while this one is processed (decode process)
         self.last_turn = time.monotonic()  # liveness (/healthz): when the loop last turned
@@ -392,7 +392,7 @@ class StreamRunner:
             "offsets": {tp.partition: (s.offset if s else committed[tp]) for tp, s in chosen.items()}})
 
     def _assign_waiting(self) -> None:
-        """Global model (issue 8): users held back until the first model was announced get their segment
+        """Global model: users held back until the first model was announced get their segment
         as soon as it is, even when their partitions have no more records. Each change id is derived
         from the offset the user's partition state reflects, so a replay after a crash repeats it."""
         result = self.pipeline.assign_waiting()

@@ -1,4 +1,5 @@
-"""The package layering: data flows one way, and kafka-python is reached through one seam.
+"""The codebase's shape: data flows one way, kafka-python is reached through one seam, each package names its API,
+and comments say why.
 
 ``state`` and ``encoders`` sit below ``stream`` and never import it; only
 ``stream/kafka/`` imports kafka-python, so a kafka-python upgrade touches one
@@ -8,6 +9,7 @@ package.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,15 @@ def test_each_package_names_its_public_api(package):
         assert mod.__all__, package
         for name in mod.__all__:
             assert getattr(mod, name) is not None, (package, name)
+
+
+def test_comments_say_why_not_which_issue():
+    """A comment or docstring naming a tracker issue means nothing to the next reader:
+    the tracker is not in the repository, and git history keeps that link."""
+    pattern = re.compile(r"\bissues? #?\d+", re.I)  # the only line allowed to spell the pattern
+    here = Path(__file__).resolve()
+    files = _modules(*PRODUCT, "tests", "bench")
+    offenders = [f"{p.relative_to(REPO)}:{i}" for p in files
+                 for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if pattern.search(line) and not (p == here and "re.compile" in line)]
+    assert not offenders
