@@ -157,7 +157,8 @@ def _sasl_problem(settings: Settings, messages: Sequence[str]) -> str | None:
         # version is known) was lost during the SASL exchange, the only step that follows
         refused += [m for m in messages if "Connection lost" in m and "broker_version=(" in m]
         if refused:
-            detail = refused[-1].split(">: ", 1)[-1][:200]
+            said = [m for m in refused if "SaslAuthenticationFailed" in m] or refused  # the broker's own words first
+            detail = said[-1].split(">: ", 1)[-1][:200]
             return (f"SASL login as {settings.sasl_username!r} ({settings.sasl_mechanism or 'PLAIN'}) refused by "
                     f"{settings.bootstrap}: check SEGSTREAM_SASL_USERNAME, SEGSTREAM_SASL_PASSWORD and "
                     f"SEGSTREAM_SASL_MECHANISM ({detail})")
