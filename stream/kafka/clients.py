@@ -143,7 +143,7 @@ def wait_for_broker(settings: Settings, timeout_s: float = 30.0) -> None:
         said = next((m for m in reversed(seen.messages) if "fail" in m.lower() or "error" in m.lower()), said)
         time.sleep(0.2)
     raise TimeoutError(f"no Kafka broker answered at {settings.bootstrap} within {timeout_s:.0f}s "
-                       f"({last}{'; last: ' + said if said else ''})")
+                       f"({last}{'; last: ' + said if said and str(last) not in said else ''})")
 
 
 def _sasl_problem(settings: Settings, messages: Sequence[str]) -> str | None:
