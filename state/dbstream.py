@@ -71,7 +71,8 @@ class OnlineDBSTREAM(WarmupBuffer):
         for row in x.tolist():
             learn(dict(enumerate(row)))
 
-    def learn(self, emb: np.ndarray) -> None:
+    def learn(self, emb: np.ndarray, keys: np.ndarray | None = None) -> None:
+        """Feed a bounded, seeded sample to river (``keys`` unused: micro-clusters keep no per-user row)."""
         if len(emb) == 0:
             return
         if len(emb) > self.learn_sample:

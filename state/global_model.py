@@ -158,6 +158,9 @@ class GlobalKMeans(WarmupBuffer):
         super().forget(user_id)
         self.local.forget(user_id)
 
+    def erase(self, keys: np.ndarray) -> None:
+        self.local.erase(keys)
+
     def ready(self) -> bool:
         return self.model is not None
 
@@ -165,10 +168,10 @@ class GlobalKMeans(WarmupBuffer):
         """The users held back until the global model arrived, to be assigned with it."""
         return self._take_warm()
 
-    def learn(self, emb: np.ndarray) -> None:
+    def learn(self, emb: np.ndarray, keys: np.ndarray | None = None) -> None:
         if len(emb) == 0 or self.local.model is None:
             return
-        self.local.learn(emb)
+        self.local.learn(emb, keys)
         near = nearest(emb, self.local.model.centroids)
         self._counts += np.bincount(near, minlength=self.k)
 

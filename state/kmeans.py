@@ -35,6 +35,7 @@ from river import cluster
 
 from state.identity import match_ids
 from state.segments import SegmentModel, WarmupBuffer, best_of_restarts, inertia, kmeans_plus_plus, lloyd, nearest, squared_distances
+from state.user_store import user_keys
 
 __all__ = ["OnlineKMeans", "LineageEvent"]
 
@@ -53,17 +54,40 @@ class LineageEvent:
 
 @dataclass
 class _Recent:
-    """Ring buffer of recent embeddings (candidates for re-seeding dead centres)."""
+    """Ring buffer of recent embeddings (candidates for re-seeding dead centres), each row tagged with
+    its user's key (``state.user_store.user_keys``; 0: unknown) so that an erasure can drop it."""
 
     size: int
     dim: int
     data: np.ndarray = field(init=False)
+    keys: np.ndarray = field(init=False)
     n: int = 0
 
     def __post_init__(self) -> None:
         self.data = np.zeros((self.size, self.dim), dtype=np.float32)
+        self.keys = np.zeros(self.size, dtype=np.uint64)
 
-    def add(self, x: np.ndarray) -> None:
+    def drop(self, keys: np.ndarray) -> int:
+        """Remove the rows of these users; the others stay, oldest first. Returns how many went.
+
+        >>> r = _Recent(3, 1); r.add(np.arange(4, dtype=np.float32)[:, None], np.array([1, 2, 1, 3], np.uint64))
+        >>> r.drop(np.array([1], np.uint64)), r.view().ravel().tolist(), r.keys[: r.n].tolist()
+        (1, [1.0, 3.0], [2, 3])
+        """
+        m = min(self.n, self.size)
+        order = (self.n + np.arange(m)) % self.size if self.n > self.size else np.arange(m)
+        hit = np.isin(self.keys[order], keys)
+        if not hit.any():
+            return 0
+        kept = order[~hit]
+        self.data[: len(kept)] = self.data[kept]
+        self.keys[: len(kept)] = self.keys[kept]
+        self.data[len(kept):] = 0.0
+        self.keys[len(kept):] = 0
+        self.n = len(kept)
+        return int(hit.sum())
+
+    def add(self, x: np.ndarray, keys: np.ndarray | None = None) -> None:
         """Append rows (vectorised: one fancy-indexed write, no per-row loop).
 
         >>> r = _Recent(3, 1); r.add(np.arange(5, dtype=np.float32)[:, None]); r.view().ravel().tolist()
@@ -75,7 +99,9 @@ class _Recent:
         m = len(x)
         if m == 0:
             return
-        self.data[(self.n + np.arange(m)) % self.size] = x
+        at = (self.n + np.arange(m)) % self.size
+        self.data[at] = x
+        self.keys[at] = 0 if keys is None else keys[-self.size :]
         self.n += m
 
     def view(self) -> np.ndarray:
@@ -118,7 +144,7 @@ class OnlineKMeans(WarmupBuffer):
     # ----- warm-up (state.segments.WarmupBuffer) -----------------------------
     def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan")) -> None:
         super().add_warmup(user_ids, emb, event_time)
-        self._recent.add(emb)
+        self._recent.add(emb, user_keys(user_ids))  # warm-up only: a bounded number of ids to hash
 
     def seed_model(self, event_time: float) -> tuple[list[str], np.ndarray]:
         """Seed from the warm-up buffer; returns the buffered users and embeddings to assign."""
@@ -145,16 +171,21 @@ class OnlineKMeans(WarmupBuffer):
             self.learner.centers[j] = collections.defaultdict(float, enumerate(row))
 
     # ----- learning ----------------------------------------------------------
-    def learn(self, emb: np.ndarray) -> None:
-        """Feed a bounded, seeded sample of this batch to river."""
+    def learn(self, emb: np.ndarray, keys: np.ndarray | None = None) -> None:
+        """Feed a bounded, seeded sample of this batch to river (``keys``: each row's user key)."""
         if len(emb) == 0:
             return
-        self._recent.add(emb)  # every embedding of the batch: the consolidation step works on these
+        self._recent.add(emb, keys)  # every embedding of the batch: the consolidation step works on these
         if len(emb) > self.learn_sample:
             emb = emb[np.sort(self._rng.choice(len(emb), self.learn_sample, replace=False))]
         learn = self.learner.learn_one
         for row in emb.tolist():
             learn(dict(enumerate(row)))
+
+    def erase(self, keys: np.ndarray) -> None:
+        """Erasure: the users' rows leave the ring of recent embeddings (and with it every checkpoint).
+        The centres they moved stay: an aggregate of many users, with no id."""
+        self._recent.drop(keys)
 
     def learner_centroids(self) -> np.ndarray:
         c = self.learner.centers
@@ -283,6 +314,7 @@ class OnlineKMeans(WarmupBuffer):
             **self._warm_state(),
             "recent": self._recent.data.copy(),
             "recent_n": self._recent.n,
+            "recent_keys": self._recent.keys.copy(),
             "born_ids": np.array(sorted(self._born), dtype=np.int64),
             "born_versions": np.array([self._born[i] for i in sorted(self._born)], dtype=np.int64),
         }
@@ -307,6 +339,8 @@ class OnlineKMeans(WarmupBuffer):
         self._load_warm(state)
         self._recent.data[:] = state["recent"]
         self._recent.n = int(state["recent_n"])
+        keys = state.get("recent_keys")  # absent in checkpoints written before rows were tagged: unknown
+        self._recent.keys[:] = 0 if keys is None else np.asarray(keys, dtype=np.uint64)
         self._born = dict(zip(np.asarray(state.get("born_ids", [])).tolist(),
                               np.asarray(state.get("born_versions", [])).tolist()))
         self.lineage = []

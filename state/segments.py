@@ -91,6 +91,10 @@ class WarmupBuffer:
     def forget(self, user_id: str) -> None:
         self._warm.pop(user_id, None)
 
+    def erase(self, keys: np.ndarray) -> None:
+        """Erasure: drop what is kept per user beyond the warm-up buffer (which :meth:`forget` empties),
+        found by the users' ``state.user_store.user_keys``. Nothing by default."""
+
     def ready(self) -> bool:
         return self.model is None and len(self._warm) >= self.warmup_users
 

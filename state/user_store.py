@@ -29,7 +29,9 @@ far from ``t0`` every row is rescaled once ("rebase"), keeping float32 safe.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +39,7 @@ import numpy as np
 from state.features import FeatureSpec
 from state.events import EventBatch
 
-__all__ = ["UserStore", "Features", "ApplyResult"]
+__all__ = ["UserStore", "Features", "ApplyResult", "user_keys"]
 
 #: Rescale every row once the newest event is this many half-lives past t0 (2**48 << float32 max).
 REBASE_HALF_LIVES = 48.0
@@ -46,6 +48,20 @@ _TINY = 1e-30
 _LOG_SCALE = float(np.log1p(1000.0))
 #: Every per-row column (what a checkpoint saves for each user).
 COLUMNS = ("dense", "last_ts", "items", "item_w", "item_head", "segment", "seq", "distance", "partition")
+
+
+def user_keys(user_ids: Iterable[str]) -> np.ndarray:
+    """uint64 key of each user id (the first 8 bytes of its BLAKE2b digest), to tag per-user rows that
+    live in plain numpy buffers (recent-embedding rings) so that an erasure can find and drop them.
+    Stable across processes (unlike ``hash``); not a pseudonym: the id it is taken of already is one
+    when pseudonymisation is on.
+
+    >>> k = user_keys(["a", "b", "a"]); k.dtype.name, bool(k[0] == k[2] != k[1])
+    ('uint64', True)
+    """
+    b2 = hashlib.blake2b
+    raw = b"".join([b2(u.encode("utf-8", "surrogatepass"), digest_size=8).digest() for u in user_ids])
+    return np.frombuffer(raw, dtype="<u8").astype(np.uint64)
 
 
 @dataclass
@@ -120,6 +136,8 @@ class UserStore:
         grow("seq", (rows,), np.uint32, 0)
         grow("distance", (rows,), np.float32, np.nan)
         grow("partition", (rows,), np.int32, -1)  # source partition of the user's newest event (-1: unknown)
+        # user_keys() of each row's user, set when the row is handed out (never checkpointed: derived from the id)
+        grow("key", (rows,), np.uint64, 0)
         self._ids.extend([None] * (rows - n_old))
 
     def __len__(self) -> int:
@@ -182,6 +200,7 @@ class UserStore:
             uid = user_ids[i]
             index[uid] = r
             ids[r] = uid
+        self.key[taken] = user_keys([user_ids[i] for i in missing.tolist()])
 
     def _evict(self, needed: int, protect: np.ndarray) -> ApplyResult:
         count = max(needed, self.capacity // 100, 1)
@@ -211,6 +230,7 @@ class UserStore:
         self.seq[rows] = 0
         self.distance[rows] = np.nan
         self.partition[rows] = -1
+        self.key[rows] = 0
         for r in rows.tolist():
             self._ids[r] = None
 
@@ -464,6 +484,7 @@ class UserStore:
             self._free = [r for r in self._free if r not in taken]
         for name in COLUMNS:
             getattr(self, name)[rows] = block[name]
+        self.key[rows] = user_keys(ids)
         if factor != 1.0:
             self.dense[rows] *= factor
             self.item_w[rows] *= factor

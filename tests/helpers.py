@@ -41,8 +41,9 @@ class Broker:
 
 
 def produce(bootstrap: str, topic: str, values: Iterable[bytes | None], keys: Iterable[bytes | None] | None = None,
-            partition: int | None = None) -> int:
-    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+            partition: int | None = None, **client: Any) -> int:
+    """``client``: more kafka-python options (security: ``Settings.kafka_security()``)."""
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **client)
     n = 0
     keys = iter(keys) if keys is not None else None
     futures = []
@@ -79,9 +80,10 @@ def produce_by_partition(bootstrap: str, topic: str, events: Iterable[dict],
 
 
 def read_topic(bootstrap: str, topic: str, *, expected: int | None = None, timeout_s: float = 60.0,
-               idle_s: float = 3.0) -> list[Any]:
-    """Every record of ``topic`` from the beginning, as an independent client (manual assignment, no group)."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+               idle_s: float = 3.0, **client: Any) -> list[Any]:
+    """Every record of ``topic`` from the beginning, as an independent client (manual assignment, no group);
+    ``client``: more kafka-python options (security)."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", **client)
     deadline = time.monotonic() + timeout_s
     parts = None
     while parts is None and time.monotonic() < deadline:

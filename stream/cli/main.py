@@ -151,9 +151,10 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         from encoders.artifact import ArtifactError
-        from stream.kafka.clients import PublishError
+        from stream.kafka.clients import BrokerConnectionError, PublishError
 
-        if isinstance(exc, (ArtifactError, PublishError, FileNotFoundError, TimeoutError, ValueError)):
+        if isinstance(exc, (ArtifactError, PublishError, BrokerConnectionError, FileNotFoundError, TimeoutError,
+                            ValueError)):
             log.error("%s", exc)
             return 1
         raise

@@ -8,6 +8,8 @@ group; producers wait for all in-sync replicas. Security options
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -27,7 +29,7 @@ if TYPE_CHECKING:  # annotations only: a reader of the topics (stream.client) ne
     from stream.observability.metrics import Metrics
 
 __all__ = ["make_consumer", "make_producer", "make_admin", "ensure_topics", "verify_topics", "Publisher",
-           "PublishError", "wait_for_broker"]
+           "PublishError", "wait_for_broker", "BrokerConnectionError", "tls_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +80,122 @@ def make_admin(settings: Settings, **overrides: Any) -> KafkaAdminClient:
                             **settings.kafka_security(), **overrides)
 
 
+class BrokerConnectionError(ConnectionError):
+    """The brokers answer but cannot be used with these settings (certificate not trusted, TLS handshake
+    refused, SASL login refused): waiting longer would not help, so start-up stops with this one line."""
+
+
+class _KafkaLog(logging.Handler):
+    """Holds kafka-python's log messages while the start-up probe runs, instead of letting every retry
+    print its own error lines: what they say is turned into one line (:func:`_sasl_problem`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+        self._logger = logging.getLogger("kafka")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.messages.append(record.getMessage())
+        except Exception:  # a malformed record must not break the probe
+            pass
+
+    def __enter__(self) -> _KafkaLog:
+        self._saved = (self._logger.propagate, self._logger.level)
+        self._logger.addHandler(self)
+        self._logger.propagate = False
+        self._logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+        self._logger.propagate, level = self._saved
+        self._logger.setLevel(level)
+
+
 def wait_for_broker(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Block until the bootstrap servers answer (or raise after ``timeout_s``)."""
+    """Block until the bootstrap servers answer (or raise after ``timeout_s``).
+
+    A broker that answers but refuses these settings stops the wait at once with
+    :class:`BrokerConnectionError`, naming the cause: its certificate is not trusted (wrong
+    ``SEGSTREAM_SSL_CAFILE``, expired, another host name), the TLS handshake fails (say, a client
+    certificate is required), or the SASL login is refused. kafka-python only logs those (and retries
+    for ever): TLS is checked with a handshake of our own first (:func:`tls_problem`), SASL read from
+    kafka-python's log while the probe runs (held back, so that its retries print nothing)."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
+    said = ""
+    tls = settings.security_protocol.upper().endswith("SSL")
     while time.monotonic() < deadline:
+        problem = tls_problem(settings) if tls else None  # one handshake: seconds before kafka-python gives up
+        if problem:
+            raise BrokerConnectionError(problem)
+        with _KafkaLog() as seen:
+            try:
+                left_ms = int(max(1.0, deadline - time.monotonic()) * 1000)
+                make_admin(settings, request_timeout_ms=2000, bootstrap_timeout_ms=min(5000, left_ms)).close()
+                return
+            except Exception as exc:  # NoBrokersAvailable and friends
+                last = exc
+        problem = _sasl_problem(settings, seen.messages)
+        if problem:
+            raise BrokerConnectionError(problem) from None
+        said = next((m for m in reversed(seen.messages) if "fail" in m.lower() or "error" in m.lower()), said)
+        time.sleep(0.2)
+    raise TimeoutError(f"no Kafka broker answered at {settings.bootstrap} within {timeout_s:.0f}s "
+                       f"({last}{'; last: ' + said if said and str(last) not in said else ''})")
+
+
+def _sasl_problem(settings: Settings, messages: Sequence[str]) -> str | None:
+    """The SASL login refusal kafka-python logged while connecting, in one line (None: none)."""
+    if settings.security_protocol.upper().startswith("SASL"):
+        refused = [m for m in messages if any(s in m for s in (
+            "SaslAuthenticationFailed", "Authentication failed", "SaslHandshake failed", "UnsupportedSaslMechanism",
+            "does not support"))]
+        # kafka-python logs some refusals only as a lost connection (a SCRAM server-final message without
+        # a signature raises KeyError 'v'): a connection lost once ApiVersions has answered (the broker
+        # version is known) was lost during the SASL exchange, the only step that follows
+        refused += [m for m in messages if "Connection lost" in m and "broker_version=(" in m]
+        if refused:
+            said = [m for m in refused if "SaslAuthenticationFailed" in m] or refused  # the broker's own words first
+            detail = said[-1].split(">: ", 1)[-1][:200]
+            return (f"SASL login as {settings.sasl_username!r} ({settings.sasl_mechanism or 'PLAIN'}) refused by "
+                    f"{settings.bootstrap}: check SEGSTREAM_SASL_USERNAME, SEGSTREAM_SASL_PASSWORD and "
+                    f"SEGSTREAM_SASL_MECHANISM ({detail})")
+    return None
+
+
+def tls_problem(settings: Settings, timeout_s: float = 5.0) -> str | None:
+    """A TLS handshake with the first reachable bootstrap server, set up as kafka-python sets up its own
+    (``SEGSTREAM_SSL_CAFILE`` or the system's CAs, the client certificate if any, host name checked);
+    what went wrong, in one line, or None (handshake fine, or no server reachable: not a TLS matter)."""
+    try:
+        ctx = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+        if settings.ssl_certfile:
+            ctx.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+    except (OSError, ssl.SSLError) as exc:
+        return (f"TLS settings unusable: {exc} (SEGSTREAM_SSL_CAFILE={settings.ssl_cafile!r}, "
+                f"SEGSTREAM_SSL_CERTFILE={settings.ssl_certfile!r}, SEGSTREAM_SSL_KEYFILE={settings.ssl_keyfile!r})")
+    for server in _servers(settings):
+        host, _, port = server.rpartition(":")
         try:
-            make_admin(settings, request_timeout_ms=2000).close()
-            return
-        except Exception as exc:  # NoBrokersAvailable and friends
-            last = exc
-            time.sleep(0.2)
-    raise TimeoutError(f"no Kafka broker answered at {settings.bootstrap} within {timeout_s:.0f}s ({last})")
+            sock = socket.create_connection((host, int(port)), timeout=timeout_s)
+        except (OSError, ValueError):
+            continue
+        try:
+            with ctx.wrap_socket(sock, server_hostname=host):
+                return None
+        except ssl.SSLCertVerificationError as exc:
+            trusted = settings.ssl_cafile or "the system's CAs"
+            return (f"TLS: the certificate of broker {server} is not trusted: {exc.verify_message} "
+                    f"(trusting {trusted}; see SEGSTREAM_SSL_CAFILE)")
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            return (f"TLS handshake with broker {server} failed: {reason} (a TLS listener? a client certificate "
+                    f"required: SEGSTREAM_SSL_CERTFILE, SEGSTREAM_SSL_KEYFILE)")
+        finally:
+            sock.close()
+    return None
 
 
 def ensure_topics(settings: Settings, topics: dict[str, int], *, configs: dict[str, dict[str, str]] | None = None,

@@ -5,6 +5,13 @@ listens on loopback only. Known gaps of this broker (do not build on them):
 ``end_offsets``/``seek_to_end`` are wrong for multi-record batches, commit
 metadata is dropped, ``read_committed`` still shows aborted transactions, and
 the memory engine never compacts.
+
+Security: Tansu 0.6.0 serves no TLS (``--cert`` and ``--key`` are mutually exclusive arguments and
+its TLS acceptor is never used), and with ``--authentication`` it accepts no SASL login with the
+memory engine (PLAIN is not built in, SCRAM credentials are not stored by that engine, OAUTHBEARER
+is refused): every client is turned away, which is what a test of wrong credentials needs. The
+TLS tests put a TLS terminator in front of a plain listener (``tests/tls_proxy.py``) and have the
+broker advertise it (``advertised_port``).
 """
 
 from __future__ import annotations
@@ -33,10 +40,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedBroker:
     """A Tansu broker on ``127.0.0.1:port``; a context manager that stops it on exit."""
 
-    def __init__(self, port: int | None = None, *, log_path: str | None = None) -> None:
+    def __init__(self, port: int | None = None, *, log_path: str | None = None, advertised_port: int | None = None,
+                 authentication: bool = False) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.log_path = log_path
+        self.advertised_port = advertised_port or self.port  # what metadata tells clients to connect to
+        self.authentication = authentication  # Tansu's --authentication: SASL required of every client
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,8 +58,9 @@ class EmbeddedBroker:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self.proc = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+            [broker_binary(), "broker", "--listener-url", url,
+             "--advertised-listener-url", f"tcp://{self.host}:{self.advertised_port}",
+             "--storage-engine", "memory://tansu/", *(["--authentication"] if self.authentication else [])],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

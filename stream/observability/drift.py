@@ -15,7 +15,10 @@ their embeddings, a new model) into the health signals exported as metrics:
   every ``refresh_every`` embeddings after that it is replaced by the current window: PSI then says
   how far the population moved since the last refresh, and a slow seasonal change does not pin it
   high for ever (``refresh_every=0`` keeps the first window). The reference goes into checkpoints
-  (:meth:`DriftMonitor.state`), so a restart does not learn it again from post-restart traffic;
+  (:meth:`DriftMonitor.state`), so a restart does not learn it again from post-restart traffic.
+  Every embedding held (the reference while it fills, the current window) is tagged with its user's
+  key (``state.user_store.user_keys``): :meth:`DriftMonitor.forget` drops an erased user's rows. A
+  reference once set is kept only as bin edges and shares, aggregates of the whole window;
 * **drift alarms**: river Page-Hinkley detectors (mode ``up``: only rises matter)
   on the per-batch mean distance and on the churn rate, fed once the first
   ``grace_batches`` batches after seeding (the model's own convergence) are past.
@@ -148,9 +151,11 @@ class DriftMonitor:
         self._baseline: dict[str, list[float]] = {s: [] for s in SIGNALS}
         self._hold = {s: 0 for s in SIGNALS}
         self._reference: list[np.ndarray] = []
+        self._reference_keys: list[np.ndarray] = []  # user key of each row of _reference (0: unknown)
         self._ref_n = 0
         self._ref_shares: np.ndarray | None = None  # reference window's shares per bin, fixed once full
         self._current: list[np.ndarray] = []
+        self._current_keys: list[np.ndarray] = []
         self.psi = 0.0
         self.churn = 0.0
         self.mean_distance = float("nan")
@@ -160,8 +165,9 @@ class DriftMonitor:
         return self._hold[signal] > 0
 
     def observe(self, *, distances: np.ndarray, changed: int, updated: int,
-                embeddings: np.ndarray | None = None) -> DriftSnapshot:
-        """Fold one batch in; returns the batch's signals and which detectors fired."""
+                embeddings: np.ndarray | None = None, embedding_keys: np.ndarray | None = None) -> DriftSnapshot:
+        """Fold one batch in; returns the batch's signals and which detectors fired
+        (``embedding_keys``: each embedding's user key, so that :meth:`forget` can find it)."""
         self.batches += 1
         d = np.asarray(distances, dtype=np.float64)
         d = d[np.isfinite(d)]
@@ -189,26 +195,45 @@ class DriftMonitor:
                     self._hold[s] = self.alarm_hold_batches
             detections[s] = fired
         if embeddings is not None and len(embeddings) and self.batches > self.grace_batches:
-            self._observe_embeddings(np.asarray(embeddings, dtype=np.float64))
+            keys = (np.zeros(len(embeddings), np.uint64) if embedding_keys is None
+                    else np.asarray(embedding_keys, dtype=np.uint64))
+            self._observe_embeddings(np.asarray(embeddings, dtype=np.float64), keys)
         return DriftSnapshot(self.churn, self.mean_distance, self.psi, detections,
                              {s: self.in_alarm(s) for s in SIGNALS})
 
-    def _observe_embeddings(self, emb: np.ndarray) -> None:
+    def forget(self, keys: np.ndarray) -> int:
+        """Erasure: drop the embeddings of these users (by user key) from the reference still filling
+        and from the current window; returns how many rows went. PSI is recomputed at the next batch."""
+        gone = 0
+        for rows, tags in ((self._reference, self._reference_keys), (self._current, self._current_keys)):
+            for i, k in enumerate(tags):
+                hit = np.isin(k, keys)
+                if hit.any():
+                    gone += int(hit.sum())
+                    rows[i], tags[i] = rows[i][~hit], k[~hit]
+        self._ref_n = sum(len(x) for x in self._reference)
+        return gone
+
+    def _observe_embeddings(self, emb: np.ndarray, keys: np.ndarray) -> None:
         held = self._edges if self._ref_shares is not None else (self._reference[0] if self._reference else emb)
         if held.shape[1] != emb.shape[1]:  # a restored reference of another encoder
             log.warning("embedding width changed (%d -> %d): the PSI reference starts again",
                         held.shape[1], emb.shape[1])
             self._ref_shares, self._reference, self._ref_n, self._current = None, [], 0, []
+            self._reference_keys, self._current_keys = [], []
         if self._ref_shares is None:
             self._reference.append(emb)
+            self._reference_keys.append(keys)
             self._ref_n += len(emb)
             if self._ref_n >= self.reference_size:
                 self._set_reference(np.concatenate(self._reference)[: self.reference_size])
-                self._reference = []
+                self._reference, self._reference_keys = [], []
             return
         self._current.append(emb)
+        self._current_keys.append(keys)
         cur = np.concatenate(self._current)[-self.current_size:]
         self._current = [cur]
+        self._current_keys = [np.concatenate(self._current_keys)[-self.current_size:]]
         self._since_reference += len(emb)
         if self.refresh_every and self._since_reference >= self.refresh_every and len(cur) >= self.reference_size:
             self._set_reference(cur[-self.reference_size:])
@@ -228,9 +253,10 @@ class DriftMonitor:
         embeddings) is left out, to keep checkpoints small: it fills again within a few batches.
         The Page-Hinkley detectors start afresh (river keeps no serialisable state); their baselines do not."""
         filling = np.concatenate(self._reference).astype(np.float32) if self._reference else None
+        filling_keys = np.concatenate(self._reference_keys) if self._reference else None
         return {"batches": self.batches, "baseline": {s: list(v) for s, v in self._baseline.items()},
                 "edges": None if self._ref_shares is None else self._edges,
-                "shares": self._ref_shares, "filling": filling,
+                "shares": self._ref_shares, "filling": filling, "filling_keys": filling_keys,
                 "since_reference": self._since_reference, "refreshes": self.refreshes, "psi": self.psi}
 
     def load_state(self, state: dict[str, Any] | None) -> None:
@@ -242,13 +268,16 @@ class DriftMonitor:
         if state["shares"] is not None:
             self._edges = np.asarray(state["edges"], dtype=np.float64)
             self._ref_shares = np.asarray(state["shares"], dtype=np.float64)
-            self._reference, self._ref_n = [], 0
+            self._reference, self._reference_keys, self._ref_n = [], [], 0
         else:
             filling = state["filling"]
             self._ref_shares = None
             self._reference = [] if filling is None else [np.asarray(filling, dtype=np.float64)]
+            keys = state.get("filling_keys")  # absent in checkpoints written before rows were tagged: unknown
+            self._reference_keys = [] if filling is None else [
+                np.zeros(len(filling), np.uint64) if keys is None else np.asarray(keys, dtype=np.uint64)]
             self._ref_n = sum(len(x) for x in self._reference)
-        self._current = []
+        self._current, self._current_keys = [], []
         self._since_reference = int(state["since_reference"])
         self.refreshes = int(state["refreshes"])
         self.psi = float(state["psi"])

@@ -224,7 +224,8 @@ class Metrics:
             return
         first = int((result.changes.previous < 0).sum())  # first assignments are not churn
         snap = self.drift.observe(distances=result.distances, changed=len(result.changes) - first,
-                                  updated=len(result.distances) - first, embeddings=result.embeddings)
+                                  updated=len(result.distances) - first, embeddings=result.embeddings,
+                                  embedding_keys=result.embedding_keys)
         self.churn.set(snap.churn)
         if snap.mean_distance == snap.mean_distance:
             self.mean_distance.set(snap.mean_distance)

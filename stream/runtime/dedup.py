@@ -18,6 +18,12 @@ event whose id is still in the window. Events without an id always pass.
     (['a', 'b'], 1)
     >>> w.filter(batch)[1]   # both e1 copies are repeats now
     2
+    >>> w.erase({"a"}), len(w)   # an erased user's ids leave the window
+    (1, 0)
+
+Each id is kept with the user it belongs to (the pseudonym when pseudonymisation is on), so that
+a ``delete`` removes the user's event ids too (:meth:`EventIdWindow.erase`): producers often
+build event ids from user ids.
 """
 
 from __future__ import annotations
@@ -32,13 +38,13 @@ __all__ = ["EventIdWindow"]
 
 
 class EventIdWindow:
-    """The most recent ``size`` event ids (memory: ``size`` strings)."""
+    """The most recent ``size`` event ids, each with its user (memory: ``size`` strings and references)."""
 
     def __init__(self, size: int) -> None:
         if size <= 0:
             raise ValueError("size must be > 0")
         self.size = size
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[str, str | None] = OrderedDict()  # event id -> user id (None: unknown)
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -48,6 +54,7 @@ class EventIdWindow:
         if not batch.event_ids:
             return batch, 0
         seen = self._seen
+        users = batch.user_ids
         keep = np.ones(len(batch), dtype=bool)
         for i, eid in enumerate(batch.event_ids):
             if eid is None:
@@ -55,14 +62,28 @@ class EventIdWindow:
             if eid in seen:
                 keep[i] = False
                 continue
-            seen[eid] = None
+            seen[eid] = users[i]
             if len(seen) > self.size:
                 seen.popitem(last=False)
         dropped = int((~keep).sum())
         return (batch if dropped == 0 else batch.select(keep)), dropped
 
-    def state(self) -> list[str]:
-        return list(self._seen)
+    def erase(self, users: set[str]) -> int:
+        """Drop the event ids of these users (a ``delete``); returns how many went. A scan of the
+        window, paid only in batches that carry a delete."""
+        gone = [eid for eid, uid in self._seen.items() if uid in users]
+        for eid in gone:
+            del self._seen[eid]
+        return len(gone)
 
-    def load(self, ids: list[str]) -> None:
-        self._seen = OrderedDict.fromkeys(ids[-self.size :])
+    def state(self) -> dict[str, list]:
+        """Checkpoint form: ids oldest first, and each id's user."""
+        return {"ids": list(self._seen), "users": list(self._seen.values())}
+
+    def load(self, state: dict[str, list] | list[str]) -> None:
+        """Take over :meth:`state` (a bare list of ids, as checkpoints before users were kept: users unknown)."""
+        if isinstance(state, dict):
+            pairs = list(zip(state["ids"], state["users"]))
+        else:
+            pairs = [(eid, None) for eid in state]
+        self._seen = OrderedDict(pairs[-self.size :])

@@ -35,7 +35,7 @@ from state.kmeans import LineageEvent, OnlineKMeans
 from state.row_queue import RowQueue
 from state.profiles import segment_profiles
 from state.segments import SegmentModel, assign, squared_distances
-from state.user_store import UserStore
+from state.user_store import UserStore, user_keys
 from stream.runtime.dedup import EventIdWindow
 from state.events import EventBatch, EventDecoder, Rejected, set_gc_threshold
 from stream.runtime.pseudonym import Pseudonymiser
@@ -89,6 +89,7 @@ class BatchResult:
     # drift metrics: distances to the assigned centroid and embeddings of this batch's updated users
     distances: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     embeddings: np.ndarray | None = None
+    embedding_keys: np.ndarray | None = None  # user key (state.user_store.user_keys) of each embedding row
 
 
 def default_instance_id() -> str:
@@ -131,6 +132,9 @@ class Pipeline:
         self.events_seen = 0
         self.pseudonymiser: Pseudonymiser | None = None  # keyed hash of user ids before anything is stored
         self.dedup: EventIdWindow | None = None  # drops repeated event_ids within a bounded window
+        # called with the user keys of each batch's erased users, before anything of the batch is
+        # published or checkpointed: copies kept outside the pipeline (the drift monitor's embeddings)
+        self.erasure_hooks: list[Callable[[np.ndarray], None]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings, *, now: Callable[[], float] = time.time) -> Pipeline:
@@ -206,11 +210,11 @@ class Pipeline:
         erased: list[str] = []
         if self.pseudonymiser is not None:
             batch = self.pseudonymiser.apply(batch)
+        if batch.deletes:  # before de-duplication: the window then keeps only ids of the users' new life
+            batch, erased = self._erase(batch)
         duplicates = 0
         if self.dedup is not None and batch.event_ids:
             batch, duplicates = self.dedup.filter(batch)
-        if batch.deletes:
-            batch, erased = self._erase(batch)
         applied = store.apply(batch)
         if partitions is not None and len(applied.rows):
             store.partition[applied.rows] = partitions[batch.source_index[applied.last_event]]
@@ -247,7 +251,7 @@ class Pipeline:
             rows, emb = wrows, wemb
             result.new_model = seg.model
 
-        learn_emb = emb
+        learn_emb, learn_keys = emb, store.key[rows]
         stale = self._take_stale(rows)
         if len(stale):
             rows = np.concatenate([rows, stale])
@@ -260,8 +264,8 @@ class Pipeline:
         reassigned[len(rows) - len(stale):] = True  # queued because their segment ended or split
         result.changes = self._assign(rows, emb, source, event_time, reassigned)
         result.distances = store.distance[rows]
-        result.embeddings = learn_emb
-        seg.learn(learn_emb)
+        result.embeddings, result.embedding_keys = learn_emb, learn_keys
+        seg.learn(learn_emb, learn_keys)
         new_model = seg.tick(n, result.max_event_time, self.users_per_segment(), self._population if self.consolidate_on_users else None)
         if new_model is not None:
             result.new_model = new_model
@@ -290,7 +294,7 @@ class Pipeline:
         if len(rows):
             result.changes = self._assign(rows, emb, np.full(len(rows), -1, dtype=np.int64),
                                           self.store.last_ts[rows].astype(np.float64), np.zeros(len(rows), bool))
-            seg.learn(emb)
+            seg.learn(emb, self.store.key[rows])
         result.lineage = seg.drain_lineage()
         return result
 
@@ -346,17 +350,29 @@ class Pipeline:
         return 0 if m is None else m.version
 
     def _erase(self, batch: EventBatch) -> tuple[EventBatch, list[str]]:
-        """Forget deleted users; their events *before* the delete in this batch are dropped too."""
+        """Forget deleted users everywhere the pipeline keeps them: state row, dwell clock, warm-up
+        buffer, the segmenter's recent-embedding ring, the event-id window, and (through
+        ``erasure_hooks``) copies kept outside it. Their events *before* the delete in this batch are
+        dropped too."""
         erased = []
         deleted_at: dict[str, int] = {}
         for src, uid in batch.deletes:
             deleted_at[uid] = max(src, deleted_at.get(uid, -1))
+            row = self.store.row_of(uid)
             prev = self.store.delete(uid)
+            if row is not None and row < len(self._changed_at):
+                self._changed_at[row] = -np.inf
             self.segmenter.forget(uid)
             if prev is not None and prev >= 0:
                 self._count(np.array([prev]), -1)
             if uid not in erased:  # a tombstone even for a user not (or no longer) held: erasure is idempotent
                 erased.append(uid)
+        keys = user_keys(erased)
+        self.segmenter.erase(keys)
+        if self.dedup is not None:
+            self.dedup.erase(set(erased))
+        for hook in self.erasure_hooks:
+            hook(keys)
         src = batch.source_index.tolist()
         keep = np.array([src[i] > deleted_at.get(u, -1) for i, u in enumerate(batch.user_ids)], dtype=bool)
         return (batch if keep.all() else batch.select(keep)), erased

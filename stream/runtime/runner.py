@@ -56,6 +56,8 @@ class StreamRunner:
         self.clock = clock
         self.on_batch = on_batch
         self.checkpoints = checkpoints
+        if pipeline is not None:  # erased from the drift monitor before the batch is checkpointed
+            pipeline.erasure_hooks.append(metrics.drift.forget)
         self.rebalance = RebalanceTracker(self._log_context)
         self.summary = RunSummary()
         self._positions: dict[TopicPartition, int] = {}  # last committed offset per owned partition
