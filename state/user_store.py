@@ -30,6 +30,7 @@ far from ``t0`` every row is rescaled once ("rebase"), keeping float32 safe.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +91,8 @@ class UserStore:
         self._ids: list[str | None] = []
         self._free: list[int] = []
         self._used = 0  # rows ever handed out (high-water mark)
+        # called with (rows, user ids) of evicted users before their rows are cleared (state/contract_tail.py)
+        self.on_evict: Callable[[np.ndarray, list[str]], None] | None = None
         self._alloc(min(capacity, initial_rows))
 
     # ----- storage -------------------------------------------------------
@@ -188,6 +191,8 @@ class UserStore:
         victims = np.sort(victims)
         segs = self.segment[victims].copy()
         ids = self.user_ids(victims)
+        if self.on_evict is not None:
+            self.on_evict(victims, ids)
         for uid in ids:
             del self._index[uid]
         self._clear(victims)

@@ -201,6 +201,19 @@ class Publisher:
             pending.append(_Pending(topic, (key,), (value,), None, part,
                                     send(topic, key=key, value=value, partition=part)))
 
+    def send_to_partition(self, topic: str, partition: int, keys: Sequence[bytes | None],
+                          values: Sequence[bytes | None]) -> None:
+        """Send records to one chosen partition, in order (a changelog partition mirrors an input one)."""
+        if not keys:
+            return
+        if self.columnar:
+            self._send_runs(topic, keys, values, np.full(len(keys), partition, dtype=np.int64))
+            return
+        send, pending = self.producer.send, self._pending
+        for key, value in zip(keys, values):
+            pending.append(_Pending(topic, (key,), (value,), None, partition,
+                                    send(topic, key=key, value=value, partition=partition)))
+
     def _send_runs(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes | None],
                    partitions: np.ndarray) -> None:
         order = np.argsort(partitions, kind="stable")

@@ -1,0 +1,247 @@
+"""Kafka as the store of record of segstream's state: the state changelog, written and restored.
+
+Changelog partition p holds the state of input partition p (a compacted topic,
+``Settings.changelog_name``). Three kinds of record, all keyed:
+
+- key = user id, value ``b"F"`` + one fixed-width row (:func:`row_dtype`): the
+  user's ``seq``, segment, last change id (16 bytes), the decay reference ``t0``
+  the row is stored against, and the behavioural state (decayed sums, last event
+  time, recent items, distance). Written for the users a checkpoint interval
+  touched (delta writes), not for every user;
+- key = user id, value ``b"T"`` + (seq, segment, last change id): the contract
+  tail of a user ``--max-users`` evicted (state/contract_tail.py); value null
+  (tombstone): the user was erased;
+- key ``__checkpoint__``, value msgpack (:mod:`stream.runtime.checkpoints`'
+  ``pack``): written **last** by each checkpoint, after the records above:
+  ``offset`` (the next input offset the state reflects), ``ck`` (a sequence:
+  wall-clock ns, increasing per writer), ``void`` (changelog offset ranges to
+  ignore, see below) and ``model``: the segment model and what goes with it
+  (:meth:`Pipeline.model_state`: centroids, learner, version, the id high-water
+  mark so that no id is born twice, lineage of born ids, the dedup window).
+  The model goes into every checkpointed partition's marker, so a partition
+  carries its model with it wherever it moves.
+
+A restore reads a partition from offset 0 to its end (the high-water mark of
+the first fetch, never ``end_offsets()``), takes the **last** marker, keeps the
+last record per key before it (the embedded broker never compacts: a restore
+must be right on an uncompacted log), and seeks the input to the marker's
+offset. Records after the last marker belong to a checkpoint that a crash cut
+short; they are ignored, and the next marker lists their range in ``void`` so
+that a later restore ignores them too (otherwise they would precede a newer
+marker while reflecting input the new owner had not reached).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from state.user_store import UserStore
+from stream.kafka.clients import Publisher
+from stream.kafka.records import Records
+from stream.runtime.checkpoints import pack, unpack
+from stream.runtime.pipeline import Pipeline
+
+__all__ = ["Changelog", "PartitionState", "MARKER_KEY", "row_dtype", "decode_partition"]
+
+log = logging.getLogger(__name__)
+
+MARKER_KEY = b"__checkpoint__"
+FULL, TAIL = b"F", b"T"
+TAIL_DTYPE = np.dtype([("seq", "<u4"), ("segment", "<i4"), ("cid", "S16")])
+
+
+def row_dtype(store: UserStore) -> np.dtype:
+    """The fixed-width layout of a full user record (after its kind byte)."""
+    spec = store.spec
+    return np.dtype([("seq", "<u4"), ("segment", "<i4"), ("cid", "S16"), ("t0", "<f8"), ("last_ts", "<f8"),
+                     ("distance", "<f4"), ("item_head", "u1"), ("dense", "<f4", (spec.dense_width,)),
+                     ("items", "<i4", (spec.item_history,)), ("item_w", "<f4", (spec.item_history,))])
+
+
+def _split(buf: bytes, width: int, n: int, kind: bytes) -> list[bytes]:
+    """``n`` records of ``width`` bytes from one buffer, each prefixed with ``kind``."""
+    return [kind + buf[i:i + width] for i in range(0, n * width, width)]
+
+
+@dataclass
+class PartitionState:
+    """What a changelog partition restores to: its newest complete checkpoint."""
+
+    partition: int
+    offset: int | None  # next input offset the state reflects; None: no checkpoint
+    ck: int = 0
+    model: dict[str, Any] | None = None
+    void: list[list[int]] = field(default_factory=list)
+    end: int = 0  # changelog offset where the read stopped
+    marker_at: int = -1  # changelog offset of the marker used
+    users: dict[str, np.ndarray] | None = None  # full rows (columns) keyed by "ids"
+    tails: dict[str, tuple[int, int, bytes, int]] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)  # users queued for re-assignment, in queue order
+    records: int = 0
+
+
+def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype) -> PartitionState:
+    """The state a changelog partition's records (offset 0 to ``end``) restore to."""
+    keys, values, offsets = records.keys, records.values, records.offsets
+    marks = [i for i, k in enumerate(keys) if k == MARKER_KEY]
+    if not marks:
+        return PartitionState(partition, None, end=end, records=len(keys))
+    last = marks[-1]
+    doc = unpack(values[last])
+    void = [list(map(int, v)) for v in doc.get("void", [])]
+    n = last
+    keep = np.ones(n, dtype=bool)
+    for lo, hi in void:
+        keep &= ~((offsets[:n] >= lo) & (offsets[:n] < hi))
+    idx = np.flatnonzero(keep).tolist()
+    latest = dict(zip([keys[i] for i in idx], idx))  # the last record per key wins
+    latest.pop(MARKER_KEY, None)
+    full_ids, full_vals, tails = [], [], {}
+    for k, i in latest.items():
+        v = values[i]
+        if v is None:
+            continue
+        if v[:1] == FULL:
+            full_ids.append(k.decode("utf-8", "surrogatepass"))
+            full_vals.append(v[1:])
+        elif v[:1] == TAIL:
+            t = np.frombuffer(v[1:], dtype=TAIL_DTYPE)[0]
+            tails[k.decode("utf-8", "surrogatepass")] = (int(t["seq"]), int(t["segment"]), bytes(t["cid"]), partition)
+    rows = np.frombuffer(b"".join(full_vals), dtype=dtype)
+    users = {"ids": full_ids, **{name: rows[name] for name in dtype.names}}
+    return PartitionState(partition, int(doc["offset"]), ck=int(doc["ck"]), model=doc.get("model"), void=void,
+                          end=end, marker_at=int(offsets[last]), users=users, tails=tails, records=len(keys),
+                          stale=list(doc.get("stale", [])))
+
+
+class Changelog:
+    """Delta writes of one member's partitions, and their restore."""
+
+    def __init__(self, topic: str, publisher: Publisher, pipeline: Pipeline) -> None:
+        self.topic = topic
+        self.publisher = publisher
+        self.pipeline = pipeline
+        self.dtype = row_dtype(pipeline.store)
+        self._dirty = np.zeros(0, dtype=bool)  # per store row: changed since the last checkpoint
+        self._erased: dict[int, list[str]] = {}  # partition -> users erased since the last checkpoint
+        self._void: dict[int, list[list[int]]] = {}  # partition -> changelog ranges a crash left unfinished
+        self._ck = 0
+        self.bytes_written = 0
+        self.records_written = 0
+
+    # ----- between checkpoints ------------------------------------------------
+    def mark(self, rows: np.ndarray) -> None:
+        """These store rows changed (events applied, a new segment, a tail carried on)."""
+        if len(rows) == 0:
+            return
+        top = int(rows.max()) + 1
+        if top > len(self._dirty):
+            grown = np.zeros(max(top, 2 * len(self._dirty), 1024), dtype=bool)
+            grown[: len(self._dirty)] = self._dirty
+            self._dirty = grown
+        self._dirty[rows] = True
+
+    def erased(self, user_ids: list[str], partitions: list[int]) -> None:
+        for uid, p in zip(user_ids, partitions):
+            self._erased.setdefault(p, []).append(uid)
+
+    def forget_partition(self, partition: int) -> None:
+        """The partition left this member: what was not checkpointed is its next owner's to redo."""
+        self._erased.pop(partition, None)
+        self._void.pop(partition, None)
+
+    # ----- a checkpoint's writes ----------------------------------------------
+    def write(self, offsets: dict[int, int]) -> int:
+        """Send, per partition (partition -> next input offset the state reflects): evicted users' tails,
+        tombstones of erased users, the changed users' rows, then the marker. Returns records sent; the
+        caller confirms them (:meth:`StreamRunner.checkpoint`) before it commits input offsets."""
+        p_ = self.pipeline
+        store = p_.store
+        live = store.live_rows()
+        dirty = live[self._dirty[live[live < len(self._dirty)]]] if len(self._dirty) else live[:0]
+        parts = store.partition[dirty]
+        new_tails = p_.tails.drain_new()
+        model = p_.model_state()
+        stale = p_.stale_rows()
+        stale = stale[store.holds_user(stale)] if len(stale) else stale
+        stale_parts = store.partition[stale]
+        self._ck = max(time.time_ns(), self._ck + 1)
+        sent = 0
+        for p, offset in sorted(offsets.items()):
+            keys: list[bytes | None] = []
+            values: list[bytes | None] = []
+            tails = [(u, t) for u, t in new_tails if t[3] == p]
+            if tails:
+                tb = np.array([(t[0], t[1], t[2]) for _, t in tails], dtype=TAIL_DTYPE).tobytes()
+                keys += [u.encode("utf-8", "surrogatepass") for u, _ in tails]
+                values += _split(tb, TAIL_DTYPE.itemsize, len(tails), TAIL)
+            gone = self._erased.pop(p, [])
+            keys += [u.encode("utf-8", "surrogatepass") for u in gone]
+            values += [None] * len(gone)
+            rows = dirty[parts == p]
+            if len(rows):
+                keys += [u.encode("utf-8", "surrogatepass") for u in store.user_ids(rows)]
+                values += _split(self._encode(rows), self.dtype.itemsize, len(rows), FULL)
+            marker = pack({"v": 1, "offset": int(offset), "ck": self._ck, "void": self._void.get(p, []),
+                           "model": model, "stale": store.user_ids(stale[stale_parts == p])})
+            keys.append(MARKER_KEY)
+            values.append(marker)
+            self.publisher.send_to_partition(self.topic, p, keys, values)
+            sent += len(keys)
+            self.bytes_written += sum(len(k) + (len(v) if v is not None else 0) for k, v in zip(keys, values))
+        self.records_written += sent
+        if len(dirty):
+            written = dirty[np.isin(parts, list(offsets))]
+            self._dirty[written] = False
+        return sent
+
+    def _encode(self, rows: np.ndarray) -> bytes:
+        store = self.pipeline.store
+        out = np.zeros(len(rows), dtype=self.dtype)
+        for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w"):
+            out[name] = getattr(store, name)[rows]
+        out["t0"] = store.t0 if store.t0 is not None else 0.0
+        cid = self.pipeline.tails.change_ids(rows)
+        out["cid"] = np.where(out["seq"] > 0, cid, b"")
+        return out.tobytes()
+
+    # ----- restore ----------------------------------------------------------------
+    def restore(self, states: list[PartitionState]) -> int:
+        """Load restored partitions into the pipeline (the model from the newest marker when this member
+        holds none yet); returns the users restored. The caller seeks the input to each ``offset``."""
+        p_ = self.pipeline
+        store = p_.store
+        fresh = p_.model is None and len(store) == 0 and p_.events_seen == 0
+        with_model = [s for s in states if s.model is not None]
+        if fresh and with_model:
+            p_.load_model_state(max(with_model, key=lambda s: s.ck).model)
+        users = 0
+        for s in states:
+            if s.offset is not None and s.end > s.marker_at + 1:  # a cut-short checkpoint's records
+                self._void[s.partition] = s.void + [[s.marker_at + 1, s.end]]
+            elif s.offset is not None:
+                self._void[s.partition] = list(s.void)
+            p_.tails.evicted.update(s.tails)
+            u = s.users
+            if not u or not u["ids"]:
+                continue
+            t0s = u["t0"]
+            for t0 in np.unique(t0s):
+                sel = np.flatnonzero(t0s == t0)
+                block: dict[str, Any] = {"ids": [u["ids"][i] for i in sel.tolist()], "rows": np.zeros(len(sel), np.int64),
+                                         "t0": float(t0),
+                                         "partition": np.full(len(sel), s.partition, dtype=np.int32)}
+                for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w"):
+                    block[name] = u[name][sel]
+                p_.import_users(block, keep_rows=False)
+                rows = np.fromiter((store.row_of(x) for x in block["ids"]), dtype=np.int64, count=len(sel))
+                p_.tails.set_change_ids(rows, [c.hex() for c in u["cid"][sel].tolist()])
+            users += len(u["ids"])
+        queued = [store.row_of(x) for s in states for x in s.stale]
+        p_.requeue(np.array([r for r in queued if r is not None], dtype=np.int64))
+        return users
