@@ -11,21 +11,23 @@ Changelog partition p holds the state of input partition p (a compacted topic,
 - key = user id, value ``b"T"`` + (seq, segment, last change id): the contract
   tail of a user ``--max-users`` evicted (state/contract_tail.py); value null
   (tombstone): the user was erased;
-- key ``__checkpoint__``, value msgpack (:mod:`stream.runtime.checkpoints`'
-  ``pack``): written **last** by each checkpoint, after the records above:
+- key ``__model__``, value msgpack (:mod:`stream.runtime.checkpoints`' ``pack``):
+  the segment model and what goes with it (:meth:`Pipeline.model_state`:
+  centroids, learner, version, the id high-water mark so that no id is born
+  twice, the born ids, the dedup window). Written into every checkpointed
+  partition, so a partition carries its model with it wherever it moves;
+- key ``__checkpoint__`` (the marker), value msgpack, written **last** by each
+  checkpoint, only once everything above and the batch's outputs are confirmed:
   ``offset`` (the next input offset the state reflects), ``ck`` (a sequence:
   wall-clock ns, increasing per writer), ``void`` (changelog offset ranges to
-  ignore, see below) and ``model``: the segment model and what goes with it
-  (:meth:`Pipeline.model_state`: centroids, learner, version, the id high-water
-  mark so that no id is born twice, lineage of born ids, the dedup window).
-  The model goes into every checkpointed partition's marker, so a partition
-  carries its model with it wherever it moves.
+  ignore, see below) and ``stale`` (users queued for re-assignment, in order).
 
 A restore reads a partition from offset 0 to its end (the high-water mark of
 the first fetch, never ``end_offsets()``), takes the **last** marker, keeps the
 last record per key before it (the embedded broker never compacts: a restore
 must be right on an uncompacted log), and seeks the input to the marker's
-offset. Records after the last marker belong to a checkpoint that a crash cut
+offset; the model is the last ``__model__`` before the marker. Records after the
+last marker belong to a checkpoint that a crash cut
 short; they are ignored, and the next marker lists their range in ``void`` so
 that a later restore ignores them too (otherwise they would precede a newer
 marker while reflecting input the new owner had not reached).
@@ -51,6 +53,7 @@ __all__ = ["Changelog", "PartitionState", "MARKER_KEY", "row_dtype", "decode_par
 log = logging.getLogger(__name__)
 
 MARKER_KEY = b"__checkpoint__"
+MODEL_KEY = b"__model__"
 FULL, TAIL = b"F", b"T"
 TAIL_DTYPE = np.dtype([("seq", "<u4"), ("segment", "<i4"), ("cid", "S16")])
 
@@ -61,11 +64,6 @@ def row_dtype(store: UserStore) -> np.dtype:
     return np.dtype([("seq", "<u4"), ("segment", "<i4"), ("cid", "S16"), ("t0", "<f8"), ("last_ts", "<f8"),
                      ("distance", "<f4"), ("item_head", "u1"), ("dense", "<f4", (spec.dense_width,)),
                      ("items", "<i4", (spec.item_history,)), ("item_w", "<f4", (spec.item_history,))])
-
-
-def _split(buf: bytes, width: int, n: int, kind: bytes) -> list[bytes]:
-    """``n`` records of ``width`` bytes from one buffer, each prefixed with ``kind``."""
-    return [kind + buf[i:i + width] for i in range(0, n * width, width)]
 
 
 @dataclass
@@ -101,6 +99,8 @@ def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype
     idx = np.flatnonzero(keep).tolist()
     latest = dict(zip([keys[i] for i in idx], idx))  # the last record per key wins
     latest.pop(MARKER_KEY, None)
+    at_model = latest.pop(MODEL_KEY, None)
+    model = unpack(values[at_model]) if at_model is not None else None
     full_ids, full_vals, tails = [], [], {}
     for k, i in latest.items():
         v = values[i]
@@ -114,7 +114,7 @@ def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype
             tails[k.decode("utf-8", "surrogatepass")] = (int(t["seq"]), int(t["segment"]), bytes(t["cid"]), partition)
     rows = np.frombuffer(b"".join(full_vals), dtype=dtype)
     users = {"ids": full_ids, **{name: rows[name] for name in dtype.names}}
-    return PartitionState(partition, int(doc["offset"]), ck=int(doc["ck"]), model=doc.get("model"), void=void,
+    return PartitionState(partition, int(doc["offset"]), ck=int(doc["ck"]), model=model, void=void,
                           end=end, marker_at=int(offsets[last]), users=users, tails=tails, records=len(keys),
                           stale=list(doc.get("stale", [])))
 
@@ -131,6 +131,7 @@ class Changelog:
         self._erased: dict[int, list[str]] = {}  # partition -> users erased since the last checkpoint
         self._void: dict[int, list[list[int]]] = {}  # partition -> changelog ranges a crash left unfinished
         self._ck = 0
+        self._stale_ids: dict[int, list[str]] = {}  # partition -> queued users, staged for the marker
         self.bytes_written = 0
         self.records_written = 0
 
@@ -157,43 +158,74 @@ class Changelog:
 
     # ----- a checkpoint's writes ----------------------------------------------
     def write(self, offsets: dict[int, int]) -> int:
+        """:meth:`stage` then :meth:`seal` (the caller confirms in between and after)."""
+        n = self.stage(offsets)
+        self.publisher.confirm()
+        return n + self.seal(offsets)
+
+    def seal(self, offsets: dict[int, int]) -> int:
+        """Send each partition's marker: what :meth:`stage` sent becomes the partition's state. Call only
+        once the outputs and the staged records are confirmed."""
+        for p, offset in sorted(offsets.items()):
+            marker = pack({"v": 1, "offset": int(offset), "ck": self._ck, "void": self._void.get(p, []),
+                           "stale": self._stale_ids.pop(p, [])})
+            self.publisher.send_columns(self.topic, p, MARKER_KEY, np.array([len(MARKER_KEY)]), marker,
+                                        np.array([len(marker)]))
+            self.bytes_written += len(MARKER_KEY) + len(marker)
+        self.records_written += len(offsets)
+        return len(offsets)
+
+    def stage(self, offsets: dict[int, int]) -> int:
         """Send, per partition (partition -> next input offset the state reflects): evicted users' tails,
-        tombstones of erased users, the changed users' rows, then the marker. Returns records sent; the
-        caller confirms them (:meth:`StreamRunner.checkpoint`) before it commits input offsets."""
+        tombstones of erased users, the changed users' rows, and the model (key ``__model__``). They count
+        for nothing until :meth:`seal` writes the partition's marker after them, so they may travel with the
+        batch's outputs, confirmed together (one round trip). Returns records sent."""
         p_ = self.pipeline
         store = p_.store
         live = store.live_rows()
         dirty = live[self._dirty[live[live < len(self._dirty)]]] if len(self._dirty) else live[:0]
         parts = store.partition[dirty]
         new_tails = p_.tails.drain_new()
-        model = p_.model_state()
+        model = pack(p_.model_state())
         stale = p_.stale_rows()
         stale = stale[store.holds_user(stale)] if len(stale) else stale
         stale_parts = store.partition[stale]
         self._ck = max(time.time_ns(), self._ck + 1)
         sent = 0
         for p, offset in sorted(offsets.items()):
-            keys: list[bytes | None] = []
-            values: list[bytes | None] = []
+            kparts: list[bytes] = []
+            vparts: list[bytes] = []
+            klens: list[np.ndarray] = []
+            vlens: list[np.ndarray] = []
+
+            def add(ids: list[str], values: bytes, value_lengths: np.ndarray) -> None:
+                enc = [u.encode("utf-8", "surrogatepass") for u in ids]
+                kparts.append(b"".join(enc))
+                klens.append(np.fromiter(map(len, enc), dtype=np.int64, count=len(enc)))
+                vparts.append(values)
+                vlens.append(value_lengths)
+
             tails = [(u, t) for u, t in new_tails if t[3] == p]
             if tails:
-                tb = np.array([(t[0], t[1], t[2]) for _, t in tails], dtype=TAIL_DTYPE).tobytes()
-                keys += [u.encode("utf-8", "surrogatepass") for u, _ in tails]
-                values += _split(tb, TAIL_DTYPE.itemsize, len(tails), TAIL)
+                tb = np.zeros((len(tails), 1 + TAIL_DTYPE.itemsize), dtype=np.uint8)
+                tb[:, 0] = TAIL[0]
+                tb[:, 1:] = np.array([(t[0], t[1], t[2]) for _, t in tails], dtype=TAIL_DTYPE).view(np.uint8).reshape(
+                    len(tails), -1)
+                add([u for u, _ in tails], tb.tobytes(), np.full(len(tails), tb.shape[1], dtype=np.int64))
             gone = self._erased.pop(p, [])
-            keys += [u.encode("utf-8", "surrogatepass") for u in gone]
-            values += [None] * len(gone)
+            if gone:
+                add(gone, b"", np.full(len(gone), -1, dtype=np.int64))  # tombstones
             rows = dirty[parts == p]
             if len(rows):
-                keys += [u.encode("utf-8", "surrogatepass") for u in store.user_ids(rows)]
-                values += _split(self._encode(rows), self.dtype.itemsize, len(rows), FULL)
-            marker = pack({"v": 1, "offset": int(offset), "ck": self._ck, "void": self._void.get(p, []),
-                           "model": model, "stale": store.user_ids(stale[stale_parts == p])})
-            keys.append(MARKER_KEY)
-            values.append(marker)
-            self.publisher.send_to_partition(self.topic, p, keys, values)
-            sent += len(keys)
-            self.bytes_written += sum(len(k) + (len(v) if v is not None else 0) for k, v in zip(keys, values))
+                add(store.user_ids(rows), self._encode(rows), np.full(len(rows), 1 + self.dtype.itemsize, dtype=np.int64))
+            self._stale_ids[p] = store.user_ids(stale[stale_parts == p])
+            key_bytes, value_bytes = b"".join(kparts), b"".join(vparts)
+            klen = np.concatenate(klens)
+            self.publisher.send_columns(self.topic, p, key_bytes, klen, value_bytes, np.concatenate(vlens))
+            self.publisher.send_columns(self.topic, p, MODEL_KEY, np.array([len(MODEL_KEY)]), model,
+                                        np.array([len(model)]))
+            sent += len(klen) + 1
+            self.bytes_written += len(key_bytes) + len(value_bytes) + len(MODEL_KEY) + len(model)
         self.records_written += sent
         if len(dirty):
             written = dirty[np.isin(parts, list(offsets))]
@@ -201,6 +233,7 @@ class Changelog:
         return sent
 
     def _encode(self, rows: np.ndarray) -> bytes:
+        """The rows' full records, kind byte included, back to back."""
         store = self.pipeline.store
         out = np.zeros(len(rows), dtype=self.dtype)
         for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w"):
@@ -208,11 +241,14 @@ class Changelog:
         out["t0"] = store.t0 if store.t0 is not None else 0.0
         cid = self.pipeline.tails.change_ids(rows)
         out["cid"] = np.where(out["seq"] > 0, cid, b"")
-        return out.tobytes()
+        framed = np.empty((len(rows), 1 + self.dtype.itemsize), dtype=np.uint8)
+        framed[:, 0] = FULL[0]
+        framed[:, 1:] = out.view(np.uint8).reshape(len(rows), -1)
+        return framed.tobytes()
 
     # ----- restore ----------------------------------------------------------------
     def restore(self, states: list[PartitionState]) -> int:
-        """Load restored partitions into the pipeline (the model from the newest marker when this member
+        """Load restored partitions into the pipeline (the model of the newest checkpoint when this member
         holds none yet); returns the users restored. The caller seeks the input to each ``offset``."""
         p_ = self.pipeline
         store = p_.store

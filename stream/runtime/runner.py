@@ -506,8 +506,9 @@ class StreamRunner:
 
         1. flush outputs and confirm every send (raises, so nothing is persisted or committed, if any fails);
         2. persist state and model with the offsets they reflect: the changelog records of the users changed
-           since the last checkpoint, then each partition's ``__checkpoint__`` marker, confirmed (and, when
-           a checkpoint directory is set, one local snapshot per owned partition);
+           since the last checkpoint and the model (sent with the outputs, confirmed with them, inert on
+           their own), then, once all of that is confirmed, each partition's ``__checkpoint__`` marker,
+           confirmed (and, when a checkpoint directory is set, one local snapshot per owned partition);
         3. commit exactly those offsets, explicitly, for partitions this member still owns.
 
         A crash between any two steps replays into the same state: before 2 completes, the last marker
@@ -515,9 +516,12 @@ class StreamRunner:
         the same change ids; between 2 and 3, the restore starts at the marker's offset, past the commit.
         """
         t0 = time.perf_counter()
+        changelog = {tp.partition: off for tp, off in offsets.items()}
+        if self.changelog is not None:
+            self.changelog.stage(changelog)  # inert until sealed: confirmed along with the outputs
         self.publisher.confirm()
         if self.changelog is not None:
-            self.changelog.write({tp.partition: off for tp, off in offsets.items()})
+            self.changelog.seal(changelog)
             self.publisher.confirm()
         if self.checkpoints is not None:
             store = self.pipeline.store
