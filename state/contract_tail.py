@@ -51,6 +51,12 @@ class ContractTails:
             self._grow(int(rows.max()) + 1)
             self._cid[rows] = [bytes.fromhex(i) for i in ids]
 
+    def set_raw_change_ids(self, rows: np.ndarray, ids: np.ndarray) -> None:
+        """As :meth:`set_change_ids`, from 16-byte ids (``S16``, as the changelog stores them)."""
+        if len(rows):
+            self._grow(int(rows.max()) + 1)
+            self._cid[rows] = ids
+
     def change_ids(self, rows: np.ndarray) -> np.ndarray:
         """The rows' last change ids (``S16``; empty: none)."""
         self._grow(int(rows.max()) + 1 if len(rows) else 0)

@@ -275,8 +275,8 @@ class Changelog:
                 for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w"):
                     block[name] = u[name][sel]
                 p_.import_users(block, keep_rows=False)
-                rows = np.fromiter((store.row_of(x) for x in block["ids"]), dtype=np.int64, count=len(sel))
-                p_.tails.set_change_ids(rows, [c.hex() for c in u["cid"][sel].tolist()])
+                rows = np.fromiter(map(store.row_of, block["ids"]), dtype=np.int64, count=len(sel))
+                p_.tails.set_raw_change_ids(rows, u["cid"][sel])
             users += len(u["ids"])
         queued = [store.row_of(x) for s in states for x in s.stale]
         p_.requeue(np.array([r for r in queued if r is not None], dtype=np.int64))
