@@ -86,34 +86,46 @@ class PartitionState:
 def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype) -> PartitionState:
     """The state a changelog partition's records (offset 0 to ``end``) restore to."""
     keys, values, offsets = records.keys, records.values, records.offsets
-    marks = [i for i, k in enumerate(keys) if k == MARKER_KEY]
-    if not marks:
+    try:
+        last = len(keys) - 1 - keys[::-1].index(MARKER_KEY)
+    except ValueError:
         return PartitionState(partition, None, end=end, records=len(keys))
-    last = marks[-1]
     doc = unpack(values[last])
     void = [list(map(int, v)) for v in doc.get("void", [])]
     n = last
-    keep = np.ones(n, dtype=bool)
-    for lo, hi in void:
-        keep &= ~((offsets[:n] >= lo) & (offsets[:n] < hi))
-    idx = np.flatnonzero(keep).tolist()
-    latest = dict(zip([keys[i] for i in idx], idx))  # the last record per key wins
+    if void:
+        keep = np.ones(n, dtype=bool)
+        for lo, hi in void:
+            keep &= ~((offsets[:n] >= lo) & (offsets[:n] < hi))
+        idx = np.flatnonzero(keep).tolist()
+        latest = dict(zip([keys[i] for i in idx], idx))  # the last record per key wins
+    else:
+        latest = dict(zip(keys[:n], range(n)))
     latest.pop(MARKER_KEY, None)
     at_model = latest.pop(MODEL_KEY, None)
     model = unpack(values[at_model]) if at_model is not None else None
-    full_ids, full_vals, tails = [], [], {}
-    for k, i in latest.items():
-        v = values[i]
-        if v is None:
-            continue
-        if v[:1] == FULL:
-            full_ids.append(k.decode("utf-8", "surrogatepass"))
-            full_vals.append(v[1:])
-        elif v[:1] == TAIL:
-            t = np.frombuffer(v[1:], dtype=TAIL_DTYPE)[0]
-            tails[k.decode("utf-8", "surrogatepass")] = (int(t["seq"]), int(t["segment"]), bytes(t["cid"]), partition)
-    rows = np.frombuffer(b"".join(full_vals), dtype=dtype)
-    users = {"ids": full_ids, **{name: rows[name] for name in dtype.names}}
+    ukeys = list(latest)
+    vals = [values[i] for i in latest.values()]
+    held = [k for k, v in zip(ukeys, vals) if v]  # tombstones (None): erased users, nothing to restore
+    vals = list(filter(None, vals))
+    lens = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))
+    blob = b"".join(vals)
+    starts = np.cumsum(lens) - lens
+    kinds = np.frombuffer(blob, dtype=np.uint8)[starts] if len(vals) else np.zeros(0, np.uint8)
+    full = kinds == FULL[0]
+    width = 1 + dtype.itemsize
+    if full.all():
+        rows = np.frombuffer(blob, dtype=np.uint8).reshape(-1, width)[:, 1:].copy().view(dtype).reshape(-1)
+        full_ids = held
+    else:
+        pick = full.tolist()
+        full_ids = [k for k, f in zip(held, pick) if f]
+        rows = np.frombuffer(b"".join([v[1:] for v, f in zip(vals, pick) if f]), dtype=dtype)
+    tails = {}
+    for i in np.flatnonzero(kinds == TAIL[0]).tolist():
+        t = np.frombuffer(vals[i][1:], dtype=TAIL_DTYPE)[0]
+        tails[held[i].decode("utf-8", "surrogatepass")] = (int(t["seq"]), int(t["segment"]), bytes(t["cid"]), partition)
+    users = {"ids": [k.decode("utf-8", "surrogatepass") for k in full_ids], **{name: rows[name] for name in dtype.names}}
     return PartitionState(partition, int(doc["offset"]), ck=int(doc["ck"]), model=model, void=void,
                           end=end, marker_at=int(offsets[last]), users=users, tails=tails, records=len(keys),
                           stale=list(doc.get("stale", [])))
@@ -136,11 +148,10 @@ class Changelog:
         self.records_written = 0
 
     # ----- between checkpoints ------------------------------------------------
-    def mark(self, rows: np.ndarray) -> None:
-        """These store rows changed (events applied, a new segment, a tail carried on)."""
-        if len(rows) == 0:
-            return
-        top = int(rows.max()) + 1
+    def mark(self, rows: np.ndarray, *, size: int = 0) -> None:
+        """These store rows changed (events applied, a new segment, a tail carried on); ``size``: rows
+        the mask must cover at least."""
+        top = max(int(rows.max()) + 1 if len(rows) else 0, size)
         if top > len(self._dirty):
             grown = np.zeros(max(top, 2 * len(self._dirty), 1024), dtype=bool)
             grown[: len(self._dirty)] = self._dirty
@@ -183,7 +194,8 @@ class Changelog:
         p_ = self.pipeline
         store = p_.store
         live = store.live_rows()
-        dirty = live[self._dirty[live[live < len(self._dirty)]]] if len(self._dirty) else live[:0]
+        self.mark(np.zeros(0, dtype=np.int64), size=len(store.last_ts))
+        dirty = live[self._dirty[live]]
         parts = store.partition[dirty]
         new_tails = p_.tails.drain_new()
         model = pack(p_.model_state())
@@ -267,15 +279,16 @@ class Changelog:
             if not u or not u["ids"]:
                 continue
             t0s = u["t0"]
-            for t0 in np.unique(t0s):
-                sel = np.flatnonzero(t0s == t0)
-                block: dict[str, Any] = {"ids": [u["ids"][i] for i in sel.tolist()], "rows": np.zeros(len(sel), np.int64),
-                                         "t0": float(t0),
-                                         "partition": np.full(len(sel), s.partition, dtype=np.int32)}
+            groups = np.unique(t0s)
+            for t0 in groups:
+                sel = np.flatnonzero(t0s == t0) if len(groups) > 1 else slice(None)
+                ids = u["ids"] if len(groups) == 1 else [u["ids"][i] for i in sel.tolist()]
+                block: dict[str, Any] = {"ids": ids, "rows": np.zeros(len(ids), np.int64), "t0": float(t0),
+                                         "partition": np.full(len(ids), s.partition, dtype=np.int32)}
                 for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w"):
                     block[name] = u[name][sel]
                 p_.import_users(block, keep_rows=False)
-                rows = np.fromiter(map(store.row_of, block["ids"]), dtype=np.int64, count=len(sel))
+                rows = store.rows_of(block["ids"])
                 p_.tails.set_raw_change_ids(rows, u["cid"][sel])
             users += len(u["ids"])
         queued = [store.row_of(x) for s in states for x in s.stale]
