@@ -55,3 +55,33 @@ def test_a_cut_short_checkpoint_stays_ignored_behind_a_later_marker_that_names_i
 def test_no_marker_means_no_checkpoint():
     st = _decode([(b"a", _full(1, 0))])
     assert st.offset is None and st.users is None
+
+
+def test_evicted_users_continue_seq_and_previous_segment_when_they_come_back():
+    import random
+
+    import msgpack
+
+    from stream.runtime.pipeline import Pipeline
+    from stream.settings import Settings
+
+    p = Pipeline.from_settings(Settings(segments=3, warmup_users=20, model_update_events=200, max_users=30, seed=1,
+                                        half_life_s=300.0),
+                               now=lambda: 2e9)
+    rng = random.Random(3)
+    last: dict[str, tuple[int, int]] = {}
+    evicted = 0
+    for b in range(60):
+        # a user's behaviour moves to another group every 15 batches: segments change over time
+        evs = [{"user_id": f"u{(u := rng.randrange(90))}", "action": ["view", "click", "purchase"][(u + b // 15) % 3],
+                "ts": 1.7e9 + b * 100 + i, "item_id": rng.randrange(20), "categories": [f"c{(u + b // 15) % 3}"]}
+               for i in range(20)]
+        r = p.process_records([msgpack.packb(e) for e in evs])
+        evicted += r.evicted
+        for uid, seg, prev, seq in zip(r.changes.user_ids, r.changes.segments.tolist(), r.changes.previous.tolist(),
+                                       r.changes.seq.tolist()):
+            before = last.get(uid, (0, -1))
+            assert (seq, prev) == (before[0] + 1, before[1]), (uid, seq, prev, before)
+            last[uid] = (seq, seg)
+    assert evicted > 90 and len(p.store) <= 30 and p.tails.evicted  # users came and went, tails kept
+    assert max(s for s, _ in last.values()) > 1
