@@ -232,8 +232,9 @@ class Changelog:
                 add(store.user_ids(rows), self._encode(rows), np.full(len(rows), 1 + self.dtype.itemsize, dtype=np.int64))
             self._stale_ids[p] = store.user_ids(stale[stale_parts == p])
             key_bytes, value_bytes = b"".join(kparts), b"".join(vparts)
-            klen = np.concatenate(klens)
-            self.publisher.send_columns(self.topic, p, key_bytes, klen, value_bytes, np.concatenate(vlens))
+            klen = np.concatenate(klens) if klens else np.zeros(0, dtype=np.int64)
+            if len(klen):
+                self.publisher.send_columns(self.topic, p, key_bytes, klen, value_bytes, np.concatenate(vlens))
             self.publisher.send_columns(self.topic, p, MODEL_KEY, np.array([len(MODEL_KEY)]), model,
                                         np.array([len(model)]))
             sent += len(klen) + 1

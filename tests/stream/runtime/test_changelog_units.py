@@ -85,3 +85,30 @@ def test_evicted_users_continue_seq_and_previous_segment_when_they_come_back():
             last[uid] = (seq, seg)
     assert evicted > 90 and len(p.store) <= 30 and p.tails.evicted  # users came and went, tails kept
     assert max(s for s, _ in last.values()) > 1
+
+
+class _Sent:
+    """A publisher that keeps what a checkpoint sends, per partition, in order."""
+
+    def __init__(self):
+        self.records: list[tuple[int, bytes]] = []
+
+    def send_columns(self, topic, partition, key_bytes, key_lengths, value_bytes, value_lengths):
+        at = 0
+        for n in np.asarray(key_lengths).tolist():
+            self.records.append((partition, key_bytes[at:at + n]))
+            at += n
+
+    def confirm(self):
+        return len(self.records)
+
+
+def test_a_checkpoint_of_a_partition_with_nothing_changed_writes_the_model_and_then_the_marker():
+    from stream.runtime.changelog import MODEL_KEY, Changelog
+    from stream.runtime.pipeline import Pipeline
+    from stream.settings import Settings
+
+    sent = _Sent()
+    cl = Changelog("cl", sent, Pipeline.from_settings(Settings(), now=lambda: 2e9))  # type: ignore[arg-type]
+    cl.write({0: 10, 1: 0})
+    assert sent.records == [(0, MODEL_KEY), (1, MODEL_KEY), (0, MARKER_KEY), (1, MARKER_KEY)]
