@@ -29,7 +29,8 @@ def read_partitions(settings: Settings, topic: str, partitions: list[int], *,
                              allow_auto_create_topics=False, client_id=f"{settings.client_id}-restore",
                              max_poll_records=1 << 20, fetch_max_wait_ms=10)
     try:
-        install_columnar_fetch(consumer)
+        if settings.columnar_fetch:
+            install_columnar_fetch(consumer, warn=False)
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
