@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,6 +113,8 @@ class UserStore:
         self._ids: list[str | None] = []
         self._free: list[int] = []
         self._used = 0  # rows ever handed out (high-water mark)
+        # called with (rows, user ids) of evicted users before their rows are cleared (state/contract_tail.py)
+        self.on_evict: Callable[[np.ndarray, list[str]], None] | None = None
         self._alloc(min(capacity, initial_rows))
 
     # ----- storage -------------------------------------------------------
@@ -149,6 +151,10 @@ class UserStore:
 
     def row_of(self, user_id: str) -> int | None:
         return self._index.get(user_id)
+
+    def rows_of(self, user_ids: list[str]) -> np.ndarray:
+        """Rows of users known to be held (KeyError otherwise), at once."""
+        return np.fromiter(map(self._index.__getitem__, user_ids), dtype=np.int64, count=len(user_ids))
 
     def user_id(self, row: int) -> str:
         uid = self._ids[row]
@@ -214,6 +220,8 @@ class UserStore:
         victims = np.sort(victims)
         segs = self.segment[victims].copy()
         ids = self.user_ids(victims)
+        if self.on_evict is not None:
+            self.on_evict(victims, ids)
         for uid in ids:
             del self._index[uid]
         self._clear(victims)
@@ -458,8 +466,10 @@ class UserStore:
             if top > len(self.dense):
                 self._alloc(min(self.capacity, max(top, 2 * len(self.dense))))
         rows = np.empty(len(ids), dtype=np.int64)
-        missing = []
-        for i, uid in enumerate(ids):
+        missing: list[int] | np.ndarray = []
+        if not keep_rows and self._index.keys().isdisjoint(ids):  # none held yet (a restore): all new rows
+            missing = np.arange(len(ids))
+        for i, uid in enumerate(ids if isinstance(missing, list) else ()):
             r = self._index.get(uid)
             if r is None and keep_rows and saved_rows[i] < len(self.dense) and self._ids[saved_rows[i]] is None:
                 r = int(saved_rows[i])
@@ -470,7 +480,7 @@ class UserStore:
                 missing.append(i)
             else:
                 rows[i] = r
-        if missing:
+        if len(missing):
             if keep_rows:
                 taken = set(rows[np.setdiff1d(np.arange(len(ids)), missing)].tolist())
                 self._free = [r for r in self._free if r not in taken]

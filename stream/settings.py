@@ -91,6 +91,8 @@ class Settings:
 
     # --- checkpoints, recovery, duplicates, privacy -------------
     checkpoint_dir: str = _opt("SEGSTREAM_CHECKPOINT_DIR", "", "Directory of state snapshots tied to offsets (empty: no snapshots; state is rebuilt only from what is consumed after the committed offset).", group="recovery")
+    changelog: bool = _opt("SEGSTREAM_CHANGELOG", True, "Keep every partition's state in a compacted Kafka changelog topic (docs/recovery.md#kafka-as-the-store-of-record) and restore from it on assignment, with nothing local. false: no changelog (state only from local snapshots, if any; for comparisons).", group="recovery")
+    changelog_topic: str = _opt("SEGSTREAM_CHANGELOG_TOPIC", "", "The state changelog topic (empty: <group_id>.<input_topic>.changelog); as many partitions as the input topic.", group="recovery")
     checkpoint_interval_ms: int = _opt("SEGSTREAM_CHECKPOINT_INTERVAL_MS", 0, "Checkpoint (confirm outputs, snapshot state, commit offsets) at most this often; 0: after every micro-batch. Snapshots cost time in proportion to users held.", group="recovery")
     aligned_batches: bool = _opt("SEGSTREAM_ALIGNED_BATCHES", False, "Cut micro-batches per partition at offset multiples of the batch size, so that a replay after a crash sees the very same batches (bit-exact recovery).", group="recovery")
     dedup_window: int = _opt("SEGSTREAM_DEDUP_WINDOW", 0, "Drop an event whose event_id is among the last N ids seen (0: off).", group="recovery")
@@ -173,6 +175,11 @@ class Settings:
                 values[f.name] = parse_value(_field_type(f), environ[env], env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def changelog_name(self) -> str:
+        """The state changelog topic: the setting, or one derived from the group and the input topic."""
+        return self.changelog_topic or f"{self.group_id}.{self.input_topic}.changelog"
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

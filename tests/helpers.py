@@ -246,3 +246,70 @@ def scrape(port: int) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
             out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
     return out
+
+
+def contract_history(bootstrap: str, topic: str, *, idle_s: float = 3.0) -> tuple[dict[str, list[dict]], int]:
+    """Every user's published segment changes, exact re-sends (same ``change_id``, same content) folded
+    into one, in publication order; and the number of records read. Fails on a ``change_id`` published
+    twice with different content. A tombstone (erasure) starts the user's history again."""
+    from stream.contracts.user_segments import decode_segment_event
+
+    recs = read_topic(bootstrap, topic, idle_s=idle_s)
+    seen: dict[str, tuple] = {}
+    history: dict[str, list[dict]] = {}
+    for r in recs:
+        uid = r.key.decode()
+        if r.value is None:
+            history[uid] = []
+            continue
+        ev = decode_segment_event(r.value)
+        row = (ev["user_id"], ev["segment"], ev["previous_segment"], ev["seq"])
+        if ev["change_id"] in seen:
+            assert seen[ev["change_id"]] == row, (ev, seen[ev["change_id"]])
+            continue
+        seen[ev["change_id"]] = row
+        history.setdefault(uid, []).append(ev)
+    return history, len(recs)
+
+
+def contract_violations(history: dict[str, list[dict]]) -> list[str]:
+    """Breaches of the user-segments contract: per user ``seq`` 1, 2, 3... with no skip and no repeat,
+    and ``previous_segment`` the segment last published for the user."""
+    bad = []
+    for uid, evs in history.items():
+        prev, seq = None, evs[0]["seq"] - 1 if evs else 0
+        if evs and evs[0]["seq"] != 1 and evs[0]["previous_segment"] is None:
+            bad.append(f"{uid}: first change has seq {evs[0]['seq']}")
+        for ev in evs:
+            if ev["seq"] != seq + 1:
+                bad.append(f"{uid}: seq {ev['seq']} after {seq}")
+            if prev is not None and ev["previous_segment"] != prev:
+                bad.append(f"{uid}: previous_segment {ev['previous_segment']}, last published {prev}")
+            seq, prev = ev["seq"], ev["segment"]
+    return bad
+
+
+def lineage_born_twice(bootstrap: str, topic: str) -> list[int]:
+    """Segment ids announced ``born`` by two different lineage records (exact re-sends are one)."""
+    import collections
+
+    born = collections.defaultdict(set)
+    for r in read_topic(bootstrap, topic, idle_s=2.0):
+        ev = msgpack.unpackb(r.value, raw=False)
+        if ev["kind"] in ("born", "split"):
+            for s in ev["segments"]:
+                born[s].add(ev["model_version"])
+    return sorted(s for s, versions in born.items() if len(versions) > 1)
+
+
+def overlap_agreement(got: dict[str, int], want: dict[str, int]) -> float:
+    """Share of users of ``want`` whose segment in ``got`` matches, segment ids mapped by overlap
+    (each id of ``got`` to the id of ``want`` it shares most users with)."""
+    import collections
+
+    pairs = collections.Counter((got[u], want[u]) for u in want if u in got)
+    best: dict[int, tuple[int, int]] = {}
+    for (g, w), n in pairs.items():
+        if n > best.get(g, (0, -1))[0]:
+            best[g] = (n, w)
+    return sum(1 for u in want if u in got and best[got[u]][1] == want[u]) / max(1, len(want))

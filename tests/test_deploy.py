@@ -268,6 +268,7 @@ def test_compose_creates_topics_with_the_products_policies() -> None:
         if words[:1] == ["create"]:
             name = words[words.index("--topic") + 1]
             created[name] = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "--config")
+    env = {k: str(v) for k, v in compose["services"]["segstream"]["environment"].items()}
     roles = {p.role: 1 for p in TOPIC_POLICIES if p.setting and p.role != "input"}
-    _, want = topic_plan(Settings(), roles)
+    _, want = topic_plan(Settings.from_env(env), roles)
     assert {name: created.get(name) for name in want} == want

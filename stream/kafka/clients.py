@@ -19,7 +19,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from stream.kafka.batch_produce import encode_runs
+from stream.kafka.batch_produce import Run, encode_columns, encode_runs
 from stream.kafka.compat import append_run, run_error, use_columnar_produce
 from stream.kafka.partitioning import partitions_for_keys
 from stream.kafka.topics import check_policies
@@ -247,6 +247,16 @@ def _report(lines: list[str]) -> list[str]:
     return lines
 
 
+def _pieces(flat: bytes, lengths: np.ndarray) -> list[bytes | None]:
+    """Consecutive pieces of ``flat`` (``-1``: None)."""
+    out: list[bytes | None] = []
+    at = 0
+    for n in np.asarray(lengths).tolist():
+        out.append(None if n < 0 else flat[at:at + n])
+        at += max(n, 0)
+    return out
+
+
 class PublishError(RuntimeError):
     """Outputs could not be confirmed: offsets must not be committed."""
 
@@ -261,10 +271,11 @@ class _Pending(NamedTuple):
     partition: int | None
     future: Any
     run: bool = False
+    encoded: Run | None = None  # a run sent from columns (send_columns): re-sent as it is
 
     @property
     def count(self) -> int:
-        return len(self.keys)
+        return self.encoded.count if self.encoded is not None else len(self.keys)
 
 
 class Publisher:
@@ -307,6 +318,34 @@ class Publisher:
             pending.append(_Pending(topic, (key,), (value,), None, part,
                                     send(topic, key=key, value=value, partition=part)))
 
+    def send_to_partition(self, topic: str, partition: int, keys: Sequence[bytes | None],
+                          values: Sequence[bytes | None]) -> None:
+        """Send records to one chosen partition, in order (a changelog partition mirrors an input one)."""
+        if not keys:
+            return
+        if self.columnar:
+            self._send_runs(topic, keys, values, np.full(len(keys), partition, dtype=np.int64))
+            return
+        send, pending = self.producer.send, self._pending
+        for key, value in zip(keys, values):
+            pending.append(_Pending(topic, (key,), (value,), None, partition,
+                                    send(topic, key=key, value=value, partition=partition)))
+
+    def send_columns(self, topic: str, partition: int, key_bytes: bytes, key_lengths: np.ndarray,
+                     value_bytes: bytes, value_lengths: np.ndarray) -> None:
+        """Records for one partition given as columns (:func:`~stream.kafka.batch_produce.encode_columns`:
+        no Python step per record); one ``send`` each when the columnar produce is off."""
+        if not len(key_lengths):
+            return
+        if not self.columnar:
+            self.send_to_partition(topic, partition, _pieces(key_bytes, key_lengths),
+                                   _pieces(value_bytes, value_lengths))
+            return
+        for run in encode_columns(key_bytes, key_lengths, value_bytes, value_lengths,
+                                  batch_size=self.producer.config["batch_size"]):
+            self._pending.append(_Pending(topic, (), (), None, partition,
+                                          append_run(self.producer, topic, partition, run), run=True, encoded=run))
+
     def _send_runs(self, topic: str, keys: Sequence[bytes | None], values: Sequence[bytes | None],
                    partitions: np.ndarray) -> None:
         order = np.argsort(partitions, kind="stable")
@@ -345,7 +384,9 @@ class Publisher:
             pending = []
             time.sleep(min(2.0, 0.1 * 2**attempt))
             for p in failed:
-                if p.run:
+                if p.encoded is not None:
+                    self._pending.append(p._replace(future=append_run(self.producer, p.topic, p.partition, p.encoded)))
+                elif p.run:
                     self._send_runs(p.topic, p.keys, p.values, np.full(p.count, p.partition, dtype=np.int64))
                 else:
                     self._pending.append(p._replace(future=self.producer.send(

@@ -303,7 +303,7 @@ def check_fetch(base: type | None = None) -> Check:
     return _run_check("fetch", missing, _probe_fetch, base)
 
 
-def install_columnar_fetch(consumer: Any, metrics: Metrics | None = None) -> bool:
+def install_columnar_fetch(consumer: Any, metrics: Metrics | None = None, *, warn: bool = True) -> bool:
     """Make ``consumer.poll()`` return :class:`Records` per record batch, if :func:`check_fetch` passes.
 
     Otherwise (one warning) ``poll()`` keeps returning kafka-python's
@@ -319,7 +319,7 @@ def install_columnar_fetch(consumer: Any, metrics: Metrics | None = None) -> boo
     check = check_fetch(base) if base is not None else Check("fetch", "missing KafkaConsumer._fetcher.PartitionRecords")
     if check.ok:
         consumer._fetcher.PartitionRecords = _partition_records_class(base)
-    else:
+    elif warn:  # a helper consumer (a changelog restore) stays quiet: the main consumer said it once
         _warn(check, "decoding records one at a time with kafka-python's own iterator")
     _report(metrics, "fetch", check.ok)
     return check.ok

@@ -131,11 +131,17 @@ TOPIC_POLICIES: tuple[TopicPolicy, ...] = (
         configs={"cleanup.policy": "compact"}, created_by="`segstream run` with `--global-model`",
         why="the latest model and the latest summary of each instance are all a starting instance needs"),
     TopicPolicy(
-        role="state-changelog", setting=None, key="user id (UTF-8)", value="(reserved)",
-        writer="(reserved: a future changelog of per-user state)", readers="(reserved)",
-        configs={"cleanup.policy": "compact"}, created_by="(not created yet)",
-        why="per-user state is latest-per-key by nature; the role is here so that adding the topic is a "
-            "setting and a row, not a new mechanism"),
+        role="state-changelog", setting="changelog_topic", key="user id (UTF-8), or `__checkpoint__`",
+        value="a user's state row, or only its contract tail once evicted; tombstone = user erased; "
+              "`__checkpoint__`: the input offset a checkpoint covers and the segment model "
+              "(`stream/runtime/changelog.py`)",
+        writer="`segstream run` (partition p holds the state of input partition p)",
+        readers="`segstream run`, when it is assigned a partition",
+        configs={"cleanup.policy": "compact", "delete.retention.ms": str(DAY_MS)},
+        created_by="`segstream run` (unless `SEGSTREAM_CHANGELOG=false`), with the input topic's partition count",
+        why="per-user state is latest-per-key by nature: compaction keeps the last record of each user and "
+            "the last checkpoint marker, which is all a restore reads; an erasure's tombstone stays a day"),
+
 )
 
 POLICIES: dict[str, TopicPolicy] = {p.role: p for p in TOPIC_POLICIES}
@@ -144,6 +150,8 @@ POLICIES: dict[str, TopicPolicy] = {p.role: p for p in TOPIC_POLICIES}
 def topic_name(settings: Settings, role: str) -> str:
     """The topic a role is mapped to by ``settings`` (KeyError for an unknown or reserved role)."""
     setting = POLICIES[role].setting
+    if setting == "changelog_topic":
+        return settings.changelog_name
     if setting is None:
         raise KeyError(f"topic role {role!r} is reserved: no setting names its topic yet")
     return str(getattr(settings, setting))
@@ -218,7 +226,7 @@ def topics_markdown(settings: Settings | None = None) -> str:
             topic = "(reserved)"
         else:
             env = Settings.__dataclass_fields__[p.setting].metadata["env"]
-            topic = f"`{getattr(settings, p.setting)}` (`{env}`)"
+            topic = f"`{topic_name(settings, p.role)}` (`{env}`)"
         policy = f"`{p.cleanup_policy}`" if p.cleanup_policy else "not set by segstream"
         rows.append(f"| {p.role} | {topic} | {p.key} | {p.value} | {policy} | {p.retention()} | {p.writer} | "
                     f"{p.readers} | {p.created_by} |")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
+from stream.runtime.changelog import Changelog
 from stream.runtime.checkpoints import CheckpointStore
 from stream.runtime.decode_worker import DecodeAhead, DecodeWorker, available_cpus
 from stream.observability.drift import DriftMonitor
@@ -55,6 +56,8 @@ def _prepare_topics(settings: Settings) -> None:
     roles = {"segments": n, "dead-letters": n, "lineage": 1, "profiles": 1}
     if settings.global_model:
         roles["model"] = 1
+    if settings.changelog:
+        roles["state-changelog"] = n  # changelog partition p holds the state of input partition p
     parts, configs = topic_plan(settings, roles)
     if settings.create_topics:
         ensure_topics(settings, parts, configs=configs)
@@ -91,6 +94,8 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
     runner = StreamRunner(settings, pipeline, consumer, publisher, metrics, clock=clock,
                           on_batch=on_batch, checkpoints=checkpoints)
     health.loop = runner
+    if settings.changelog:
+        runner.changelog = Changelog(settings.changelog_name, publisher, pipeline)
     if settings.decode_process and not settings.aligned_batches and available_cpus() >= 2:
         runner.decode_ahead = DecodeAhead(DecodeWorker(pipeline.decoder, gc_threshold=settings.gc_threshold),
                                           on_off=lambda: metrics.decode_process_up.set(0))

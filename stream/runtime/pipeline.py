@@ -31,6 +31,7 @@ from encoders.serving import Encoder, load_encoder
 from state.features import FeatureSpec
 from state.dbstream import OnlineDBSTREAM
 from state.global_model import GlobalKMeans
+from state.contract_tail import ContractTails
 from state.kmeans import LineageEvent, OnlineKMeans
 from state.row_queue import RowQueue
 from state.profiles import segment_profiles
@@ -77,6 +78,8 @@ class BatchResult:
     changes: SegmentChanges
     rejected: list[Rejected] = field(default_factory=list)
     erased: list[str] = field(default_factory=list)  # users deleted: publish tombstones
+    erased_sources: list[int] = field(default_factory=list)  # per erased user: batch index of its delete
+    touched: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # store rows the events updated
     users_updated: int = 0
     new_users: int = 0
     evicted: int = 0
@@ -135,6 +138,9 @@ class Pipeline:
         # called with the user keys of each batch's erased users, before anything of the batch is
         # published or checkpointed: copies kept outside the pipeline (the drift monitor's embeddings)
         self.erasure_hooks: list[Callable[[np.ndarray], None]] = []
+        # what the output contract keeps of evicted users (seq, segment, last change id)
+        self.tails = ContractTails()
+        store.on_evict = self._on_evict
 
     @classmethod
     def from_settings(cls, settings: Settings, *, now: Callable[[], float] = time.time) -> Pipeline:
@@ -208,16 +214,21 @@ class Pipeline:
     def process(self, batch: EventBatch, partitions: np.ndarray | None = None) -> BatchResult:
         store, seg = self.store, self.segmenter
         erased: list[str] = []
+        erased_sources: list[int] = []
         if self.pseudonymiser is not None:
             batch = self.pseudonymiser.apply(batch)
         if batch.deletes:  # before de-duplication: the window then keeps only ids of the users' new life
+            delete_at = {uid: src for src, uid in batch.deletes}
             batch, erased = self._erase(batch)
+            erased_sources = [delete_at[u] for u in erased]
         duplicates = 0
         if self.dedup is not None and batch.event_ids:
             batch, duplicates = self.dedup.filter(batch)
         applied = store.apply(batch)
         if partitions is not None and len(applied.rows):
             store.partition[applied.rows] = partitions[batch.source_index[applied.last_event]]
+        if applied.new_users and self.tails.evicted:
+            self._carry_tails(applied.rows)
         self._count(applied.evicted_segments, -1)
         for uid in applied.evicted_user_ids:
             seg.forget(uid)
@@ -227,6 +238,7 @@ class Pipeline:
         n = len(batch)
         self.events_seen += n
         result = BatchResult(events=n, changes=SegmentChanges.empty(self._version()), erased=erased,
+                             erased_sources=erased_sources, touched=applied.rows,
                              users_updated=len(rows), new_users=applied.new_users,
                              evicted=len(applied.evicted_rows) + applied.overflow_new,  # new users turned away count too
                              duplicates=duplicates)
@@ -363,6 +375,7 @@ class Pipeline:
             if row is not None and row < len(self._changed_at):
                 self._changed_at[row] = -np.inf
             self.segmenter.forget(uid)
+            self.tails.forget(uid)
             if prev is not None and prev >= 0:
                 self._count(np.array([prev]), -1)
             if uid not in erased:  # a tombstone even for a user not (or no longer) held: erasure is idempotent
@@ -424,6 +437,32 @@ class Pipeline:
             seq=store.seq[crow].copy(), event_time=event_time[changed].astype(np.float64),
             source_index=source[changed].astype(np.int64), model_version=model.version)
 
+    # ----- eviction keeps the contract ----------------------------------------------
+    def _on_evict(self, rows: np.ndarray, ids: list[str]) -> None:
+        """The store is about to free ``rows``: keep the contract tail of those that had a change."""
+        store = self.store
+        seq = store.seq[rows]
+        had = seq > 0
+        if had.any():
+            r = rows[had]
+            self.tails.capture([u for u, k in zip(ids, had.tolist()) if k], seq[had], store.segment[r], r,
+                               store.partition[r])
+        self.tails.clear_rows(rows[~had])
+
+    def _carry_tails(self, rows: np.ndarray) -> None:
+        """Users back after an eviction continue their ``seq``, segment and last change id."""
+        store = self.store
+        fresh = rows[store.seq[rows] == 0]
+        back = self.tails.take(store.user_ids(fresh)) if len(fresh) else {}
+        if not back:
+            return
+        brows = np.fromiter((store.row_of(u) for u in back), dtype=np.int64, count=len(back))
+        seq, seg, cid, _ = zip(*back.values())
+        store.seq[brows] = seq
+        store.segment[brows] = seg
+        self._count(np.asarray(seg, dtype=np.int64), +1)
+        self.tails.set_change_ids(brows, [c.hex() if c else "" for c in cid])
+
     # ----- checkpoints and rebalances ----------------------------------
     def recount(self) -> None:
         """Recompute users per segment from the store (after users were restored or dropped)."""
@@ -450,6 +489,8 @@ class Pipeline:
     def drop_partition(self, partition: int) -> int:
         """Forget the users of a partition this consumer no longer owns; returns how many."""
         rows = self.store.rows_of_partition(partition)
+        self.tails.clear_rows(rows)
+        self.tails.drop_partition(partition)
         for uid in self.store.drop_rows(rows):
             self.segmenter.forget(uid)
         self._stale.discard(rows)
@@ -465,7 +506,31 @@ class Pipeline:
                 # dwell clock per row, profile schedule
                 "changed_at": self._changed_at.copy(), "since_profile": self._since_profile,
                 "profile_rng": json.dumps(self._profile_rng.bit_generator.state),
-                "sample_rng": json.dumps(self._sample_rng.bit_generator.state)}
+                "sample_rng": json.dumps(self._sample_rng.bit_generator.state),
+                "tails": self.tails.to_columns()}
+
+    def model_state(self) -> dict[str, Any]:
+        """What the changelog's checkpoint marker carries: :meth:`global_state` less what names store rows
+        (row layout, re-assignment queue, dwell clocks), which mean nothing to another member's store."""
+        state = self.global_state()
+        state.pop("layout")
+        state["tails"] = None  # the changelog keeps evicted users' tails as their own records
+        state["stale"] = np.zeros(0, dtype=np.int64)
+        state["changed_at"] = np.zeros(0, dtype=np.float64)
+        return state
+
+    def stale_rows(self) -> np.ndarray:
+        """Rows queued for re-assignment, in queue order (the changelog saves them as user ids)."""
+        return self._stale.rows()
+
+    def requeue(self, rows: np.ndarray) -> None:
+        """Queue restored users for re-assignment again, in the order they were queued."""
+        if len(rows):
+            self._stale.add(rows)
+
+    def load_model_state(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`model_state` saved (a fresh pipeline restoring from the changelog)."""
+        self.load_global_state(state)
 
     def load_global_state(self, state: dict[str, Any]) -> None:
         if json.dumps(state["spec"], sort_keys=True) != json.dumps(self.store.spec.to_dict(), sort_keys=True):
@@ -476,6 +541,8 @@ class Pipeline:
         self.events_seen = int(state["events_seen"])
         if self.dedup is not None and state.get("dedup") is not None:
             self.dedup.load(state["dedup"])
+        if state.get("tails") is not None:
+            self.tails.load_columns(state["tails"])
         if "changed_at" in state:
             self._changed_at = np.asarray(state["changed_at"], dtype=np.float64).copy()
             self._since_profile = int(state["since_profile"])

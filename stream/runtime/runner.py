@@ -24,6 +24,7 @@ from collections.abc import Callable
 import numpy as np
 from stream.kafka import CommitFailedError, Consumer, KafkaError, TopicPartition, commit_offsets
 
+from stream.runtime.changelog import Changelog, decode_partition
 from stream.runtime.checkpoints import CheckpointStore
 from stream.contracts.user_segments import change_ids
 from stream.runtime.decode_worker import DecodeAhead
@@ -33,6 +34,7 @@ from stream.observability.metrics import Metrics
 from stream.runtime.outputs import OutputWriter
 from stream.runtime.summary import RunSummary
 from stream.runtime.pipeline import BatchResult, Pipeline
+from stream.kafka.partition_reader import read_partitions
 from stream.kafka.rebalance import RebalanceTracker
 from stream.kafka.records import Records, as_records
 from stream.settings import Settings
@@ -74,6 +76,7 @@ class StreamRunner:
         self._ahead: Records | None = None  # the next batch, fetched while this one is processed (decode process)
         self.last_turn = time.monotonic()  # liveness (/healthz): when the loop last turned
         self._applying = False  # readiness (/readyz): an assignment change is being applied (restore)
+        self.changelog: Changelog | None = None  # the state changelog in Kafka (on unless SEGSTREAM_CHANGELOG=false)
 
     def _log_context(self, tp: TopicPartition) -> dict:
         """Structured log fields of a partition: topic, partition, last committed offset, group generation."""
@@ -334,6 +337,8 @@ class StreamRunner:
         self._buffer.pop(tp, None)
         self._deadline.pop(tp, None)
         self._restoring.pop(tp, None)
+        if self.changelog is not None:
+            self.changelog.forget_partition(tp.partition)
         log.info("partition %s %s: dropped the state of %d users%s", tp, kind, n,
                  "" if kind == "revoked" else " (not committed)", extra={"partition": tp.partition})
 
@@ -366,9 +371,14 @@ class StreamRunner:
                 self.metrics.drift.load_state(state.get("drift"))
                 exact, layout = newest.ckpt, state["layout"]
         users = 0
+        from_log = {tp for tp, snap in chosen.items() if snap is None} if self.changelog is not None else set()
+        if from_log:
+            users += self._restore_changelog(from_log, committed)
         for tp, snap in sorted(chosen.items(), key=lambda x: x[0].partition):
             if committed[tp] is not None:
                 self._positions[tp] = committed[tp]
+            if tp in from_log:
+                continue
             if snap is None:
                 c = committed[tp]
                 self._state_offsets[tp] = c if c is not None else -1
@@ -393,6 +403,39 @@ class StreamRunner:
             "partitions": sorted(tp.partition for tp in tps),
             "offsets": {tp.partition: (s.offset if s else committed[tp]) for tp, s in chosen.items()}})
 
+    def _restore_changelog(self, tps: set[TopicPartition], committed: dict[TopicPartition, int | None]) -> int:
+        """Restore partitions from the state changelog, with nothing local: read each changelog partition
+        to its end, load the last complete checkpoint (:mod:`stream.runtime.changelog`), seek the input to
+        the offset that checkpoint covers. Without a checkpoint: from the committed offset with an empty
+        state (or from the beginning when nothing was committed either)."""
+        assert self.changelog is not None
+        parts = sorted(tp.partition for tp in tps)
+        t0 = time.perf_counter()
+        records, ends = read_partitions(self.settings, self.changelog.topic, parts)
+        states = [decode_partition(p, records[p], ends.get(p, 0), self.changelog.dtype) for p in parts]
+        read_s = time.perf_counter() - t0
+        users = self.changelog.restore(states)
+        for st in states:
+            tp = TopicPartition(self.settings.input_topic, st.partition)
+            c = committed[tp]
+            start = st.offset if st.offset is not None else c
+            if start is None:
+                self._state_offsets[tp] = -1
+                self.consumer.seek_to_beginning(tp)
+                continue
+            if st.offset is None:
+                log.warning("no changelog checkpoint of partition %s at committed offset %d: its users start empty",
+                            tp, c, extra={"partition": tp.partition, "offset": c})
+            self.consumer.seek(tp, start)
+            self._state_offsets[tp] = start
+            if c is not None and c > start:
+                self._restoring[tp] = c
+        log.info("restored %d users of partitions %s from changelog %s (%d records read in %.3fs, loaded in %.3fs)",
+                 users, parts, self.changelog.topic, sum(s.records for s in states), read_s,
+                 time.perf_counter() - t0 - read_s, extra={
+                     "partitions": parts, "offsets": {s.partition: s.offset for s in states}})
+        return users
+
     def _assign_waiting(self) -> None:
         """Global model: users held back until the first model was announced get their segment
         as soon as it is, even when their partitions have no more records. Each change id is derived
@@ -405,6 +448,7 @@ class StreamRunner:
         offs = [self._state_offsets.get(TopicPartition(self.settings.input_topic, p), 0) - 1 for p in parts]
         ids = change_ids(result.changes, (), (), reflected=(parts, offs))
         self.outputs.write(result, Records.empty(self.settings.input_topic), self.clock(), ids)
+        self._note_changes(result, ids)
         self.publisher.confirm()
         self.summary.changes += len(result.changes)
         if result.new_model is not None:
@@ -418,7 +462,14 @@ class StreamRunner:
         partitions = records.partitions.astype(np.int32)
         result = (self.pipeline.process_records(records.values, partitions) if decoded is None
                   else self.pipeline.process_decoded(*decoded, partitions))
-        self.outputs.write(result, records, self.clock())
+        ids = None
+        if self.changelog is not None and len(result.changes):
+            ids = change_ids(result.changes, records.partitions, records.offsets)
+        self.outputs.write(result, records, self.clock(), ids)
+        if self.changelog is not None:
+            self._note_changes(result, ids)
+            if result.erased:
+                self.changelog.erased(result.erased, records.partitions[result.erased_sources].tolist())
         for tp, nxt in records.next_offsets().items():
             if nxt > self._state_offsets.get(tp, -1):
                 self._state_offsets[tp] = nxt
@@ -432,6 +483,18 @@ class StreamRunner:
         seconds = time.perf_counter() - t0
         self._observe(result, records, seconds)
         self._pace(seconds, len(records))
+
+    def _note_changes(self, result: BatchResult, ids: list[str] | None) -> None:
+        """Rows the batch changed, and each changed user's last change id, for the next changelog write."""
+        if self.changelog is None:
+            return
+        store = self.pipeline.store
+        self.changelog.mark(result.touched)
+        if ids:
+            rows = np.fromiter((store.row_of(u) for u in result.changes.user_ids), dtype=np.int64,
+                               count=len(ids))
+            self.pipeline.tails.set_change_ids(rows, ids)
+            self.changelog.mark(rows)
 
     def _pace(self, seconds: float, n: int) -> None:
         """Keep one batch (process, publish, confirm, checkpoint) under a quarter of the poll budget.
@@ -463,11 +526,24 @@ class StreamRunner:
         """The checkpoint order, in one place:
 
         1. flush outputs and confirm every send (raises, so nothing is persisted or committed, if any fails);
-        2. persist state and model with the offsets they reflect (one snapshot per owned partition);
+        2. persist state and model with the offsets they reflect: the changelog records of the users changed
+           since the last checkpoint and the model (sent with the outputs, confirmed with them, inert on
+           their own), then, once all of that is confirmed, each partition's ``__checkpoint__`` marker,
+           confirmed (and, when a checkpoint directory is set, one local snapshot per owned partition);
         3. commit exactly those offsets, explicitly, for partitions this member still owns.
+
+        A crash between any two steps replays into the same state: before 2 completes, the last marker
+        still names the older offset, so the input is read again from there and the re-sent outputs carry
+        the same change ids; between 2 and 3, the restore starts at the marker's offset, past the commit.
         """
         t0 = time.perf_counter()
+        changelog = {tp.partition: off for tp, off in offsets.items()}
+        if self.changelog is not None:
+            self.changelog.stage(changelog)  # inert until sealed: confirmed along with the outputs
         self.publisher.confirm()
+        if self.changelog is not None:
+            self.changelog.seal(changelog)
+            self.publisher.confirm()
         if self.checkpoints is not None:
             store = self.pipeline.store
             self.checkpoints.write({**self.pipeline.global_state(), "drift": self.metrics.drift.state()}, {

@@ -17,7 +17,9 @@ from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from helpers import read_topic
-from stream.kafka.batch_produce import encode_runs
+import numpy as np
+
+from stream.kafka.batch_produce import encode_columns, encode_runs
 from stream.kafka.clients import Publisher, make_producer
 from stream.kafka.compat import FORCE_FALLBACK_ENV, run_builder
 from stream.observability.metrics import Metrics
@@ -134,3 +136,23 @@ def test_a_failed_run_is_sent_again_and_counted(broker, topics, produce_path, ca
     producer.close()
     got = read_topic(broker.bootstrap, out, expected=300)
     assert [(r.key, r.value) for r in got] == list(zip(keys, values))
+
+
+_KEYS = st.lists(st.binary(max_size=20), min_size=1, max_size=400)
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys=_KEYS, width=st.sampled_from([None, 0, 7, 300]), mixed=st.lists(st.one_of(st.none(), st.binary(max_size=50)), max_size=400),
+       batch_size=st.sampled_from([200, 4096, 1 << 18]))
+def test_encode_columns_writes_the_very_bytes_of_encode_runs(keys, width, mixed, batch_size):
+    """The columnar encoder (one value width, or mixed widths and nulls) equals the per-record one."""
+    n = len(keys)
+    if width is None:
+        values = [mixed[i] if i < len(mixed) else None for i in range(n)]
+    else:
+        values = [bytes([i % 251]) * width for i in range(n)]
+    want = encode_runs(keys, values, batch_size=batch_size)
+    got = encode_columns(b"".join(keys), np.array([len(k) for k in keys]), b"".join(v or b"" for v in values),
+                         np.array([-1 if v is None else len(v) for v in values]), batch_size=batch_size)
+    assert [(r.start, r.stop, r.max_record_size, r.body) for r in got] == \
+        [(r.start, r.stop, r.max_record_size, r.body) for r in want]

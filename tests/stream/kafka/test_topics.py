@@ -35,8 +35,9 @@ def test_the_plan_maps_roles_to_the_configured_names():
     parts, configs = topic_plan(s, {"segments": 4, "dead-letters": 2, "model": 1})
     assert parts == {"segs": 4, "dead": 2, "m": 1}
     assert configs["segs"]["cleanup.policy"] == "compact" and configs["m"] == {"cleanup.policy": "compact"}
-    with pytest.raises(KeyError, match="reserved"):
-        topic_plan(s, {"state-changelog": 1})
+    parts, configs = topic_plan(s.replace(group_id="g", input_topic="in"), {"state-changelog": 3})
+    assert parts == {"g.in.changelog": 3} and configs["g.in.changelog"]["cleanup.policy"] == "compact"
+    assert topic_plan(s.replace(changelog_topic="cl"), {"state-changelog": 2})[0] == {"cl": 2}
 
 
 class _Admin:

@@ -1,5 +1,6 @@
-"""Three consumers in one group on a 6-partition topic; one is SIGKILLed and another added
-mid-stream. The final per-user state equals an uninterrupted single consumer's, and no partition is
+"""Three consumers in one group on a 6-partition topic, each with nothing local (the state changelog in
+Kafka is all they share); one is SIGKILLed and another added mid-stream. The final per-user state in the
+changelog equals an uninterrupted single consumer's, the output contract holds, and no partition is
 processed by two members in the same generation."""
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import random
 import numpy as np
 import pytest
 
-from helpers import (SegstreamProcess, committed, freeze_partition_owner, log_records, produce_by_partition,
-                     wait_committed, wait_partitions_spread)
-from stream.runtime.checkpoints import CheckpointStore
+from helpers import (SegstreamProcess, committed, contract_history, contract_violations, freeze_partition_owner,
+                     log_records, produce_by_partition, read_topic, wait_committed, wait_partitions_spread)
+from state.features import FeatureSpec
+from state.user_store import UserStore
+from stream.kafka.records import Records
+from stream.runtime.changelog import decode_partition, row_dtype
 from stream.kafka.clients import ensure_topics
 from stream.settings import Settings
 
@@ -38,14 +42,19 @@ def _produce(bootstrap: str, topic: str, events: list[dict]) -> dict[int, int]:
     return produce_by_partition(bootstrap, topic, events, lambda e: int(e["user_id"][1:]) % P)
 
 
-def _state(ckpt_dir, group, topic, want: dict[int, int]) -> dict[str, tuple]:
-    """Per-user behavioural state as of each user's last event (independent of the decay reference)."""
-    store = CheckpointStore(ckpt_dir, group, topic)
+def _state(bootstrap, group, topic, want: dict[int, int]) -> dict[str, tuple]:
+    """Per-user behavioural state as of each user's last event (independent of the decay reference), as the
+    group's state changelog holds it at its last checkpoint marker."""
+    records = read_topic(bootstrap, f"{group}.{topic}.changelog", idle_s=2.0)
+    dtype = row_dtype(UserStore(FeatureSpec(half_life_s=HALF_LIFE), capacity=1))
     out = {}
     for p, off in want.items():
-        snap = store.best(p, off)
-        assert snap is not None and snap.offset == off, (p, snap)
-        b = snap.load()["users"]
+        mine = [r for r in records if r.partition == p]
+        block = Records.single(topic, p, np.array([r.offset for r in mine]), np.array([r.timestamp for r in mine]),
+                               [r.key for r in mine], [r.value for r in mine])
+        st = decode_partition(p, block, len(mine), dtype)
+        assert st.offset == off, (p, st.offset, off)
+        b = st.users
         scale = np.exp2(-(b["last_ts"] - b["t0"]) / HALF_LIFE)
         dense = b["dense"].astype(np.float64) * scale[:, None]
         item_w = b["item_w"].astype(np.float64) * scale[:, None]
@@ -64,9 +73,9 @@ def test_three_consumers_with_a_kill_and_a_join_match_one_uninterrupted_consumer
     common = ("--half-life-s", str(HALF_LIFE), "--batch-max-events", "150", "--warmup-users", "30", "--segments", "3",
               "--checkpoint-interval-ms", "0", "--log-level", "DEBUG", "--log-format", "json")
     ref_topics = {**topics, "group": topics["group"] + "-ref", "output": topics["output"] + "-ref"}
-    ref = SegstreamProcess(broker.settings(ref_topics), *common, "--checkpoint-dir", str(tmp_path / "ref"))
-    group = [SegstreamProcess(broker.settings(topics), *common, "--checkpoint-dir", str(tmp_path / "group"))
-             for _ in range(3)]
+    ref = SegstreamProcess(broker.settings(ref_topics), *common, "--lineage-topic", f"lineage-{topics['group']}-ref")
+    common += ("--lineage-topic", f"lineage-{topics['group']}")
+    group = [SegstreamProcess(broker.settings(topics), *common) for _ in range(3)]  # nothing local
     errs = []
     try:
         # once the three share the partitions, one is frozen before the second half goes in and killed
@@ -82,7 +91,7 @@ def test_three_consumers_with_a_kill_and_a_join_match_one_uninterrupted_consumer
         group[victim].proc.kill()
         errs.append(group[victim].proc.communicate()[1])
         survivors = [p for i, p in enumerate(group) if i != victim]
-        survivors.append(SegstreamProcess(broker.settings(topics), *common, "--checkpoint-dir", str(tmp_path / "group")))
+        survivors.append(SegstreamProcess(broker.settings(topics), *common))
         wait_committed(broker.bootstrap, topics["group"], topics["input"], want, survivors)
         wait_committed(broker.bootstrap, ref_topics["group"], topics["input"], want, [ref])
         for p in survivors:
@@ -95,8 +104,8 @@ def test_three_consumers_with_a_kill_and_a_join_match_one_uninterrupted_consumer
         for p in group + [ref]:
             p.kill()
 
-    got = _state(tmp_path / "group", topics["group"], topics["input"], want)
-    ref_state = _state(tmp_path / "ref", ref_topics["group"], topics["input"], want)
+    got = _state(broker.bootstrap, topics["group"], topics["input"], want)
+    ref_state = _state(broker.bootstrap, ref_topics["group"], topics["input"], want)
     assert sorted(got) == sorted(ref_state) and len(got) == USERS
     for uid, (dense, last_ts, items, item_w, head, part) in ref_state.items():
         g = got[uid]
@@ -104,10 +113,13 @@ def test_three_consumers_with_a_kill_and_a_join_match_one_uninterrupted_consumer
         assert g[1] == last_ts and g[2] == items and g[4] == head and g[5] == part
         np.testing.assert_allclose(g[3], item_w, rtol=1e-5, atol=1e-6, err_msg=uid)
     counts = collections.Counter(e["user_id"] for e in events)
-    from state.features import FeatureSpec
-
     c = FeatureSpec(half_life_s=HALF_LIFE).COUNT
     assert {u: round(float(v[0][c])) for u, v in got.items()} == dict(counts)  # nothing lost, nothing twice
+
+    # the output contract across the kill and the moves: seq +1 per change, previous_segment = last published
+    history, _ = contract_history(broker.bootstrap, topics["output"])
+    assert contract_violations(history) == []
+    assert len(history) == USERS and all(history.values())  # every user holds a segment
 
     # ownership: within one generation, each partition was processed by one member only
     owners: dict[tuple[int, int], set[str]] = collections.defaultdict(set)

@@ -1,0 +1,297 @@
+"""Kafka as the store of record of segstream's state: the state changelog, written and restored.
+
+Changelog partition p holds the state of input partition p (a compacted topic,
+``Settings.changelog_name``). Three kinds of record, all keyed:
+
+- key = user id, value ``b"F"`` + one fixed-width row (:func:`row_dtype`): the
+  user's ``seq``, segment, last change id (16 bytes), the decay reference ``t0``
+  the row is stored against, and the behavioural state (decayed sums, last event
+  time, recent items, distance). Written for the users a checkpoint interval
+  touched (delta writes), not for every user;
+- key = user id, value ``b"T"`` + (seq, segment, last change id): the contract
+  tail of a user ``--max-users`` evicted (state/contract_tail.py); value null
+  (tombstone): the user was erased;
+- key ``__model__``, value msgpack (:mod:`stream.runtime.checkpoints`' ``pack``):
+  the segment model and what goes with it (:meth:`Pipeline.model_state`:
+  centroids, learner, version, the id high-water mark so that no id is born
+  twice, the born ids, the dedup window). Written into every checkpointed
+  partition, so a partition carries its model with it wherever it moves;
+- key ``__checkpoint__`` (the marker), value msgpack, written **last** by each
+  checkpoint, only once everything above and the batch's outputs are confirmed:
+  ``offset`` (the next input offset the state reflects), ``ck`` (a sequence:
+  wall-clock ns, increasing per writer), ``void`` (changelog offset ranges to
+  ignore, see below) and ``stale`` (users queued for re-assignment, in order).
+
+A restore reads a partition from offset 0 to its end (the high-water mark of
+the first fetch, never ``end_offsets()``), takes the **last** marker, keeps the
+last record per key before it (the embedded broker never compacts: a restore
+must be right on an uncompacted log), and seeks the input to the marker's
+offset; the model is the last ``__model__`` before the marker. Records after the
+last marker belong to a checkpoint that a crash cut
+short; they are ignored, and the next marker lists their range in ``void`` so
+that a later restore ignores them too (otherwise they would precede a newer
+marker while reflecting input the new owner had not reached).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from state.user_store import UserStore
+from stream.kafka.clients import Publisher
+from stream.kafka.records import Records
+from stream.runtime.checkpoints import pack, unpack
+from stream.runtime.pipeline import Pipeline
+
+__all__ = ["Changelog", "PartitionState", "MARKER_KEY", "row_dtype", "decode_partition"]
+
+log = logging.getLogger(__name__)
+
+MARKER_KEY = b"__checkpoint__"
+MODEL_KEY = b"__model__"
+FULL, TAIL = b"F", b"T"
+TAIL_DTYPE = np.dtype([("seq", "<u4"), ("segment", "<i4"), ("cid", "S16")])
+
+
+def row_dtype(store: UserStore) -> np.dtype:
+    """The fixed-width layout of a full user record (after its kind byte)."""
+    spec = store.spec
+    return np.dtype([("seq", "<u4"), ("segment", "<i4"), ("cid", "S16"), ("t0", "<f8"), ("last_ts", "<f8"),
+                     ("distance", "<f4"), ("item_head", "u1"), ("dense", "<f4", (spec.dense_width,)),
+                     ("items", "<i4", (spec.item_history,)), ("item_w", "<f4", (spec.item_history,))])
+
+
+@dataclass
+class PartitionState:
+    """What a changelog partition restores to: its newest complete checkpoint."""
+
+    partition: int
+    offset: int | None  # next input offset the state reflects; None: no checkpoint
+    ck: int = 0
+    model: dict[str, Any] | None = None
+    void: list[list[int]] = field(default_factory=list)
+    end: int = 0  # changelog offset where the read stopped
+    marker_at: int = -1  # changelog offset of the marker used
+    users: dict[str, np.ndarray] | None = None  # full rows (columns) keyed by "ids"
+    tails: dict[str, tuple[int, int, bytes, int]] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)  # users queued for re-assignment, in queue order
+    records: int = 0
+
+
+def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype) -> PartitionState:
+    """The state a changelog partition's records (offset 0 to ``end``) restore to."""
+    keys, values, offsets = records.keys, records.values, records.offsets
+    try:
+        last = len(keys) - 1 - keys[::-1].index(MARKER_KEY)
+    except ValueError:
+        return PartitionState(partition, None, end=end, records=len(keys))
+    doc = unpack(values[last])
+    void = [list(map(int, v)) for v in doc.get("void", [])]
+    n = last
+    if void:
+        keep = np.ones(n, dtype=bool)
+        for lo, hi in void:
+            keep &= ~((offsets[:n] >= lo) & (offsets[:n] < hi))
+        idx = np.flatnonzero(keep).tolist()
+        latest = dict(zip([keys[i] for i in idx], idx))  # the last record per key wins
+    else:
+        latest = dict(zip(keys[:n], range(n)))
+    latest.pop(MARKER_KEY, None)
+    at_model = latest.pop(MODEL_KEY, None)
+    model = unpack(values[at_model]) if at_model is not None else None
+    ukeys = list(latest)
+    vals = [values[i] for i in latest.values()]
+    held = [k for k, v in zip(ukeys, vals) if v]  # tombstones (None): erased users, nothing to restore
+    vals = list(filter(None, vals))
+    lens = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))
+    blob = b"".join(vals)
+    starts = np.cumsum(lens) - lens
+    kinds = np.frombuffer(blob, dtype=np.uint8)[starts] if len(vals) else np.zeros(0, np.uint8)
+    full = kinds == FULL[0]
+    width = 1 + dtype.itemsize
+    if full.all():
+        rows = np.frombuffer(blob, dtype=np.uint8).reshape(-1, width)[:, 1:].copy().view(dtype).reshape(-1)
+        full_ids = held
+    else:
+        pick = full.tolist()
+        full_ids = [k for k, f in zip(held, pick) if f]
+        rows = np.frombuffer(b"".join([v[1:] for v, f in zip(vals, pick) if f]), dtype=dtype)
+    tails = {}
+    for i in np.flatnonzero(kinds == TAIL[0]).tolist():
+        t = np.frombuffer(vals[i][1:], dtype=TAIL_DTYPE)[0]
+        tails[held[i].decode("utf-8", "surrogatepass")] = (int(t["seq"]), int(t["segment"]), bytes(t["cid"]), partition)
+    users = {"ids": [k.decode("utf-8", "surrogatepass") for k in full_ids], **{name: rows[name] for name in dtype.names}}
+    return PartitionState(partition, int(doc["offset"]), ck=int(doc["ck"]), model=model, void=void,
+                          end=end, marker_at=int(offsets[last]), users=users, tails=tails, records=len(keys),
+                          stale=list(doc.get("stale", [])))
+
+
+class Changelog:
+    """Delta writes of one member's partitions, and their restore."""
+
+    def __init__(self, topic: str, publisher: Publisher, pipeline: Pipeline) -> None:
+        self.topic = topic
+        self.publisher = publisher
+        self.pipeline = pipeline
+        self.dtype = row_dtype(pipeline.store)
+        self._dirty = np.zeros(0, dtype=bool)  # per store row: changed since the last checkpoint
+        self._erased: dict[int, list[str]] = {}  # partition -> users erased since the last checkpoint
+        self._void: dict[int, list[list[int]]] = {}  # partition -> changelog ranges a crash left unfinished
+        self._ck = 0
+        self._stale_ids: dict[int, list[str]] = {}  # partition -> queued users, staged for the marker
+        self.bytes_written = 0
+        self.records_written = 0
+
+    # ----- between checkpoints ------------------------------------------------
+    def mark(self, rows: np.ndarray, *, size: int = 0) -> None:
+        """These store rows changed (events applied, a new segment, a tail carried on); ``size``: rows
+        the mask must cover at least."""
+        top = max(int(rows.max()) + 1 if len(rows) else 0, size)
+        if top > len(self._dirty):
+            grown = np.zeros(max(top, 2 * len(self._dirty), 1024), dtype=bool)
+            grown[: len(self._dirty)] = self._dirty
+            self._dirty = grown
+        self._dirty[rows] = True
+
+    def erased(self, user_ids: list[str], partitions: list[int]) -> None:
+        for uid, p in zip(user_ids, partitions):
+            self._erased.setdefault(p, []).append(uid)
+
+    def forget_partition(self, partition: int) -> None:
+        """The partition left this member: what was not checkpointed is its next owner's to redo."""
+        self._erased.pop(partition, None)
+        self._void.pop(partition, None)
+
+    # ----- a checkpoint's writes ----------------------------------------------
+    def write(self, offsets: dict[int, int]) -> int:
+        """:meth:`stage` then :meth:`seal` (the caller confirms in between and after)."""
+        n = self.stage(offsets)
+        self.publisher.confirm()
+        return n + self.seal(offsets)
+
+    def seal(self, offsets: dict[int, int]) -> int:
+        """Send each partition's marker: what :meth:`stage` sent becomes the partition's state. Call only
+        once the outputs and the staged records are confirmed."""
+        for p, offset in sorted(offsets.items()):
+            marker = pack({"v": 1, "offset": int(offset), "ck": self._ck, "void": self._void.get(p, []),
+                           "stale": self._stale_ids.pop(p, [])})
+            self.publisher.send_columns(self.topic, p, MARKER_KEY, np.array([len(MARKER_KEY)]), marker,
+                                        np.array([len(marker)]))
+            self.bytes_written += len(MARKER_KEY) + len(marker)
+        self.records_written += len(offsets)
+        return len(offsets)
+
+    def stage(self, offsets: dict[int, int]) -> int:
+        """Send, per partition (partition -> next input offset the state reflects): evicted users' tails,
+        tombstones of erased users, the changed users' rows, and the model (key ``__model__``). They count
+        for nothing until :meth:`seal` writes the partition's marker after them, so they may travel with the
+        batch's outputs, confirmed together (one round trip). Returns records sent."""
+        p_ = self.pipeline
+        store = p_.store
+        live = store.live_rows()
+        self.mark(np.zeros(0, dtype=np.int64), size=len(store.last_ts))
+        dirty = live[self._dirty[live]]
+        parts = store.partition[dirty]
+        new_tails = p_.tails.drain_new()
+        model = pack(p_.model_state())
+        stale = p_.stale_rows()
+        stale = stale[store.holds_user(stale)] if len(stale) else stale
+        stale_parts = store.partition[stale]
+        self._ck = max(time.time_ns(), self._ck + 1)
+        sent = 0
+        for p, offset in sorted(offsets.items()):
+            kparts: list[bytes] = []
+            vparts: list[bytes] = []
+            klens: list[np.ndarray] = []
+            vlens: list[np.ndarray] = []
+
+            def add(ids: list[str], values: bytes, value_lengths: np.ndarray) -> None:
+                enc = [u.encode("utf-8", "surrogatepass") for u in ids]
+                kparts.append(b"".join(enc))
+                klens.append(np.fromiter(map(len, enc), dtype=np.int64, count=len(enc)))
+                vparts.append(values)
+                vlens.append(value_lengths)
+
+            tails = [(u, t) for u, t in new_tails if t[3] == p]
+            if tails:
+                tb = np.zeros((len(tails), 1 + TAIL_DTYPE.itemsize), dtype=np.uint8)
+                tb[:, 0] = TAIL[0]
+                tb[:, 1:] = np.array([(t[0], t[1], t[2]) for _, t in tails], dtype=TAIL_DTYPE).view(np.uint8).reshape(
+                    len(tails), -1)
+                add([u for u, _ in tails], tb.tobytes(), np.full(len(tails), tb.shape[1], dtype=np.int64))
+            gone = self._erased.pop(p, [])
+            if gone:
+                add(gone, b"", np.full(len(gone), -1, dtype=np.int64))  # tombstones
+            rows = dirty[parts == p]
+            if len(rows):
+                add(store.user_ids(rows), self._encode(rows), np.full(len(rows), 1 + self.dtype.itemsize, dtype=np.int64))
+            self._stale_ids[p] = store.user_ids(stale[stale_parts == p])
+            key_bytes, value_bytes = b"".join(kparts), b"".join(vparts)
+            klen = np.concatenate(klens) if klens else np.zeros(0, dtype=np.int64)
+            if len(klen):
+                self.publisher.send_columns(self.topic, p, key_bytes, klen, value_bytes, np.concatenate(vlens))
+            self.publisher.send_columns(self.topic, p, MODEL_KEY, np.array([len(MODEL_KEY)]), model,
+                                        np.array([len(model)]))
+            sent += len(klen) + 1
+            self.bytes_written += len(key_bytes) + len(value_bytes) + len(MODEL_KEY) + len(model)
+        self.records_written += sent
+        if len(dirty):
+            written = dirty[np.isin(parts, list(offsets))]
+            self._dirty[written] = False
+        return sent
+
+    def _encode(self, rows: np.ndarray) -> bytes:
+        """The rows' full records, kind byte included, back to back."""
+        store = self.pipeline.store
+        out = np.zeros(len(rows), dtype=self.dtype)
+        for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w"):
+            out[name] = getattr(store, name)[rows]
+        out["t0"] = store.t0 if store.t0 is not None else 0.0
+        cid = self.pipeline.tails.change_ids(rows)
+        out["cid"] = np.where(out["seq"] > 0, cid, b"")
+        framed = np.empty((len(rows), 1 + self.dtype.itemsize), dtype=np.uint8)
+        framed[:, 0] = FULL[0]
+        framed[:, 1:] = out.view(np.uint8).reshape(len(rows), -1)
+        return framed.tobytes()
+
+    # ----- restore ----------------------------------------------------------------
+    def restore(self, states: list[PartitionState]) -> int:
+        """Load restored partitions into the pipeline (the model of the newest checkpoint when this member
+        holds none yet); returns the users restored. The caller seeks the input to each ``offset``."""
+        p_ = self.pipeline
+        store = p_.store
+        fresh = p_.model is None and len(store) == 0 and p_.events_seen == 0
+        with_model = [s for s in states if s.model is not None]
+        if fresh and with_model:
+            p_.load_model_state(max(with_model, key=lambda s: s.ck).model)
+        users = 0
+        for s in states:
+            if s.offset is not None and s.end > s.marker_at + 1:  # a cut-short checkpoint's records
+                self._void[s.partition] = s.void + [[s.marker_at + 1, s.end]]
+            elif s.offset is not None:
+                self._void[s.partition] = list(s.void)
+            p_.tails.evicted.update(s.tails)
+            u = s.users
+            if not u or not u["ids"]:
+                continue
+            t0s = u["t0"]
+            groups = np.unique(t0s)
+            for t0 in groups:
+                sel = np.flatnonzero(t0s == t0) if len(groups) > 1 else slice(None)
+                ids = u["ids"] if len(groups) == 1 else [u["ids"][i] for i in sel.tolist()]
+                block: dict[str, Any] = {"ids": ids, "rows": np.zeros(len(ids), np.int64), "t0": float(t0),
+                                         "partition": np.full(len(ids), s.partition, dtype=np.int32)}
+                for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w"):
+                    block[name] = u[name][sel]
+                p_.import_users(block, keep_rows=False)
+                rows = store.rows_of(block["ids"])
+                p_.tails.set_raw_change_ids(rows, u["cid"][sel])
+            users += len(u["ids"])
+        queued = [store.row_of(x) for s in states for x in s.stale]
+        p_.requeue(np.array([r for r in queued if r is not None], dtype=np.int64))
+        return users

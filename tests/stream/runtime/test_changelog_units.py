@@ -1,0 +1,114 @@
+"""The changelog's restore rules, in-process: the last marker ends the state, the last record per key
+before it wins, records of a checkpoint a crash cut short are ignored (and stay ignored once a later
+marker names them void), an evicted user's tail and an erasure's tombstone come back as such."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from state.features import FeatureSpec
+from state.user_store import UserStore
+from stream.kafka.records import Records
+from stream.runtime.changelog import FULL, MARKER_KEY, TAIL, TAIL_DTYPE, decode_partition, row_dtype
+from stream.runtime.checkpoints import pack
+
+DTYPE = row_dtype(UserStore(FeatureSpec(), capacity=1))
+
+
+def _full(seq: int, segment: int) -> bytes:
+    row = np.zeros(1, dtype=DTYPE)
+    row["seq"], row["segment"], row["t0"] = seq, segment, 1.7e9
+    return FULL + row.tobytes()
+
+
+def _tail(seq: int, segment: int) -> bytes:
+    return TAIL + np.array([(seq, segment, b"\x01" * 16)], dtype=TAIL_DTYPE).tobytes()
+
+
+def _marker(offset: int, void=()) -> bytes:
+    return pack({"v": 1, "offset": offset, "ck": offset, "void": [list(v) for v in void], "stale": []})
+
+
+def _decode(records: list[tuple[bytes, bytes | None]]):
+    keys = [k for k, _ in records]
+    return decode_partition(3, Records.single("cl", 3, np.arange(len(records)), np.zeros(len(records)), keys,
+                                              [v for _, v in records]), len(records), DTYPE)
+
+
+def test_the_last_marker_ends_the_state_and_the_last_record_per_key_wins():
+    st = _decode([(b"a", _full(1, 0)), (b"b", _full(1, 2)), (MARKER_KEY, _marker(100)),
+                  (b"a", _full(2, 1)), (b"c", _tail(4, 5)), (b"b", None), (MARKER_KEY, _marker(200)),
+                  (b"a", _full(9, 9))])  # after the last marker: a checkpoint cut short
+    assert st.offset == 200 and st.marker_at == 6
+    assert st.users["ids"] == ["a"] and st.users["seq"].tolist() == [2] and st.users["segment"].tolist() == [1]
+    assert st.tails == {"c": (4, 5, b"\x01" * 16, 3)}  # b was erased: gone
+
+
+def test_a_cut_short_checkpoint_stays_ignored_behind_a_later_marker_that_names_it_void():
+    st = _decode([(b"a", _full(1, 0)), (MARKER_KEY, _marker(100)),
+                  (b"a", _full(5, 3)),  # offset 2: written, never sealed (the writer was killed)
+                  (b"b", _full(1, 1)), (MARKER_KEY, _marker(150, void=[(2, 3)]))])
+    assert st.offset == 150
+    assert dict(zip(st.users["ids"], st.users["seq"].tolist())) == {"a": 1, "b": 1}
+
+
+def test_no_marker_means_no_checkpoint():
+    st = _decode([(b"a", _full(1, 0))])
+    assert st.offset is None and st.users is None
+
+
+def test_evicted_users_continue_seq_and_previous_segment_when_they_come_back():
+    import random
+
+    import msgpack
+
+    from stream.runtime.pipeline import Pipeline
+    from stream.settings import Settings
+
+    p = Pipeline.from_settings(Settings(segments=3, warmup_users=20, model_update_events=200, max_users=30, seed=1,
+                                        half_life_s=300.0),
+                               now=lambda: 2e9)
+    rng = random.Random(3)
+    last: dict[str, tuple[int, int]] = {}
+    evicted = 0
+    for b in range(60):
+        # a user's behaviour moves to another group every 15 batches: segments change over time
+        evs = [{"user_id": f"u{(u := rng.randrange(90))}", "action": ["view", "click", "purchase"][(u + b // 15) % 3],
+                "ts": 1.7e9 + b * 100 + i, "item_id": rng.randrange(20), "categories": [f"c{(u + b // 15) % 3}"]}
+               for i in range(20)]
+        r = p.process_records([msgpack.packb(e) for e in evs])
+        evicted += r.evicted
+        for uid, seg, prev, seq in zip(r.changes.user_ids, r.changes.segments.tolist(), r.changes.previous.tolist(),
+                                       r.changes.seq.tolist()):
+            before = last.get(uid, (0, -1))
+            assert (seq, prev) == (before[0] + 1, before[1]), (uid, seq, prev, before)
+            last[uid] = (seq, seg)
+    assert evicted > 90 and len(p.store) <= 30 and p.tails.evicted  # users came and went, tails kept
+    assert max(s for s, _ in last.values()) > 1
+
+
+class _Sent:
+    """A publisher that keeps what a checkpoint sends, per partition, in order."""
+
+    def __init__(self):
+        self.records: list[tuple[int, bytes]] = []
+
+    def send_columns(self, topic, partition, key_bytes, key_lengths, value_bytes, value_lengths):
+        at = 0
+        for n in np.asarray(key_lengths).tolist():
+            self.records.append((partition, key_bytes[at:at + n]))
+            at += n
+
+    def confirm(self):
+        return len(self.records)
+
+
+def test_a_checkpoint_of_a_partition_with_nothing_changed_writes_the_model_and_then_the_marker():
+    from stream.runtime.changelog import MODEL_KEY, Changelog
+    from stream.runtime.pipeline import Pipeline
+    from stream.settings import Settings
+
+    sent = _Sent()
+    cl = Changelog("cl", sent, Pipeline.from_settings(Settings(), now=lambda: 2e9))  # type: ignore[arg-type]
+    cl.write({0: 10, 1: 0})
+    assert sent.records == [(0, MODEL_KEY), (1, MODEL_KEY), (0, MARKER_KEY), (1, MARKER_KEY)]
