@@ -156,7 +156,8 @@ def test_a_refused_secure_connection_stops_start_up_with_one_line(certs, tls_bro
         expect = ["not trusted", "certificate has expired"]
     elif case == "wrong-password":  # the verifier that lets the right password in
         env = {**_scram(certs, password="not-the-password"), "bootstrap": scram_broker["bootstrap"]}
-        expect = ["SASL login as 'segstream' (SCRAM-SHA-256) refused", "SEGSTREAM_SASL_PASSWORD", "invalid credentials"]
+        # the broker's own reason follows when its reply is read before the connection drops (not always, under load)
+        expect = ["SASL login as 'segstream' (SCRAM-SHA-256) refused", "SEGSTREAM_SASL_PASSWORD"]
     else:
         env = {"bootstrap": sasl_broker, "security_protocol": "SASL_SSL", "ssl_cafile": str(certs.ca),
                "sasl_mechanism": "SCRAM-SHA-256", "sasl_username": "segstream", "sasl_password": "wrong"}
