@@ -22,6 +22,7 @@ from stream.kafka.clients import (
     wait_for_broker,
 )
 from stream.kafka.compat import install_columnar_fetch
+from stream.kafka.confluent import require_confluent
 from stream.kafka.lag import LagMonitor
 from stream.kafka.topics import topic_plan
 from stream.observability.metrics import Metrics
@@ -68,6 +69,8 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
                  on_ready: Callable[[StreamRunner], None] | None = None,
                  clock: Callable[[], float] = time.time) -> RunSummary:
     """Run ``segstream run`` until stopped; returns what was processed."""
+    if settings.kafka_client == "confluent":
+        require_confluent()  # before anything starts: one line naming the extra when it is missing
     pipeline = Pipeline.from_settings(settings)
     log.info("encoder %s (%s, %d dims), %d segments", pipeline.encoder.kind, pipeline.encoder.version,
              pipeline.encoder.dim, settings.segments)
