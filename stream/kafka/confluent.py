@@ -407,4 +407,7 @@ class ConfluentProducer:
         return parts
 
     def close(self, timeout: float | None = None) -> None:
-        self._producer.flush(timeout if timeout is not None else -1)
+        """Deliver what is queued (up to ``timeout``), then free librdkafka's handle (its threads stop)."""
+        if self._producer is not None:
+            self._producer.flush(timeout if timeout is not None else -1)
+            self._producer = None
