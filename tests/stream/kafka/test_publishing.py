@@ -60,7 +60,11 @@ def test_send_many_lands_each_key_in_its_default_partition(broker, topics, monke
 @pytest.mark.integration
 def test_deliveries_librdkafka_reports_failed_are_sent_again_and_counted(broker, topics):
     """librdkafka's own failure path: records still queued are purged (each one's delivery report says
-    _PURGE_QUEUE), and confirm sends them again, in order, and counts them."""
+    _PURGE_QUEUE), and confirm sends them again, in order, and counts them.
+
+    Not idempotent here: purged records leave a gap in the idempotent producer's sequence numbers, which
+    librdkafka repairs by bumping the producer epoch (KIP-360), and Tansu answers the bumped epoch's
+    produce requests with PRODUCER_FENCED for good (a Kafka broker accepts them)."""
     pytest.importorskip("confluent_kafka")
     from prometheus_client import CollectorRegistry
 
@@ -69,7 +73,8 @@ def test_deliveries_librdkafka_reports_failed_are_sent_again_and_counted(broker,
 
     broker.create(topics, partitions=1)
     settings = broker.settings(topics, kafka_client="confluent")
-    producer = ConfluentProducer(settings, **{"linger.ms": 60_000})  # nothing leaves before the purge
+    # nothing leaves before the purge
+    producer = ConfluentProducer(settings, **{"linger.ms": 60_000, "enable.idempotence": False})
     metrics = Metrics(CollectorRegistry())
     pub = Publisher(producer, metrics, columnar=False)
     keys = [f"user-{i}".encode() for i in range(300)]
