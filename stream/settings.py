@@ -166,6 +166,9 @@ class Settings:
         if self.sasl_mechanism in _LIBRDKAFKA_ONLY and self.kafka_client != "confluent":
             raise SettingsError(f"{_env('sasl_mechanism')}={self.sasl_mechanism} needs {_env('kafka_client')}=confluent "
                                 "(kafka-python is used here with PLAIN and SCRAM only)")
+        if self.sasl_mechanism in _LIBRDKAFKA_ONLY and self.global_model:
+            raise SettingsError(f"{_env('sasl_mechanism')}={self.sasl_mechanism} cannot go with {_env('global_model')}: "
+                                "the model sync reads its topic with kafka-python")
         if self.sasl_mechanism == "OAUTHBEARER" and not self.sasl_oauthbearer_token_url:
             raise SettingsError(f"{_env('sasl_mechanism')}=OAUTHBEARER needs {_env('sasl_oauthbearer_token_url')}")
         if not 0.0 < self.learning_rate <= 1.0:

@@ -125,3 +125,8 @@ def test_segstream_run_asking_for_confluent_without_it_exits_with_that_line():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == MISSING_EXTRA
+
+
+def test_librdkafka_only_mechanisms_refuse_the_global_model_whose_sync_is_kafka_python():
+    with pytest.raises(SettingsError, match="SEGSTREAM_GLOBAL_MODEL"):
+        confluent(security_protocol="SASL_SSL", sasl_mechanism="GSSAPI", global_model=True)
