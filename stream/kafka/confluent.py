@@ -100,7 +100,6 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "fetch.max.bytes": 64 << 20,
         "max.partition.fetch.bytes": 8 << 20,
         "fetch.wait.max.ms": min(100, max(1, settings.batch_max_wait_ms)),
-        "queued.max.messages.kbytes": 256 << 10,
     }
     if settings.group_instance_id:
         cfg["group.instance.id"] = settings.group_instance_id
