@@ -232,8 +232,10 @@ class ConfluentConsumer:
 
     def _columns(self, msgs: list[Any]) -> dict[TopicPartition, list[Records]]:
         """One pass of per-message accessors (what librdkafka's Python client gives), then numpy by partition."""
-        count = len(msgs)
         topic = msgs[0].topic()
+        if any(m.topic() != topic for m in msgs):  # a consumer of several topics: one Records per topic
+            return self._by_topic(msgs)
+        count = len(msgs)
         partitions = np.fromiter((m.partition() for m in msgs), dtype=np.int64, count=count)
         offsets = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=count)
         timestamps = np.fromiter((m.timestamp()[1] for m in msgs), dtype=np.int64, count=count)
@@ -241,8 +243,6 @@ class ConfluentConsumer:
         values = [m.value() for m in msgs]
         headers = [m.headers() for m in msgs]
         hdrs = [list(h or []) for h in headers] if any(headers) else None
-        if any(m.topic() != topic for m in msgs):  # a consumer of several topics: one Records per topic
-            return self._by_topic(msgs)
         block = Records(topic, partitions, offsets, timestamps, keys, values, hdrs)
         out: dict[TopicPartition, list[Records]] = {}
         first = int(partitions[0])

@@ -130,3 +130,77 @@ def test_segstream_run_asking_for_confluent_without_it_exits_with_that_line():
 def test_librdkafka_only_mechanisms_refuse_the_global_model_whose_sync_is_kafka_python():
     with pytest.raises(SettingsError, match="SEGSTREAM_GLOBAL_MODEL"):
         confluent(security_protocol="SASL_SSL", sasl_mechanism="GSSAPI", global_model=True)
+
+
+class _Err:
+    def __init__(self, code: int, fatal: bool = False) -> None:
+        self._code, self._fatal = code, fatal
+
+    def code(self) -> int:
+        return self._code
+
+    def fatal(self) -> bool:
+        return self._fatal
+
+    def name(self) -> str:
+        return f"E{self._code}"
+
+    def str(self) -> str:
+        return "injected"
+
+
+class _Msg:
+    """What librdkafka's consume() hands back, one per record (or per error)."""
+
+    def __init__(self, partition: int, offset: int, value: bytes | None, *, key: bytes | None = None,
+                 headers: list | None = None, error: _Err | None = None, topic: str = "events") -> None:
+        self._p, self._o, self._v, self._k, self._h, self._e, self._t = partition, offset, value, key, headers, error, topic
+
+    def topic(self): return self._t  # noqa: E704
+    def partition(self): return self._p  # noqa: E704
+    def offset(self): return self._o  # noqa: E704
+    def timestamp(self): return (1, 1000 + self._o)  # noqa: E704
+    def key(self): return self._k  # noqa: E704
+    def value(self): return self._v  # noqa: E704
+    def headers(self): return self._h  # noqa: E704
+    def error(self): return self._e  # noqa: E704
+
+
+def _consumer_over(batches: list[list[_Msg]]):
+    ck = pytest.importorskip("confluent_kafka")
+    from stream.kafka.confluent import ConfluentConsumer
+
+    class _Rd:
+        def consume(self, num_messages: int, timeout: float):
+            return batches.pop(0) if batches else []
+
+    c = object.__new__(ConfluentConsumer)  # no librdkafka handle: only poll's conversion is under test
+    c._ck, c._consumer, c._positions, c.max_records = ck, _Rd(), {}, 100
+    return c
+
+
+def test_poll_turns_one_consume_call_into_columns_per_partition():
+    from stream.kafka import TopicPartition, as_records
+
+    c = _consumer_over([[_Msg(0, 5, b"a", key=b"u1"), _Msg(1, 9, b"b"), _Msg(0, 6, None, headers=[("h", b"x")]),
+                         _Msg(1, 10, b"d")]])
+    polled = c.poll(timeout_ms=10, max_records=100)
+    assert sorted(polled) == [TopicPartition("events", 0), TopicPartition("events", 1)]
+    p0 = as_records(TopicPartition("events", 0), polled[TopicPartition("events", 0)])
+    assert p0.offsets.tolist() == [5, 6] and p0.values == [b"a", None] and p0.keys == [b"u1", None]
+    assert p0.timestamps.tolist() == [1005, 1006] and p0.headers == [[], [("h", b"x")]]
+    p1 = as_records(TopicPartition("events", 1), polled[TopicPartition("events", 1)])
+    assert p1.partitions.tolist() == [1, 1] and p1.values == [b"b", b"d"]
+    assert c.position(TopicPartition("events", 0)) == 7 and c.position(TopicPartition("events", 1)) == 11
+
+
+def test_poll_skips_error_messages_and_raises_on_a_fatal_one():
+    from stream.kafka import KafkaError, TopicPartition
+
+    c = _consumer_over([[_Msg(0, 1, b"a"), _Msg(0, -1, None, error=_Err(-195))], [_Msg(0, 2, b"b")],
+                        [_Msg(0, -1, None, error=_Err(-150, fatal=True))]])
+    assert [r.values for rs in c.poll(0).values() for r in rs] == [[b"a"]]
+    assert list(c.poll(0)) == [TopicPartition("events", 0)]
+    with pytest.raises(KafkaError, match="fatal"):
+        c.poll(0)
+    assert c.poll(0) == {}
