@@ -27,7 +27,10 @@ class ConfluentAdmin:
 
         self._ck = ck
         self.timeout_s = request_timeout_ms / 1000.0
-        self._admin = AdminClient({**_base(settings), "client.id": f"{settings.client_id}-admin"})
+        try:
+            self._admin = AdminClient({**_base(settings), "client.id": f"{settings.client_id}-admin"})
+        except ck.KafkaException as exc:  # a configuration librdkafka cannot run (e.g. GSSAPI without Cyrus SASL)
+            raise SystemExit(f"librdkafka refused the admin client configuration: {_error(exc)}") from None
         # like KafkaAdminClient, fail here when no broker answers (wait_for_broker relies on it)
         self._admin.list_topics(timeout=self.timeout_s)
 
