@@ -190,8 +190,10 @@ def encoders_table(results: Results) -> str:
 
 
 def transports_table(results: Results) -> str:
-    """``bench.transports``: both Kafka clients on one topic, raw and through ``segstream run``, with the goals."""
-    r = _of(results, "transports")[-1]
+    """``bench.transports``: both Kafka clients on one topic, raw and through ``segstream run``, with the goals.
+
+    Of several runs, the one that started on the quietest machine (lowest load average) is shown."""
+    r = min(_of(results, "transports"), key=lambda x: x["machine"]["loadavg_at_start"][0])
     f, m = r["figures"], r["machine"]
     ev = lambda k: f"{f[k]['events_per_s']:,}"  # noqa: E731
     rows = [("raw poll loop, records untouched", ev("kafka_python_raw"), ev("confluent_raw")),
