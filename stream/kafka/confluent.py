@@ -20,11 +20,11 @@ What librdkafka does differently, and how it is bridged:
 - Rebalance callbacks run inside ``consume()`` on the calling thread (not on
   an IO thread as in kafka-python); they are forwarded to the same
   :class:`~stream.kafka.rebalance.RebalanceTracker` events.
-- The group generation is not exposed by librdkafka: ``group_metadata()``
-  gives librdkafka's member id and, as ``generation_id``, the number of
-  assignments this member has received (it rises with every rebalance this
-  member takes part in, as the generation does, but is not the broker's
-  number).
+- librdkafka has no call for the group generation: ``group_metadata()`` reads
+  it from ``consumer_group_metadata()``, which confluent-kafka returns as
+  librdkafka's serialised form (``CGMDv2:``, then the generation as a
+  native-endian int32: :func:`generation_of`); should that form change, the
+  number of assignments this member received stands in (one warning).
 - ``highwater`` is the log end offset of the partition's last fetch response
   (``get_watermark_offsets(cached=True)``): a ListOffsets query (uncached) is
   wrong on Tansu for batches of several records.
@@ -39,6 +39,7 @@ What librdkafka does differently, and how it is bridged:
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -53,7 +54,7 @@ from stream.kafka.security import librdkafka_security
 from stream.settings import Settings
 
 __all__ = ["ConfluentConsumer", "ConfluentProducer", "GroupMetadata", "consumer_config", "producer_config",
-           "require_confluent", "MISSING_EXTRA"]
+           "generation_of", "require_confluent", "MISSING_EXTRA"]
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,26 @@ def require_confluent() -> Any:
 
 
 class GroupMetadata(NamedTuple):
-    """What the run loop logs of the group: see the module docstring for what ``generation_id`` counts."""
+    """What the run loop logs of the group (kafka-python's ``group_metadata()`` fields it reads)."""
 
     generation_id: int
     member_id: str
+
+
+_CGMD = b"CGMDv2:"
+
+
+def generation_of(serialised: bytes) -> int | None:
+    """The group generation in librdkafka's serialised consumer group metadata (``None``: another form).
+
+    >>> generation_of(b"CGMDv2:" + (7).to_bytes(4, sys.byteorder, signed=True) + b"g\\x00member\\x00\\x01")
+    7
+    >>> generation_of(b"something else") is None
+    True
+    """
+    if not isinstance(serialised, bytes) or not serialised.startswith(_CGMD) or len(serialised) < len(_CGMD) + 4:
+        return None
+    return int.from_bytes(serialised[len(_CGMD):len(_CGMD) + 4], sys.byteorder, signed=True)
 
 
 def _base(settings: Settings) -> dict[str, Any]:
@@ -156,6 +173,7 @@ class ConfluentConsumer:
         self.max_records = settings.batch_max_events
         self._positions: dict[TopicPartition, int] = {}  # next offset to hand out, once known
         self._assignments = 0
+        self._warned = False
         self._listener: Any = None
         if topics:
             self.subscribe(list(topics))
@@ -199,8 +217,15 @@ class ConfluentConsumer:
         return {_kp(p) for p in self._consumer.assignment()}
 
     def group_metadata(self) -> GroupMetadata:
-        """librdkafka's member id, and the number of assignments received as the generation."""
-        return GroupMetadata(self._assignments if self._assignments else -1, self._consumer.memberid() or "")
+        """The group generation (-1 before joining) and librdkafka's member id."""
+        generation = generation_of(self._consumer.consumer_group_metadata())
+        if generation is None:
+            if not self._warned:
+                self._warned = True
+                log.warning("librdkafka's group metadata has an unknown form: the number of assignments stands "
+                            "in for the group generation in logs")
+            generation = self._assignments if self._assignments else -1
+        return GroupMetadata(generation, self._consumer.memberid() or "")
 
     # ----- fetching -----------------------------------------------------------
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Records]]:
