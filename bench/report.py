@@ -189,6 +189,30 @@ def encoders_table(results: Results) -> str:
     return _table(("Encoder", "Device", "Result", "Command"), rows)
 
 
+def transports_table(results: Results) -> str:
+    """``bench.transports``: both Kafka clients on one topic, raw and through ``segstream run``, with the goals.
+
+    Of several runs, the one that started on the quietest machine (lowest load average) is shown."""
+    r = min(_of(results, "transports"), key=lambda x: x["machine"]["loadavg_at_start"][0])
+    f, m = r["figures"], r["machine"]
+    ev = lambda k: f"{f[k]['events_per_s']:,}"  # noqa: E731
+    rows = [("raw poll loop, records untouched", ev("kafka_python_raw"), ev("confluent_raw")),
+            ("raw poll loop + `msgpack.unpackb` of every value", ev("kafka_python_raw_decode"), ev("confluent_raw_decode")),
+            ("`segstream run` loop (defaults)", ev("segstream_kafka_python"), ev("segstream_confluent")),
+            ("the same log, no broker (`segstream replay`'s path): the pipeline's ceiling", ev("file"), ev("file"))]
+    g = f["goals"]
+    rows.append(("goal: `segstream run` / raw poll loop (kafka-python), raw consume+decode (confluent)",
+                 f"{g['kafka_python']['value']} ({g['kafka_python']['goal']}: {'met' if g['kafka_python']['met'] else '**not met**'})",
+                 f"{g['confluent']['value']} ({g['confluent']['goal']}: {'met' if g['confluent']['met'] else '**not met**'})"))
+    rows.append(("`segstream run` / the pipeline's ceiling", str(f["ratios"]["segstream_kafka_python_to_file"]),
+                 str(f["ratios"]["segstream_confluent_to_file"])))
+    head = (f"Events/s, {r['params']['produced']:,} events ({r['params']['users']:,} users, k = {r['params']['segments']}), "
+            f"one partition; kafka-python {m['versions']['kafka-python']}, confluent-kafka "
+            f"{m['versions'].get('confluent-kafka')}; load average (1 min) at start {m['loadavg_at_start'][0]} on "
+            f"{m['cores']} cores; {_cmd(r)}.\n\n")
+    return head + _table(("Mode", "kafka-python", "confluent (librdkafka)"), rows)
+
+
 # --- scale-out and sizing --------------------------------------------------------------------------
 
 
@@ -378,7 +402,7 @@ def movielens_table(results: Results) -> str:
 
 RENDERERS: dict[str, Callable[[Results], str]] = {
     "machine": machine_line, "suite": suite_table, "goals": goals_table, "encoders": encoders_table,
-    "scaleout": scaleout_table, "sizing": sizing_table, "plan": plan_table,
+    "scaleout": scaleout_table, "transports": transports_table, "sizing": sizing_table, "plan": plan_table,
     "planted": planted_table, "movielens": movielens_table,
 }
 

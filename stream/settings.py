@@ -49,9 +49,13 @@ class Settings:
     heartbeat_interval_ms: int = _opt("SEGSTREAM_HEARTBEAT_INTERVAL_MS", 1000, "Consumer group heartbeat interval.", group="kafka")
     max_poll_interval_ms: int = _opt("SEGSTREAM_MAX_POLL_INTERVAL_MS", 300000, "Longest allowed gap between polls before the group evicts this member.", group="kafka")
     security_protocol: str = _opt("SEGSTREAM_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", group="kafka", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
-    sasl_mechanism: str = _opt("SEGSTREAM_SASL_MECHANISM", "", "SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) when a SASL protocol is used.", group="kafka")
+    kafka_client: str = _opt("SEGSTREAM_KAFKA_CLIENT", "kafka-python", "Kafka client of the run loop's consumer and producer: kafka-python, or confluent (confluent-kafka over librdkafka: pip install segstream[librdkafka]; stream/kafka/confluent.py). Topic set-up follows it; the lag probe and the model sync use kafka-python either way.", group="kafka", choices=("kafka-python", "confluent"))
+    sasl_mechanism: str = _opt("SEGSTREAM_SASL_MECHANISM", "", "SASL mechanism when a SASL protocol is used: PLAIN (the default), SCRAM-SHA-256, SCRAM-SHA-512; OAUTHBEARER (OIDC client credentials: SEGSTREAM_SASL_USERNAME is the client id, SEGSTREAM_SASL_PASSWORD the secret) and GSSAPI (Kerberos) with SEGSTREAM_KAFKA_CLIENT=confluent only.", group="kafka", choices=("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"))
     sasl_username: str = _opt("SEGSTREAM_SASL_USERNAME", "", "SASL user name.", group="kafka")
     sasl_password: str = _opt("SEGSTREAM_SASL_PASSWORD", "", "SASL password (prefer the environment over the command line).", group="kafka")
+    sasl_oauthbearer_token_url: str = _opt("SEGSTREAM_SASL_OAUTHBEARER_TOKEN_URL", "", "OIDC token endpoint of SASL OAUTHBEARER (confluent client only).", group="kafka")
+    sasl_kerberos_service_name: str = _opt("SEGSTREAM_SASL_KERBEROS_SERVICE_NAME", "kafka", "Kerberos service name of the brokers, SASL GSSAPI (confluent client only; SEGSTREAM_SASL_USERNAME is the principal).", group="kafka")
+    sasl_kerberos_keytab: str = _opt("SEGSTREAM_SASL_KERBEROS_KEYTAB", "", "Keytab of the principal, SASL GSSAPI (confluent client only; empty: the ticket cache).", group="kafka")
     ssl_cafile: str = _opt("SEGSTREAM_SSL_CAFILE", "", "CA bundle to verify the brokers' certificates.", group="kafka")
     ssl_certfile: str = _opt("SEGSTREAM_SSL_CERTFILE", "", "Client certificate (mutual TLS).", group="kafka")
     ssl_keyfile: str = _opt("SEGSTREAM_SSL_KEYFILE", "", "Client private key (mutual TLS).", group="kafka")
@@ -161,6 +165,14 @@ class Settings:
         if self.liveness_timeout_s <= 0 or self.lag_probe_interval_s < 0 or self.psi_refresh_embeddings < 0:
             raise SettingsError(f"{_env('liveness_timeout_s')} must be > 0, {_env('lag_probe_interval_s')} and "
                                 f"{_env('psi_refresh_embeddings')} >= 0")
+        if self.sasl_mechanism in _LIBRDKAFKA_ONLY and self.kafka_client != "confluent":
+            raise SettingsError(f"{_env('sasl_mechanism')}={self.sasl_mechanism} needs {_env('kafka_client')}=confluent "
+                                "(kafka-python is used here with PLAIN and SCRAM only)")
+        if self.sasl_mechanism in _LIBRDKAFKA_ONLY and self.global_model:
+            raise SettingsError(f"{_env('sasl_mechanism')}={self.sasl_mechanism} cannot go with {_env('global_model')}: "
+                                "the model sync reads its topic with kafka-python")
+        if self.sasl_mechanism == "OAUTHBEARER" and not self.sasl_oauthbearer_token_url:
+            raise SettingsError(f"{_env('sasl_mechanism')}=OAUTHBEARER needs {_env('sasl_oauthbearer_token_url')}")
         if not 0.0 < self.learning_rate <= 1.0:
             raise SettingsError(f"{_env('learning_rate')} must be in (0, 1]")
 
@@ -185,7 +197,9 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def kafka_security(self) -> dict[str, Any]:
-        """Security options passed through to every kafka-python client."""
+        """Security options passed through to every kafka-python client (librdkafka's: stream/kafka/security.py)."""
+        if self.sasl_mechanism in _LIBRDKAFKA_ONLY and self.security_protocol.startswith("SASL"):
+            raise SettingsError(f"{_env('sasl_mechanism')}={self.sasl_mechanism} is not available to kafka-python clients")
         opts: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.security_protocol.startswith("SASL"):
             opts.update(sasl_mechanism=self.sasl_mechanism or "PLAIN",
@@ -197,6 +211,9 @@ class Settings:
                 if getattr(self, key):
                     opts[key] = getattr(self, key)
         return opts
+
+
+_LIBRDKAFKA_ONLY = ("OAUTHBEARER", "GSSAPI")
 
 
 def setting_fields() -> list[dataclasses.Field]:

@@ -52,6 +52,15 @@ def topics() -> dict[str, str]:
     return {"input": f"events-{tag}", "output": f"segments-{tag}", "dlq": f"dlq-{tag}", "group": f"group-{tag}"}
 
 
+@pytest.fixture(params=["kafka-python", "confluent"])
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """The run loop's Kafka client (``SEGSTREAM_KAFKA_CLIENT``): a test taking this fixture runs on both
+    (confluent is skipped where confluent-kafka is not installed)."""
+    if request.param == "confluent":
+        pytest.importorskip("confluent_kafka")
+    return request.param
+
+
 @pytest.fixture
 def registry() -> CollectorRegistry:
     return CollectorRegistry()

@@ -1,9 +1,9 @@
-"""The codebase's shape: data flows one way, kafka-python is reached through one seam, each package names its API,
-and comments say why.
+"""The codebase's shape: data flows one way, the Kafka clients are reached through one seam, each package names
+its API, and comments say why.
 
 ``state`` and ``encoders`` sit below ``stream`` and never import it; only
-``stream/kafka/`` imports kafka-python, so a kafka-python upgrade touches one
-package.
+``stream/kafka/`` imports kafka-python or confluent-kafka, so a client upgrade
+(or a third client) touches one package.
 """
 
 from __future__ import annotations
@@ -48,17 +48,31 @@ def test_state_never_imports_encoders():
     assert not offenders
 
 
-def test_only_the_kafka_seam_imports_kafka_python():
+@pytest.mark.parametrize("client", ["kafka", "confluent_kafka"])
+def test_only_the_kafka_seam_imports_a_kafka_client(client):
     seam = REPO / "stream" / "kafka"
-    offenders = {str(p.relative_to(REPO)): sorted(n for n in _imports(p) if _top(n) == "kafka")
+    offenders = {str(p.relative_to(REPO)): sorted(n for n in _imports(p) if _top(n) == client)
                  for p in _modules(*PRODUCT) if seam not in p.parents}
     assert not {k: v for k, v in offenders.items() if v}
 
 
+def test_confluent_kafka_is_imported_only_when_asked_for():
+    """kafka-python users need not install confluent-kafka: the seam imports it inside functions only."""
+    for path in _modules("stream"):
+        top_level = set()
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.Import):
+                top_level.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                top_level.add(node.module)
+        assert not any(_top(n) == "confluent_kafka" for n in top_level), path
+
+
 def test_the_layering_check_sees_imports(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("import kafka.errors\nfrom stream.kafka import clients\nfrom . import x\n")
-    assert _imports(probe) == {"kafka.errors", "stream.kafka"}
+    probe.write_text("import kafka.errors\nfrom stream.kafka import clients\nfrom . import x\n"
+                     "def f():\n    import confluent_kafka\n")
+    assert _imports(probe) == {"kafka.errors", "stream.kafka", "confluent_kafka"}
 
 
 def _packages() -> list[str]:

@@ -1,4 +1,4 @@
-"""The Kafka seam: the one package of segstream that imports kafka-python.
+"""The Kafka seam: the one package of segstream that imports a Kafka client (kafka-python, confluent-kafka).
 
 Everything else (the run loop, the model sync, the CLI) reaches Kafka through
 the names below, so that a kafka-python upgrade touches this package only
@@ -9,7 +9,14 @@ one module per concern:
   ``Consumer``, ``TopicPartition``, :func:`commit_offsets` (explicit offsets
   as ints), the errors a commit raises, the rebalance listener base;
 - :mod:`~stream.kafka.clients`: client construction, topic set-up, and the
-  :class:`Publisher` that confirms every send;
+  :class:`Publisher` that confirms every send; ``make_stream_consumer`` /
+  ``make_stream_producer`` build the run loop's clients on the client
+  ``SEGSTREAM_KAFKA_CLIENT`` names;
+- :mod:`~stream.kafka.confluent`, :mod:`~stream.kafka.confluent_admin`: the
+  run loop's consumer and producer and start-up's admin calls over
+  librdkafka, answering the same calls as kafka-python's (imported only when
+  asked for); :mod:`~stream.kafka.security`: the security settings in
+  librdkafka's spelling;
 - :mod:`~stream.kafka.topics`: every topic's role and configuration (one
   table: compacted where a record is the latest per key), checked at start-up;
 - :mod:`~stream.kafka.topic_reader`: a whole topic to its end and on, without
@@ -35,6 +42,8 @@ from stream.kafka.clients import (
     make_admin,
     make_consumer,
     make_producer,
+    make_stream_consumer,
+    make_stream_producer,
     verify_topics,
     wait_for_broker,
 )
@@ -58,7 +67,7 @@ __all__ = [
     "Consumer", "TopicPartition", "commit_offsets", "CommitFailedError", "KafkaError", "RebalanceListener",
     "RebalanceTracker", "Records", "as_records",
     # clients and publishing
-    "make_consumer", "make_producer", "make_admin", "ensure_topics", "wait_for_broker", "Publisher", "PublishError",
+    "make_consumer", "make_producer", "make_stream_consumer", "make_stream_producer", "make_admin", "ensure_topics", "wait_for_broker", "Publisher", "PublishError",
     # topics: their policies, and reading one whole
     "TOPIC_POLICIES", "topic_plan", "verify_topics", "TopicReader", "TopicRecord", "TopicNotFound",
     # lag from the broker, on a side thread

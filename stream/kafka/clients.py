@@ -28,8 +28,8 @@ from stream.settings import Settings
 if TYPE_CHECKING:  # annotations only: a reader of the topics (stream.client) need not import the metrics stack
     from stream.observability.metrics import Metrics
 
-__all__ = ["make_consumer", "make_producer", "make_admin", "ensure_topics", "verify_topics", "Publisher",
-           "PublishError", "wait_for_broker", "BrokerConnectionError", "tls_problem"]
+__all__ = ["make_consumer", "make_producer", "make_stream_consumer", "make_stream_producer", "make_admin", "ensure_topics",
+           "verify_topics", "Publisher", "PublishError", "wait_for_broker", "BrokerConnectionError", "tls_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,32 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
     return KafkaProducer(**cfg)
 
 
-def make_admin(settings: Settings, **overrides: Any) -> KafkaAdminClient:
+def make_stream_consumer(settings: Settings) -> Any:
+    """The run loop's consumer on the client ``settings.kafka_client`` names (kafka-python or confluent);
+    both answer the run loop's calls (stream/kafka/confluent.py says how librdkafka's are bridged)."""
+    if settings.kafka_client == "confluent":
+        from stream.kafka.confluent import ConfluentConsumer
+
+        return ConfluentConsumer(settings)
+    return make_consumer(settings)
+
+
+def make_stream_producer(settings: Settings) -> Any:
+    """The run loop's producer (what :class:`Publisher` sends through) on ``settings.kafka_client``."""
+    if settings.kafka_client == "confluent":
+        from stream.kafka.confluent import ConfluentProducer
+
+        return ConfluentProducer(settings)
+    return make_producer(settings)
+
+
+def make_admin(settings: Settings, **overrides: Any) -> Any:
+    """kafka-python's admin client, or its librdkafka stand-in with ``kafka_client=confluent``
+    (:class:`~stream.kafka.confluent_admin.ConfluentAdmin`: the calls below, same shapes)."""
+    if settings.kafka_client == "confluent":
+        from stream.kafka.confluent_admin import ConfluentAdmin
+
+        return ConfluentAdmin(settings, request_timeout_ms=overrides.get("request_timeout_ms", 10000))
     return KafkaAdminClient(bootstrap_servers=_servers(settings), client_id=f"{settings.client_id}-admin",
                             **settings.kafka_security(), **overrides)
 

@@ -17,12 +17,13 @@ from stream.kafka.clients import (
     Publisher,
     ensure_topics,
     make_admin,
-    make_consumer,
-    make_producer,
+    make_stream_consumer,
+    make_stream_producer,
     verify_topics,
     wait_for_broker,
 )
 from stream.kafka.compat import install_columnar_fetch
+from stream.kafka.confluent import require_confluent
 from stream.kafka.lag import LagMonitor
 from stream.kafka.topics import topic_plan
 from stream.observability.metrics import Metrics
@@ -71,6 +72,8 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
                  on_ready: Callable[[StreamRunner], None] | None = None,
                  clock: Callable[[], float] = time.time) -> RunSummary:
     """Run ``segstream run`` until stopped; returns what was processed."""
+    if settings.kafka_client == "confluent":
+        require_confluent()  # before anything starts: one line naming the extra when it is missing
     pipeline = Pipeline.from_settings(settings)
     log.info("encoder %s (%s, %d dims), %d segments", pipeline.encoder.kind, pipeline.encoder.version,
              pipeline.encoder.dim, settings.segments)
@@ -84,13 +87,14 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
                  settings.metrics_host, port, ", basic auth on /metrics" if auth else "")
     wait_for_broker(settings)
     _prepare_topics(settings)
-    consumer = make_consumer(settings)
-    if settings.columnar_fetch:  # the compat check may still say no: kafka-python's own decoding, gauge at 0
+    confluent = settings.kafka_client == "confluent"
+    consumer = make_stream_consumer(settings)
+    if settings.columnar_fetch and not confluent:  # the compat check may still say no: kafka-python's own decoding, gauge at 0
         install_columnar_fetch(consumer, metrics)
-    producer = make_producer(settings)
+    producer = make_stream_producer(settings)
     checkpoints = (CheckpointStore(settings.checkpoint_dir, settings.group_id, settings.input_topic)
                    if settings.checkpoint_dir else None)
-    publisher = Publisher(producer, metrics, columnar=settings.columnar_produce)
+    publisher = Publisher(producer, metrics, columnar=settings.columnar_produce and not confluent)
     runner = StreamRunner(settings, pipeline, consumer, publisher, metrics, clock=clock,
                           on_batch=on_batch, checkpoints=checkpoints)
     health.loop = runner
@@ -108,7 +112,9 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
     runner.subscribe()
     # lag as the broker sees it, from a consumer of its own: it keeps moving while the loop is stuck
     lag = None
-    if settings.lag_probe_interval_s > 0:
+    if settings.lag_probe_interval_s > 0 and settings.sasl_mechanism in ("OAUTHBEARER", "GSSAPI"):
+        log.warning("no lag probe: it runs on kafka-python, which has no %s", settings.sasl_mechanism)
+    elif settings.lag_probe_interval_s > 0:
         metrics.lag_probe_time.set(time.time())  # a probe that never succeeds must age (SegstreamLagProbeFailing)
         lag = LagMonitor(settings, runner.rebalance.owned, metrics.set_lag).start()
     if on_ready is not None:

@@ -1,5 +1,6 @@
-"""The consumer end to end on either Kafka path: columnar fetch and produce, or kafka-python's public API
-when the start-up check of its internals fails (forced here), with the same outputs and commits."""
+"""The consumer end to end on every Kafka path: kafka-python with columnar fetch and produce, kafka-python's
+public API when the start-up check of its internals fails (forced here), and confluent-kafka (librdkafka),
+with the same outputs and commits."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from stream.kafka.compat import FORCE_FALLBACK_ENV
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("path", ["columnar", "fallback"])
+@pytest.mark.parametrize("path", ["columnar", "fallback", "confluent"])
 def test_the_consumer_runs_on_either_kafka_path(broker, topics, monkeypatch, caplog, path):
     from stream.runtime.app import run_consumer
+
+    if path == "confluent":
+        pytest.importorskip("confluent_kafka")
 
     if path == "fallback":
         monkeypatch.setenv(FORCE_FALLBACK_ENV, "fetch,produce")
@@ -28,7 +32,8 @@ def test_the_consumer_runs_on_either_kafka_path(broker, topics, monkeypatch, cap
                              "categories": [f"c{i % users % 4}"]}) for i in range(n)]
     sent = produce(broker.bootstrap, topics["input"], events, keys=[b"u%d" % (i % users) for i in range(n)])
     assert sent == n
-    settings = broker.settings(topics, warmup_users=40, batch_max_events=300, segments=3, decode_process=False)
+    settings = broker.settings(topics, warmup_users=40, batch_max_events=300, segments=3, decode_process=False,
+                              kafka_client="confluent" if path == "confluent" else "kafka-python")
     assert settings.columnar_fetch and settings.columnar_produce  # the user's switch is on: only the check decides
     seen: dict[str, float | None] = {}
 
@@ -38,10 +43,10 @@ def test_the_consumer_runs_on_either_kafka_path(broker, topics, monkeypatch, cap
 
     with caplog.at_level(logging.WARNING, logger="stream.kafka.compat"):
         summary = run_consumer(settings, stop=threading.Event(), max_events=n, idle_exit_s=10, on_ready=on_ready)
-    fast = 1.0 if path == "columnar" else 0.0
+    fast = 1.0 if path == "columnar" else 0.0  # librdkafka has no columnar path of its own
     assert seen == {"fetch": fast, "produce": fast}
     warnings = [r.getMessage() for r in caplog.records if r.name == "stream.kafka.compat"]
-    assert len(warnings) == (0 if path == "columnar" else 2)
+    assert len(warnings) == (2 if path == "fallback" else 0)
     assert all(FORCE_FALLBACK_ENV in w for w in warnings)
     assert summary.events == n and summary.invalid == 0
     out = read_topic(broker.bootstrap, topics["output"], expected=summary.changes)

@@ -1,7 +1,7 @@
 """Three consumers in one group on a 6-partition topic, each with nothing local (the state changelog in
 Kafka is all they share); one is SIGKILLed and another added mid-stream. The final per-user state in the
 changelog equals an uninterrupted single consumer's, the output contract holds, and no partition is
-processed by two members in the same generation."""
+processed by two members in the same generation; on either Kafka client."""
 
 from __future__ import annotations
 
@@ -66,12 +66,14 @@ def _state(bootstrap, group, topic, want: dict[int, int]) -> dict[str, tuple]:
     return out
 
 
-def test_three_consumers_with_a_kill_and_a_join_match_one_uninterrupted_consumer(broker, topics, tmp_path):
+def test_three_consumers_with_a_kill_and_a_join_match_one_uninterrupted_consumer(broker, topics, tmp_path,
+                                                                               kafka_client):
     ensure_topics(Settings(bootstrap=broker.bootstrap), {topics["input"]: P, topics["output"]: P, topics["dlq"]: 1})
     events = _events()
     want = collections.Counter(_produce(broker.bootstrap, topics["input"], events[: N // 2]))
     common = ("--half-life-s", str(HALF_LIFE), "--batch-max-events", "150", "--warmup-users", "30", "--segments", "3",
-              "--checkpoint-interval-ms", "0", "--log-level", "DEBUG", "--log-format", "json")
+              "--checkpoint-interval-ms", "0", "--log-level", "DEBUG", "--log-format", "json",
+              "--kafka-client", kafka_client)
     ref_topics = {**topics, "group": topics["group"] + "-ref", "output": topics["output"] + "-ref"}
     ref = SegstreamProcess(broker.settings(ref_topics), *common, "--lineage-topic", f"lineage-{topics['group']}-ref")
     common += ("--lineage-topic", f"lineage-{topics['group']}")
