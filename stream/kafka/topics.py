@@ -133,7 +133,8 @@ TOPIC_POLICIES: tuple[TopicPolicy, ...] = (
     TopicPolicy(
         role="state-changelog", setting="changelog_topic", key="user id (UTF-8), or `__checkpoint__`",
         value="a user's state row, or only its contract tail once evicted; tombstone = user erased; "
-              "`__checkpoint__`: the input offset a checkpoint covers and the segment model "
+              "`__checkpoint__`: the input offset a checkpoint covers and its outbox (the segment changes it "
+              "publishes); `__model__`: the segment model "
               "(`stream/runtime/changelog.py`)",
         writer="`segstream run` (partition p holds the state of input partition p)",
         readers="`segstream run`, when it is assigned a partition",

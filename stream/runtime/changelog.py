@@ -17,16 +17,34 @@ Changelog partition p holds the state of input partition p (a compacted topic,
   twice, the born ids, the dedup window). Written into every checkpointed
   partition, so a partition carries its model with it wherever it moves;
 - key ``__checkpoint__`` (the marker), value msgpack, written **last** by each
-  checkpoint, only once everything above and the batch's outputs are confirmed:
-  ``offset`` (the next input offset the state reflects), ``ck`` (a sequence:
-  wall-clock ns, increasing per writer), ``void`` (changelog offset ranges to
-  ignore, see below) and ``stale`` (users queued for re-assignment, in order).
+  checkpoint, only once everything above is confirmed: ``offset`` (the next
+  input offset the state reflects), ``ck`` (a sequence: wall-clock ns,
+  increasing per writer), ``void`` (changelog offset ranges to ignore, see
+  below), ``stale`` (users queued for re-assignment, in order) and ``out`` (the
+  **outbox**: the ``user-segments`` records, segment changes and tombstones, of
+  the partition's users that the checkpoint interval produced, as columns: key
+  bytes and lengths, value bytes and lengths, -1 for a tombstone).
+
+The confirmed marker is the single commit point of a checkpoint: the outbox is
+sent to ``user-segments`` only after it, so a batch whose marker never made it
+published nothing, and the output of a batch that did make it is exactly the
+outbox. Outputs cannot be re-derived by processing the batch again: another
+member's model may decide otherwise, and a second change with the same ``seq``
+would break the output contract. The outbox lives in the marker itself (one
+record: it cannot be split from its marker, and compaction, which keeps the
+last record per key, always keeps the last marker); it holds one checkpoint
+interval's outputs of one partition, so the changelog topic's
+``max.message.bytes`` must allow for them.
 
 A restore reads a partition from offset 0 to its end (the high-water mark of
 the first fetch, never ``end_offsets()``), takes the **last** marker, keeps the
 last record per key before it (the embedded broker never compacts: a restore
 must be right on an uncompacted log), and seeks the input to the marker's
-offset; the model is the last ``__model__`` before the marker. Records after the
+offset; the model is the last ``__model__`` before the marker. The marker's
+outbox is re-published (the very same keys and value bytes, so the same
+``change_id``s) before any input is processed: the writer may have died
+before sending it; when it did send it, these are exact re-sends, which the
+contract allows. Records after the
 last marker belong to a checkpoint that a crash cut
 short; they are ignored, and the next marker lists their range in ``void`` so
 that a later restore ignores them too (otherwise they would precede a newer
@@ -81,6 +99,23 @@ class PartitionState:
     tails: dict[str, tuple[int, int, bytes, int]] = field(default_factory=dict)
     stale: list[str] = field(default_factory=list)  # users queued for re-assignment, in queue order
     records: int = 0
+    outbox: tuple[list[bytes], list[bytes | None]] = ([], [])  # the marker's user-segments records, to re-send
+
+
+def _pieces(flat: bytes, lengths: np.ndarray) -> list[bytes | None]:
+    """Consecutive pieces of ``flat`` (length ``-1``: None, a tombstone)."""
+    ends = np.cumsum(np.maximum(lengths, 0))
+    starts = (ends - np.maximum(lengths, 0)).tolist()
+    return [None if n < 0 else flat[a:b] for a, b, n in zip(starts, ends.tolist(), np.asarray(lengths).tolist())]
+
+
+def _outbox(doc: dict[str, Any]) -> tuple[list[bytes], list[bytes | None]]:
+    """The outbox a marker carries: user-segments keys and values, in publish order."""
+    out = doc.get("out")
+    if not out:
+        return [], []
+    keys = _pieces(out["k"], np.asarray(out["kl"], dtype=np.int64))
+    return keys, _pieces(out["v"], np.asarray(out["vl"], dtype=np.int64))  # type: ignore[return-value]
 
 
 def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype) -> PartitionState:
@@ -128,7 +163,7 @@ def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype
     users = {"ids": [k.decode("utf-8", "surrogatepass") for k in full_ids], **{name: rows[name] for name in dtype.names}}
     return PartitionState(partition, int(doc["offset"]), ck=int(doc["ck"]), model=model, void=void,
                           end=end, marker_at=int(offsets[last]), users=users, tails=tails, records=len(keys),
-                          stale=list(doc.get("stale", [])))
+                          stale=list(doc.get("stale", [])), outbox=_outbox(doc))
 
 
 class Changelog:
@@ -144,6 +179,9 @@ class Changelog:
         self._void: dict[int, list[list[int]]] = {}  # partition -> changelog ranges a crash left unfinished
         self._ck = 0
         self._stale_ids: dict[int, list[str]] = {}  # partition -> queued users, staged for the marker
+        # partition -> user-segments records (keys, values) held until the partition's next marker
+        self._outbox: dict[int, tuple[list[bytes], list[bytes | None]]] = {}
+        self._sealed: tuple[list[bytes], list[bytes | None]] = ([], [])  # in markers, not yet released
         self.bytes_written = 0
         self.records_written = 0
 
@@ -162,10 +200,36 @@ class Changelog:
         for uid, p in zip(user_ids, partitions):
             self._erased.setdefault(p, []).append(uid)
 
+    def hold(self, keys: list[bytes], values: list[bytes | None], partitions: np.ndarray) -> None:
+        """Keep user-segments records (in publish order; ``partitions``: the input partition of each record's
+        user) for the outbox of their partition's next marker: they are published only once it is
+        confirmed (:meth:`release`)."""
+        if not keys:
+            return
+        partitions = np.asarray(partitions)
+        for p in np.unique(partitions).tolist():
+            idx = np.flatnonzero(partitions == p).tolist()
+            k, v = self._outbox.setdefault(int(p), ([], []))
+            k.extend(keys[i] for i in idx)
+            v.extend(values[i] for i in idx)
+
+    def holds(self, partition: int | None = None) -> bool:
+        """Whether records wait in an outbox (of ``partition``, or of any partition)."""
+        if partition is None:
+            return any(k for k, _ in self._outbox.values())
+        return bool(self._outbox.get(partition, ([], []))[0])
+
+    def release(self) -> tuple[list[bytes], list[bytes | None]]:
+        """The outboxes the last :meth:`seal` put in markers: to publish once the markers are confirmed."""
+        out, self._sealed = self._sealed, ([], [])
+        return out
+
     def forget_partition(self, partition: int) -> None:
-        """The partition left this member: what was not checkpointed is its next owner's to redo."""
+        """The partition left this member: what was not checkpointed is its next owner's to redo, and
+        its held outputs were never official (the next owner makes its own)."""
         self._erased.pop(partition, None)
         self._void.pop(partition, None)
+        self._outbox.pop(partition, None)
 
     # ----- a checkpoint's writes ----------------------------------------------
     def write(self, offsets: dict[int, int]) -> int:
@@ -175,11 +239,20 @@ class Changelog:
         return n + self.seal(offsets)
 
     def seal(self, offsets: dict[int, int]) -> int:
-        """Send each partition's marker: what :meth:`stage` sent becomes the partition's state. Call only
-        once the outputs and the staged records are confirmed."""
+        """Send each partition's marker, with the partition's outbox in it: what :meth:`stage` sent becomes
+        the partition's state, and the outbox its official output. Call only once the staged records are
+        confirmed; publish :meth:`release` only once the markers are."""
         for p, offset in sorted(offsets.items()):
-            marker = pack({"v": 1, "offset": int(offset), "ck": self._ck, "void": self._void.get(p, []),
-                           "stale": self._stale_ids.pop(p, [])})
+            doc: dict[str, Any] = {"v": 1, "offset": int(offset), "ck": self._ck, "void": self._void.get(p, []),
+                                   "stale": self._stale_ids.pop(p, [])}
+            keys, values = self._outbox.pop(p, ([], []))
+            if keys:
+                doc["out"] = {"k": b"".join(keys), "kl": np.fromiter(map(len, keys), np.int64, len(keys)),
+                              "v": b"".join(v or b"" for v in values),
+                              "vl": np.array([-1 if v is None else len(v) for v in values], dtype=np.int64)}
+                self._sealed[0].extend(keys)
+                self._sealed[1].extend(values)
+            marker = pack(doc)
             self.publisher.send_columns(self.topic, p, MARKER_KEY, np.array([len(MARKER_KEY)]), marker,
                                         np.array([len(marker)]))
             self.bytes_written += len(MARKER_KEY) + len(marker)

@@ -1,9 +1,10 @@
 """The Kafka run loop: poll a micro-batch, process it, publish, confirm, checkpoint.
 
 Delivery is at-least-once, and a checkpoint is one named sequence,
-:meth:`StreamRunner.checkpoint`: flush outputs and confirm every send, persist
-state and model with the offsets they reflect, then commit those offsets
-explicitly. A stop request (SIGTERM/SIGINT) lets the current batch finish and
+:meth:`StreamRunner.checkpoint`: persist state, model and the interval's
+segment changes (the outbox) with the offsets they reflect, confirmed up to
+the partition's marker (the commit point), then publish the outbox, then
+commit those offsets explicitly. A stop request (SIGTERM/SIGINT) lets the current batch finish and
 checkpoint before the consumer leaves the group.
 
 Rebalance callbacks run on kafka-python's IO thread, so the listener only
@@ -76,7 +77,18 @@ class StreamRunner:
         self._ahead: Records | None = None  # the next batch, fetched while this one is processed (decode process)
         self.last_turn = time.monotonic()  # liveness (/healthz): when the loop last turned
         self._applying = False  # readiness (/readyz): an assignment change is being applied (restore)
-        self.changelog: Changelog | None = None  # the state changelog in Kafka (on unless SEGSTREAM_CHANGELOG=false)
+        self._changelog: Changelog | None = None
+
+    @property
+    def changelog(self) -> Changelog | None:
+        """The state changelog in Kafka (on unless SEGSTREAM_CHANGELOG=false). With it, ``user-segments``
+        records wait in its outbox until their checkpoint's marker is confirmed (:meth:`checkpoint`)."""
+        return self._changelog
+
+    @changelog.setter
+    def changelog(self, changelog: Changelog | None) -> None:
+        self._changelog = changelog
+        self.outputs.outbox = changelog.hold if changelog is not None else None
 
     def _log_context(self, tp: TopicPartition) -> dict:
         """Structured log fields of a partition: topic, partition, last committed offset, group generation."""
@@ -307,6 +319,8 @@ class StreamRunner:
 
     def _in_sync(self, tp: TopicPartition) -> bool:
         """Whether the in-memory state of ``tp`` is exactly what was last committed (nothing to redo)."""
+        if self.changelog is not None and self.changelog.holds(tp.partition):
+            return False  # outputs not yet official: drop and restore from the last marker
         return tp in self._state_offsets and self._state_offsets[tp] == self._positions.get(tp)
 
     def _position_processed(self, tp: TopicPartition) -> int:
@@ -414,6 +428,14 @@ class StreamRunner:
         records, ends = read_partitions(self.settings, self.changelog.topic, parts)
         states = [decode_partition(p, records[p], ends.get(p, 0), self.changelog.dtype) for p in parts]
         read_s = time.perf_counter() - t0
+        # the last marker's outbox first, before any input: its writer may have died before publishing it
+        resend = [s.outbox for s in states if s.outbox[0]]
+        if resend:
+            self.outputs.publish([k for keys, _ in resend for k in keys], [v for _, vals in resend for v in vals])
+            self.publisher.confirm()
+            log.info("re-published the outbox of the last checkpoint of partitions %s (%d records)",
+                     [s.partition for s in states if s.outbox[0]], sum(len(k) for k, _ in resend),
+                     extra={"partitions": parts})
         users = self.changelog.restore(states)
         for st in states:
             tp = TopicPartition(self.settings.input_topic, st.partition)
@@ -447,7 +469,8 @@ class StreamRunner:
         parts = store.partition[[store.row_of(uid) for uid in result.changes.user_ids]].tolist()
         offs = [self._state_offsets.get(TopicPartition(self.settings.input_topic, p), 0) - 1 for p in parts]
         ids = change_ids(result.changes, (), (), reflected=(parts, offs))
-        self.outputs.write(result, Records.empty(self.settings.input_topic), self.clock(), ids)
+        self.outputs.write(result, Records.empty(self.settings.input_topic), self.clock(), ids,
+                           self._output_partitions(result, Records.empty(self.settings.input_topic)))
         self._note_changes(result, ids)
         self.publisher.confirm()
         self.summary.changes += len(result.changes)
@@ -465,7 +488,8 @@ class StreamRunner:
         ids = None
         if self.changelog is not None and len(result.changes):
             ids = change_ids(result.changes, records.partitions, records.offsets)
-        self.outputs.write(result, records, self.clock(), ids)
+        self.outputs.write(result, records, self.clock(), ids,
+                           self._output_partitions(result, records) if self.changelog is not None else None)
         if self.changelog is not None:
             self._note_changes(result, ids)
             if result.erased:
@@ -483,6 +507,16 @@ class StreamRunner:
         seconds = time.perf_counter() - t0
         self._observe(result, records, seconds)
         self._pace(seconds, len(records))
+
+    def _output_partitions(self, result: BatchResult, records: Records) -> np.ndarray:
+        """The input partition of each ``user-segments`` record of ``result`` (tombstones, then changes):
+        the outbox it waits in. An erased user's is its delete's; a changed user's is the one it is stored
+        under (the changelog partition its row is written to)."""
+        store = self.pipeline.store
+        tomb = records.partitions[np.asarray(result.erased_sources, dtype=np.int64)] if result.erased else []
+        rows = np.fromiter((store.row_of(u) for u in result.changes.user_ids), dtype=np.int64,
+                           count=len(result.changes))
+        return np.concatenate([np.asarray(tomb, dtype=np.int64), store.partition[rows].astype(np.int64)])
 
     def _note_changes(self, result: BatchResult, ids: list[str] | None) -> None:
         """Rows the batch changed, and each changed user's last change id, for the next changelog write."""
@@ -516,33 +550,48 @@ class StreamRunner:
             return False
         owned = self.rebalance.owned()
         offsets = {tp: off for tp, off in self._state_offsets.items() if tp in owned and off >= 0}
-        if not offsets or all(self._positions.get(tp) == off for tp, off in offsets.items()):
+        held = self.changelog is not None and self.changelog.holds()
+        if not offsets or (not held and all(self._positions.get(tp) == off for tp, off in offsets.items())):
             self.publisher.confirm()
             return True
         self.checkpoint(offsets)
         return True
 
     def checkpoint(self, offsets: dict[TopicPartition, int]) -> None:
-        """The checkpoint order, in one place:
+        """The checkpoint order, in one place. With the state changelog:
 
-        1. flush outputs and confirm every send (raises, so nothing is persisted or committed, if any fails);
-        2. persist state and model with the offsets they reflect: the changelog records of the users changed
-           since the last checkpoint and the model (sent with the outputs, confirmed with them, inert on
-           their own), then, once all of that is confirmed, each partition's ``__checkpoint__`` marker,
-           confirmed (and, when a checkpoint directory is set, one local snapshot per owned partition);
-        3. commit exactly those offsets, explicitly, for partitions this member still owns.
+        1. the commit point: the changelog records of the users changed since the last checkpoint and the
+           model are sent (with lineage, profiles and dead letters) and confirmed; then each partition's
+           ``__checkpoint__`` marker, carrying the partition's **outbox** (the ``user-segments`` records,
+           changes and tombstones, of its users since the last checkpoint), is sent and confirmed;
+        2. the outboxes are published to ``user-segments`` and confirmed;
+        3. exactly those offsets are committed, explicitly, for partitions this member still owns.
 
-        A crash between any two steps replays into the same state: before 2 completes, the last marker
-        still names the older offset, so the input is read again from there and the re-sent outputs carry
-        the same change ids; between 2 and 3, the restore starts at the marker's offset, past the commit.
+        (and, when a checkpoint directory is set, one local snapshot per owned partition between 2 and 3).
+        Any send that keeps failing raises, so nothing after it happens.
+
+        Why a crash at any point keeps the output contract (``seq`` +1 per change, nothing repeated but
+        exact re-sends): before 1 completes, the last marker still names the older offset and none of the
+        interval's ``user-segments`` records were sent, so the next owner (whatever its model decides)
+        publishes the only version of those changes; after 1, the next owner's restore re-publishes the
+        marker's outbox byte for byte (same ``change_id``, same ``seq``) before processing anything and
+        resumes the input at the marker's offset, so each user's next change is ``seq`` + 1. Re-processing
+        the batch instead would let another member's model publish a different change with the same ``seq``.
+        A crash between 2 and 3 only repeats the outbox (exact re-sends) at the next restore.
+
+        Without the changelog (``SEGSTREAM_CHANGELOG=false``): outputs are sent as the batch is processed
+        and confirmed here, then the local snapshot is written, then the offsets committed; a crash
+        replays from the last commit, and only aligned batches make the re-sent changes the same.
         """
         t0 = time.perf_counter()
         changelog = {tp.partition: off for tp, off in offsets.items()}
         if self.changelog is not None:
-            self.changelog.stage(changelog)  # inert until sealed: confirmed along with the outputs
+            self.changelog.stage(changelog)  # inert until sealed: confirmed along with lineage, profiles, DLQ
         self.publisher.confirm()
         if self.changelog is not None:
-            self.changelog.seal(changelog)
+            self.changelog.seal(changelog)  # the markers, each with its partition's outbox
+            self.publisher.confirm()  # the commit point
+            self.outputs.publish(*self.changelog.release())
             self.publisher.confirm()
         if self.checkpoints is not None:
             store = self.pipeline.store
