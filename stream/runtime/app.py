@@ -99,7 +99,8 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
                           on_batch=on_batch, checkpoints=checkpoints)
     health.loop = runner
     if settings.changelog:
-        runner.changelog = Changelog(settings.changelog_name, publisher, pipeline)
+        runner.changelog = Changelog(settings.changelog_name, publisher, pipeline,
+                                     extras={"drift": (metrics.drift.state, metrics.drift.load_state)})
     if settings.decode_process and not settings.aligned_batches and available_cpus() >= 2:
         runner.decode_ahead = DecodeAhead(DecodeWorker(pipeline.decoder, gc_threshold=settings.gc_threshold),
                                           on_off=lambda: metrics.decode_process_up.set(0))

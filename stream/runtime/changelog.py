@@ -54,6 +54,7 @@ marker while reflecting input the new owner had not reached).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,10 +170,14 @@ def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype
 class Changelog:
     """Delta writes of one member's partitions, and their restore."""
 
-    def __init__(self, topic: str, publisher: Publisher, pipeline: Pipeline) -> None:
+    def __init__(self, topic: str, publisher: Publisher, pipeline: Pipeline,
+                 extras: Mapping[str, tuple[Callable[[], Any], Callable[[Any], None]]] | None = None) -> None:
         self.topic = topic
         self.publisher = publisher
         self.pipeline = pipeline
+        # state kept outside the pipeline that must survive a restart too, saved in the model record:
+        # name -> (save, load); the drift monitor's PSI reference and detector baselines, for one
+        self.extras = dict(extras or {})
         self.dtype = row_dtype(pipeline.store)
         self._dirty = np.zeros(0, dtype=bool)  # per store row: changed since the last checkpoint
         self._erased: dict[int, list[str]] = {}  # partition -> users erased since the last checkpoint
@@ -271,7 +276,7 @@ class Changelog:
         dirty = live[self._dirty[live]]
         parts = store.partition[dirty]
         new_tails = p_.tails.drain_new()
-        model = pack(p_.model_state())
+        model = pack({**p_.model_state(), **{name: save() for name, (save, _) in self.extras.items()}})
         stale = p_.stale_rows()
         stale = stale[store.holds_user(stale)] if len(stale) else stale
         stale_parts = store.partition[stale]
@@ -341,7 +346,10 @@ class Changelog:
         fresh = p_.model is None and len(store) == 0 and p_.events_seen == 0
         with_model = [s for s in states if s.model is not None]
         if fresh and with_model:
-            p_.load_model_state(max(with_model, key=lambda s: s.ck).model)
+            model = max(with_model, key=lambda s: s.ck).model
+            p_.load_model_state(model)
+            for name, (_, load) in self.extras.items():
+                load(model.get(name))
         users = 0
         for s in states:
             if s.offset is not None and s.end > s.marker_at + 1:  # a cut-short checkpoint's records

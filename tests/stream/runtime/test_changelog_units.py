@@ -112,3 +112,38 @@ def test_a_checkpoint_of_a_partition_with_nothing_changed_writes_the_model_and_t
     cl = Changelog("cl", sent, Pipeline.from_settings(Settings(), now=lambda: 2e9))  # type: ignore[arg-type]
     cl.write({0: 10, 1: 0})
     assert sent.records == [(0, MODEL_KEY), (1, MODEL_KEY), (0, MARKER_KEY), (1, MARKER_KEY)]
+
+
+def test_state_kept_outside_the_pipeline_rides_in_the_model_record_and_comes_back():
+    """The drift monitor's PSI reference (an ``extras`` entry) survives a restore from the changelog alone."""
+    from stream.observability.drift import DriftMonitor
+    from stream.runtime.changelog import Changelog, PartitionState
+    from stream.runtime.checkpoints import unpack
+    from stream.runtime.pipeline import Pipeline
+    from stream.settings import Settings
+
+    rng = np.random.default_rng(0)
+    before = DriftMonitor(reference_size=200, min_instances=5)
+    for _ in range(30):
+        before.observe(distances=rng.random(40), changed=2, updated=40, embeddings=rng.normal(size=(40, 4)))
+    assert before.state()["shares"] is not None  # the reference is set
+    values: list[bytes] = []
+
+    class Capture(_Sent):
+        def send_columns(self, topic, partition, key_bytes, key_lengths, value_bytes, value_lengths):
+            super().send_columns(topic, partition, key_bytes, key_lengths, value_bytes, value_lengths)
+            if key_bytes == MODEL_KEY:
+                values.append(bytes(value_bytes))
+
+    from stream.runtime.changelog import MODEL_KEY
+
+    writer = Changelog("cl", Capture(), Pipeline.from_settings(Settings(), now=lambda: 2e9),  # type: ignore[arg-type]
+                       extras={"drift": (before.state, before.load_state)})
+    writer.write({0: 10})
+    model = unpack(values[-1])
+    after = DriftMonitor(reference_size=200, min_instances=5)
+    reader = Changelog("cl", _Sent(), Pipeline.from_settings(Settings(), now=lambda: 2e9),  # type: ignore[arg-type]
+                       extras={"drift": (after.state, after.load_state)})
+    reader.restore([PartitionState(partition=0, offset=10, ck=1, model=model)])
+    assert after.batches == before.batches
+    np.testing.assert_array_equal(after.state()["shares"], before.state()["shares"])
