@@ -313,3 +313,19 @@ def overlap_agreement(got: dict[str, int], want: dict[str, int]) -> float:
         if n > best.get(g, (0, -1))[0]:
             best[g] = (n, w)
     return sum(1 for u in want if u in got and best[got[u]][1] == want[u]) / max(1, len(want))
+
+
+class RecordingPublisher:
+    """A plain fake at the Kafka boundary: every send the output writer starts, in order, as
+    (topic, key, value); each header of a send follows it as (topic + "#header", None, value)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+
+    def send_many(self, topic: str, keys: Any, values: Any) -> None:
+        self.sent += [(topic, k, v) for k, v in zip(keys, values)]
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any = None) -> None:
+        self.sent.append((topic, key, value))
+        for _, h in headers or ():
+            self.sent.append((topic + "#header", None, h))

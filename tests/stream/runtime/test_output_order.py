@@ -6,12 +6,11 @@ the broker by reading the output topic back."""
 from __future__ import annotations
 
 import collections
-from typing import Any
 
 import msgpack
 import numpy as np
 
-from helpers import SegstreamProcess, pack_events, produce, read_topic
+from helpers import RecordingPublisher, SegstreamProcess, pack_events, produce, read_topic
 from stream.contracts.user_segments import decode_segment_event
 from stream.kafka.records import Records
 from stream.runtime.outputs import OutputWriter
@@ -19,19 +18,6 @@ from stream.runtime.pipeline import Pipeline
 from stream.settings import Settings
 
 T0 = 1.7e9
-
-
-class FakePublisher:
-    """Records every send, in order (what the OutputWriter hands to Kafka)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
-
-    def send_many(self, topic: str, keys: Any, values: Any) -> None:
-        self.sent += [(topic, k, v) for k, v in zip(keys, values)]
-
-    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any = None) -> None:
-        self.sent.append((topic, key, value))
 
 
 def _records(events: list[dict], first_offset: int) -> Records:
@@ -52,7 +38,7 @@ def _per_key(sent: list[tuple[str, bytes | None, bytes | None]], topic: str) -> 
 def test_outputs_of_a_batch_follow_each_users_event_order():
     settings = Settings(segments=2, warmup_users=4, hysteresis=0.0)
     pipeline = Pipeline.from_settings(settings)
-    publisher = FakePublisher()
+    publisher = RecordingPublisher()
     writer = OutputWriter(publisher, settings)  # type: ignore[arg-type]
 
     def run(events: list[dict], first_offset: int) -> None:

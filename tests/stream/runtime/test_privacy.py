@@ -20,6 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from eventlogs.synthetic import SyntheticConfig, generate
+from helpers import RecordingPublisher
 from state.user_store import user_keys
 from stream.kafka.records import Records
 from stream.observability.drift import DriftMonitor
@@ -34,28 +35,13 @@ KEY = "privacy-test-key"
 PARTITIONS = 3
 
 
-class FakePublisher:
-    """Every send the output writer starts, in order."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
-
-    def send_many(self, topic: str, keys: Any, values: Any) -> None:
-        self.sent += [(topic, k, v) for k, v in zip(keys, values)]
-
-    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: Any = None) -> None:
-        self.sent.append((topic, key, value))
-        for _, h in headers or ():
-            self.sent.append((topic + "#header", None, h))
-
-
 class Harness:
     """A pipeline wired as ``segstream run`` wires it (StreamRunner: output writer, drift monitor as an
     erasure hook), fed record batches; ``stored()`` is the bytes of a checkpoint written now."""
 
     def __init__(self, settings: Settings, tmp: Path) -> None:
         self.pipeline = Pipeline.from_settings(settings, now=lambda: 2e9)
-        self.publisher = FakePublisher()
+        self.publisher = RecordingPublisher()
         # a reference window larger than the run: every embedding stays in the monitor (and its state)
         self.metrics = Metrics(CollectorRegistry(), drift=DriftMonitor(reference_size=10**6))
         self.runner = StreamRunner(settings, self.pipeline, None, self.publisher, self.metrics)  # type: ignore[arg-type]
