@@ -224,25 +224,6 @@ def test_compose_state_and_encoder_are_durable() -> None:
         assert path in dockerfile, path
 
 
-def test_compose_creates_every_topic_with_its_cleanup_policy() -> None:
-    compose = _compose()
-    env = compose["services"]["segstream"]["environment"]
-    script = " ".join(compose["services"]["topic-init"]["command"])
-    created = {}
-    for line in script.splitlines():
-        m = re.search(r"\bcreate\s+--topic\s+(\S+)(.*)$", line.strip())
-        if m:
-            created[m.group(1)] = dict(re.findall(r"--config\s+([\w.]+)=(\S+)", m.group(2)))
-    topic = {name: env[f"SEGSTREAM_{name}_TOPIC"] for name in
-             ("INPUT", "OUTPUT", "DLQ", "LINEAGE", "PROFILES", "MODEL")}
-    assert set(topic.values()) <= set(created), set(topic.values()) - set(created)
-    for name in ("OUTPUT", "PROFILES", "MODEL"):  # latest value per key
-        assert created[topic[name]].get("cleanup.policy") == "compact", name
-    for name in ("LINEAGE", "DLQ", "INPUT"):  # events: a stated retention
-        assert created[topic[name]].get("cleanup.policy", "delete") == "delete", name
-        assert "retention.ms" in created[topic[name]], name  # -1: kept for good (lineage)
-
-
 def test_dockerfile_builds_the_cli() -> None:
     text = (REPO / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.\d+", text, re.M)
@@ -254,21 +235,23 @@ def test_dockerfile_builds_the_cli() -> None:
         assert env in {f.metadata["env"] for f in setting_fields()}, env
 
 
-def test_compose_creates_topics_with_the_products_policies() -> None:
-    """topic-init gives each topic segstream writes the configs segstream itself would create it with."""
+def test_compose_creates_every_topic_with_the_products_policies() -> None:
+    """topic-init creates every topic the stack uses; each topic segstream writes gets exactly the configs
+    segstream itself would create it with (stream/kafka/topics.py: compacted where the value is the
+    latest per key, a stated retention for histories), and the input topic a stated retention."""
     import shlex
 
     from stream.kafka.topics import TOPIC_POLICIES, topic_plan
 
-    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    script = "\n".join(compose["services"]["topic-init"]["command"])
+    compose = _compose()
     created: dict[str, dict[str, str]] = {}
-    for line in script.splitlines():
+    for line in "\n".join(compose["services"]["topic-init"]["command"]).splitlines():
         words = shlex.split(line)
         if words[:1] == ["create"]:
             name = words[words.index("--topic") + 1]
             created[name] = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "--config")
-    env = {k: str(v) for k, v in compose["services"]["segstream"]["environment"].items()}
-    roles = {p.role: 1 for p in TOPIC_POLICIES if p.setting and p.role != "input"}
-    _, want = topic_plan(Settings.from_env(env), roles)
+    settings = Settings.from_env({k: str(v) for k, v in compose["services"]["segstream"]["environment"].items()})
+    _, want = topic_plan(settings, {p.role: 1 for p in TOPIC_POLICIES if p.setting and p.role != "input"})
     assert {name: created.get(name) for name in want} == want
+    assert created[settings.input_topic].get("cleanup.policy", "delete") == "delete"
+    assert "retention.ms" in created[settings.input_topic]
