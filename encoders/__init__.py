@@ -8,9 +8,9 @@
 
 from __future__ import annotations
 
-import importlib
+from state.lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__ = lazy_exports(__name__, {
     "StateAutoencoder": "encoders.models",
     "ItemPoolEncoder": "encoders.models",
     "build_model": "encoders.models",
@@ -22,12 +22,4 @@ _EXPORTS = {
     "load_encoder": "encoders.serving",
     "TrainConfig": "encoders.train",
     "train_encoder": "encoders.train",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    # Lazy, so that importing one module of the package does not import all of them.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+})

@@ -7,22 +7,16 @@
 
 from __future__ import annotations
 
-import importlib
+from eventlogs.movielens import import_movielens, iter_movielens_events
+from eventlogs.recorded import read_event_chunks, read_events, write_events
+from eventlogs.synthetic import SyntheticConfig, generate
 
-_EXPORTS = {
-    "read_events": "eventlogs.recorded",
-    "read_event_chunks": "eventlogs.recorded",
-    "write_events": "eventlogs.recorded",
-    "import_movielens": "eventlogs.movielens",
-    "iter_movielens_events": "eventlogs.movielens",
-    "SyntheticConfig": "eventlogs.synthetic",
-    "generate": "eventlogs.synthetic",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    # Lazy, so that importing one module of the package does not import all of them.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "SyntheticConfig",
+    "generate",
+    "import_movielens",
+    "iter_movielens_events",
+    "read_event_chunks",
+    "read_events",
+    "write_events",
+]

@@ -15,9 +15,9 @@ Prometheus, so replays, benchmarks and tests drive it directly.
 
 from __future__ import annotations
 
-import importlib
+from state.lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__ = lazy_exports(__name__, {
     "EventBatch": "state.events",
     "EventDecoder": "state.events",
     "Rejected": "state.events",
@@ -32,12 +32,4 @@ _EXPORTS = {
     "GlobalKMeans": "state.global_model",
     "segment_profiles": "state.profiles",
     "adjusted_rand_index": "state.quality",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    # Lazy, so that importing one module of the package does not import all of them.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+})

@@ -8,29 +8,38 @@ The input contract lives in :mod:`state.events` (the state layer decodes it).
 
 from __future__ import annotations
 
-import importlib
+from stream.contracts.lineage_profiles import (
+    LINEAGE_SCHEMA_VERSION,
+    PROFILE_SCHEMA_VERSION,
+    decode_lineage,
+    decode_profile,
+    encode_lineage,
+    encode_profiles,
+)
+from stream.contracts.user_segments import (
+    ContractError,
+    SEGMENT_SCHEMA_VERSION,
+    change_id,
+    change_ids,
+    dead_letter_headers,
+    decode_segment_event,
+    encode_segment_changes,
+    encode_user_segments,
+)
 
-_EXPORTS = {
-    "SEGMENT_SCHEMA_VERSION": "stream.contracts.user_segments",
-    "encode_segment_changes": "stream.contracts.user_segments",
-    "encode_user_segments": "stream.contracts.user_segments",
-    "decode_segment_event": "stream.contracts.user_segments",
-    "change_id": "stream.contracts.user_segments",
-    "change_ids": "stream.contracts.user_segments",
-    "dead_letter_headers": "stream.contracts.user_segments",
-    "ContractError": "stream.contracts.user_segments",
-    "LINEAGE_SCHEMA_VERSION": "stream.contracts.lineage_profiles",
-    "PROFILE_SCHEMA_VERSION": "stream.contracts.lineage_profiles",
-    "encode_lineage": "stream.contracts.lineage_profiles",
-    "decode_lineage": "stream.contracts.lineage_profiles",
-    "encode_profiles": "stream.contracts.lineage_profiles",
-    "decode_profile": "stream.contracts.lineage_profiles",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    # Lazy, so that importing one module of the package does not import all of them.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "ContractError",
+    "LINEAGE_SCHEMA_VERSION",
+    "PROFILE_SCHEMA_VERSION",
+    "SEGMENT_SCHEMA_VERSION",
+    "change_id",
+    "change_ids",
+    "dead_letter_headers",
+    "decode_lineage",
+    "decode_profile",
+    "decode_segment_event",
+    "encode_lineage",
+    "encode_profiles",
+    "encode_segment_changes",
+    "encode_user_segments",
+]

@@ -8,21 +8,13 @@
 
 from __future__ import annotations
 
-import importlib
+from state.lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__ = lazy_exports(__name__, {
     "Metrics": "stream.observability.metrics",
     "DriftMonitor": "stream.observability.drift",
     "population_stability_index": "stream.observability.drift",
     "centroid_shift": "stream.observability.drift",
     "configure_logging": "stream.observability.logs",
     "OpsEndpoint": "stream.observability.endpoint",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    # Lazy, so that importing one module of the package does not import all of them.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+})

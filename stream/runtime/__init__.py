@@ -14,9 +14,9 @@
 
 from __future__ import annotations
 
-import importlib
+from state.lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__ = lazy_exports(__name__, {
     "run_consumer": "stream.runtime.app",
     "StreamRunner": "stream.runtime.runner",
     "RunSummary": "stream.runtime.summary",
@@ -31,12 +31,4 @@ _EXPORTS = {
     "DecodeWorker": "stream.runtime.decode_worker",
     "EventIdWindow": "stream.runtime.dedup",
     "Pseudonymiser": "stream.runtime.pseudonym",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    # Lazy, so that importing one module of the package does not import all of them.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+})
