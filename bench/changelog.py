@@ -9,8 +9,12 @@ assignment (read each changelog partition from offset 0 to the end, last record 
 rows). ``users_per_s`` = users / (read + load) seconds; ``bytes_per_user`` = key + value bytes
 written / users. ``throughput``: one synthetic log produced into the embedded broker, consumed by
 ``segstream run``'s loop six times in the same process, changelog off or on (each with its own group),
-in alternating order (off, on, on, off, off, on); the medians are compared. Events/s counted after
-the first batch, as in ``bench.throughput``.
+in alternating order (off, on, on, off, off, on); the medians of the three runs each are compared.
+Events/s counted after the first batch, as in ``bench.throughput``. Once per ``--batch-sizes`` entry
+(a checkpoint per micro-batch, the default): with small batches few ring slots change per checkpoint.
+Runs with the changelog also report the bytes per checkpoint, all records and the model's alone, and
+what the model would take written whole at every checkpoint (core and every chunk: the record as it
+was before the model went incremental).
 The raw encoder (no trained model) keeps the encoder's share small, which makes the changelog's
 share of the time as large as it gets.
 """
@@ -90,24 +94,34 @@ def restore_rate(bootstrap: str, users: int, partitions: int) -> dict[str, Any]:
             "changelog_bytes": written}
 
 
-def run_rate(bootstrap: str, topic: str, expect: int, users: int, *, changelog: bool) -> dict[str, Any]:
+def run_rate(bootstrap: str, topic: str, expect: int, users: int, *, changelog: bool,
+             batch_max_events: int = 5000) -> dict[str, Any]:
     from stream.runtime.app import run_consumer
     from stream.settings import Settings
 
     marks: list[tuple[float, int]] = []
+    runners: list[Any] = []
     tag = uuid.uuid4().hex[:8]
     settings = Settings(bootstrap=bootstrap, input_topic=topic, output_topic=f"{topic}-segments-{tag}",
                         dlq_topic=f"{topic}-dlq", lineage_topic=f"{topic}-lineage-{tag}",
                         profiles_topic=f"{topic}-profiles-{tag}", group_id=f"bench-{tag}", metrics_port=0,
-                        max_users=users * 2, changelog=changelog)
-    summary = run_consumer(settings, max_events=expect, idle_exit_s=30, stop=threading.Event(),
+                        max_users=users * 2, changelog=changelog, batch_max_events=batch_max_events)
+    summary = run_consumer(settings, max_events=expect, idle_exit_s=30, stop=threading.Event(), on_ready=runners.append,
                            on_batch=lambda result, s: marks.append((time.perf_counter(), s.events)))
     (t0, n0), (t1, n1) = marks[0], marks[-1]
-    return {"changelog": changelog, "events": summary.events, "seconds": round(t1 - t0, 3),
-            "events_per_s": round((n1 - n0) / (t1 - t0)), "batches": summary.batches}
+    out = {"changelog": changelog, "events": summary.events, "seconds": round(t1 - t0, 3),
+           "events_per_s": round((n1 - n0) / (t1 - t0)), "batches": summary.batches}
+    cl = runners[0].changelog
+    if cl is not None and cl.checkpoints:
+        n = cl.checkpoints
+        out.update(checkpoints=n, bytes_per_checkpoint=round(cl.bytes_written / n),
+                   model_bytes_per_checkpoint=round(cl.model_bytes_written / n),
+                   whole_model_bytes_per_checkpoint=round(cl.model_bytes_full / n))
+    return out
 
 
-def throughput(bootstrap: str, users: int, events: int) -> dict[str, Any]:
+def throughput(bootstrap: str, users: int, events: int, batch_max_events: int = 5000) -> dict[str, Any]:
+    """The loop's events/s with and without the changelog: three runs each, interleaved, medians compared."""
     from stream.cli.producer import produce_log
     from stream.kafka import ensure_topics
     from stream.settings import Settings
@@ -120,12 +134,16 @@ def throughput(bootstrap: str, users: int, events: int) -> dict[str, Any]:
     runs = []
     for on in (False, True, True, False, False, True):
         gc.collect()
-        runs.append(run_rate(bootstrap, topic, produced, users, changelog=on))
+        runs.append(run_rate(bootstrap, topic, produced, users, changelog=on, batch_max_events=batch_max_events))
         note(f"run {runs[-1]}")
     off = np.median([r["events_per_s"] for r in runs if not r["changelog"]])
     on = np.median([r["events_per_s"] for r in runs if r["changelog"]])
-    return {"users": users, "events": produced, "runs": runs, "without_changelog_events_per_s": round(off),
-            "with_changelog_events_per_s": round(on), "ratio": round(on / off, 3)}
+    with_cl = [r for r in runs if r["changelog"]]
+    per_ck = {k: round(float(np.median([r[k] for r in with_cl]))) for k in
+              ("bytes_per_checkpoint", "model_bytes_per_checkpoint", "whole_model_bytes_per_checkpoint")}
+    return {"users": users, "events": produced, "batch_max_events": batch_max_events, "runs": runs,
+            "without_changelog_events_per_s": round(off), "with_changelog_events_per_s": round(on),
+            "ratio": round(on / off, 3), **per_ck}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--events", type=int, default=400_000)
     p.add_argument("--throughput-users", type=int, default=50_000)
+    p.add_argument("--batch-sizes", default="5000,500", help="SEGSTREAM_BATCH_MAX_EVENTS of the throughput runs")
     a = p.parse_args(argv)
     from stream.kafka.embedded_broker import EmbeddedBroker
     from stream.runtime.pipeline import tune_process
@@ -147,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             note(f"restore {figures['restore'][-1]}")
             gc.collect()
         if a.events:
-            figures["throughput"] = throughput(broker.bootstrap, a.throughput_users, a.events)
+            figures["throughput"] = [throughput(broker.bootstrap, a.throughput_users, a.events, int(b))
+                                     for b in a.batch_sizes.split(",")]
     emit("changelog", figures, users=a.users, partitions=a.partitions, events=a.events,
-         throughput_users=a.throughput_users, encoder="raw")
+         throughput_users=a.throughput_users, batch_sizes=a.batch_sizes, encoder="raw")
     return 0
 
 

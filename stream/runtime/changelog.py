@@ -12,9 +12,12 @@ Changelog partition p holds the state of input partition p (a compacted topic,
   tail of a user ``--max-users`` evicted (state/contract_tail.py); value null
   (tombstone): the user was erased;
 - key ``__model__``, value msgpack (:mod:`stream.runtime.checkpoints`' ``pack``):
-  the segment model and what goes with it (:meth:`Pipeline.model_state`:
+  the core of the segment model and what goes with it (:meth:`Pipeline.model_state`:
   centroids, learner, version, the id high-water mark so that no id is born
-  twice, the born ids, the dedup window). Written into every checkpointed
+  twice, the born ids, the dedup window); its large arrays (the ring of recent
+  embeddings) as chunk records, key ``__model__/<path>/<i>``, value ``b"M"`` +
+  raw rows, only those that changed since the partition's last checkpoint
+  (:mod:`stream.runtime.model_record`). Written into every checkpointed
   partition, so a partition carries its model with it wherever it moves;
 - key ``__checkpoint__`` (the marker), value msgpack, written **last** by each
   checkpoint, only once everything above is confirmed: ``offset`` (the next
@@ -40,7 +43,7 @@ A restore reads a partition from offset 0 to its end (the high-water mark of
 the first fetch, never ``end_offsets()``), takes the **last** marker, keeps the
 last record per key before it (the embedded broker never compacts: a restore
 must be right on an uncompacted log), and seeks the input to the marker's
-offset; the model is the last ``__model__`` before the marker. The marker's
+offset; the model is the last ``__model__`` before the marker with the last record of each of its chunks. The marker's
 outbox is re-published (the very same keys and value bytes, so the same
 ``change_id``s) before any input is processed: the writer may have died
 before sending it; when it did send it, these are exact re-sends, which the
@@ -65,6 +68,7 @@ from state.user_store import UserStore
 from stream.kafka.clients import Publisher
 from stream.kafka.records import Records
 from stream.runtime.checkpoints import pack, unpack
+from stream.runtime.model_record import CHUNK_KIND, ModelWriter, join
 from stream.runtime.pipeline import Pipeline
 
 __all__ = ["Changelog", "PartitionState", "MARKER_KEY", "row_dtype", "decode_partition"]
@@ -139,7 +143,13 @@ def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype
         latest = dict(zip(keys[:n], range(n)))
     latest.pop(MARKER_KEY, None)
     at_model = latest.pop(MODEL_KEY, None)
-    model = unpack(values[at_model]) if at_model is not None else None
+    model = None
+    if at_model is not None:  # the core, and the chunks of its large arrays (each chunk's latest record)
+        def take(key: bytes) -> bytes | None:
+            i = latest.pop(key, None)
+            return None if i is None else values[i]
+
+        model = join(unpack(values[at_model]), take)
     ukeys = list(latest)
     vals = [values[i] for i in latest.values()]
     held = [k for k, v in zip(ukeys, vals) if v]  # tombstones (None): erased users, nothing to restore
@@ -187,8 +197,12 @@ class Changelog:
         # partition -> user-segments records (keys, values) held until the partition's next marker
         self._outbox: dict[int, tuple[list[bytes], list[bytes | None]]] = {}
         self._sealed: tuple[list[bytes], list[bytes | None]] = ([], [])  # in markers, not yet released
+        self.models = ModelWriter()
         self.bytes_written = 0
         self.records_written = 0
+        self.model_bytes_written = 0  # core and chunk records
+        self.model_bytes_full = 0  # what whole model records would have been (core + every chunk)
+        self.checkpoints = 0
 
     # ----- between checkpoints ------------------------------------------------
     def mark(self, rows: np.ndarray, *, size: int = 0) -> None:
@@ -235,6 +249,7 @@ class Changelog:
         self._erased.pop(partition, None)
         self._void.pop(partition, None)
         self._outbox.pop(partition, None)
+        self.models.forget(partition)
 
     # ----- a checkpoint's writes ----------------------------------------------
     def write(self, offsets: dict[int, int]) -> int:
@@ -276,11 +291,14 @@ class Changelog:
         dirty = live[self._dirty[live]]
         parts = store.partition[dirty]
         new_tails = p_.tails.drain_new()
-        model = pack({**p_.model_state(), **{name: save() for name, (save, _) in self.extras.items()}})
+        core, chunks = self.models.split({**p_.model_state(), **{name: save() for name, (save, _) in self.extras.items()}})
+        model = pack(core)
+        chunk_bytes = sum(len(k) + 1 + len(v) for k, v, _ in chunks)
         stale = p_.stale_rows()
         stale = stale[store.holds_user(stale)] if len(stale) else stale
         stale_parts = store.partition[stale]
         self._ck = max(time.time_ns(), self._ck + 1)
+        self.checkpoints += 1
         sent = 0
         for p, offset in sorted(offsets.items()):
             kparts: list[bytes] = []
@@ -309,6 +327,15 @@ class Changelog:
             if len(rows):
                 add(store.user_ids(rows), self._encode(rows), np.full(len(rows), 1 + self.dtype.itemsize, dtype=np.int64))
             self._stale_ids[p] = store.user_ids(stale[stale_parts == p])
+            new = self.models.changed(p, chunks)  # the model's chunks this partition's changelog lacks
+            if new:
+                kparts.append(b"".join(k for k, _, _ in new))
+                klens.append(np.fromiter((len(k) for k, _, _ in new), dtype=np.int64, count=len(new)))
+                vparts.append(b"".join(CHUNK_KIND + v for _, v, _ in new))
+                vlens.append(np.fromiter((1 + len(v) for _, v, _ in new), dtype=np.int64, count=len(new)))
+                self.model_bytes_written += sum(len(k) + 1 + len(v) for k, v, _ in new)
+            self.model_bytes_written += len(MODEL_KEY) + len(model)
+            self.model_bytes_full += len(MODEL_KEY) + len(model) + chunk_bytes
             key_bytes, value_bytes = b"".join(kparts), b"".join(vparts)
             klen = np.concatenate(klens) if klens else np.zeros(0, dtype=np.int64)
             if len(klen):
@@ -352,6 +379,7 @@ class Changelog:
                 load(model.get(name))
         users = 0
         for s in states:
+            self.models.forget(s.partition)  # its changelog holds the previous writer's model: rewrite it whole
             if s.offset is not None and s.end > s.marker_at + 1:  # a cut-short checkpoint's records
                 self._void[s.partition] = s.void + [[s.marker_at + 1, s.end]]
             elif s.offset is not None:

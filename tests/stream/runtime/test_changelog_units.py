@@ -92,33 +92,93 @@ class _Sent:
 
     def __init__(self):
         self.records: list[tuple[int, bytes]] = []
+        self.values: list[bytes | None] = []
 
     def send_columns(self, topic, partition, key_bytes, key_lengths, value_bytes, value_lengths):
-        at = 0
-        for n in np.asarray(key_lengths).tolist():
+        at = vat = 0
+        for n, m in zip(np.asarray(key_lengths).tolist(), np.asarray(value_lengths).tolist()):
             self.records.append((partition, key_bytes[at:at + n]))
+            self.values.append(None if m < 0 else bytes(value_bytes[vat:vat + m]))
             at += n
+            vat += max(m, 0)
 
     def confirm(self):
         return len(self.records)
 
+    def log(self, partition: int, start: int = 0) -> Records:
+        """What partition ``partition`` holds, as a changelog read returns it (records from ``start`` on)."""
+        idx = [i for i, (p, _) in enumerate(self.records) if p == partition]
+        keys, values = [self.records[i][1] for i in idx], [self.values[i] for i in idx]
+        return Records.single("cl", partition, np.arange(start, len(idx)), np.zeros(len(idx) - start),
+                              keys[start:], values[start:])
+
+
+def _events(n: int, batch: int, users: int = 400) -> list[bytes]:
+    import msgpack
+
+    rng = np.random.default_rng(batch)
+    return [msgpack.packb({"user_id": f"u{int(u)}", "action": "view", "ts": 1.7e9 + batch * 100 + i,
+                           "item_id": int(rng.integers(50)), "categories": [f"c{int(u) % 4}"]})
+            for i, u in enumerate(rng.integers(0, users, n))]
+
 
 def test_a_checkpoint_of_a_partition_with_nothing_changed_writes_the_model_and_then_the_marker():
     from stream.runtime.changelog import MODEL_KEY, Changelog
+    from stream.runtime.model_record import CHUNK_PREFIX
     from stream.runtime.pipeline import Pipeline
     from stream.settings import Settings
 
     sent = _Sent()
     cl = Changelog("cl", sent, Pipeline.from_settings(Settings(), now=lambda: 2e9))  # type: ignore[arg-type]
     cl.write({0: 10, 1: 0})
+    kinds = [(p, MODEL_KEY if k.startswith(CHUNK_PREFIX) else k) for p, k in sent.records]
+    # the first checkpoint of a partition: every chunk of the model's large arrays, then its core
+    assert kinds == [(0, MODEL_KEY)] * (kinds.count((0, MODEL_KEY))) + [(1, MODEL_KEY)] * kinds.count((1, MODEL_KEY)) \
+        + [(0, MARKER_KEY), (1, MARKER_KEY)]
+    assert kinds.count((0, MODEL_KEY)) > 1 and sent.records[kinds.count((0, MODEL_KEY)) - 1] == (0, MODEL_KEY)
+    sent.records.clear()
+    cl.write({0: 10, 1: 0})  # nothing changed: the core only
     assert sent.records == [(0, MODEL_KEY), (1, MODEL_KEY), (0, MARKER_KEY), (1, MARKER_KEY)]
+
+
+def test_the_model_is_written_incrementally_and_restores_whole_from_an_uncompacted_log():
+    """Checkpoints after small batches write only the ring chunks that changed; the restore (last record per
+    key before the last marker, a cut-short checkpoint's chunks ignored) gives back the writer's exact model."""
+    from stream.runtime.changelog import Changelog, decode_partition
+    from stream.runtime.checkpoints import pack
+    from stream.runtime.model_record import CHUNK_PREFIX
+    from stream.runtime.pipeline import Pipeline
+    from stream.settings import Settings
+
+    settings = Settings(segments=3, warmup_users=20, model_update_events=200, seed=1)
+    writer = Pipeline.from_settings(settings, now=lambda: 2e9)
+    sent = _Sent()
+    cl = Changelog("cl", sent, writer)  # type: ignore[arg-type]
+    first = len(sent.records)
+    chunk_writes = []
+    for b in range(12):
+        r = writer.process_records(_events(60, b))
+        cl.mark(r.touched)
+        n = len(sent.records)
+        cl.write({0: b + 1})
+        chunk_writes.append(sum(k.startswith(CHUNK_PREFIX) for _, k in sent.records[n:]))
+    assert first == 0 and chunk_writes[0] > 2 * max(chunk_writes[2:])  # later checkpoints: a few chunks each
+    expected = pack(writer.model_state())
+    # a checkpoint cut short after its records: another ring, never sealed
+    writer.process_records(_events(60, 99))
+    cl.mark(np.arange(len(writer.store)))
+    cl.stage({0: 99})
+    st = decode_partition(0, sent.log(0), len(sent.records), cl.dtype)
+    assert st.offset == 12 and pack(st.model) == expected
+    reader = Pipeline.from_settings(settings, now=lambda: 2e9)
+    Changelog("cl", _Sent(), reader).restore([st])  # type: ignore[arg-type]
+    assert pack(reader.model_state()) == expected
 
 
 def test_state_kept_outside_the_pipeline_rides_in_the_model_record_and_comes_back():
     """The drift monitor's PSI reference (an ``extras`` entry) survives a restore from the changelog alone."""
     from stream.observability.drift import DriftMonitor
-    from stream.runtime.changelog import Changelog, PartitionState
-    from stream.runtime.checkpoints import unpack
+    from stream.runtime.changelog import Changelog, PartitionState, decode_partition
     from stream.runtime.pipeline import Pipeline
     from stream.settings import Settings
 
@@ -127,20 +187,12 @@ def test_state_kept_outside_the_pipeline_rides_in_the_model_record_and_comes_bac
     for _ in range(30):
         before.observe(distances=rng.random(40), changed=2, updated=40, embeddings=rng.normal(size=(40, 4)))
     assert before.state()["shares"] is not None  # the reference is set
-    values: list[bytes] = []
 
-    class Capture(_Sent):
-        def send_columns(self, topic, partition, key_bytes, key_lengths, value_bytes, value_lengths):
-            super().send_columns(topic, partition, key_bytes, key_lengths, value_bytes, value_lengths)
-            if key_bytes == MODEL_KEY:
-                values.append(bytes(value_bytes))
-
-    from stream.runtime.changelog import MODEL_KEY
-
-    writer = Changelog("cl", Capture(), Pipeline.from_settings(Settings(), now=lambda: 2e9),  # type: ignore[arg-type]
+    sent = _Sent()
+    writer = Changelog("cl", sent, Pipeline.from_settings(Settings(), now=lambda: 2e9),  # type: ignore[arg-type]
                        extras={"drift": (before.state, before.load_state)})
     writer.write({0: 10})
-    model = unpack(values[-1])
+    model = decode_partition(0, sent.log(0), len(sent.records), writer.dtype).model
     after = DriftMonitor(reference_size=200, min_instances=5)
     reader = Changelog("cl", _Sent(), Pipeline.from_settings(Settings(), now=lambda: 2e9),  # type: ignore[arg-type]
                        extras={"drift": (after.state, after.load_state)})
