@@ -112,6 +112,7 @@ class UserStore:
         self._index: dict[str, int] = {}
         self._ids: list[str | None] = []
         self._free: list[int] = []
+        self.imported_rows = np.zeros(0, dtype=np.int64)  # rows the last import_rows gave its users
         self._used = 0  # rows ever handed out (high-water mark)
         # called with (rows, user ids) of evicted users before their rows are cleared (state/contract_tail.py)
         self.on_evict: Callable[[np.ndarray, list[str]], None] | None = None
@@ -138,12 +139,19 @@ class UserStore:
         grow("seq", (rows,), np.uint32, 0)
         grow("distance", (rows,), np.float32, np.nan)
         grow("partition", (rows,), np.int32, -1)  # source partition of the user's newest event (-1: unknown)
-        # user_keys() of each row's user, set when the row is handed out (never checkpointed: derived from the id)
+        # user_keys() of each row's user, set when the row is handed out (derived from the id; the changelog row
+        # carries it too, so that a restore need not hash every id again)
         grow("key", (rows,), np.uint64, 0)
         self._ids.extend([None] * (rows - n_old))
 
     def __len__(self) -> int:
         return len(self._index)
+
+    def reserve(self, users: int) -> None:
+        """Room for ``users`` more users in one allocation (a restore knows how many come; growing by doubling
+        on the way would copy every column several times)."""
+        if self._used + users > len(self.dense):
+            self._alloc(min(self.capacity, self._used + users))
 
     def nbytes(self) -> int:
         """Bytes held by the numpy columns (the id map comes on top)."""
@@ -189,9 +197,11 @@ class UserStore:
         self._give_rows(rows, missing, user_ids)
         return rows, len(missing), evicted
 
-    def _give_rows(self, rows: np.ndarray, missing: np.ndarray, user_ids: list[str]) -> None:
+    def _give_rows(self, rows: np.ndarray, missing: np.ndarray, user_ids: list[str],
+                   keys: np.ndarray | None = None) -> None:
         """Rows for the users at ``missing`` (free rows first, newest freed first; then never used rows),
-        written into ``rows`` and the id maps. The caller has made room (eviction)."""
+        written into ``rows`` and the id maps. The caller has made room (eviction). ``keys``: the
+        :func:`user_keys` of every user of ``user_ids`` when known (else computed here)."""
         free = self._free
         taken = [free.pop() for _ in range(min(len(missing), len(free)))]
         fresh = len(missing) - len(taken)
@@ -201,12 +211,16 @@ class UserStore:
             taken += range(self._used, self._used + fresh)
             self._used += fresh
         rows[missing] = taken
-        index, ids = self._index, self._ids
-        for i, r in zip(missing.tolist(), taken):
-            uid = user_ids[i]
-            index[uid] = r
-            ids[r] = uid
-        self.key[taken] = user_keys([user_ids[i] for i in missing.tolist()])
+        ids = self._ids
+        # whole-list work, no step per user in Python: a restore gives a million rows at once
+        new_ids = user_ids if len(missing) == len(user_ids) else [user_ids[i] for i in missing.tolist()]
+        self._index.update(zip(new_ids, taken))
+        if fresh == len(taken) and fresh:  # all never-used rows: one contiguous range
+            ids[taken[0]: taken[0] + fresh] = new_ids
+        else:
+            for uid, r in zip(new_ids, taken):
+                ids[r] = uid
+        self.key[taken] = user_keys(new_ids) if keys is None else keys[missing]
 
     def _evict(self, needed: int, protect: np.ndarray) -> ApplyResult:
         count = max(needed, self.capacity // 100, 1)
@@ -443,11 +457,13 @@ class UserStore:
         """Add users saved by :meth:`export_rows`; returns the ids evicted to make room.
 
         ``keep_rows`` puts each user back on its saved row when that row is free.
-        Rows stored against another decay reference are rescaled to this store's.
+        Rows stored against another decay reference are rescaled to this store's. ``block["key"]``
+        (optional): the users' :func:`user_keys`. The rows given are left in :attr:`imported_rows`.
         """
         ids: list[str] = list(block["ids"])
         t0b = block["t0"]
         if not ids:
+            self.imported_rows = np.zeros(0, dtype=np.int64)
             return []
         for name in COLUMNS:
             want = getattr(self, name).shape[1:]
@@ -467,8 +483,9 @@ class UserStore:
                 self._alloc(min(self.capacity, max(top, 2 * len(self.dense))))
         rows = np.empty(len(ids), dtype=np.int64)
         missing: list[int] | np.ndarray = []
-        if not keep_rows and self._index.keys().isdisjoint(ids):  # none held yet (a restore): all new rows
+        if not keep_rows and (not self._index or self._index.keys().isdisjoint(ids)):  # none held yet: all new rows
             missing = np.arange(len(ids))
+        placed: list[int] = []  # put back on their saved rows: their keys are still to set
         for i, uid in enumerate(ids if isinstance(missing, list) else ()):
             r = self._index.get(uid)
             if r is None and keep_rows and saved_rows[i] < len(self.dense) and self._ids[saved_rows[i]] is None:
@@ -476,6 +493,7 @@ class UserStore:
                 self._index[uid] = r
                 self._ids[r] = uid
                 self._used = max(self._used, r + 1)
+                placed.append(i)
             if r is None:
                 missing.append(i)
             else:
@@ -488,13 +506,16 @@ class UserStore:
             if available < len(missing):
                 known = np.setdiff1d(np.arange(len(ids)), missing)
                 evicted = self._evict(len(missing) - available, rows[known]).evicted_user_ids
-            self._give_rows(rows, np.asarray(missing, dtype=np.int64), ids)
+            self._give_rows(rows, np.asarray(missing, dtype=np.int64), ids,
+                            None if block.get("key") is None else np.asarray(block["key"], dtype=np.uint64))
         elif keep_rows:
             taken = set(rows.tolist())
             self._free = [r for r in self._free if r not in taken]
         for name in COLUMNS:
             getattr(self, name)[rows] = block[name]
-        self.key[rows] = user_keys(ids)
+        if placed:  # rows given by _give_rows have their keys, rows already held kept theirs
+            self.key[rows[placed]] = user_keys([ids[i] for i in placed])
+        self.imported_rows = rows
         if factor != 1.0:
             self.dense[rows] *= factor
             self.item_w[rows] *= factor

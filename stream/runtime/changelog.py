@@ -86,7 +86,17 @@ def row_dtype(store: UserStore) -> np.dtype:
     spec = store.spec
     return np.dtype([("seq", "<u4"), ("segment", "<i4"), ("cid", "S16"), ("t0", "<f8"), ("last_ts", "<f8"),
                      ("distance", "<f4"), ("item_head", "u1"), ("dense", "<f4", (spec.dense_width,)),
-                     ("items", "<i4", (spec.item_history,)), ("item_w", "<f4", (spec.item_history,))])
+                     ("items", "<i4", (spec.item_history,)), ("item_w", "<f4", (spec.item_history,)),
+                     ("key", "<u8")])
+
+
+def _decode_ids(keys: list[bytes]) -> list[str]:
+    """User ids from their key bytes: one decode of all of them joined (a separator no key contains), not
+    one call per key."""
+    blob = b"\x00".join(keys)
+    if keys and blob.count(b"\x00") == len(keys) - 1:
+        return blob.decode("utf-8", "surrogatepass").split("\x00")
+    return [k.decode("utf-8", "surrogatepass") for k in keys]
 
 
 @dataclass
@@ -160,8 +170,13 @@ def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype
     kinds = np.frombuffer(blob, dtype=np.uint8)[starts] if len(vals) else np.zeros(0, np.uint8)
     full = kinds == FULL[0]
     width = 1 + dtype.itemsize
-    if full.all():
-        rows = np.frombuffer(blob, dtype=np.uint8).reshape(-1, width)[:, 1:].copy().view(dtype).reshape(-1)
+    if ((lens != width) & full).any():
+        raise ValueError(f"changelog partition {partition} holds user rows of another layout than this version's "
+                         f"({width} bytes): written by another version or feature configuration")
+    if full.all():  # the columns are views into the fetched bytes (kind byte skipped): no copy here
+        framed = np.dtype({"names": dtype.names, "formats": [dtype.fields[n][0] for n in dtype.names],
+                           "offsets": [1 + dtype.fields[n][1] for n in dtype.names], "itemsize": width})
+        rows = np.frombuffer(blob, dtype=framed)
         full_ids = held
     else:
         pick = full.tolist()
@@ -171,7 +186,7 @@ def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype
     for i in np.flatnonzero(kinds == TAIL[0]).tolist():
         t = np.frombuffer(vals[i][1:], dtype=TAIL_DTYPE)[0]
         tails[held[i].decode("utf-8", "surrogatepass")] = (int(t["seq"]), int(t["segment"]), bytes(t["cid"]), partition)
-    users = {"ids": [k.decode("utf-8", "surrogatepass") for k in full_ids], **{name: rows[name] for name in dtype.names}}
+    users = {"ids": _decode_ids(full_ids), **{name: rows[name] for name in dtype.names}}
     return PartitionState(partition, int(doc["offset"]), ck=int(doc["ck"]), model=model, void=void,
                           end=end, marker_at=int(offsets[last]), users=users, tails=tails, records=len(keys),
                           stale=list(doc.get("stale", [])), outbox=_outbox(doc))
@@ -357,6 +372,7 @@ class Changelog:
         for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w"):
             out[name] = getattr(store, name)[rows]
         out["t0"] = store.t0 if store.t0 is not None else 0.0
+        out["key"] = store.key[rows]
         cid = self.pipeline.tails.change_ids(rows)
         out["cid"] = np.where(out["seq"] > 0, cid, b"")
         framed = np.empty((len(rows), 1 + self.dtype.itemsize), dtype=np.uint8)
@@ -385,21 +401,22 @@ class Changelog:
             elif s.offset is not None:
                 self._void[s.partition] = list(s.void)
             p_.tails.evicted.update(s.tails)
+        store.reserve(sum(len(s.users["ids"]) for s in states if s.users))  # one allocation for them all
+        for s in states:
             u = s.users
             if not u or not u["ids"]:
                 continue
             t0s = u["t0"]
-            groups = np.unique(t0s)
+            groups = t0s[:1] if (t0s == t0s[0]).all() else np.unique(t0s)
             for t0 in groups:
                 sel = np.flatnonzero(t0s == t0) if len(groups) > 1 else slice(None)
                 ids = u["ids"] if len(groups) == 1 else [u["ids"][i] for i in sel.tolist()]
                 block: dict[str, Any] = {"ids": ids, "rows": np.zeros(len(ids), np.int64), "t0": float(t0),
                                          "partition": np.full(len(ids), s.partition, dtype=np.int32)}
-                for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w"):
+                for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w", "key"):
                     block[name] = u[name][sel]
                 p_.import_users(block, keep_rows=False)
-                rows = store.rows_of(block["ids"])
-                p_.tails.set_raw_change_ids(rows, u["cid"][sel])
+                p_.tails.set_raw_change_ids(store.imported_rows, u["cid"][sel])
             users += len(u["ids"])
         queued = [store.row_of(x) for s in states for x in s.stale]
         p_.requeue(np.array([r for r in queued if r is not None], dtype=np.int64))
