@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.kafka.embedded_broker import free_port
 from stream.kafka.clients import ensure_topics
+from stream.kafka.records import Records
 from stream.settings import Settings
 
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
@@ -329,3 +331,29 @@ class RecordingPublisher:
         self.sent.append((topic, key, value))
         for _, h in headers or ():
             self.sent.append((topic + "#header", None, h))
+
+
+class ChangelogSink:
+    """A publisher that keeps what a changelog checkpoint sends, per partition, in order (no broker)."""
+
+    def __init__(self):
+        self.records: list[tuple[int, bytes]] = []
+        self.values: list[bytes | None] = []
+
+    def send_columns(self, topic, partition, key_bytes, key_lengths, value_bytes, value_lengths):
+        at = vat = 0
+        for n, m in zip(np.asarray(key_lengths).tolist(), np.asarray(value_lengths).tolist()):
+            self.records.append((partition, key_bytes[at:at + n]))
+            self.values.append(None if m < 0 else bytes(value_bytes[vat:vat + m]))
+            at += n
+            vat += max(m, 0)
+
+    def confirm(self):
+        return len(self.records)
+
+    def log(self, partition: int, start: int = 0) -> Records:
+        """What partition ``partition`` holds, as a changelog read returns it (records from ``start`` on)."""
+        idx = [i for i, (p, _) in enumerate(self.records) if p == partition]
+        keys, values = [self.records[i][1] for i in idx], [self.values[i] for i in idx]
+        return Records.single("cl", partition, np.arange(start, len(idx)), np.zeros(len(idx) - start),
+                              keys[start:], values[start:])

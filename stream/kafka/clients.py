@@ -303,6 +303,13 @@ class _Pending(NamedTuple):
         return self.encoded.count if self.encoded is not None else len(self.keys)
 
 
+def _last_offset(p: _Pending) -> int:
+    """The offset of the last record of a confirmed send."""
+    if p.run:  # a whole batch: its future's value is (base offset, log append time, per-record errors)
+        return int(p.future.value[0]) + p.count - 1
+    return int(p.future.value.offset)
+
+
 class Publisher:
     """Sends records and, on :meth:`confirm`, blocks until each one is acknowledged.
 
@@ -324,6 +331,14 @@ class Publisher:
         self.timeout_s = timeout_s
         self.columnar = columnar and use_columnar_produce(producer, metrics)
         self._pending: list[_Pending] = []
+        self._tracked: set[str] = set()
+        # (topic, partition) -> offset of the last confirmed record sent there, for the topics of track()
+        self.last_offsets: dict[tuple[str, int], int] = {}
+
+    def track(self, topic: str) -> None:
+        """Keep the offset of the last record confirmed per partition of ``topic`` (:attr:`last_offsets`):
+        the changelog's local cache names the marker it covers by its offset."""
+        self._tracked.add(topic)
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> None:
         fut = self.producer.send(topic, key=key, value=value, headers=headers)
@@ -399,6 +414,10 @@ class Publisher:
                 error = self._outcome(p)
                 if error is None:
                     confirmed += p.count
+                    if p.topic in self._tracked and p.partition is not None:
+                        last = _last_offset(p)
+                        key = (p.topic, p.partition)
+                        self.last_offsets[key] = max(last, self.last_offsets.get(key, -1))
                     continue
                 failed.append(p)
                 if self.metrics is not None:

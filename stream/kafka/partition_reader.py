@@ -22,9 +22,10 @@ from stream.settings import Settings
 __all__ = ["read_partitions"]
 
 
-def read_partitions(settings: Settings, topic: str, partitions: list[int], *,
-                    timeout_s: float = 120.0) -> tuple[dict[int, Records], dict[int, int]]:
-    """(partition -> every record from offset 0 to the end, partition -> that end offset)."""
+def read_partitions(settings: Settings, topic: str, partitions: list[int], *, timeout_s: float = 120.0,
+                    start: dict[int, int] | None = None) -> tuple[dict[int, Records], dict[int, int]]:
+    """(partition -> every record from offset 0, or ``start[partition]``, to the end, partition -> that end
+    offset)."""
     consumer = make_consumer(settings, group_id=None, group_instance_id=None, enable_auto_commit=False,
                              allow_auto_create_topics=False, client_id=f"{settings.client_id}-restore",
                              max_poll_records=1 << 20, fetch_max_wait_ms=10)
@@ -33,7 +34,13 @@ def read_partitions(settings: Settings, topic: str, partitions: list[int], *,
             install_columnar_fetch(consumer, warn=False)
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
+        start = start or {}
+        from_zero = [tp for tp in tps if tp.partition not in start]
+        if from_zero:  # (no argument would mean every assigned partition)
+            consumer.seek_to_beginning(*from_zero)
+        for tp in tps:
+            if tp.partition in start:
+                consumer.seek(tp, start[tp.partition])
         blocks: dict[int, list[Records]] = {p: [] for p in partitions}
         target: dict[TopicPartition, int] = {}
         deadline = time.monotonic() + timeout_s

@@ -90,6 +90,25 @@ def row_dtype(store: UserStore) -> np.dtype:
                      ("key", "<u8")])
 
 
+ROW_COLUMNS = ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w")
+
+
+def encode_rows(dtype: np.dtype, columns: Mapping[str, np.ndarray], t0: float | None, cid: np.ndarray,
+                key: np.ndarray) -> bytes:
+    """Full user records (kind byte included, back to back) from store columns stored against ``t0``."""
+    n = len(key)
+    out = np.zeros(n, dtype=dtype)
+    for name in ROW_COLUMNS:
+        out[name] = columns[name]
+    out["t0"] = t0 if t0 is not None else 0.0
+    out["key"] = key
+    out["cid"] = np.where(out["seq"] > 0, cid, b"")
+    framed = np.empty((n, 1 + dtype.itemsize), dtype=np.uint8)
+    framed[:, 0] = FULL[0]
+    framed[:, 1:] = out.view(np.uint8).reshape(n, -1)
+    return framed.tobytes()
+
+
 def _decode_ids(keys: list[bytes]) -> list[str]:
     """User ids from their key bytes: one decode of all of them joined (a separator no key contains), not
     one call per key."""
@@ -199,6 +218,8 @@ class Changelog:
                  extras: Mapping[str, tuple[Callable[[], Any], Callable[[Any], None]]] | None = None) -> None:
         self.topic = topic
         self.publisher = publisher
+        if hasattr(publisher, "track"):
+            publisher.track(topic)  # marker offsets, for the local cache (stream/runtime/changelog_cache.py)
         self.pipeline = pipeline
         # state kept outside the pipeline that must survive a restart too, saved in the model record:
         # name -> (save, load); the drift monitor's PSI reference and detector baselines, for one
@@ -368,17 +389,14 @@ class Changelog:
     def _encode(self, rows: np.ndarray) -> bytes:
         """The rows' full records, kind byte included, back to back."""
         store = self.pipeline.store
-        out = np.zeros(len(rows), dtype=self.dtype)
-        for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w"):
-            out[name] = getattr(store, name)[rows]
-        out["t0"] = store.t0 if store.t0 is not None else 0.0
-        out["key"] = store.key[rows]
-        cid = self.pipeline.tails.change_ids(rows)
-        out["cid"] = np.where(out["seq"] > 0, cid, b"")
-        framed = np.empty((len(rows), 1 + self.dtype.itemsize), dtype=np.uint8)
-        framed[:, 0] = FULL[0]
-        framed[:, 1:] = out.view(np.uint8).reshape(len(rows), -1)
-        return framed.tobytes()
+        return encode_rows(self.dtype, {name: getattr(store, name)[rows] for name in ROW_COLUMNS}, store.t0,
+                           self.pipeline.tails.change_ids(rows), store.key[rows])
+
+    def marker_offsets(self, partitions: list[int]) -> dict[int, int]:
+        """Changelog offset of each partition's last confirmed marker (the last record this writer sent
+        there; only once the markers of :meth:`seal` are confirmed)."""
+        last = getattr(self.publisher, "last_offsets", {})
+        return {p: last[(self.topic, p)] for p in partitions if (self.topic, p) in last}
 
     # ----- restore ----------------------------------------------------------------
     def restore(self, states: list[PartitionState]) -> int:
@@ -413,7 +431,7 @@ class Changelog:
                 ids = u["ids"] if len(groups) == 1 else [u["ids"][i] for i in sel.tolist()]
                 block: dict[str, Any] = {"ids": ids, "rows": np.zeros(len(ids), np.int64), "t0": float(t0),
                                          "partition": np.full(len(ids), s.partition, dtype=np.int32)}
-                for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w", "key"):
+                for name in (*ROW_COLUMNS, "key"):
                     block[name] = u[name][sel]
                 p_.import_users(block, keep_rows=False)
                 p_.tails.set_raw_change_ids(store.imported_rows, u["cid"][sel])

@@ -124,12 +124,15 @@ class CheckpointStore:
         return f"{ns:020d}-{self.instance}"
 
     # ----- writing ---------------------------------------------------------
-    def write(self, global_state: dict[str, Any], partitions: dict[int, tuple[int, dict[str, Any]]]) -> str:
-        """Persist one checkpoint: the shared state, then partition -> (offset, users block)."""
+    def write(self, global_state: dict[str, Any], partitions: dict[int, tuple[int, dict[str, Any]]],
+              extra: dict[int, dict[str, Any]] | None = None) -> str:
+        """Persist one checkpoint: the shared state, then partition -> (offset, users block); ``extra``:
+        more entries of a partition's document (the changelog offset it covers, :mod:`stream.runtime.changelog_cache`)."""
         ckpt = self._new_ckpt()
         _atomic_write(self.dir / f"model-{ckpt}.snap", pack({"format": FORMAT, "ckpt": ckpt, "state": global_state}))
         for p, (offset, users) in sorted(partitions.items()):
-            doc = {"format": FORMAT, "ckpt": ckpt, "partition": p, "offset": offset, "model": ckpt, "users": users}
+            doc = {**(extra or {}).get(p, {}), "format": FORMAT, "ckpt": ckpt, "partition": p, "offset": offset,
+                   "model": ckpt, "users": users}
             _atomic_write(self.dir / f"p{p}-{ckpt}-o{offset}.snap", pack(doc))
         fd = os.open(self.dir, os.O_RDONLY)
         try:

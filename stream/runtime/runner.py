@@ -21,11 +21,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from stream.kafka import CommitFailedError, Consumer, KafkaError, TopicPartition, commit_offsets
 
 from stream.runtime.changelog import Changelog, decode_partition
+from stream.runtime.changelog_cache import base_records, cache_extra, covers, marker_ck, model_of
 from stream.runtime.checkpoints import CheckpointStore
 from stream.contracts.user_segments import change_ids
 from stream.runtime.decode_worker import DecodeAhead
@@ -371,7 +373,8 @@ class StreamRunner:
             # a partition may come back while this member still holds users of it: start clean
             if len(self.pipeline.store.rows_of_partition(tp.partition)):
                 self.pipeline.drop_partition(tp.partition)
-        chosen = {tp: (self.checkpoints.best(tp.partition, c) if self.checkpoints else None)
+        # with the changelog, a local snapshot is only a cache of it (read in _restore_changelog)
+        chosen = {tp: (self.checkpoints.best(tp.partition, c) if self.checkpoints and self.changelog is None else None)
                   for tp, c in committed.items()}
         snaps = [s for s in chosen.values() if s is not None]
         fresh = self.pipeline.model is None and len(self.pipeline.store) == 0 and self.pipeline.events_seen == 0
@@ -425,8 +428,7 @@ class StreamRunner:
         assert self.changelog is not None
         parts = sorted(tp.partition for tp in tps)
         t0 = time.perf_counter()
-        records, ends = read_partitions(self.settings, self.changelog.topic, parts)
-        states = [decode_partition(p, records[p], ends.get(p, 0), self.changelog.dtype) for p in parts]
+        states, cached = self._read_changelog(parts)
         read_s = time.perf_counter() - t0
         # the last marker's outbox first, before any input: its writer may have died before publishing it
         resend = [s.outbox for s in states if s.outbox[0]]
@@ -452,11 +454,47 @@ class StreamRunner:
             self._state_offsets[tp] = start
             if c is not None and c > start:
                 self._restoring[tp] = c
-        log.info("restored %d users of partitions %s from changelog %s (%d records read in %.3fs, loaded in %.3fs)",
-                 users, parts, self.changelog.topic, sum(s.records for s in states), read_s,
+        log.info("restored %d users of partitions %s from changelog %s (%d records, %d partitions from the local "
+                 "cache and the changelog after it, read in %.3fs, loaded in %.3fs)",
+                 users, parts, self.changelog.topic, sum(s.records for s in states), cached, read_s,
                  time.perf_counter() - t0 - read_s, extra={
                      "partitions": parts, "offsets": {s.partition: s.offset for s in states}})
         return users
+
+    def _read_changelog(self, parts: list[int]) -> tuple[list[Any], int]:
+        """Each partition's restored state: from the local cache (the newest snapshot, standing for the
+        changelog up to the marker it names) and the changelog from that marker on when the marker is
+        there (:mod:`stream.runtime.changelog_cache`), otherwise from the whole changelog. Returns the states
+        and how many partitions the cache served."""
+        assert self.changelog is not None
+        cl, dtype = self.changelog, self.changelog.dtype
+        cache: dict[int, tuple[Any, dict[str, Any], int]] = {}
+        for p in parts if self.checkpoints is not None else ():
+            snaps = self.checkpoints.snapshots(p)  # type: ignore[union-attr]
+            if snaps:
+                doc = snaps[-1].load()
+                at = covers(doc, cl.topic)
+                if at is not None:
+                    cache[p] = (snaps[-1], doc, at)
+        records, ends = read_partitions(self.settings, cl.topic, parts, start={p: c[2] for p, c in cache.items()})
+        states, full = [], []
+        for p in parts:
+            if p not in cache:
+                states.append(decode_partition(p, records[p], ends.get(p, 0), dtype))
+                continue
+            snap, doc, at = cache[p]
+            model = model_of(self.checkpoints.load_global(snap.ckpt))  # type: ignore[union-attr]
+            if model is None or marker_ck(records[p], at) != doc["changelog"]["ck"]:
+                log.info("the local snapshot of partition %d does not match changelog offset %d: reading the whole "
+                         "changelog partition", p, at, extra={"partition": p})
+                full.append(p)
+                continue
+            states.append(decode_partition(p, Records.concat([base_records(cl, doc, model, p), records[p]]),
+                                           ends.get(p, 0), dtype))
+        if full:
+            records, ends = read_partitions(self.settings, cl.topic, full)
+            states += [decode_partition(p, records[p], ends.get(p, 0), dtype) for p in full]
+        return sorted(states, key=lambda s: s.partition), len(cache) - len(full)
 
     def _assign_waiting(self) -> None:
         """Global model: users held back until the first model was announced get their segment
@@ -595,9 +633,13 @@ class StreamRunner:
             self.publisher.confirm()
         if self.checkpoints is not None:
             store = self.pipeline.store
+            rows = {tp.partition: store.rows_of_partition(tp.partition) for tp in offsets}
+            extra = None
+            if self.changelog is not None:  # the snapshot as a cache of the changelog up to the marker just confirmed
+                at = self.changelog.marker_offsets(list(rows))
+                extra = {p: cache_extra(self.changelog, p, r, at.get(p)) for p, r in rows.items()}
             self.checkpoints.write({**self.pipeline.global_state(), "drift": self.metrics.drift.state()}, {
-                tp.partition: (off, store.export_rows(store.rows_of_partition(tp.partition)))
-                for tp, off in offsets.items()})
+                tp.partition: (off, store.export_rows(rows[tp.partition])) for tp, off in offsets.items()}, extra)
         committed = self._commit(offsets)
         if committed:
             self.metrics.last_checkpoint.set(time.time())

@@ -12,6 +12,8 @@ from stream.kafka.records import Records
 from stream.runtime.changelog import FULL, MARKER_KEY, TAIL, TAIL_DTYPE, decode_partition, row_dtype
 from stream.runtime.checkpoints import pack
 
+from helpers import ChangelogSink as _Sent
+
 DTYPE = row_dtype(UserStore(FeatureSpec(), capacity=1))
 
 
@@ -85,32 +87,6 @@ def test_evicted_users_continue_seq_and_previous_segment_when_they_come_back():
             last[uid] = (seq, seg)
     assert evicted > 90 and len(p.store) <= 30 and p.tails.evicted  # users came and went, tails kept
     assert max(s for s, _ in last.values()) > 1
-
-
-class _Sent:
-    """A publisher that keeps what a checkpoint sends, per partition, in order."""
-
-    def __init__(self):
-        self.records: list[tuple[int, bytes]] = []
-        self.values: list[bytes | None] = []
-
-    def send_columns(self, topic, partition, key_bytes, key_lengths, value_bytes, value_lengths):
-        at = vat = 0
-        for n, m in zip(np.asarray(key_lengths).tolist(), np.asarray(value_lengths).tolist()):
-            self.records.append((partition, key_bytes[at:at + n]))
-            self.values.append(None if m < 0 else bytes(value_bytes[vat:vat + m]))
-            at += n
-            vat += max(m, 0)
-
-    def confirm(self):
-        return len(self.records)
-
-    def log(self, partition: int, start: int = 0) -> Records:
-        """What partition ``partition`` holds, as a changelog read returns it (records from ``start`` on)."""
-        idx = [i for i, (p, _) in enumerate(self.records) if p == partition]
-        keys, values = [self.records[i][1] for i in idx], [self.values[i] for i in idx]
-        return Records.single("cl", partition, np.arange(start, len(idx)), np.zeros(len(idx) - start),
-                              keys[start:], values[start:])
 
 
 def _events(n: int, batch: int, users: int = 400) -> list[bytes]:
