@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,11 +115,13 @@ def run_rate(bootstrap: str, topic: str, expect: int, users: int, *, changelog: 
     out = {"changelog": changelog, "events": summary.events, "seconds": round(t1 - t0, 3),
            "events_per_s": round((n1 - n0) / (t1 - t0)), "batches": summary.batches}
     cl = runners[0].changelog
-    if cl is not None and cl.checkpoints:
-        n = cl.checkpoints
-        out.update(checkpoints=n, bytes_per_checkpoint=round(cl.bytes_written / n),
-                   model_bytes_per_checkpoint=round(cl.model_bytes_written / n),
-                   whole_model_bytes_per_checkpoint=round(cl.model_bytes_full / n))
+    if cl is not None:
+        # (getattr: the same script measures versions of the code whose changelog counts less)
+        n = getattr(cl, "checkpoints", 0) or summary.batches
+        out.update(checkpoints=n, bytes_per_checkpoint=round(cl.bytes_written / n))
+        if hasattr(cl, "model_bytes_written"):
+            out.update(model_bytes_per_checkpoint=round(cl.model_bytes_written / n),
+                       whole_model_bytes_per_checkpoint=round(cl.model_bytes_full / n))
     return out
 
 
@@ -140,7 +145,7 @@ def throughput(bootstrap: str, users: int, events: int, batch_max_events: int = 
     on = np.median([r["events_per_s"] for r in runs if r["changelog"]])
     with_cl = [r for r in runs if r["changelog"]]
     per_ck = {k: round(float(np.median([r[k] for r in with_cl]))) for k in
-              ("bytes_per_checkpoint", "model_bytes_per_checkpoint", "whole_model_bytes_per_checkpoint")}
+              ("bytes_per_checkpoint", "model_bytes_per_checkpoint", "whole_model_bytes_per_checkpoint") if k in with_cl[0]}
     return {"users": users, "events": produced, "batch_max_events": batch_max_events, "runs": runs,
             "without_changelog_events_per_s": round(off), "with_changelog_events_per_s": round(on),
             "ratio": round(on / off, 3), **per_ck}
@@ -153,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=400_000)
     p.add_argument("--throughput-users", type=int, default=50_000)
     p.add_argument("--batch-sizes", default="5000,500", help="SEGSTREAM_BATCH_MAX_EVENTS of the throughput runs")
+    p.add_argument("--out", default="", help="also write the result (one JSON document) to this file")
+    p.add_argument("--label", default="", help="what the figures are of (another version of the code, say)")
+    p.add_argument("--command", default="", help="the command line to record with the figures")
     a = p.parse_args(argv)
     from stream.kafka.embedded_broker import EmbeddedBroker
     from stream.runtime.pipeline import tune_process
@@ -161,15 +169,18 @@ def main(argv: list[str] | None = None) -> int:
     tune_process(Settings())
     figures: dict[str, Any] = {"restore": []}
     with EmbeddedBroker() as broker:
-        for n in (int(x) for x in a.users.split(",")):
+        for n in (int(x) for x in a.users.split(",") if x):
             figures["restore"].append(restore_rate(broker.bootstrap, n, a.partitions))
             note(f"restore {figures['restore'][-1]}")
             gc.collect()
         if a.events:
             figures["throughput"] = [throughput(broker.bootstrap, a.throughput_users, a.events, int(b))
                                      for b in a.batch_sizes.split(",")]
-    emit("changelog", figures, users=a.users, partitions=a.partitions, events=a.events,
-         throughput_users=a.throughput_users, batch_sizes=a.batch_sizes, encoder="raw")
+    out = emit("changelog", figures, users=a.users, partitions=a.partitions, events=a.events,
+               throughput_users=a.throughput_users, batch_sizes=a.batch_sizes, encoder="raw", label=a.label)
+    if a.out:
+        out["command"] = a.command or "python -m bench.changelog " + " ".join(argv if argv is not None else sys.argv[1:])
+        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 

@@ -400,7 +400,37 @@ def movielens_table(results: Results) -> str:
     return _table(head, rows) + note + f" Command: `{' '.join(cmd)}`."
 
 
+def changelog_table(results: Results) -> str:
+    """`bench.changelog`: restore rate and bytes per user, then the loop's events/s with and without the
+    changelog (medians of three interleaved runs each) and the bytes a checkpoint writes, per result file."""
+    rows, tp = [], []
+    for r in results:
+        f, label = r["figures"], r["params"].get("label") or "this version"
+        for x in f.get("restore", []):
+            rows.append((f"{x['users']:,}", str(x["partitions"]), f"{x['read_seconds']:.2f} s",
+                         f"{x['restore_seconds']:.2f} s", f"{x['users_per_s'] / 1e3:.0f}k", f"{x['bytes_per_user']}",
+                         f"{x['write_seconds']:.2f} s", f"{r['machine']['loadavg_at_start'][0]}"))
+        runs = f.get("throughput", [])
+        for t in runs if isinstance(runs, list) else [runs]:
+            ck = tuple(f"{t[k] / 1e3:,.1f} kB" if k in t else "—" for k in
+                       ("bytes_per_checkpoint", "model_bytes_per_checkpoint", "whole_model_bytes_per_checkpoint"))
+            tp.append((label, f"{t.get('batch_max_events', 5000):,}", f"{t['without_changelog_events_per_s']:,}",
+                       f"{t['with_changelog_events_per_s']:,}", f"{t['ratio']:.2f}", *ck,
+                       f"{r['machine']['loadavg_at_start'][0]}"))
+    out = []
+    if rows:
+        out.append(_table(("Users", "Changelog partitions", "Read", "Restore (read + load)", "Users/s",
+                           "Bytes per user", "One full checkpoint written", "Load average (1 min) at start"), rows))
+    if tp:
+        out.append(_table(("Code", "Batch (events)", "Events/s without changelog (median of 3)", "With changelog",
+                           "Ratio", "Changelog bytes per checkpoint", "Model bytes per checkpoint",
+                           "Model written whole", "Load average (1 min) at start"), tp))
+    cmds = sorted({_cmd(r) for r in results})
+    return "\n\n".join(out) + f"\n\nCommand: {', '.join(cmds)}."
+
+
 RENDERERS: dict[str, Callable[[Results], str]] = {
+    "changelog": changelog_table,
     "machine": machine_line, "suite": suite_table, "goals": goals_table, "encoders": encoders_table,
     "scaleout": scaleout_table, "transports": transports_table, "sizing": sizing_table, "plan": plan_table,
     "planted": planted_table, "movielens": movielens_table,

@@ -303,10 +303,12 @@ class _Pending(NamedTuple):
         return self.encoded.count if self.encoded is not None else len(self.keys)
 
 
-def _last_offset(p: _Pending) -> int:
-    """The offset of the last record of a confirmed send."""
+def _last_offset(p: _Pending) -> int | None:
+    """The offset of the last record of a confirmed send (None: the client did not say)."""
     if p.run:  # a whole batch: its future's value is (base offset, log append time, per-record errors)
         return int(p.future.value[0]) + p.count - 1
+    if hasattr(p.future, "offset"):  # librdkafka's delivery report (stream/kafka/confluent.py)
+        return None if p.future.offset is None else int(p.future.offset)
     return int(p.future.value.offset)
 
 
@@ -417,7 +419,8 @@ class Publisher:
                     if p.topic in self._tracked and p.partition is not None:
                         last = _last_offset(p)
                         key = (p.topic, p.partition)
-                        self.last_offsets[key] = max(last, self.last_offsets.get(key, -1))
+                        if last is not None:
+                            self.last_offsets[key] = max(last, self.last_offsets.get(key, -1))
                     continue
                 failed.append(p)
                 if self.metrics is not None:

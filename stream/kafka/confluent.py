@@ -365,15 +365,18 @@ class ConfluentConsumer:
 class DeliveryFuture:
     """The outcome of one ``produce``: what :class:`~stream.kafka.clients.Publisher` asks of kafka-python's future."""
 
-    __slots__ = ("_producer", "is_done", "error")
+    __slots__ = ("_producer", "is_done", "error", "offset")
 
     def __init__(self, producer: Any) -> None:
         self._producer = producer
         self.is_done = False
         self.error: Any = None
+        self.offset: int | None = None  # the record's offset, once delivered
 
-    def __call__(self, err: Any, _msg: Any) -> None:  # librdkafka's delivery report, run inside poll/flush
+    def __call__(self, err: Any, msg: Any) -> None:  # librdkafka's delivery report, run inside poll/flush
         self.error = err
+        if err is None and msg is not None:
+            self.offset = msg.offset()
         self.is_done = True
 
     def succeeded(self) -> bool:

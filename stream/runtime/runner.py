@@ -476,7 +476,8 @@ class StreamRunner:
                 at = covers(doc, cl.topic)
                 if at is not None:
                     cache[p] = (snaps[-1], doc, at)
-        records, ends = read_partitions(self.settings, cl.topic, parts, start={p: c[2] for p, c in cache.items()})
+        starts = {p: c[2] for p, c in cache.items()}
+        records, ends = read_partitions(self.settings, cl.topic, parts, **({"start": starts} if starts else {}))
         states, full = [], []
         for p in parts:
             if p not in cache:
