@@ -76,6 +76,23 @@ def test_decoded_columns_equal_kafka_pythons_records(recs, compression, base, lo
     assert set(got.partitions.tolist()) <= {3}
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 300), st.integers(0, 40), st.integers(0, 400), st.booleans(), st.integers(0, 99))
+def test_records_of_one_size_decode_like_kafka_pythons(n, key_len, value_len, bend, seed):
+    """Records differing only in their offset delta (a changelog's user rows) take the decoder's no-walk path;
+    ``bend`` makes one value longer, which must be noticed."""
+    rng = np.random.default_rng(seed)
+    recs = [(rng.bytes(key_len), rng.bytes(value_len), 0, []) for _ in range(n)]
+    if bend:
+        k, v, dt, h = recs[n // 2]
+        recs[n // 2] = (k, v + b"x", dt, h)
+    raw = _batch_bytes(recs)
+    expected = list(_batch(raw))
+    got = decode_batch(raw, TP)
+    assert got.keys == [r.key for r in expected] and got.values == [r.value for r in expected]
+    assert got.offsets.tolist() == [r.offset for r in expected]
+
+
 def test_a_batch_whose_records_do_not_add_up_is_rejected():
     raw = bytearray(_batch_bytes([(b"k", b"v" * 10, 0, [])] * 3))
     struct.pack_into(">i", raw, 57, 4)  # claims 4 records, holds 3
