@@ -407,7 +407,7 @@ def changelog_table(results: Results) -> str:
     for r in results:
         f, label = r["figures"], r["params"].get("label") or "this version"
         for x in f.get("restore", []):
-            rows.append((f"{x['users']:,}", str(x["partitions"]), f"{x['read_seconds']:.2f} s",
+            rows.append((label, f"{x['users']:,}", str(x["partitions"]), f"{x['read_seconds']:.2f} s",
                          f"{x['restore_seconds']:.2f} s", f"{x['users_per_s'] / 1e3:.0f}k", f"{x['bytes_per_user']}",
                          f"{x['write_seconds']:.2f} s", f"{r['machine']['loadavg_at_start'][0]}"))
         runs = f.get("throughput", [])
@@ -419,7 +419,7 @@ def changelog_table(results: Results) -> str:
                        f"{r['machine']['loadavg_at_start'][0]}"))
     out = []
     if rows:
-        out.append(_table(("Users", "Changelog partitions", "Read", "Restore (read + load)", "Users/s",
+        out.append(_table(("Code", "Users", "Changelog partitions", "Read", "Restore (read + load)", "Users/s",
                            "Bytes per user", "One full checkpoint written", "Load average (1 min) at start"), rows))
     if tp:
         out.append(_table(("Code", "Batch (events)", "Events/s without changelog (median of 3)", "With changelog",
