@@ -5,8 +5,9 @@ Changelog partition p holds the state of input partition p (a compacted topic,
 
 - key = user id, value ``b"F"`` + one fixed-width row (:func:`row_dtype`): the
   user's ``seq``, segment, last change id (16 bytes), the decay reference ``t0``
-  the row is stored against, and the behavioural state (decayed sums, last event
-  time, recent items, distance). Written for the users a checkpoint interval
+  the row is stored against, the behavioural state (decayed sums, last event
+  time, recent items, distance) and the user's ring key (``state.user_store.user_keys``:
+  a restore need not hash every id). Written for the users a checkpoint interval
   touched (delta writes), not for every user;
 - key = user id, value ``b"T"`` + (seq, segment, last change id): the contract
   tail of a user ``--max-users`` evicted (state/contract_tail.py); value null
