@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from eventlogs.synthetic import SyntheticConfig, generate
-from state.global_model import GlobalKMeans, cluster_summaries, model_digest
+from state.global_model import GlobalKMeans, model_digest
 from state.kmeans import OnlineKMeans
 from state.quality import adjusted_rand_index
 from state.segments import assign, best_of_restarts, nearest
+from state.summary_merge import cluster_summaries
 from stream.runtime.pipeline import Pipeline
 from stream.settings import Settings, SettingsError
 
