@@ -166,12 +166,15 @@ class Pipeline:
                 recluster_events=settings.model_update_events, seed=settings.seed, match_factor=settings.match_factor)
         else:
             # global model: the local learner summarises this instance's users with more centres than the
-            # model has segments, so that no summary centre straddles two groups (state.global_model)
-            local_k = min(SUMMARY_FACTOR * settings.segments, settings.warmup_users) if settings.global_model \
-                else settings.segments
+            # model has segments, so that no summary centre straddles two groups (state.global_model); river
+            # costs a distance per centre per sampled row, so it samples fewer rows (same cost per batch)
+            local_k, sample = settings.segments, settings.learn_sample
+            if settings.global_model:
+                local_k = min(SUMMARY_FACTOR * settings.segments, settings.warmup_users)
+                sample = max(1, sample * settings.segments // local_k)
             segmenter = OnlineKMeans(
                 local_k, encoder.dim, learning_rate=settings.learning_rate,
-                warmup_users=settings.warmup_users, learn_sample=settings.learn_sample,
+                warmup_users=settings.warmup_users, learn_sample=sample,
                 update_every_events=settings.model_update_events, seed=settings.seed)
         if settings.global_model:
             segmenter = GlobalKMeans(segmenter, settings.instance_id or default_instance_id(), k=settings.segments,
