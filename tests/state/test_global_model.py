@@ -363,3 +363,70 @@ def test_checkpoint_round_trip_keeps_the_local_learner_and_pending_users():
 def test_global_model_needs_kmeans():
     with pytest.raises(SettingsError):
         Settings(global_model=True, clusterer="dbstream")
+
+
+class _ModelTopicConsumer:
+    """The model topic as ModelSync's consumer sees it: records appended by every publisher, read in order."""
+
+    def __init__(self, log: list) -> None:
+        self.log, self.pos = log, 0
+
+    def assign(self, tps) -> None:
+        self.tp = tps[0]
+
+    def seek_to_beginning(self, tp) -> None:
+        self.pos = 0
+
+    def poll(self, timeout_ms: int = 0, max_records: int = 1000) -> dict:
+        from types import SimpleNamespace
+
+        new = self.log[self.pos:self.pos + max_records]
+        recs = [SimpleNamespace(value=v, topic=self.tp.topic, partition=0, offset=self.pos + i) for i, v in enumerate(new)]
+        self.pos += len(new)
+        return {self.tp: recs} if recs else {}
+
+    def highwater(self, tp) -> int:
+        return len(self.log)
+
+    def position(self, tp) -> int:
+        return self.pos
+
+    def close(self, autocommit: bool = False) -> None:
+        pass
+
+
+class _TopicPublisher:
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def send(self, topic, key, value, headers=None) -> None:
+        self.log.append(value)
+
+
+def test_model_sync_shows_how_long_each_member_has_been_silent(caplog):
+    from prometheus_client import generate_latest
+
+    from stream.observability.metrics import Metrics
+    from stream.runtime.model_sync import ModelSync
+
+    now = [0.0]
+    x, truth = _blobs(12, k=4)
+    log: list = []
+    a, b = (_member(n, silent_after_s=30.0, clock=lambda: now[0]) for n in ("a", "b"))
+    metrics = Metrics()
+    settings = Settings(global_model=True)
+    sync_a = ModelSync(settings, a, _TopicPublisher(log), metrics, _ModelTopicConsumer(log), input_partitions=2)
+    sync_b = ModelSync(settings, b, _TopicPublisher(log), None, _ModelTopicConsumer(log), input_partitions=2)
+    _feed(a, x[truth < 2], "a")
+    _feed(b, x[truth >= 2], "b")
+    for _ in range(3):
+        sync_a.pump(leader=True, partitions=[0])
+        sync_b.pump(leader=False, partitions=[1])
+    assert a.model is not None and a.model.version == b.model.version == 1
+    now[0] = 45.0  # a re-sends its summary (a heartbeat); b is stopped
+    sync_a.pump(leader=True, partitions=[0])
+    sync_a.pump(leader=True, partitions=[0])
+    text = generate_latest(metrics.registry).decode()
+    assert 'segstream_model_member_silent_seconds{member="b"} 45.0' in text
+    assert 'segstream_model_member_silent_seconds{member="a"} 0.0' in text
+    assert any("model member b silent" in r.getMessage() for r in caplog.records)
