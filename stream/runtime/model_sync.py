@@ -32,6 +32,8 @@ from stream.settings import Settings
 
 __all__ = ["ModelSync"]
 
+GONE_AFTER = 10  # a member silent for this many SEGSTREAM_MODEL_SILENT_AFTER_S loses its silence series
+
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +47,7 @@ class ModelSync:
         self.segmenter = segmenter
         self.input_partitions = input_partitions
         self._silent: set[str] = set()  # members past SEGSTREAM_MODEL_SILENT_AFTER_S (logged once each)
+        self._shown: set[str] = set()  # members with a silence series
         self.publisher = publisher
         self.metrics = metrics
         self.tp = TopicPartition(settings.model_topic, 0)
@@ -98,8 +101,14 @@ class ModelSync:
         (left out of merges) and one when it speaks again."""
         limit = self.segmenter.silent_after_s
         for member, age in self.segmenter.silence().items():
+            if age > GONE_AFTER * limit:  # long gone (an instance id of a past run): no series kept for it
+                if member in self._shown and self.metrics is not None:
+                    self.metrics.model_member_silent.remove(member)
+                self._shown.discard(member)
+                continue
             if self.metrics is not None:
                 self.metrics.model_member_silent.labels(member).set(age)
+                self._shown.add(member)
             if age > limit and member not in self._silent:
                 self._silent.add(member)
                 log.warning("model member %s silent for %.0f s: left out of merges", member, age,

@@ -430,3 +430,8 @@ def test_model_sync_shows_how_long_each_member_has_been_silent(caplog):
     assert 'segstream_model_member_silent_seconds{member="b"} 45.0' in text
     assert 'segstream_model_member_silent_seconds{member="a"} 0.0' in text
     assert any("model member b silent" in r.getMessage() for r in caplog.records)
+    now[0] = 400.0  # b silent for over ten times silent_after: an instance of the past, no series kept
+    sync_a.pump(leader=True, partitions=[0])
+    sync_a.pump(leader=True, partitions=[0])  # a reads its own heartbeat back
+    text = generate_latest(metrics.registry).decode()
+    assert 'member="b"' not in text and 'segstream_model_member_silent_seconds{member="a"}' in text
