@@ -419,8 +419,14 @@ class GlobalKMeans(WarmupBuffer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("name") != self.name:
             raise ValueError(f"checkpoint holds a {state.get('name')!r} segmenter, not {self.name!r}")
-        self.local.load_state_dict(state["local"])
         self._load_warm(state, "pending")
-        self._counts = np.asarray(state["counts"], np.float64).copy()
         self._events = int(state.get("events", 0))
         self._seq = max(self._seq, int(state.get("seq", 0)))
+        counts = np.asarray(state["counts"], np.float64)
+        local = state["local"].get("model")
+        if len(counts) != self.local.k or (local is not None and len(local["centroids"]) != self.local.k):
+            # written with a learner of another size (before summaries had 2k centres): the local summary
+            # starts again from this member's users, the global model and the pending users stay
+            return
+        self.local.load_state_dict(state["local"])
+        self._counts = counts.copy()

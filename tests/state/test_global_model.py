@@ -360,6 +360,20 @@ def test_checkpoint_round_trip_keeps_the_local_learner_and_pending_users():
         q.segmenter.load_state_dict({**state, "name": "kmeans"})
 
 
+def test_a_checkpoint_whose_local_learner_has_k_centres_still_loads():
+    """Written before summaries had 2k centres: the pending users stay, the local summary starts again."""
+    p = _pipelines(1)[0]
+    p.process_objects(list(generate(SyntheticConfig(users=80, groups=4, events=1000, seed=2))))
+    state = p.segmenter.state_dict()
+    assert state["local"]["model"] is not None and len(state["counts"]) == 8
+    old = OnlineKMeans(4, p.encoder.dim, warmup_users=60)
+    old.add_warmup([f"w{i}" for i in range(60)], np.random.default_rng(0).normal(size=(60, p.encoder.dim)))
+    old.seed_model(0.0)
+    q = _pipelines(1)[0]
+    q.segmenter.load_state_dict({**state, "local": old.state_dict(), "counts": np.ones(4)})
+    assert q.segmenter.waiting_users() == p.segmenter.waiting_users() and q.segmenter.local.model is None
+
+
 def test_global_model_needs_kmeans():
     with pytest.raises(SettingsError):
         Settings(global_model=True, clusterer="dbstream")
