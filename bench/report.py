@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from state.global_model import SUMMARY_FACTOR
+
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"<!-- bench:([a-z-]+) (\S+) -->\n(.*?)<!-- /bench -->", re.S)
 
@@ -283,7 +285,7 @@ def plan_table(results: Results) -> str:
     per_inst_users = P["users"] / P["instances"]
     per_inst_rate = P["events_per_s"] / P["instances"]
     max_users = P["failover_share"] * per_inst_users
-    summary_b = P["segments"] * b["dim"] * 4 + 150
+    summary_b = SUMMARY_FACTOR * P["segments"] * b["dim"] * 4 + 150  # 2k local centres per summary
     summaries_per_s = P["events_per_s"] / P["model_update_events"]
     rows = [
         ("pipeline CPU", f"~{P['events_per_s'] * b['cpu_us'] / 1e6:.1f} cores",
@@ -315,7 +317,7 @@ def plan_table(results: Results) -> str:
         ("output records", f"~{round(P['events_per_s'] * b['changes_per_event'], -3):,.0f} segment events/s on `user-segments`",
          f"{b['changes_per_event']:.3f} segment events per input event (k = 8, {b['tp_users']:,} users, log-file run)"),
         ("model-topic writes", f"{summaries_per_s:,.0f} summaries/s, ~{summaries_per_s * summary_b / 1e6:.2f} MB/s at k = {P['segments']}",
-         f"one summary per {P['model_update_events']:,} events of an instance; k × {b['dim']} dims × 4 B + ~150 B "
+         f"one summary per {P['model_update_events']:,} events of an instance; {SUMMARY_FACTOR}k × {b['dim']} dims × 4 B + ~150 B "
          f"= ~{summary_b / 1e3:.1f} KB (from the schema, not measured)"),
         ("model-topic reads", f"~{P['instances'] * summaries_per_s * summary_b / 1e6:.0f} MB/s in all",
          "every instance reads every record"),

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from river import cluster
 
-from state.identity import match_ids
+from state.identity import match_to_previous
 from state.segments import SegmentModel, WarmupBuffer, best_of_restarts, inertia, kmeans_plus_plus, lloyd, nearest, squared_distances
 from state.user_store import user_keys
 
@@ -50,6 +50,9 @@ class LineageEvent:
     event_time: float
     parents: tuple[int, ...] = ()
     detail: str = ""
+    # False: this instance knows the event (its users of an ended segment are re-assigned) but another
+    # one publishes it (global model: the leader that proposed the version, state.global_model)
+    announce: bool = True
 
 
 @dataclass
@@ -142,7 +145,8 @@ class OnlineKMeans(WarmupBuffer):
         self._born: dict[int, int] = {}  # segment id -> model version it was born in
 
     # ----- warm-up (state.segments.WarmupBuffer) -----------------------------
-    def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan")) -> None:
+    def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan"),
+                   events: int = 0) -> None:
         super().add_warmup(user_ids, emb, event_time)
         self._recent.add(emb, user_keys(user_ids))  # warm-up only: a bounded number of ids to hash
 
@@ -271,18 +275,17 @@ class OnlineKMeans(WarmupBuffer):
         Online k-means keeps two planted groups in one centre (and splits another) forever once
         it has started that way. The restart's centres replace the current ones only when their
         inertia is lower by ``restart_gain`` (relative), so a good model is never churned. Ids go
-        to the new centres by Hungarian matching (:func:`state.identity.match_ids`): a centre
-        that moved less than half the distance to its nearest neighbour keeps its id; the others
-        are announced as born/split/merged/retired.
+        to the new centres by Hungarian matching (:func:`state.identity.match_to_previous`, the code
+        path the global model's merges take too): a centre that moved less than half the distance
+        from its old place to its nearest old neighbour keeps its id; the others are announced as
+        born/split/merged/retired.
         """
         if self.restart_gain <= 0 or len(recent) < 4 * self.k:
             return centers, ids
         cand = lloyd(recent, kmeans_plus_plus(recent, self.k, self._rng), iterations=4 * self.refine_iterations)
         if inertia(recent, cand) >= (1.0 - self.restart_gain) * inertia(recent, centers):
             return centers, ids
-        gaps = np.sqrt(squared_distances(centers, centers))
-        np.fill_diagonal(gaps, np.inf)
-        m = match_ids(centers, ids, cand, next_id=self._next_id, max_distance=0.5 * float(gaps.min()))
+        m = match_to_previous(centers, ids, cand, next_id=self._next_id)
         self._next_id = m.next_id
         self.lineage += [LineageEvent(e.kind, e.segments, version, event_time, e.parents,
                                       e.detail or "k-means restart: lower inertia") for e in m.events]
