@@ -107,7 +107,7 @@ def _scram(certs: Certificates, password: str = SCRAM_PASSWORD) -> dict[str, str
 
 
 @pytest.mark.parametrize("secured", ["mutual-tls", "scram-over-tls"])
-def test_segstream_runs_end_to_end_over_a_secured_connection(certs, tls_broker, scram_broker, secured):
+def test_segstream_runs_end_to_end_over_a_secured_connection(certs, tls_broker, scram_broker, secured, kafka_client):
     tag = uuid.uuid4().hex[:8]
     topics = {"input": f"events-{tag}", "output": f"segments-{tag}", "dlq": f"dlq-{tag}"}
     broker = tls_broker if secured == "mutual-tls" else scram_broker
@@ -147,7 +147,7 @@ def _start_up_failure(env: dict[str, str]) -> tuple[int, str]:
 
 @pytest.mark.parametrize("case", ["wrong-ca", "expired-certificate", "wrong-password", "refused-by-tansu"])
 def test_a_refused_secure_connection_stops_start_up_with_one_line(certs, tls_broker, scram_broker, sasl_broker,
-                                                                  case):
+                                                                  case, kafka_client):
     if case == "wrong-ca":
         env = {**_mtls(certs), "bootstrap": tls_broker["bootstrap"], "ssl_cafile": str(certs.other_ca)}
         expect = ["not trusted", "certificate", str(certs.other_ca), "SEGSTREAM_SSL_CAFILE"]

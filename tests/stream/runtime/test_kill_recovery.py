@@ -21,7 +21,7 @@ from stream.contracts.user_segments import decode_segment_event
 from stream.runtime.replay import replay_log
 from stream.settings import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]  # on both Kafka clients
 
 N = 12_000
 USERS = 240
