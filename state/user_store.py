@@ -30,7 +30,6 @@ far from ``t0`` every row is rescaled once ("rebase"), keeping float32 safe.
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -38,6 +37,7 @@ import numpy as np
 
 from state.features import FeatureSpec
 from state.events import EventBatch
+from state.id_index import IdIndex
 
 __all__ = ["UserStore", "Features", "ApplyResult", "user_keys"]
 
@@ -109,8 +109,8 @@ class UserStore:
         self.spec = spec
         self.capacity = capacity
         self.t0: float | None = None
-        self._index: dict[str, int] = {}
         self._ids: list[str | None] = []
+        self._index = IdIndex(self._ids)  # id -> row, in numpy (a dict costs ~74 bytes a user)
         self._free: list[int] = []
         self._used = 0  # rows ever handed out (high-water mark)
         # called with (rows, user ids) of evicted users before their rows are cleared (state/contract_tail.py)
@@ -154,7 +154,10 @@ class UserStore:
 
     def rows_of(self, user_ids: list[str]) -> np.ndarray:
         """Rows of users known to be held (KeyError otherwise), at once."""
-        return np.fromiter(map(self._index.__getitem__, user_ids), dtype=np.int64, count=len(user_ids))
+        rows = self._index.get_many(user_ids)
+        if len(rows) and rows.min() < 0:
+            raise KeyError(user_ids[int(np.argmin(rows))])
+        return rows
 
     def user_id(self, row: int) -> str:
         uid = self._ids[row]
@@ -177,8 +180,7 @@ class UserStore:
 
     # ----- rows ------------------------------------------------------------
     def _rows_for(self, user_ids: list[str]) -> tuple[np.ndarray, int, ApplyResult | None]:
-        index = self._index
-        rows = np.fromiter(map(index.get, user_ids, itertools.repeat(-1)), dtype=np.int64, count=len(user_ids))
+        rows = self._index.get_many(user_ids)
         missing = np.flatnonzero(rows < 0)
         if len(missing) == 0:
             return rows, 0, None
@@ -201,12 +203,12 @@ class UserStore:
             taken += range(self._used, self._used + fresh)
             self._used += fresh
         rows[missing] = taken
-        index, ids = self._index, self._ids
-        for i, r in zip(missing.tolist(), taken):
-            uid = user_ids[i]
-            index[uid] = r
+        ids = self._ids
+        new = [user_ids[i] for i in missing.tolist()]
+        for uid, r in zip(new, taken):
             ids[r] = uid
-        self.key[taken] = user_keys([user_ids[i] for i in missing.tolist()])
+        self._index.insert_many(new, taken)
+        self.key[taken] = user_keys(new)
 
     def _evict(self, needed: int, protect: np.ndarray) -> ApplyResult:
         count = max(needed, self.capacity // 100, 1)
@@ -222,8 +224,7 @@ class UserStore:
         ids = self.user_ids(victims)
         if self.on_evict is not None:
             self.on_evict(victims, ids)
-        for uid in ids:
-            del self._index[uid]
+        self._index.delete_many(ids)
         self._clear(victims)
         self._free.extend(victims.tolist()[::-1])
         return ApplyResult(rows=victims[:0], new_users=0, last_event=victims[:0], evicted_rows=victims, evicted_segments=segs, evicted_user_ids=ids)
@@ -350,7 +351,8 @@ class UserStore:
         kept = np.flatnonzero(keep_user[inv])
         renumber = np.cumsum(keep_user) - 1  # kept users stay in first-appearance order
         dropped_ids = [uniq[i] for i in dropped.tolist()]
-        held = np.array([r for u in dropped_ids if (r := self._index.get(u)) is not None], dtype=np.int64)
+        held = self._index.get_many(dropped_ids)
+        held = held[held >= 0]
         if len(held):
             # every other held row protected: exactly the held users left out are evicted
             evicted = self._evict(len(held), np.setdiff1d(self.live_rows(), held))
@@ -467,19 +469,24 @@ class UserStore:
                 self._alloc(min(self.capacity, max(top, 2 * len(self.dense))))
         rows = np.empty(len(ids), dtype=np.int64)
         missing: list[int] | np.ndarray = []
-        if not keep_rows and self._index.keys().isdisjoint(ids):  # none held yet (a restore): all new rows
+        held = self._index.get_many(ids)
+        if not keep_rows and held.max() < 0:  # none held yet (a restore): all new rows
             missing = np.arange(len(ids))
-        for i, uid in enumerate(ids if isinstance(missing, list) else ()):
-            r = self._index.get(uid)
-            if r is None and keep_rows and saved_rows[i] < len(self.dense) and self._ids[saved_rows[i]] is None:
+        back: list[str] = []  # users put back on their saved rows
+        back_rows: list[int] = []
+        for i, (uid, r) in enumerate(zip(ids, held.tolist()) if isinstance(missing, list) else ()):
+            if r < 0 and keep_rows and saved_rows[i] < len(self.dense) and self._ids[saved_rows[i]] is None:
                 r = int(saved_rows[i])
-                self._index[uid] = r
                 self._ids[r] = uid
+                back.append(uid)
+                back_rows.append(r)
                 self._used = max(self._used, r + 1)
-            if r is None:
+            if r < 0:
                 missing.append(i)
             else:
                 rows[i] = r
+        if back:
+            self._index.insert_many(back, back_rows)
         if len(missing):
             if keep_rows:
                 taken = set(rows[np.setdiff1d(np.arange(len(ids)), missing)].tolist())
@@ -515,8 +522,7 @@ class UserStore:
         """Forget these users without any erasure semantics (their partition moved to another consumer)."""
         rows = np.asarray(rows, dtype=np.int64)
         ids = self.user_ids(rows)
-        for uid in ids:
-            del self._index[uid]
+        self._index.delete_many(ids)
         self._clear(rows)
         self._free.extend(rows.tolist()[::-1])
         return ids
