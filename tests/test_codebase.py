@@ -110,6 +110,9 @@ ONE_CLIENT = {
         "segmentation quality over 100k ratings; its Kafka paths are the other tests' (both clients)",
     "tests/stream/contracts/test_segment_topics.py::test_dbstream_movielens_replay_publishes_lineage_that_explains_every_segment_id":
         "DBSTREAM lineage over 100k ratings; lineage and profiles topics are written on both clients by test_erasure_everywhere",
+    "tests/stream/runtime/test_scaleout.py::test_three_instances_share_one_model_through_a_kill_a_join_and_a_restart":
+        "the model topic is read and written with kafka-python on either client; three members through a kill and "
+        "a join on confluent: test_rebalance",
     "tests/stream/observability/test_endpoint.py::test_segstream_run_guards_metrics_with_the_password_from_the_environment":
         "the HTTP metrics endpoint, not Kafka",
     "tests/stream/observability/test_observability.py::test_prometheus_scrapes_live_consumer_and_dashboard_metrics_exist":

@@ -16,7 +16,7 @@ from helpers import (SegstreamProcess, committed, freeze_partition_owner, log_re
 from stream.kafka.clients import ensure_topics
 from stream.settings import Settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]  # on both Kafka clients
+pytestmark = pytest.mark.integration
 
 P = 6
 N = 12_000
