@@ -96,8 +96,17 @@ class IdIndex:
         return self._find(uids)[1]
 
     def get(self, uid: str) -> int | None:
-        r = int(self._find([uid])[1][0])
-        return None if r < 0 else r
+        """Row of one id (None: not held); a plain loop, no arrays (one lookup at a time is common)."""
+        slots, ids = self._slots, self._ids
+        size = len(slots)
+        pos = (hash(uid) & 0xFFFFFFFFFFFFFFFF) % size  # as _start: the hash taken as unsigned 64 bits
+        while True:
+            r = int(slots[pos])
+            if r == _EMPTY:
+                return None
+            if r >= 0 and ids[r] == uid:
+                return r
+            pos = pos + 1 if pos + 1 < size else 0
 
     # ----- changes ---------------------------------------------------------------
     def insert_many(self, uids: Sequence[str], rows: Sequence[int] | np.ndarray) -> None:

@@ -30,7 +30,7 @@ far from ``t0`` every row is rescaled once ("rebase"), keeping float32 safe.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,6 +156,10 @@ class UserStore:
 
     def row_of(self, user_id: str) -> int | None:
         return self._index.get(user_id.encode("utf-8", "surrogatepass"))
+
+    def rows_or_missing(self, user_ids: Sequence[str]) -> np.ndarray:
+        """Row of each user (int64), -1 for a user not held, at once."""
+        return self._index.get_many(_raw(user_ids))
 
     def rows_of(self, user_ids: list[str]) -> np.ndarray:
         """Rows of users known to be held (KeyError otherwise), at once."""
