@@ -25,7 +25,9 @@ handed to the producer; librdkafka gives each input record's delivery latency):
 * ``delivery`` (per segment event): handed to the producer to arrival at the subscriber.
 
 The child's instrumentation wraps the run loop's ``poll``, ``_process``, clock and outbox publish from the
-outside (``on_ready``); nothing in ``stream/`` knows it is being timed.
+outside (``on_ready``); nothing in ``stream/`` knows it is being timed. Each phase also records the mean of
+segstream's own timers over it (``segstream_batch_duration_seconds``: a batch processed, published,
+checkpointed and committed; ``segstream_checkpoint_duration_seconds``; ``segstream_encoder_duration_seconds``).
 """
 
 from __future__ import annotations
@@ -191,6 +193,30 @@ def _send_phase(bootstrap: str, topic: str, linger_ms: int, rate: float, seconds
     return np.array(acks, dtype=np.float64).reshape(-1, 3), achieved
 
 
+_TIMERS = ("segstream_batch_duration_seconds", "segstream_checkpoint_duration_seconds",
+           "segstream_encoder_duration_seconds")
+
+
+def _timers(port: int) -> dict[str, float]:
+    """The child's own timing histograms (sum and count of each), from its /metrics."""
+    try:
+        samples = scrape_samples(port, 5.0)
+    except OSError:
+        return {}
+    return {s.name: s.value for s in samples if s.name.startswith(_TIMERS) and s.name.endswith(("_sum", "_count"))}
+
+
+def _timer_means(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Mean milliseconds per observation of each timer between two scrapes (one phase)."""
+    out: dict[str, Any] = {}
+    for name in _TIMERS:
+        n = after.get(name + "_count", 0.0) - before.get(name + "_count", 0.0)
+        total = after.get(name + "_sum", 0.0) - before.get(name + "_sum", 0.0)
+        key = name.removeprefix("segstream_").removesuffix("_seconds")
+        out[key] = {"mean_ms": round(total / n * 1e3, 1) if n else None, "count": int(n)}
+    return out
+
+
 def _pcts(x: np.ndarray) -> dict[str, float]:
     x = x[np.isfinite(x)]
     if not len(x):
@@ -238,6 +264,7 @@ def run_transport(broker: Any, client: str, encoder: Path, a: argparse.Namespace
                             arrivals])
     rng = np.random.default_rng(1)
     phases: list[tuple[int, np.ndarray, float]] = []
+    timers: list[dict[str, Any]] = []
     try:
         from confluent_kafka import Producer
 
@@ -256,9 +283,11 @@ def run_transport(broker: Any, client: str, encoder: Path, a: argparse.Namespace
         users = [WARMUP]
         for linger in a.lingers:
             note(f"{client}: linger.ms={linger}, {a.rate:.0f} events/s for {a.seconds:.0f}s")
+            before = _timers(port)
             acks, achieved = _send_phase(broker.bootstrap, inp, linger, a.rate, a.seconds, rng, users)
             phases.append((linger, acks, achieved))
             time.sleep(a.drain_s)  # this phase's last segment events arrive before the next one starts
+            timers.append(_timer_means(before, _timers(port)))
         Path(arrivals + ".stop").touch()
         sub.wait(timeout=60)
         seg.send_signal(signal.SIGTERM)
@@ -270,9 +299,9 @@ def run_transport(broker: Any, client: str, encoder: Path, a: argparse.Namespace
                 proc.wait()
     tr, bt, ar = np.load(trace), np.load(trace.replace(".npy", "-batches.npy")), np.load(arrivals)
     out = {"consumer_ready_s": round(ready_s, 1), "by_linger_ms": {}}
-    for linger, acks, achieved in phases:
+    for (linger, acks, achieved), own in zip(phases, timers):
         out["by_linger_ms"][str(linger)] = {"offered_events_per_s": round(achieved), "sent": int(len(acks)),
-                                            **analyse(acks, tr, bt, ar)}
+                                            **analyse(acks, tr, bt, ar), "segstream_timers": own}
     return out
 
 

@@ -231,17 +231,20 @@ def producer_latency_table(results: Results) -> str:
             rows.append((client, linger, f"{x['offered_events_per_s']:,}", ms(e, "p50"), ms(e, "p90"), ms(e, "p99"),
                          ms(e, "max"), met))
             st = x["stages_ms"]
+            ckpt = x.get("segstream_timers", {}).get("checkpoint_duration", {}).get("mean_ms")
             stage_rows.append((client, linger, *(f"{ms(st[k], 'p50')} / {ms(st[k], 'p99')}" for k in
-                                                 ("produce", "fetch", "batch_wait", "processing", "publish", "delivery"))))
+                                                 ("produce", "fetch", "batch_wait", "processing", "publish", "delivery")),
+                               "–" if ckpt is None else f"{ckpt:,.0f}"))
     head = (f"Milliseconds from a confluent-kafka producer's send to a separate subscriber of `user-segments`, "
             f"{p['rate']:,.0f} events/s offered for {p['seconds']:.0f} s per `linger.ms`, one partition, "
             f"`SEGSTREAM_BATCH_MAX_WAIT_MS={p['batch_max_wait_ms']}`, other settings at their defaults; load average "
             f"(1 min) at start {m['loadavg_at_start'][0]} on {m['cores']} cores; {_cmd(r)}.\n\n")
     table = _table(("transport", "linger.ms", "events/s", "p50", "p90", "p99", "max", f"p99 ≤ {goal:.0f} ms"), rows)
-    stages = _table(("transport", "linger.ms", "produce", "fetch", "batch wait", "processing", "publish", "delivery"),
-                    stage_rows)
+    stages = _table(("transport", "linger.ms", "produce", "fetch", "batch wait", "processing", "publish", "delivery",
+                     "checkpoint, mean"), stage_rows)
     return (head + table + "\n\nWhere the time goes, p50 / p99 of each stage (ms; stages are separate "
-            "distributions and do not add up to the end-to-end percentiles):\n\n" + stages)
+            "distributions and do not add up to the end-to-end percentiles; the last column is segstream's own "
+            "`segstream_checkpoint_duration_seconds`, its mean over the phase):\n\n" + stages)
 
 
 # --- scale-out and sizing --------------------------------------------------------------------------
