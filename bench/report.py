@@ -127,8 +127,11 @@ def suite_rows(results: Results) -> list[tuple[str, str, str, str]]:
                          f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms", cmd))
         elif r.get("bench") == "memory":
             for size, m in f.items():
+                parts = m.get("itemised_bytes_per_user", {})
+                more = "".join(f", {label} {parts[k]} B" for k, label in (("ids", "ids"), ("id_index", "id index"),
+                                                                        ("key", "row key")) if k in parts)
                 rows.append(("resident memory per tracked user", f"{int(size):,} users",
-                             f"{m['bytes_per_user']} B (state columns {m['state_columns_bytes_per_user']} B)", cmd))
+                             f"{m['bytes_per_user']} B (state columns {m['state_columns_bytes_per_user']} B{more})", cmd))
         elif r.get("bench") == "checkpoint":
             rows.append(("checkpoint snapshot write / restore", f"{p['users']:,} users, {p['partitions']} partitions",
                          f"{f['write_seconds']} s / {f['restore_seconds']} s, {f['bytes_per_user']} B/user on disk", cmd))
@@ -213,6 +216,37 @@ def transports_table(results: Results) -> str:
             f"{m['versions'].get('confluent-kafka')}; load average (1 min) at start {m['loadavg_at_start'][0]} on "
             f"{m['cores']} cores; {_cmd(r)}.\n\n")
     return head + _table(("Mode", "kafka-python", "confluent (librdkafka)"), rows)
+
+
+def producer_latency_table(results: Results) -> str:
+    """``bench.producer_latency``: send-to-subscriber latency per transport and producer ``linger.ms``, and
+    where the time goes (p50 / p99 of each stage). Of several runs, the quietest start is shown."""
+    r = min(_of(results, "producer-latency"), key=lambda x: x["machine"]["loadavg_at_start"][0])
+    p, m = r["params"], r["machine"]
+    ms = lambda d, q: f"{d[q]:,.0f}" if q in d else "–"  # noqa: E731
+    goal = 150.0
+    rows, stage_rows = [], []
+    for client, f in r["figures"].items():
+        for linger, x in f["by_linger_ms"].items():
+            e = x["end_to_end_ms"]
+            met = "met" if e.get("p99", float("inf")) <= goal else "**not met**"
+            rows.append((client, linger, f"{x['offered_events_per_s']:,}", ms(e, "p50"), ms(e, "p90"), ms(e, "p99"),
+                         ms(e, "max"), met))
+            st = x["stages_ms"]
+            ckpt = x.get("segstream_timers", {}).get("checkpoint_duration", {}).get("mean_ms")
+            stage_rows.append((client, linger, *(f"{ms(st[k], 'p50')} / {ms(st[k], 'p99')}" for k in
+                                                 ("produce", "fetch", "batch_wait", "processing", "publish", "delivery")),
+                               "–" if ckpt is None else f"{ckpt:,.0f}"))
+    head = (f"Milliseconds from a confluent-kafka producer's send to a separate subscriber of `user-segments`, "
+            f"{p['rate']:,.0f} events/s offered for {p['seconds']:.0f} s per `linger.ms`, one partition, "
+            f"`SEGSTREAM_BATCH_MAX_WAIT_MS={p['batch_max_wait_ms']}`, other settings at their defaults; load average "
+            f"(1 min) at start {m['loadavg_at_start'][0]} on {m['cores']} cores; {_cmd(r)}.\n\n")
+    table = _table(("transport", "linger.ms", "events/s", "p50", "p90", "p99", "max", f"p99 ≤ {goal:.0f} ms"), rows)
+    stages = _table(("transport", "linger.ms", "produce", "fetch", "batch wait", "processing", "publish", "delivery",
+                     "checkpoint, mean"), stage_rows)
+    return (head + table + "\n\nWhere the time goes, p50 / p99 of each stage (ms; stages are separate "
+            "distributions and do not add up to the end-to-end percentiles; the last column is segstream's own "
+            "`segstream_checkpoint_duration_seconds`, its mean over the phase):\n\n" + stages)
 
 
 # --- scale-out and sizing --------------------------------------------------------------------------
@@ -414,7 +448,7 @@ def movielens_table(results: Results) -> str:
 
 RENDERERS: dict[str, Callable[[Results], str]] = {
     "machine": machine_line, "suite": suite_table, "goals": goals_table, "encoders": encoders_table,
-    "scaleout": scaleout_table, "transports": transports_table, "sizing": sizing_table, "plan": plan_table,
+    "scaleout": scaleout_table, "transports": transports_table, "producer-latency": producer_latency_table, "sizing": sizing_table, "plan": plan_table,
     "planted": planted_table, "movielens": movielens_table,
 }
 

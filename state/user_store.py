@@ -30,14 +30,14 @@ far from ``t0`` every row is rescaled once ("rebase"), keeping float32 safe.
 from __future__ import annotations
 
 import hashlib
-import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from state.features import FeatureSpec
 from state.events import EventBatch
+from state.id_index import IdIndex
 
 __all__ = ["UserStore", "Features", "ApplyResult", "user_keys"]
 
@@ -48,6 +48,11 @@ _TINY = 1e-30
 _LOG_SCALE = float(np.log1p(1000.0))
 #: Every per-row column (what a checkpoint saves for each user).
 COLUMNS = ("dense", "last_ts", "items", "item_w", "item_head", "segment", "seq", "distance", "partition")
+
+
+def _raw(user_ids: Iterable[str]) -> list[bytes]:
+    """Ids as the store holds them: UTF-8 bytes (a ``bytes`` object is 16 bytes smaller than its ``str``)."""
+    return [u.encode("utf-8", "surrogatepass") for u in user_ids]
 
 
 def user_keys(user_ids: Iterable[str]) -> np.ndarray:
@@ -109,8 +114,8 @@ class UserStore:
         self.spec = spec
         self.capacity = capacity
         self.t0: float | None = None
-        self._index: dict[str, int] = {}
-        self._ids: list[str | None] = []
+        self._ids: list[bytes | None] = []  # row -> user id, UTF-8 (see _raw)
+        self._index = IdIndex(self._ids)  # UTF-8 id -> row, in numpy (a dict costs ~74 bytes a user)
         self._free: list[int] = []
         self._used = 0  # rows ever handed out (high-water mark)
         # called with (rows, user ids) of evicted users before their rows are cleared (state/contract_tail.py)
@@ -150,21 +155,32 @@ class UserStore:
         return sum(getattr(self, n).nbytes for n in COLUMNS)
 
     def row_of(self, user_id: str) -> int | None:
-        return self._index.get(user_id)
+        return self._index.get(user_id.encode("utf-8", "surrogatepass"))
+
+    def rows_or_missing(self, user_ids: Sequence[str]) -> np.ndarray:
+        """Row of each user (int64), -1 for a user not held, at once."""
+        return self._index.get_many(_raw(user_ids))
 
     def rows_of(self, user_ids: list[str]) -> np.ndarray:
         """Rows of users known to be held (KeyError otherwise), at once."""
-        return np.fromiter(map(self._index.__getitem__, user_ids), dtype=np.int64, count=len(user_ids))
+        rows = self._index.get_many(_raw(user_ids))
+        if len(rows) and rows.min() < 0:
+            raise KeyError(user_ids[int(np.argmin(rows))])
+        return rows
 
     def user_id(self, row: int) -> str:
         uid = self._ids[row]
         if uid is None:
             raise KeyError(f"row {row} holds no user")
-        return uid
+        return uid.decode("utf-8", "surrogatepass")
 
     def user_ids(self, rows: np.ndarray) -> list[str]:
         ids = self._ids
-        return [ids[r] for r in rows.tolist()]  # type: ignore[misc]
+        return [ids[r].decode("utf-8", "surrogatepass") for r in rows.tolist()]  # type: ignore[union-attr]
+
+    def held_ids(self) -> list[str]:
+        """Every user held, as the id index has them (its order)."""
+        return self.user_ids(np.asarray(self._index.values(), dtype=np.int64))
 
     def holds_user(self, rows: np.ndarray) -> np.ndarray:
         """Whether each row still holds a user (not freed by eviction, deletion or a dropped partition):
@@ -177,8 +193,8 @@ class UserStore:
 
     # ----- rows ------------------------------------------------------------
     def _rows_for(self, user_ids: list[str]) -> tuple[np.ndarray, int, ApplyResult | None]:
-        index = self._index
-        rows = np.fromiter(map(index.get, user_ids, itertools.repeat(-1)), dtype=np.int64, count=len(user_ids))
+        raw = _raw(user_ids)
+        rows = self._index.get_many(raw)
         missing = np.flatnonzero(rows < 0)
         if len(missing) == 0:
             return rows, 0, None
@@ -186,12 +202,13 @@ class UserStore:
         available = len(self._free) + (self.capacity - self._used)
         if available < len(missing):
             evicted = self._evict(len(missing) - available, rows[rows >= 0])
-        self._give_rows(rows, missing, user_ids)
+        self._give_rows(rows, missing, user_ids, raw)
         return rows, len(missing), evicted
 
-    def _give_rows(self, rows: np.ndarray, missing: np.ndarray, user_ids: list[str]) -> None:
+    def _give_rows(self, rows: np.ndarray, missing: np.ndarray, user_ids: list[str], raw: list[bytes]) -> None:
         """Rows for the users at ``missing`` (free rows first, newest freed first; then never used rows),
-        written into ``rows`` and the id maps. The caller has made room (eviction)."""
+        written into ``rows`` and the id maps (``raw``: the ids as :func:`_raw` gives them). The caller has
+        made room (eviction)."""
         free = self._free
         taken = [free.pop() for _ in range(min(len(missing), len(free)))]
         fresh = len(missing) - len(taken)
@@ -201,12 +218,13 @@ class UserStore:
             taken += range(self._used, self._used + fresh)
             self._used += fresh
         rows[missing] = taken
-        index, ids = self._index, self._ids
-        for i, r in zip(missing.tolist(), taken):
-            uid = user_ids[i]
-            index[uid] = r
+        ids = self._ids
+        at = missing.tolist()
+        new = [raw[i] for i in at]
+        for uid, r in zip(new, taken):
             ids[r] = uid
-        self.key[taken] = user_keys([user_ids[i] for i in missing.tolist()])
+        self._index.insert_many(new, taken)
+        self.key[taken] = user_keys([user_ids[i] for i in at])
 
     def _evict(self, needed: int, protect: np.ndarray) -> ApplyResult:
         count = max(needed, self.capacity // 100, 1)
@@ -222,8 +240,7 @@ class UserStore:
         ids = self.user_ids(victims)
         if self.on_evict is not None:
             self.on_evict(victims, ids)
-        for uid in ids:
-            del self._index[uid]
+        self._index.delete_many([self._ids[r] for r in victims.tolist()])  # type: ignore[misc]
         self._clear(victims)
         self._free.extend(victims.tolist()[::-1])
         return ApplyResult(rows=victims[:0], new_users=0, last_event=victims[:0], evicted_rows=victims, evicted_segments=segs, evicted_user_ids=ids)
@@ -244,7 +261,7 @@ class UserStore:
 
     def delete(self, user_id: str) -> int | None:
         """Forget a user entirely (right to erasure). Returns the segment it held, or None if unknown."""
-        row = self._index.pop(user_id, None)
+        row = self._index.pop(user_id.encode("utf-8", "surrogatepass"), None)
         if row is None:
             return None
         seg = int(self.segment[row])
@@ -350,7 +367,8 @@ class UserStore:
         kept = np.flatnonzero(keep_user[inv])
         renumber = np.cumsum(keep_user) - 1  # kept users stay in first-appearance order
         dropped_ids = [uniq[i] for i in dropped.tolist()]
-        held = np.array([r for u in dropped_ids if (r := self._index.get(u)) is not None], dtype=np.int64)
+        held = self._index.get_many(_raw(dropped_ids))
+        held = held[held >= 0]
         if len(held):
             # every other held row protected: exactly the held users left out are evicted
             evicted = self._evict(len(held), np.setdiff1d(self.live_rows(), held))
@@ -467,19 +485,25 @@ class UserStore:
                 self._alloc(min(self.capacity, max(top, 2 * len(self.dense))))
         rows = np.empty(len(ids), dtype=np.int64)
         missing: list[int] | np.ndarray = []
-        if not keep_rows and self._index.keys().isdisjoint(ids):  # none held yet (a restore): all new rows
+        raw = _raw(ids)
+        held = self._index.get_many(raw)
+        if not keep_rows and held.max() < 0:  # none held yet (a restore): all new rows
             missing = np.arange(len(ids))
-        for i, uid in enumerate(ids if isinstance(missing, list) else ()):
-            r = self._index.get(uid)
-            if r is None and keep_rows and saved_rows[i] < len(self.dense) and self._ids[saved_rows[i]] is None:
+        back: list[bytes] = []  # users put back on their saved rows
+        back_rows: list[int] = []
+        for i, (uid, r) in enumerate(zip(raw, held.tolist()) if isinstance(missing, list) else ()):
+            if r < 0 and keep_rows and saved_rows[i] < len(self.dense) and self._ids[saved_rows[i]] is None:
                 r = int(saved_rows[i])
-                self._index[uid] = r
                 self._ids[r] = uid
+                back.append(uid)
+                back_rows.append(r)
                 self._used = max(self._used, r + 1)
-            if r is None:
+            if r < 0:
                 missing.append(i)
             else:
                 rows[i] = r
+        if back:
+            self._index.insert_many(back, back_rows)
         if len(missing):
             if keep_rows:
                 taken = set(rows[np.setdiff1d(np.arange(len(ids)), missing)].tolist())
@@ -488,7 +512,7 @@ class UserStore:
             if available < len(missing):
                 known = np.setdiff1d(np.arange(len(ids)), missing)
                 evicted = self._evict(len(missing) - available, rows[known]).evicted_user_ids
-            self._give_rows(rows, np.asarray(missing, dtype=np.int64), ids)
+            self._give_rows(rows, np.asarray(missing, dtype=np.int64), ids, raw)
         elif keep_rows:
             taken = set(rows.tolist())
             self._free = [r for r in self._free if r not in taken]
@@ -515,8 +539,7 @@ class UserStore:
         """Forget these users without any erasure semantics (their partition moved to another consumer)."""
         rows = np.asarray(rows, dtype=np.int64)
         ids = self.user_ids(rows)
-        for uid in ids:
-            del self._index[uid]
+        self._index.delete_many([self._ids[r] for r in rows.tolist()])  # type: ignore[misc]
         self._clear(rows)
         self._free.extend(rows.tolist()[::-1])
         return ids

@@ -373,6 +373,6 @@ class Changelog:
                 rows = store.rows_of(block["ids"])
                 p_.tails.set_raw_change_ids(rows, u["cid"][sel])
             users += len(u["ids"])
-        queued = [store.row_of(x) for s in states for x in s.stale]
-        p_.requeue(np.array([r for r in queued if r is not None], dtype=np.int64))
+        queued = store.rows_or_missing([x for s in states for x in s.stale])
+        p_.requeue(queued[queued >= 0])
         return users

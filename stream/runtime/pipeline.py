@@ -330,7 +330,7 @@ class Pipeline:
     def _seed_waiting(self, event_time: float) -> tuple[np.ndarray, np.ndarray]:
         """Seed (or adopt) the model; rows and embeddings of the users that waited for it and are still held."""
         users, emb = self.segmenter.seed_model(event_time)
-        rows = np.array([-1 if (r := self.store.row_of(u)) is None else r for u in users], dtype=np.int64)
+        rows = self.store.rows_or_missing(users)
         keep = rows >= 0
         return rows[keep], emb[keep]
 
@@ -473,7 +473,7 @@ class Pipeline:
         back = self.tails.take(store.user_ids(fresh)) if len(fresh) else {}
         if not back:
             return
-        brows = np.fromiter((store.row_of(u) for u in back), dtype=np.int64, count=len(back))
+        brows = store.rows_of(list(back))
         seq, seg, cid, _ = zip(*back.values())
         store.seq[brows] = seq
         store.segment[brows] = seg

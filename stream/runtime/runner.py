@@ -468,7 +468,7 @@ class StreamRunner:
         if result is None:
             return
         store = self.pipeline.store
-        parts = store.partition[[store.row_of(uid) for uid in result.changes.user_ids]].tolist()
+        parts = store.partition[store.rows_of(result.changes.user_ids)].tolist()
         offs = [self._state_offsets.get(TopicPartition(self.settings.input_topic, p), 0) - 1 for p in parts]
         ids = change_ids(result.changes, (), (), reflected=(parts, offs))
         self.outputs.write(result, Records.empty(self.settings.input_topic), self.clock(), ids,
@@ -518,8 +518,7 @@ class StreamRunner:
         under (the changelog partition its row is written to)."""
         store = self.pipeline.store
         tomb = records.partitions[np.asarray(result.erased_sources, dtype=np.int64)] if result.erased else []
-        rows = np.fromiter((store.row_of(u) for u in result.changes.user_ids), dtype=np.int64,
-                           count=len(result.changes))
+        rows = store.rows_of(result.changes.user_ids)
         return np.concatenate([np.asarray(tomb, dtype=np.int64), store.partition[rows].astype(np.int64)])
 
     def _note_changes(self, result: BatchResult, ids: list[str] | None) -> None:
@@ -529,8 +528,7 @@ class StreamRunner:
         store = self.pipeline.store
         self.changelog.mark(result.touched)
         if ids:
-            rows = np.fromiter((store.row_of(u) for u in result.changes.user_ids), dtype=np.int64,
-                               count=len(ids))
+            rows = store.rows_of(result.changes.user_ids)
             self.pipeline.tails.set_change_ids(rows, ids)
             self.changelog.mark(rows)
 

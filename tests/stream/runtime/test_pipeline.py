@@ -65,7 +65,7 @@ def test_replay_with_max_users_below_one_batchs_users_runs_to_the_end(log, tmp_p
 
     def observe(result):
         metrics.observe_batch(result, p, records=result.events, value_bytes=0, seconds=0.0)
-        held_after.append(set(p.store._index))
+        held_after.append(set(p.store.held_ids()))
 
     out = tmp_path / "out.msgpack"
     with caplog.at_level(logging.WARNING, logger="stream.runtime.pipeline"):
