@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from river import cluster
 
-from state.identity import match_ids
+from state.identity import identify
 from state.segments import SegmentModel, WarmupBuffer, best_of_restarts, inertia, kmeans_plus_plus, lloyd, nearest, squared_distances
 from state.user_store import user_keys
 
@@ -210,12 +210,15 @@ class OnlineKMeans(WarmupBuffer):
         publication also (1) refines the centres with a few Lloyd steps over the
         recent embeddings and (2) re-seeds every starving centre (fewer than a
         quarter of its fair share of recent points) by splitting the cluster with
-        the largest error: the starving id retires and a new id is born.
+        the largest error. Centre positions are only positions: the published ids come
+        from matching the result to the previous version (:func:`state.identity.identify`),
+        so an id keeps covering the same users and lineage says what really changed
+        (a re-seed is the end of one segment and the split of another).
         """
         assert self.model is not None
         version = self.model.version + 1
         centers = self.learner_centroids()
-        ids = self.model.segment_ids.copy()
+        ids = self.model.segment_ids.copy()  # by position; -1: re-seeded in this publication
         # Lloyd refinement over the ring of recent embeddings (what moved lately; heavy users count
         # once per batch they touched); starvation and re-seeding over a sample of the users held
         # (one row per user), so that "starving" means "few users", what a recommender sees.
@@ -233,7 +236,7 @@ class OnlineKMeans(WarmupBuffer):
                     # who *hold* it (what recommenders see) unless it gets almost no recent embeddings
                     # (half the usual floor); a younger one by the recent embeddings
                     held = np.array([users_per_segment.get(int(i), 0) for i in ids]) / held_total
-                    old_enough = np.array([self._born.get(int(i), 0) <= version - 3 for i in ids])
+                    old_enough = np.array([i >= 0 and self._born.get(int(i), 0) <= version - 3 for i in ids])
                     low = np.where(old_enough, (held < self.held_share_factor / self.k)
                                    | (share < 0.5 * self.min_share_factor / self.k), low)
                 starving = np.flatnonzero(low)
@@ -249,44 +252,32 @@ class OnlineKMeans(WarmupBuffer):
                 halves = lloyd(members, kmeans_plus_plus(members, 2, self._rng), iterations=10)
                 centers[big], centers[j] = halves[0], halves[1]
                 centers = lloyd(users, centers, iterations=self.refine_iterations)
-                new_id = self._next_id
-                self._next_id += 1
-                self.lineage.append(LineageEvent("retired", (int(ids[j]),), version, event_time,
-                                                 detail=f"starving: {share[j]:.2%} of users"))
-                self.lineage.append(LineageEvent("split", (new_id,), version, event_time, parents=(int(ids[big]),),
-                                                 detail="bisected the largest-error segment"))
-                ids[j] = new_id
-                self._born[new_id] = version
-            centers, ids = self._try_restart(recent, centers, ids, version, event_time)
-        live = set(ids.tolist())
-        self._born = {i: v for i, v in self._born.items() if i in live}  # retired ids are never looked up again
+                ids[j] = -1
+            centers = self._try_restart(recent, centers)
+        m = identify(self.model, centers, next_id=self._next_id)
+        self._next_id = m.next_id
+        self.lineage += [LineageEvent(e.kind, e.segments, version, event_time, e.parents, e.detail) for e in m.events]
+        live = set(m.ids.tolist())
+        self._born = {i: v for i, v in self._born.items() if i in live}  # ended ids are never looked up again
+        self._born.update({i: version for i in live - set(self.model.segment_ids.tolist())})
         self._set_learner_centres(centers)
-        self.model = SegmentModel(version, centers.astype(np.float32), ids, event_time)
+        self.model = SegmentModel(version, centers.astype(np.float32), m.ids, event_time)
         return self.model
 
-    def _try_restart(self, recent: np.ndarray, centers: np.ndarray, ids: np.ndarray, version: int,
-                     event_time: float) -> tuple[np.ndarray, np.ndarray]:
+    def _try_restart(self, recent: np.ndarray, centers: np.ndarray) -> np.ndarray:
         """Escape a local optimum: one seeded k-means++ restart over the recent embeddings per publication.
 
         Online k-means keeps two planted groups in one centre (and splits another) forever once
         it has started that way. The restart's centres replace the current ones only when their
-        inertia is lower by ``restart_gain`` (relative), so a good model is never churned. Ids go
-        to the new centres by Hungarian matching (:func:`state.identity.match_ids`): a centre
-        that moved less than half the distance to its nearest neighbour keeps its id; the others
-        are announced as born/split/merged/retired.
+        inertia is lower by ``restart_gain`` (relative), so a good model is never churned; ids go
+        to them by the same matching as every publication.
         """
         if self.restart_gain <= 0 or len(recent) < 4 * self.k:
-            return centers, ids
+            return centers
         cand = lloyd(recent, kmeans_plus_plus(recent, self.k, self._rng), iterations=4 * self.refine_iterations)
         if inertia(recent, cand) >= (1.0 - self.restart_gain) * inertia(recent, centers):
-            return centers, ids
-        gaps = np.sqrt(squared_distances(centers, centers))
-        np.fill_diagonal(gaps, np.inf)
-        m = match_ids(centers, ids, cand, next_id=self._next_id, max_distance=0.5 * float(gaps.min()))
-        self._next_id = m.next_id
-        self.lineage += [LineageEvent(e.kind, e.segments, version, event_time, e.parents,
-                                      e.detail or "k-means restart: lower inertia") for e in m.events]
-        return cand, m.ids
+            return centers
+        return cand
 
     def drain_lineage(self) -> list[LineageEvent]:
         out, self.lineage = self.lineage, []
