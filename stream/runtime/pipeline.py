@@ -34,12 +34,14 @@ from state.global_model import GlobalKMeans
 from state.contract_tail import ContractTails
 from state.kmeans import LineageEvent, OnlineKMeans
 from state.row_queue import RowQueue
-from state.profiles import segment_profiles
-from state.segments import SegmentModel, assign, squared_distances
+from state.profiles import ItemNames, segment_profiles
+from state.relabel import LabelFollower
+from state.segments import SegmentModel, assign_bounds, squared_distances
 from state.user_store import UserStore, user_keys
 from stream.runtime.dedup import EventIdWindow
-from state.events import EventBatch, EventDecoder, Rejected, set_gc_threshold
+from state.events import EventBatch, EventDecoder, Rejected
 from stream.runtime.pseudonym import Pseudonymiser
+from stream.runtime.tuning import tune_process
 from stream.settings import Settings
 
 __all__ = ["Pipeline", "BatchResult", "SegmentChanges", "spec_from_settings", "tune_process"]
@@ -93,6 +95,8 @@ class BatchResult:
     distances: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     embeddings: np.ndarray | None = None
     embedding_keys: np.ndarray | None = None  # user key (state.user_store.user_keys) of each embedding row
+    label_agreement: float | None = None  # when a model version was published: see Pipeline.label_agreement
+    reassigned: int = 0  # the last ones of ``changes``: users re-assigned after a new model version, not by an event
 
 
 def default_instance_id() -> str:
@@ -130,8 +134,10 @@ class Pipeline:
         self.consolidate_on_users = False  # starvation of segments judged on a sample of users (see OnlineKMeans._publish)
         self._changed_at = np.zeros(0, dtype=np.float64)  # event time of each row's last segment change
         self._segment_users = np.zeros(0, dtype=np.int64)  # users per segment id
-        self._stale = RowQueue()  # rows to (re-)assign: retired segment, or restored without one
-        self.reassign_per_batch = 2000
+        self._stale = RowQueue()  # rows to (re-)assign: label not certified by the model, or restored without one
+        self.reassign_per_batch = Settings.reassign_per_batch  # rows re-assigned per batch, besides its own
+        self._labels = LabelFollower()  # certifies held labels across model versions without re-embedding
+        self.item_names = ItemNames()
         self.events_seen = 0
         self.pseudonymiser: Pseudonymiser | None = None  # keyed hash of user ids before anything is stored
         self.dedup: EventIdWindow | None = None  # drops repeated event_ids within a bounded window
@@ -163,7 +169,8 @@ class Pipeline:
             segmenter = OnlineDBSTREAM(
                 encoder.dim, radius=settings.dbstream_radius, fading_factor=settings.dbstream_fading,
                 warmup_users=settings.warmup_users, learn_sample=settings.learn_sample,
-                recluster_events=settings.model_update_events, seed=settings.seed, match_factor=settings.match_factor)
+                recluster_events=settings.model_update_events, seed=settings.seed, match_factor=settings.match_factor,
+                min_share=settings.dbstream_min_share)
         else:
             segmenter = OnlineKMeans(
                 settings.segments, encoder.dim, learning_rate=settings.learning_rate,
@@ -175,6 +182,7 @@ class Pipeline:
                                max_clock_skew_s=settings.max_clock_skew_s, now=now)
         pipeline = cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis, dwell_s=settings.dwell_s,
                        profile_every_events=settings.profile_every_events, seed=settings.seed)
+        pipeline.reassign_per_batch = settings.reassign_per_batch
         if settings.pseudonymise_key:
             pipeline.pseudonymiser = Pseudonymiser(settings.pseudonymise_key)
         if settings.dedup_window > 0:
@@ -215,6 +223,7 @@ class Pipeline:
         store, seg = self.store, self.segmenter
         erased: list[str] = []
         erased_sources: list[int] = []
+        self.item_names.update(batch.item_names)
         if self.pseudonymiser is not None:
             batch = self.pseudonymiser.apply(batch)
         if batch.deletes:  # before de-duplication: the window then keeps only ids of the users' new life
@@ -263,6 +272,15 @@ class Pipeline:
             rows, emb = wrows, wemb
             result.new_model = seg.model
 
+        # learn and publish first: every change of this batch is decided by the newest model version
+        arrived_to, own_rows, own_emb = seg.model, rows, emb
+        seg.learn(emb, store.key[rows])
+        new_model = seg.tick(n, result.max_event_time, self.users_per_segment(), self._population if self.consolidate_on_users else None)
+        if new_model is not None:
+            result.new_model = new_model
+        result.lineage = seg.drain_lineage()
+        # users the new version may have re-labelled: queued (LabelFollower.follow says in which order)
+        self._stale = self._labels.follow(seg.model, store.segment, self.hysteresis, self._stale)
         learn_emb, learn_keys = emb, store.key[rows]
         stale = self._take_stale(rows)
         if len(stale):
@@ -273,26 +291,23 @@ class Pipeline:
             # are made (this batch's newest), not the user's last activity (which may be long past)
             event_time = np.concatenate([event_time, np.full(len(stale), result.max_event_time)])
         reassigned = np.zeros(len(rows), dtype=bool)
-        reassigned[len(rows) - len(stale):] = True  # queued because their segment ended or split
+        reassigned[len(rows) - len(stale):] = True  # queued by a new model version (or a restore)
+        held_before = store.segment[rows].copy()
         result.changes = self._assign(rows, emb, source, event_time, reassigned)
-        result.distances = store.distance[rows]
+        result.reassigned = int((store.segment[stale] != held_before[len(own_rows):]).sum())
+        # drift signals: the batch's own users, against the model version the batch arrived to
+        result.distances = store.distance[own_rows]
+        if new_model is not None and arrived_to is not None and arrived_to is not new_model:
+            result.distances = assign_bounds(arrived_to, own_emb, held_before[: len(own_rows)], self.hysteresis)[1]
         result.embeddings, result.embedding_keys = learn_emb, learn_keys
-        seg.learn(learn_emb, learn_keys)
-        new_model = seg.tick(n, result.max_event_time, self.users_per_segment(), self._population if self.consolidate_on_users else None)
         if new_model is not None:
-            result.new_model = new_model
-        result.lineage = seg.drain_lineage()
-        # users of a segment that ended, or of a segment that was split, are re-assigned (bounded per batch)
-        retired = [s for ev in result.lineage if ev.kind in ("retired", "merged") for s in ev.segments]
-        retired += [s for ev in result.lineage if ev.kind == "split" for s in ev.parents]
-        if retired:
-            used = store.segment
-            self._stale.add(np.flatnonzero(np.isin(used, retired)))
+            result.label_agreement = self.label_agreement()
         if self.profile_every_events > 0:
             self._since_profile += n
             if self._since_profile >= self.profile_every_events:
                 self._since_profile = 0
-                result.profiles = segment_profiles(store, seg.model, self._profile_rng)
+                result.profiles = segment_profiles(store, seg.model, self._profile_rng,
+                                                   item_names=self.item_names, event_time=result.max_event_time)
         return result
 
     def assign_waiting(self) -> BatchResult | None:
@@ -329,9 +344,13 @@ class Pipeline:
             rows = np.sort(self._sample_rng.choice(rows, n, replace=False))
         return self._embed(rows)
 
+    def label_agreement(self) -> float:
+        """Share of the users holding a segment certified to hold what the current model gives them, with
+        hysteresis (:meth:`state.relabel.LabelFollower.agreement`); the others are queued."""
+        return self._labels.agreement(self._stale, self.store.segment, int(self._segment_users.sum()))
+
     def _take_stale(self, exclude: np.ndarray) -> np.ndarray:
-        """Rows queued for (re-)assignment, a bounded number per batch: users whose segment ended or
-        was split, and restored users still without a segment. Rows freed since are skipped."""
+        """Rows queued for (re-)assignment, a bounded number per batch. Rows freed since are skipped."""
         if len(self._stale) == 0:
             return np.zeros(0, dtype=np.int64)
         self._stale.keep(self.store.holds_user(self._stale.rows()))
@@ -407,7 +426,7 @@ class Pipeline:
         model = self.segmenter.model
         assert model is not None
         current = store.segment[rows].astype(np.int64)
-        new, dist = assign(model, emb, current, self.hysteresis)
+        new, dist, other = assign_bounds(model, emb, current, self.hysteresis)
         if self.dwell_s > 0:
             if len(self._changed_at) < len(store.segment):
                 grown = np.full(len(store.segment), -np.inf)
@@ -420,7 +439,9 @@ class Pipeline:
                 cur_ix = model.index_of(current[keep])
                 dist[keep] = np.sqrt(squared_distances(emb[keep], model.centroids)[np.arange(keep.sum()), cur_ix])
                 new = np.where(held, current, new)
+                other[held] = -np.inf  # not the margin's choice: checked again at the next version
         store.distance[rows] = dist
+        self._labels.bounds.set_exact(rows, dist, other)
         changed = np.flatnonzero(new != current)
         if len(changed) == 0:
             return SegmentChanges.empty(model.version)
@@ -484,6 +505,7 @@ class Pipeline:
         if layout is not None:
             self.store.set_layout(layout)
         self.recount()
+        self._labels.restart(self.store.distance, self.segmenter.model)
         self.requeue_unassigned()
 
     def drop_partition(self, partition: int) -> int:
@@ -560,21 +582,3 @@ def _warn_overflow(overflow: int, capacity: int) -> None:
     log.warning("a micro-batch brought %d users more than SEGSTREAM_MAX_USERS=%d: the least recently active "
                 "of them were evicted within the batch (raise max_users or lower SEGSTREAM_BATCH_MAX_EVENTS; "
                 "said once per process, segstream_users_evicted_total counts every eviction)", overflow, capacity)
-
-
-def tune_process(settings: Settings) -> None:
-    """Process-wide settings the hot path wants: torch and BLAS thread caps, the gc threshold.
-
-    Applied when a :class:`Pipeline` is built; ``bench.throughput`` applies it to its reference
-    consumers too, so that a comparison does not hinge on which ran first in the process.
-    """
-    if settings.encoder_threads > 0:
-        import torch
-
-        torch.set_num_threads(settings.encoder_threads)
-        # numpy's BLAS too (segment assignment, consolidation): a multi-threaded OpenBLAS spin-waits on a
-        # busy machine; measured 0.06-0.57 s instead of ~20 ms per consolidation at load 5 on 2 cores
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=settings.encoder_threads, user_api="blas")
-    set_gc_threshold(settings.gc_threshold)  # process-wide, like the thread limits above
