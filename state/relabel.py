@@ -69,8 +69,10 @@ class LabelBounds:
         self.lower = np.full(len(distance), -np.inf, dtype=np.float32)
 
     def on_publish(self, previous: SegmentModel, model: SegmentModel, segment: np.ndarray,
-                   margin: float) -> np.ndarray:
-        """Move the bounds to ``model``; rows to re-assign (``segment``: held segment per row, -1: none)."""
+                   margin: float, ordered: int = 0) -> np.ndarray:
+        """Move the bounds to ``model``; rows to re-assign (``segment``: held segment per row, -1: none).
+        ``ordered`` > 0: only that many of the uncertified are sorted by urgency, the others follow in row
+        order (a full sort of a million rows at every version costs more than the re-assignment it orders)."""
         n = len(segment)
         self._grow(n)
         upper, lower = self.upper[:n], self.lower[:n]  # views: updated in place
@@ -97,7 +99,14 @@ class LabelBounds:
         rows = np.flatnonzero(live)
         need = lo < u * (1.0 - margin)
         cand, u, lo = rows[need], u[need], lo[need]
-        order = np.argsort(-(u * (1.0 - margin) - lo) / np.maximum(u, 1e-12), kind="stable")
+        urgency = (u * (1.0 - margin) - lo) / np.maximum(u, 1e-12)
+        if 0 < ordered < len(cand):  # only the head of the queue is taken before the next version: sort that
+            head = np.argpartition(-urgency, ordered)[:ordered]
+            rest = np.ones(len(cand), dtype=bool)
+            rest[head] = False
+            order = np.concatenate([head[np.argsort(-urgency[head], kind="stable")], np.flatnonzero(rest)])
+        else:
+            order = np.argsort(-urgency, kind="stable")
         return np.concatenate([np.flatnonzero(ended), cand[order]])
 
 
@@ -108,7 +117,8 @@ class LabelFollower:
         self.bounds = LabelBounds()
         self.model: SegmentModel | None = None
 
-    def follow(self, model: SegmentModel | None, segment: np.ndarray, margin: float, queue: RowQueue) -> RowQueue:
+    def follow(self, model: SegmentModel | None, segment: np.ndarray, margin: float, queue: RowQueue,
+               ordered: int = 0) -> RowQueue:
         """The queue after ``model`` (unchanged while the version is the one followed already).
 
         Order: rows queued without a segment (restored users), then users whose segment ended, then
@@ -120,8 +130,9 @@ class LabelFollower:
         if previous is None:
             return queue
         queued = queue.rows()
-        todo = self.bounds.on_publish(previous, model, segment, margin)
-        return RowQueue(np.concatenate([queued[segment[queued] < 0], todo]))
+        todo = self.bounds.on_publish(previous, model, segment, margin, ordered)
+        # disjoint: queued rows without a segment, users of ended segments, the uncertified
+        return RowQueue.of_distinct(np.concatenate([queued[segment[queued] < 0], todo]))
 
     def restart(self, distance: np.ndarray, model: SegmentModel | None) -> None:
         """After a restore: bounds from the stored distances, following the restored model."""

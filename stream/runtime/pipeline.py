@@ -48,6 +48,9 @@ __all__ = ["Pipeline", "BatchResult", "SegmentChanges", "spec_from_settings", "t
 
 log = logging.getLogger(__name__)
 
+#: share of labelled users certified by the model above which held segment sizes are taken at their word
+LABELS_SETTLED = 0.97
+
 #: a batch with more users than max_users is a configuration matter, not news: said once per process
 _overflow_warned = False
 
@@ -275,12 +278,16 @@ class Pipeline:
         # learn and publish first: every change of this batch is decided by the newest model version
         arrived_to, own_rows, own_emb = seg.model, rows, emb
         seg.learn(emb, store.key[rows])
-        new_model = seg.tick(n, result.max_event_time, self.users_per_segment(), self._population if self.consolidate_on_users else None)
+        # the users who hold each segment tell the clusterer which segments starve, but only once labels have
+        # caught up with the model: before that a young segment has had no chance to collect its users
+        held = self.users_per_segment() if self.label_agreement() >= LABELS_SETTLED else {}
+        new_model = seg.tick(n, result.max_event_time, held, self._population if self.consolidate_on_users else None)
         if new_model is not None:
             result.new_model = new_model
         result.lineage = seg.drain_lineage()
         # users the new version may have re-labelled: queued (LabelFollower.follow says in which order)
-        self._stale = self._labels.follow(seg.model, store.segment, self.hysteresis, self._stale)
+        self._stale = self._labels.follow(seg.model, store.segment, self.hysteresis, self._stale,
+                                          ordered=8 * self.reassign_per_batch)
         learn_emb, learn_keys = emb, store.key[rows]
         stale = self._take_stale(rows)
         if len(stale):

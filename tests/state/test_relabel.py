@@ -64,3 +64,17 @@ def test_small_moves_leave_most_labels_certified_and_reassigned_users_become_cer
     b.set_exact(todo, dist2, other2)
     seg[todo] = seg2
     assert len(b.on_publish(m2, SegmentModel(3, m2.centroids, np.arange(4), 0.0), seg, 0.05)) == 0
+
+
+def test_a_partial_order_keeps_the_most_urgent_first_and_loses_no_row():
+    rng = np.random.default_rng(3)
+    models = _versions(rng, k=6, dim=4, n_versions=3, step=0.3)
+    x = (rng.normal(size=(5000, 4)) * 3).astype(np.float32)
+    seg, dist, other = assign_bounds(models[0], x, np.full(len(x), -1), 0.05)
+    full, part = LabelBounds(), LabelBounds()
+    for b in (full, part):
+        b.set_exact(np.arange(len(x)), dist, other)
+    a = full.on_publish(models[0], models[1], seg, 0.05)
+    b = part.on_publish(models[0], models[1], seg, 0.05, ordered=100)
+    assert len(a) > 200 and sorted(a.tolist()) == sorted(b.tolist())
+    assert set(a[:100].tolist()) == set(b[:100].tolist())
