@@ -149,4 +149,4 @@ class LabelFollower:
         """
         if labelled <= 0:
             return 1.0
-        return 1.0 - int((segment[queue.rows()] >= 0).sum()) / labelled
+        return 1.0 - queue.count(segment >= 0) / labelled

@@ -47,6 +47,10 @@ class RowQueue:
         q._rows = rows
         return q
 
+    def count(self, mask: np.ndarray) -> int:
+        """How many queued rows ``mask`` (indexed by row) marks, without copying the queue."""
+        return int(np.count_nonzero(mask[self._rows]))
+
     def rows(self) -> np.ndarray:
         """The queued rows, oldest first (a copy: checkpoints keep it)."""
         return self._rows.copy()
