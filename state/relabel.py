@@ -62,6 +62,21 @@ class LabelBounds:
         self.upper[rows] = upper
         self.lower[rows] = lower
 
+    def forget(self, rows: np.ndarray) -> None:
+        """Nothing known of these rows (handed to other users): re-checked at the next version."""
+        rows = rows[rows >= 0]
+        if len(rows):
+            self._grow(int(rows.max()) + 1)
+            self.upper[rows], self.lower[rows] = np.inf, -np.inf
+
+    def state(self) -> np.ndarray:
+        """[2, rows] float32: the bounds, for checkpoints (:meth:`load` is the inverse)."""
+        return np.stack([self.upper, self.lower])
+
+    def load(self, state: np.ndarray) -> None:
+        state = np.asarray(state, dtype=np.float32)
+        self.upper, self.lower = state[0].copy(), state[1].copy()
+
     def reset(self, distance: np.ndarray) -> None:
         """Forget the bounds (after a restore): ``upper`` from the stored distances, no ``lower`` beyond
         what the next version's centroid gaps give."""

@@ -504,6 +504,8 @@ class Pipeline:
         """Load one partition snapshot's users (replacing any held copy); returns how many."""
         for uid in self.store.import_rows(block, keep_rows=keep_rows):
             self.segmenter.forget(uid)
+        if not keep_rows:  # rows handed out anew: what the label bounds say of them is about someone else
+            self._labels.bounds.forget(np.array([self.store.row_of(u) for u in block["ids"]], dtype=np.int64))
         return len(block["ids"])
 
     def finish_restore(self, layout: Any | None = None) -> None:
@@ -512,7 +514,8 @@ class Pipeline:
         if layout is not None:
             self.store.set_layout(layout)
         self.recount()
-        self._labels.restart(self.store.distance, self.segmenter.model)
+        if self._labels.model is not self.segmenter.model:  # bounds not in the checkpoint: start from distances
+            self._labels.restart(self.store.distance, self.segmenter.model)
         self.requeue_unassigned()
 
     def drop_partition(self, partition: int) -> int:
@@ -534,6 +537,7 @@ class Pipeline:
                 "dedup": None if self.dedup is None else self.dedup.state(),
                 # dwell clock per row, profile schedule
                 "changed_at": self._changed_at.copy(), "since_profile": self._since_profile,
+                "label_bounds": self._labels.bounds.state(),
                 "profile_rng": json.dumps(self._profile_rng.bit_generator.state),
                 "sample_rng": json.dumps(self._sample_rng.bit_generator.state),
                 "tails": self.tails.to_columns()}
@@ -572,6 +576,9 @@ class Pipeline:
             self.dedup.load(state["dedup"])
         if state.get("tails") is not None:
             self.tails.load_columns(state["tails"])
+        if "label_bounds" in state:  # the version they refer to is the segmenter's, restored above
+            self._labels.bounds.load(state["label_bounds"])
+            self._labels.model = self.segmenter.model
         if "changed_at" in state:
             self._changed_at = np.asarray(state["changed_at"], dtype=np.float64).copy()
             self._since_profile = int(state["since_profile"])

@@ -190,3 +190,29 @@ def test_reassignment_work_per_batch_is_bounded_and_the_queue_drains():
         if r.label_agreement is not None:
             agreements.append(r.label_agreement)
     assert min(agreements) < 0.97 < max(agreements[-5:])  # a small bound lags, then catches up
+
+
+def test_a_restored_pipeline_re_assigns_the_same_users_as_one_that_never_stopped():
+    # a small re-assignment bound: which users are re-checked after each version depends on the label bounds
+    cfg = SyntheticConfig(users=1500, groups=4, events=40_000, seed=2)
+    settings = Settings(segments=8, warmup_users=200, model_update_events=2000, seed=0, reassign_per_batch=30)
+    evs = list(generate(cfg))
+
+    def run(p: Pipeline, start: int, stop: int) -> list:
+        out = []
+        for i in range(start, stop, 1000):
+            c = p.process_objects(evs[i : i + 1000]).changes
+            out.append((c.user_ids, c.segments.tolist(), c.model_version))
+        return out
+
+    ref = Pipeline.from_settings(settings, now=lambda: 2e9)
+    ref_out = run(ref, 0, len(evs))
+    first = Pipeline.from_settings(settings, now=lambda: 2e9)
+    out = run(first, 0, 20_000)
+    second = Pipeline.from_settings(settings, now=lambda: 2e9)
+    st = first.global_state()
+    second.load_global_state(st)
+    second.store.import_rows(first.store.export_rows(first.store.live_rows()), keep_rows=True)
+    second.finish_restore(first.store.layout())
+    out += run(second, 20_000, len(evs))
+    assert sum(len(u) for u, _, _ in out[20:]) > 0 and out == ref_out
