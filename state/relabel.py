@@ -37,7 +37,10 @@ import numpy as np
 from state.row_queue import RowQueue
 from state.segments import SegmentModel, squared_distances
 
-__all__ = ["LabelBounds", "LabelFollower"]
+__all__ = ["LabelBounds", "LabelFollower", "LABELS_SETTLED"]
+
+#: share of labelled users certified by the model above which held segment sizes are taken at their word
+LABELS_SETTLED = 0.97
 
 
 class LabelBounds:

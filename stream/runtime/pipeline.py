@@ -35,7 +35,7 @@ from state.contract_tail import ContractTails
 from state.kmeans import LineageEvent, OnlineKMeans
 from state.row_queue import RowQueue
 from state.profiles import ItemNames, segment_profiles
-from state.relabel import LabelFollower
+from state.relabel import LABELS_SETTLED, LabelFollower
 from state.segments import SegmentModel, assign_bounds, squared_distances
 from state.user_store import UserStore, user_keys
 from stream.runtime.dedup import EventIdWindow
@@ -47,9 +47,6 @@ from stream.settings import Settings
 __all__ = ["Pipeline", "BatchResult", "SegmentChanges", "spec_from_settings", "tune_process"]
 
 log = logging.getLogger(__name__)
-
-#: share of labelled users certified by the model above which held segment sizes are taken at their word
-LABELS_SETTLED = 0.97
 
 #: a batch with more users than max_users is a configuration matter, not news: said once per process
 _overflow_warned = False
