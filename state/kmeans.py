@@ -209,8 +209,8 @@ class OnlineKMeans(WarmupBuffer):
         River moves one centre per point and never recovers from a poor start, so
         publication also (1) refines the centres with a few Lloyd steps over the
         recent embeddings and (2) re-seeds every starving centre (fewer than a
-        quarter of its fair share of recent points) by splitting the cluster with
-        the largest error. Centre positions are only positions: the published ids come
+        quarter of its fair share of recent points) by splitting the cluster
+        nearest to the most users. Centre positions are only positions: the published ids come
         from matching the result to the previous version (:func:`state.identity.identify`),
         so an id keeps covering the same users and lineage says what really changed
         (a re-seed is the end of one segment and the split of another).
@@ -243,15 +243,17 @@ class OnlineKMeans(WarmupBuffer):
                 if len(starving) == 0:
                     break
                 j = int(starving[0])
-                d2 = squared_distances(users, centers)[np.arange(len(users)), labels]  # error of each user
-                sse = np.bincount(labels, weights=d2, minlength=self.k)
-                big = int(sse.argmax())
+                # split the segment nearest to the most users: on a heavy-tailed population (MovieLens) the largest-error
+                # segment is a sparse fringe, and halving it gave a new segment that starved in turn
+                big = int(np.bincount(labels, minlength=self.k).argmax())
                 members = users[labels == big]
                 if len(members) < 2:
                     break
                 halves = lloyd(members, kmeans_plus_plus(members, 2, self._rng), iterations=10)
+                # no Lloyd pass over the users here: it walks the new half back into the local optimum that
+                # starved the segment it replaces (k-means parks centres on a fringe of few users), and late in
+                # a run that cascaded into re-seeds whose young segments had no time left to collect users
                 centers[big], centers[j] = halves[0], halves[1]
-                centers = lloyd(users, centers, iterations=self.refine_iterations)
                 ids[j] = -1
             centers = self._try_restart(recent, centers)
         m = identify(self.model, centers, next_id=self._next_id)
