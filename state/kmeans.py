@@ -207,8 +207,8 @@ class OnlineKMeans(WarmupBuffer):
         """Consolidate river's centres and publish them as the next model version.
 
         River moves one centre per point and never recovers from a poor start, so
-        publication also (1) refines the centres with a few Lloyd steps over the
-        recent embeddings and (2) re-seeds every starving centre (fewer than a
+        publication also (1) refines the centres with a few Lloyd steps over a sample
+        of the users held and (2) re-seeds every starving centre (fewer than a
         quarter of its fair share of recent points) by splitting the cluster
         nearest to the most users. Centre positions are only positions: the published ids come
         from matching the result to the previous version (:func:`state.identity.identify`),
@@ -219,14 +219,16 @@ class OnlineKMeans(WarmupBuffer):
         version = self.model.version + 1
         centers = self.learner_centroids()
         ids = self.model.segment_ids.copy()  # by position; -1: re-seeded in this publication
-        # Lloyd refinement over the ring of recent embeddings (what moved lately; heavy users count
-        # once per batch they touched); starvation and re-seeding over a sample of the users held
-        # (one row per user), so that "starving" means "few users", what a recommender sees.
+        # Lloyd refinement, starvation and re-seeding over a sample of the users held (one row per user):
+        # the labels that follow the model are the users' nearest centroids, so the centroids are fitted
+        # to the users, not to the ring of recent embeddings, where heavy users count once per batch they
+        # touched (on MovieLens, k = 8: HR@10 0.446 refined on the ring, 0.456 on the users, three seeds).
+        # Without a population (a clusterer fed directly), the ring stands in for the users.
         held_total = sum(users_per_segment.get(int(i), 0) for i in ids)
         recent = self._recent.view()
         users = population(self._recent.size) if population is not None else recent
         if len(recent) >= 4 * self.k and len(users) >= 4 * self.k:
-            centers = lloyd(recent, centers, iterations=self.refine_iterations)
+            centers = lloyd(users, centers, iterations=self.refine_iterations)
             for _round in range(min(self.k, self.max_reseeds)):
                 labels = nearest(users, centers)
                 share = np.bincount(labels, minlength=self.k) / len(users)

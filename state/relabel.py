@@ -65,6 +65,13 @@ class LabelBounds:
         self.upper[rows] = upper
         self.lower[rows] = lower
 
+    def known(self, rows: np.ndarray) -> np.ndarray:
+        """Whether both bounds of each row are known (False: never set, forgotten, or left to the next version)."""
+        out = np.zeros(len(rows), dtype=bool)
+        inside = rows < len(self.upper)
+        out[inside] = np.isfinite(self.upper[rows[inside]]) & (self.lower[rows[inside]] > -np.inf)
+        return out
+
     def forget(self, rows: np.ndarray) -> None:
         """Nothing known of these rows (handed to other users): re-checked at the next version."""
         rows = rows[rows >= 0]

@@ -131,7 +131,8 @@ class Pipeline:
         self._since_profile = 0
         self._profile_rng = np.random.default_rng([seed, 13])
         self._sample_rng = np.random.default_rng([seed, 17])  # consolidation sample of users
-        self.consolidate_on_users = False  # starvation of segments judged on a sample of users (see OnlineKMeans._publish)
+        # k-means centres refined and starvation judged on a sample of the users held (OnlineKMeans._publish)
+        self.consolidate_on_users = True
         self._changed_at = np.zeros(0, dtype=np.float64)  # event time of each row's last segment change
         self._segment_users = np.zeros(0, dtype=np.int64)  # users per segment id
         self._stale = RowQueue()  # rows to (re-)assign: label not certified by the model, or restored without one
@@ -513,7 +514,33 @@ class Pipeline:
         self.recount()
         if self._labels.model is not self.segmenter.model:  # bounds not in the checkpoint: start from distances
             self._labels.restart(self.store.distance, self.segmenter.model)
+        self._certify_restored()
         self.requeue_unassigned()
+
+    def _certify_restored(self, chunk: int = 65536) -> int:
+        """Restored users whose label bounds are unknown (imported at new rows, or from the changelog, which
+        keeps no bounds: those of users a checkpoint did not touch move with every version) are embedded
+        once and measured against the current model: exact bounds where their label is what the model gives
+        them with hysteresis, queued for re-assignment where it is not. Returns how many were queued."""
+        model = self.segmenter.model
+        if model is None:
+            return 0
+        rows = self.store.live_rows()
+        rows = rows[self.store.segment[rows] >= 0]
+        rows = rows[~self._labels.bounds.known(rows)]
+        queued: list[np.ndarray] = []
+        for i in range(0, len(rows), chunk):
+            r = rows[i: i + chunk]
+            held = self.store.segment[r].astype(np.int64)
+            seg, dist, other = assign_bounds(model, self._embed(r), held, self.hysteresis)
+            same = seg == held
+            self._labels.bounds.set_exact(r[same], dist[same], other[same])
+            self.store.distance[r[same]] = dist[same]
+            queued.append(r[~same])
+        stale = np.concatenate(queued) if queued else np.zeros(0, dtype=np.int64)
+        if len(stale):
+            self._stale.add(stale)
+        return len(stale)
 
     def drop_partition(self, partition: int) -> int:
         """Forget the users of a partition this consumer no longer owns; returns how many."""
@@ -541,12 +568,15 @@ class Pipeline:
 
     def model_state(self) -> dict[str, Any]:
         """What the changelog's checkpoint marker carries: :meth:`global_state` less what names store rows
-        (row layout, re-assignment queue, dwell clocks), which mean nothing to another member's store."""
+        (row layout, re-assignment queue, dwell clocks, label bounds), which mean nothing to another member's store."""
         state = self.global_state()
         state.pop("layout")
         state["tails"] = None  # the changelog keeps evicted users' tails as their own records
         state["stale"] = np.zeros(0, dtype=np.int64)
         state["changed_at"] = np.zeros(0, dtype=np.float64)
+        # per row too, and those of users no checkpoint touched move with every version: a restore measures
+        # them again (Pipeline._certify_restored)
+        state["label_bounds"] = np.zeros((2, 0), dtype=np.float32)
         return state
 
     def stale_rows(self) -> np.ndarray:

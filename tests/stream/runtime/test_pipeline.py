@@ -216,3 +216,27 @@ def test_a_restored_pipeline_re_assigns_the_same_users_as_one_that_never_stopped
     second.finish_restore(first.store.layout())
     out += run(second, 20_000, len(evs))
     assert sum(len(u) for u, _, _ in out[20:]) > 0 and out == ref_out
+
+
+def test_a_restore_without_label_bounds_measures_them_again_and_keeps_labels_agreeing():
+    # the changelog keeps no label bounds (those of users no checkpoint touched move with every version):
+    # a pipeline restored from its model record and user rows measures every restored user once
+    cfg = SyntheticConfig(users=1500, groups=4, events=40_000, seed=2)
+    settings = Settings(segments=8, warmup_users=200, model_update_events=2000, seed=0)
+    evs = list(generate(cfg))
+    first = Pipeline.from_settings(settings, now=lambda: 2e9)
+    for i in range(0, 20_000, 1000):
+        first.process_objects(evs[i : i + 1000])
+    second = Pipeline.from_settings(settings, now=lambda: 2e9)
+    second.load_model_state(first.model_state())
+    second.import_users(first.store.export_rows(first.store.live_rows()), keep_rows=False)
+    second.finish_restore()
+    rows = second.store.live_rows()
+    rows = rows[second.store.segment[rows] >= 0]
+    assert len(rows) > 1000
+    # measured: certified, or queued because the model gives them another segment
+    queued = np.isin(rows, second.stale_rows())
+    assert (second._labels.bounds.known(rows) | queued).all() and queued.mean() < 0.03
+    agreements = [r.label_agreement for r in (second.process_objects(evs[i : i + 1000]) for i in range(20_000, len(evs), 1000))
+                  if r.label_agreement is not None]
+    assert len(agreements) >= 5 and min(agreements) >= 0.97, agreements
