@@ -342,11 +342,16 @@ class Pipeline:
         return self.encoder.encode(self.store.features(rows, items=self.encoder.uses_items))
 
     def _population(self, n: int) -> np.ndarray:
-        """Embeddings of a seeded sample of at most ``n`` assigned users (the consolidation population)."""
+        """Embeddings of at most ``n`` assigned users (the consolidation population): those whose user key
+        falls below a threshold, so that the sample stays the same users from one version to the next (only
+        arrivals and departures change it). A fresh random sample per version made Lloyd's fixed point
+        jitter with it: on the 1M-user replay centres moved 0.3-1.9 per version against users' margins
+        of about 2, and few labels stayed certified by the bounds for long."""
         rows = self.store.live_rows()
         rows = rows[self.store.segment[rows] >= 0]
-        if len(rows) > n:
-            rows = np.sort(self._sample_rng.choice(rows, n, replace=False))
+        if len(rows) > n:  # keys are uniform over uint64: a threshold keeps about n of them, with no sort
+            keys = self.store.key[rows]
+            rows = rows[keys < np.uint64(min(float(n) / len(rows), 1.0) * 2.0 ** 64 * 0.999)][:n]
         return self._embed(rows)
 
     def label_agreement(self) -> float:
@@ -446,7 +451,7 @@ class Pipeline:
                 new = np.where(held, current, new)
                 other[held] = -np.inf  # not the margin's choice: checked again at the next version
         store.distance[rows] = dist
-        self._labels.bounds.set_exact(rows, dist, other)
+        self._labels.bounds.set_exact(rows, dist, other, model)
         changed = np.flatnonzero(new != current)
         if len(changed) == 0:
             return SegmentChanges.empty(model.version)
@@ -512,8 +517,8 @@ class Pipeline:
         if layout is not None:
             self.store.set_layout(layout)
         self.recount()
-        if self._labels.model is not self.segmenter.model:  # bounds not in the checkpoint: start from distances
-            self._labels.restart(self.store.distance, self.segmenter.model)
+        if self._labels.model is not self.segmenter.model:  # bounds not in the checkpoint: measured below
+            self._labels.restart(self.segmenter.model)
         self._certify_restored()
         self.requeue_unassigned()
 
@@ -534,7 +539,7 @@ class Pipeline:
             held = self.store.segment[r].astype(np.int64)
             seg, dist, other = assign_bounds(model, self._embed(r), held, self.hysteresis)
             same = seg == held
-            self._labels.bounds.set_exact(r[same], dist[same], other[same])
+            self._labels.bounds.set_exact(r[same], dist[same], other[same], model)
             self.store.distance[r[same]] = dist[same]
             queued.append(r[~same])
         stale = np.concatenate(queued) if queued else np.zeros(0, dtype=np.int64)
