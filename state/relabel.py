@@ -64,7 +64,7 @@ class LabelBounds:
     def __init__(self) -> None:
         self.upper = np.zeros(0, dtype=np.float32)
         self.lower = np.zeros(0, dtype=np.float32)
-        self.anchor = np.zeros(0, dtype=np.int64)  # slot of each row's anchor (-1: nothing known)
+        self.anchor = np.zeros(0, dtype=np.int8)  # slot of each row's anchor (-1: nothing known)
         self._versions = np.full(self.ANCHORS, -1, dtype=np.int64)  # model version held by each slot
         self._models: list[SegmentModel | None] = [None] * self.ANCHORS
 
@@ -72,7 +72,7 @@ class LabelBounds:
         if n > len(self.upper):
             size = max(n, 2 * len(self.upper))
             for name, fill, dtype in (("upper", np.inf, np.float32), ("lower", -np.inf, np.float32),
-                                      ("anchor", -1, np.int64)):
+                                      ("anchor", -1, np.int8)):
                 grown = np.full(size, fill, dtype=dtype)
                 old = getattr(self, name)
                 grown[: len(old)] = old
@@ -164,7 +164,7 @@ class LabelBounds:
             return
         self.upper = np.asarray(state["upper"], dtype=np.float32).copy()
         self.lower = np.asarray(state["lower"], dtype=np.float32).copy()
-        self.anchor = np.asarray(state["anchor"], dtype=np.int64).copy()
+        self.anchor = np.asarray(state["anchor"], dtype=np.int8).copy()
         self._versions = np.asarray(state["versions"], dtype=np.int64).copy()
         self._models = [None] * self.ANCHORS
         at = 0
@@ -188,28 +188,34 @@ class LabelBounds:
         n = len(segment)
         self._grow(n)
         self._slot(model, segment, margin)  # rows of an anchor that had to go move to this version
-        held = segment >= 0
+        k, A = model.k, self.ANCHORS
         ix = model.index_of(segment.astype(np.int64))
+        held = segment >= 0
         ended = held & (ix < 0)
-        live = held & ~ended
-        rows = np.flatnonzero(live)
-        j = ix[rows]
-        a = self.anchor[rows]
-        # per anchor slot x centroid: moves since the anchor, newborn caps
-        own = np.full((self.ANCHORS + 1, model.k), np.inf, dtype=np.float32)  # last row: no anchor
-        most = np.full(self.ANCHORS + 1, np.inf, dtype=np.float32)
-        newborn = np.full((self.ANCHORS + 1, model.k), -np.inf, dtype=np.float32)
+        # per anchor slot x centroid, one extra row (no anchor) and column (no centroid): moves since the
+        # anchor, newborn caps. Whole columns below, no gather of the held rows: a million rows per version
+        own = np.full((A + 1, k + 1), np.inf, dtype=np.float32)
+        most = np.full(A + 1, np.inf, dtype=np.float32)
+        newborn = np.full((A + 1, k + 1), -np.inf, dtype=np.float32)
         for slot in np.flatnonzero(self._versions >= 0).tolist():  # at most ANCHORS x k: no pass over rows
-            own[slot], most[slot], newborn[slot] = self._tables(self._models[slot], model)
+            own[slot, :k], most[slot], newborn[slot, :k] = self._tables(self._models[slot], model)
         cc = np.sqrt(squared_distances(model.centroids, model.centroids))
         np.fill_diagonal(cc, np.inf)
-        gap = cc.min(axis=1) if model.k > 1 else np.full(model.k, np.inf, np.float32)
-        a = np.where(a >= 0, a, self.ANCHORS)
-        u = self.upper[rows] + own[a, j]
-        lo = np.minimum(self.lower[rows] - most[a], newborn[a, j] - u)
-        lo = np.maximum(lo, gap[j] - u)  # what the new model's centre gaps guarantee
-        need = ~(lo >= u * (1.0 - margin))  # nan (inf - inf: nothing known) is not certified
-        cand, u, lo = rows[need], u[need], lo[need]
+        gap = np.full(k + 1, -np.inf, dtype=np.float32)
+        gap[:k] = cc.min(axis=1) if k > 1 else np.inf
+        a = self.anchor[:n].astype(np.intp)
+        a[a < 0] = A
+        j = np.where(ix >= 0, ix, k)
+        flat = a * (k + 1) + j
+        u = self.upper[:n] + own.ravel()[flat]
+        lo = self.lower[:n] - most[a]
+        np.minimum(lo, newborn.ravel()[flat] - u, out=lo)
+        np.maximum(lo, gap[j] - u, out=lo)  # what the new model's centre gaps guarantee
+        need = ~(lo >= u * np.float32(1.0 - margin))  # nan (inf - inf: nothing known) is not certified
+        need &= held
+        need &= ~ended
+        cand = np.flatnonzero(need)
+        u, lo = u[cand], lo[cand]
         with np.errstate(invalid="ignore"):
             urgency = np.nan_to_num((u * (1.0 - margin) - lo) / np.maximum(u, 1e-12), nan=np.inf, posinf=np.inf)
         if 0 < ordered < len(cand):  # only the head of the queue is taken before the next version: sort that
