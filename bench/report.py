@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from state.global_model import SUMMARY_FACTOR
+
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"<!-- bench:([a-z-]+) (\S+) -->\n(.*?)<!-- /bench -->", re.S)
 
@@ -240,14 +242,15 @@ def _basis(results: Results) -> dict[str, Any]:
     single = one["figures"]["runs"][0]
     mem = _one(results, "memory")
     top = max(mem["figures"], key=int)
-    ck = max(_of(results, "checkpoint"), key=lambda r: r["params"]["users"])
     tp = next(r for r in _of(results, "throughput", segments=8) if "file" in r["figures"])
+    cl = _one(results, "changelog")
+    restore = max(cl["figures"]["restore"], key=lambda f: f["users"])
     return {
+        "cl_bytes_per_user": restore["bytes_per_user"], "cl_restore_rate": restore["users_per_s"],
+        "cl_write_s": restore["write_seconds"], "cl_users": restore["users"], "changelog": cl,
         "cpu_us": single["cpu_us_per_event"], "core_rate": single["events_per_s"], "scaleout": one,
         "bytes_per_user": mem["figures"][top]["bytes_per_user"], "mem_users": int(top),
         "baseline_bytes": mem["figures"][top]["rss_baseline_bytes"], "memory": mem,
-        "disk_per_user": ck["figures"]["bytes_per_user"], "write_s": ck["figures"]["write_seconds"],
-        "restore_s": ck["figures"]["restore_seconds"], "ck_users": ck["params"]["users"], "checkpoint": ck,
         "changes_per_event": tp["figures"]["file"]["segment_changes"] / tp["figures"]["file"]["events"],
         "throughput": tp, "dim": tp["params"]["dim"], "tp_users": tp["params"]["users"],
     }
@@ -256,23 +259,24 @@ def _basis(results: Results) -> dict[str, Any]:
 def sizing_table(results: Results) -> str:
     """Per instance, per million users held: estimates scaled linearly from the measured figures."""
     b = _basis(results)
-    per_m = 1e6 / b["ck_users"]
     rows = [
         ("memory", f"~{b['bytes_per_user'] * 1e6 / 1e9:.2f} GB of state + ~{b['baseline_bytes'] / 1e9:.2f} GB process baseline",
          f"{b['bytes_per_user']} B/user resident at {b['mem_users']:,} users; baseline RSS with the encoder loaded",
          _cmd(b["memory"])),
         ("CPU", f"~{b['cpu_us']} CPU-µs per event (one core ≈ {b['core_rate']:,} events/s at k = 8)",
          "one instance without its decode process", _cmd(b["scaleout"])),
-        ("snapshot disk", f"~{b['disk_per_user'] * 1e6 / 1e9:.2f} GB", f"{b['disk_per_user']} B/user on disk",
-         _cmd(b["checkpoint"])),
-        ("snapshot pause", f"~{b['write_s'] * per_m:.1f} s per write, ~{b['restore_s'] * per_m:.1f} s per restore",
-         f"{b['write_s']} s / {b['restore_s']} s at {b['ck_users']:,} users", _cmd(b["checkpoint"])),
+        ("state changelog in Kafka", f"~{b['cl_bytes_per_user'] * 1e6 / 1e9:.2f} GB of latest values per replica",
+         f"{b['cl_bytes_per_user']} B/user (row, kind byte, key) at {b['cl_users']:,} users", _cmd(b["changelog"])),
+        ("restore on assignment", f"~{1e6 / b['cl_restore_rate']:.1f} s", f"{b['cl_restore_rate']:,} users/s read and loaded "
+         f"from the embedded broker at {b['cl_users']:,} users", _cmd(b["changelog"])),
+        ("one full changelog write", f"~{b['cl_write_s'] * 1e6 / b['cl_users']:.1f} s (a checkpoint writes only the users "
+         "its interval changed)", f"{b['cl_write_s']} s for {b['cl_users']:,} users", _cmd(b["changelog"])),
     ]
     return _table(("Resource", "Need (estimate)", "Measured basis", "Command"), rows)
 
 
 PLAN = {"users": 100_000_000, "events_per_s": 1_000_000, "instances": 40, "partitions": 120, "segments": 8,
-        "model_update_events": 5000, "checkpoint_every_s": 60, "failover_share": 1.4}
+        "model_update_events": 5000, "failover_share": 1.4}
 
 
 def plan_table(results: Results) -> str:
@@ -281,8 +285,7 @@ def plan_table(results: Results) -> str:
     per_inst_users = P["users"] / P["instances"]
     per_inst_rate = P["events_per_s"] / P["instances"]
     max_users = P["failover_share"] * per_inst_users
-    write_s = b["write_s"] * per_inst_users / b["ck_users"]
-    summary_b = P["segments"] * b["dim"] * 4 + 150
+    summary_b = SUMMARY_FACTOR * P["segments"] * b["dim"] * 4 + 150  # 2k local centres per summary
     summaries_per_s = P["events_per_s"] / P["model_update_events"]
     rows = [
         ("pipeline CPU", f"~{P['events_per_s'] * b['cpu_us'] / 1e6:.1f} cores",
@@ -298,14 +301,23 @@ def plan_table(results: Results) -> str:
          f"{P['failover_share']}× an instance's share of users, to absorb a failed peer's partitions"),
         ("memory per instance", f"~{(max_users * b['bytes_per_user'] + b['baseline_bytes']) / 1e9:.1f} GB",
          f"`SEGSTREAM_MAX_USERS` × {b['bytes_per_user']} B + {b['baseline_bytes'] / 1e9:.2f} GB process baseline"),
-        ("snapshots on shared storage", f"~{P['users'] * b['disk_per_user'] / 1e9:.0f} GB", f"{b['disk_per_user']} B/user on disk"),
-        ("snapshot write per instance", f"~{write_s:.1f} s; at one checkpoint a minute ~{write_s / P['checkpoint_every_s']:.0%} "
-                                        "of an instance's time",
-         f"{b['write_s']} s at {b['ck_users']:,} users, scaled linearly"),
+        ("state changelog", f"~{P['users'] * b['cl_bytes_per_user'] / 1e9:.0f} GB of latest values per replica, "
+                            f"~{P['users'] / P['partitions'] * b['cl_bytes_per_user'] / 1e9:.2f} GB per partition",
+         f"{b['cl_bytes_per_user']} B/user in the changelog"),
+        ("restore of one partition", f"~{P['users'] / P['partitions'] / b['cl_restore_rate']:.0f} s",
+         f"{P['users'] / P['partitions'] / 1e6:.2f}M users at {b['cl_restore_rate']:,} users/s"),
+        ("failover", f"~{P['users'] / P['partitions'] / b['cl_restore_rate']:.0f} s: a failed instance's "
+                     f"{P['partitions'] // P['instances']} partitions go to {P['partitions'] // P['instances']} peers, "
+                     "each restores one in parallel (plus the session timeout)",
+         "restore of one partition, above"),
+        ("changelog writes", f"at most ~{P['events_per_s'] * b['cl_bytes_per_user'] / 1e6:.0f} MB/s in all "
+                             f"(~{P['events_per_s'] * b['cl_bytes_per_user'] / P['instances'] / 1e6:.1f} MB/s per instance)",
+         f"bound: one {b['cl_bytes_per_user']:.0f}-byte record per input event; a checkpoint writes a user once however "
+         "many events it had, so `SEGSTREAM_CHECKPOINT_INTERVAL_MS` lowers it"),
         ("output records", f"~{round(P['events_per_s'] * b['changes_per_event'], -3):,.0f} segment events/s on `user-segments`",
          f"{b['changes_per_event']:.3f} segment events per input event (k = 8, {b['tp_users']:,} users, log-file run)"),
         ("model-topic writes", f"{summaries_per_s:,.0f} summaries/s, ~{summaries_per_s * summary_b / 1e6:.2f} MB/s at k = {P['segments']}",
-         f"one summary per {P['model_update_events']:,} events of an instance; k × {b['dim']} dims × 4 B + ~150 B "
+         f"one summary per {P['model_update_events']:,} events of an instance; {SUMMARY_FACTOR}k × {b['dim']} dims × 4 B + ~150 B "
          f"= ~{summary_b / 1e3:.1f} KB (from the schema, not measured)"),
         ("model-topic reads", f"~{P['instances'] * summaries_per_s * summary_b / 1e6:.0f} MB/s in all",
          "every instance reads every record"),

@@ -47,7 +47,7 @@ from scipy.optimize import linear_sum_assignment
 
 from state.segments import SegmentModel
 
-__all__ = ["Lineage", "Matching", "match_ids", "identify", "match_thresholds", "MATCH_RELATIVE"]
+__all__ = ["Lineage", "Matching", "match_ids", "identify", "match_thresholds", "match_to_previous", "MATCH_RELATIVE"]
 
 #: a new centroid keeps an old id within this share of the old centroid's distance to its nearest neighbour
 MATCH_RELATIVE = 0.5
@@ -138,3 +138,18 @@ def identify(previous: SegmentModel | None, centroids: np.ndarray, *, next_id: i
                          next_id=next_id, max_distance=cap)
     limit = match_thresholds(previous.centroids, relative=relative, cap=cap)
     return match_ids(previous.centroids, previous.segment_ids, centroids, next_id=next_id, max_distance=limit)
+
+
+def match_to_previous(old_centroids: np.ndarray, old_ids: np.ndarray, new_centroids: np.ndarray, *,
+                      next_id: int) -> Matching:
+    """:func:`identify` for centres given as arrays (the global model's merges, :mod:`state.global_model`):
+    the same relative threshold, so that local and global versions keep ids by one rule.
+
+    >>> old = np.array([[0.0, 0.0], [4.0, 0.0], [4.0, 1.0]], np.float32)  # 7 is far from the pair 8, 9
+    >>> new = np.array([[1.5, 0.0], [4.0, 0.1], [4.0, 3.0]], np.float32)  # 7 moved 1.5: within its reach
+    >>> m = match_to_previous(old, np.array([7, 8, 9]), new, next_id=10)  # 9 moved 2: far beyond its 0.5
+    >>> m.ids.tolist(), [(e.kind, e.segments) for e in m.events]
+    ([7, 8, 10], [('born', (10,)), ('retired', (9,))])
+    """
+    return match_ids(old_centroids, old_ids, new_centroids, next_id=next_id,
+                     max_distance=match_thresholds(np.asarray(old_centroids)))

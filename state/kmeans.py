@@ -50,6 +50,9 @@ class LineageEvent:
     event_time: float
     parents: tuple[int, ...] = ()
     detail: str = ""
+    # False: this instance knows the event (its users of an ended segment are re-assigned) but another
+    # one publishes it (global model: the leader that proposed the version, state.global_model)
+    announce: bool = True
 
 
 @dataclass
@@ -142,7 +145,8 @@ class OnlineKMeans(WarmupBuffer):
         self._born: dict[int, int] = {}  # segment id -> model version it was born in
 
     # ----- warm-up (state.segments.WarmupBuffer) -----------------------------
-    def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan")) -> None:
+    def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan"),
+                   events: int = 0) -> None:
         super().add_warmup(user_ids, emb, event_time)
         self._recent.add(emb, user_keys(user_ids))  # warm-up only: a bounded number of ids to hash
 

@@ -80,7 +80,9 @@ class WarmupBuffer:
     def warming(self) -> bool:
         return self.model is None
 
-    def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan")) -> None:
+    def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan"),
+                   events: int = 0) -> None:
+        """Hold these users (``events``: the events of the batch that updated them)."""
         for uid, e in zip(user_ids, emb):
             self._warm[uid] = e
 

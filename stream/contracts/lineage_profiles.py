@@ -65,8 +65,12 @@ _PROFILE_FIELDS: dict[str, tuple[type, ...]] = {
 
 
 def encode_lineage(events: Sequence[Any]) -> list[tuple[bytes, bytes]]:
+    """The records of the events to publish (an event with ``announce`` false is published by another
+    instance: the leader of a global model)."""
     out = []
     for ev in events:
+        if not getattr(ev, "announce", True):
+            continue
         value = msgpack.packb({
             "schema": LINEAGE_SCHEMA_VERSION, "kind": ev.kind, "segments": [int(s) for s in ev.segments],
             "parents": [int(s) for s in ev.parents], "model_version": int(ev.model_version),

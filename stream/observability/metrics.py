@@ -104,6 +104,7 @@ class Metrics:
         self.segment_share = Gauge("segstream_segment_share", "Share of assigned users in each segment (0..1).", ["segment"], registry=r)
         self.model_version = Gauge("segstream_model_version", "Version of the published segment model in use.", registry=r)
         self.model_leader = Gauge("segstream_model_leader", "1 while this instance merges and announces the global model (it owns input partition 0).", registry=r)
+        self.model_member_silent = Gauge("segstream_model_member_silent_seconds", "Global model: seconds since each member's latest summary was sent, as this instance has read them (left out of merges past SEGSTREAM_MODEL_SILENT_AFTER_S).", ["member"], registry=r)
         self.model_messages = Counter("segstream_model_messages", "Model-topic records sent and received, by kind (model, summary, invalid) and direction.", ["kind", "direction"], registry=r)
         self.model_updates = Counter("segstream_model_updates", "Segment model versions published.", registry=r)
         self.label_agreement = Gauge("segstream_label_agreement", "At each published model version: share of the users holding a segment whose label is certified to be what that model gives them with hysteresis (a lower bound; the rest are queued for re-assignment, a bounded number per batch). 1 before the first version.", registry=r)
@@ -220,7 +221,8 @@ class Metrics:
     def observe_lineage(self, events: Iterable[LineageEvent]) -> None:
         """Count published lineage events by kind (the id-churn alert reads births and ends per hour)."""
         for ev in events:
-            self.lineage_events.labels(ev.kind).inc()
+            if getattr(ev, "announce", True):
+                self.lineage_events.labels(ev.kind).inc()
 
     def observe_drift(self, result: BatchResult) -> None:
         """Churn, mean distance, PSI and Page-Hinkley alarms of one batch (see :mod:`stream.observability.drift`)."""

@@ -30,7 +30,7 @@ import numpy as np
 from encoders.serving import Encoder, load_encoder
 from state.features import FeatureSpec
 from state.dbstream import OnlineDBSTREAM
-from state.global_model import GlobalKMeans
+from state.global_model import SUMMARY_FACTOR, GlobalKMeans
 from state.contract_tail import ContractTails
 from state.kmeans import LineageEvent, OnlineKMeans
 from state.row_queue import RowQueue
@@ -173,12 +173,21 @@ class Pipeline:
                 recluster_events=settings.model_update_events, seed=settings.seed, match_factor=settings.match_factor,
                 min_share=settings.dbstream_min_share)
         else:
+            # global model: the local learner summarises this instance's users with more centres than the
+            # model has segments, so that no summary centre straddles two groups (state.global_model); river
+            # costs a distance per centre per sampled row, so it samples fewer rows (same cost per batch)
+            local_k, sample = settings.segments, settings.learn_sample
+            if settings.global_model:
+                local_k = min(SUMMARY_FACTOR * settings.segments, settings.warmup_users)
+                sample = max(1, sample * settings.segments // local_k)
             segmenter = OnlineKMeans(
-                settings.segments, encoder.dim, learning_rate=settings.learning_rate,
-                warmup_users=settings.warmup_users, learn_sample=settings.learn_sample,
+                local_k, encoder.dim, learning_rate=settings.learning_rate,
+                warmup_users=settings.warmup_users, learn_sample=sample,
                 update_every_events=settings.model_update_events, seed=settings.seed)
         if settings.global_model:
-            segmenter = GlobalKMeans(segmenter, settings.instance_id or default_instance_id())
+            segmenter = GlobalKMeans(segmenter, settings.instance_id or default_instance_id(), k=settings.segments,
+                                     first_wait_s=settings.model_first_wait_ms / 1000.0,
+                                     silent_after_s=settings.model_silent_after_s)
         decoder = EventDecoder(spec, max_event_bytes=settings.max_event_bytes, min_ts=settings.min_event_ts,
                                max_clock_skew_s=settings.max_clock_skew_s, now=now)
         pipeline = cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis, dwell_s=settings.dwell_s,
@@ -262,7 +271,7 @@ class Pipeline:
         event_time = batch.ts[applied.last_event]
 
         if seg.warming:
-            seg.add_warmup(store.user_ids(rows), emb, event_time=result.max_event_time)
+            seg.add_warmup(store.user_ids(rows), emb, event_time=result.max_event_time, events=n)
             if not seg.ready():
                 return result
             wrows, wemb = self._seed_waiting(result.max_event_time)
@@ -282,10 +291,7 @@ class Pipeline:
         new_model = seg.tick(n, result.max_event_time, held, self._population if self.consolidate_on_users else None)
         if new_model is not None:
             result.new_model = new_model
-        result.lineage = seg.drain_lineage()
-        # users the new version may have re-labelled: queued (LabelFollower.follow says in which order)
-        self._stale = self._labels.follow(seg.model, store.segment, self.hysteresis, self._stale,
-                                          ordered=8 * self.reassign_per_batch)
+        self._take_lineage(result)
         learn_emb, learn_keys = emb, store.key[rows]
         stale = self._take_stale(rows)
         if len(stale):
@@ -315,19 +321,32 @@ class Pipeline:
                                                    item_names=self.item_names, event_time=result.max_event_time)
         return result
 
+    def _take_lineage(self, result: BatchResult) -> None:
+        """The segmenter's lineage events into ``result``; users the current model version may have
+        re-labelled are queued for re-assignment (:meth:`state.relabel.LabelFollower.follow` says which,
+        in which order; a bounded number per batch)."""
+        result.lineage = self.segmenter.drain_lineage()
+        self._stale = self._labels.follow(self.segmenter.model, self.store.segment, self.hysteresis, self._stale,
+                                          ordered=8 * self.reassign_per_batch)
+
     def assign_waiting(self) -> BatchResult | None:
         """Assign the users held back until the model arrived, without a batch of events (global mode:
-        the model can arrive after an instance's partitions ran dry). None when there is nothing to do."""
+        the model can arrive after an instance's partitions ran dry); or hand on the lineage of a global
+        version applied between batches. None when there is nothing to do."""
         seg = self.segmenter
         if not (seg.warming and seg.ready()):
-            return None
+            if not seg.lineage:
+                return None
+            result = BatchResult(events=0, changes=SegmentChanges.empty(self._version()))
+            self._take_lineage(result)
+            return result
         rows, emb = self._seed_waiting(float("nan"))
         result = BatchResult(events=0, changes=SegmentChanges.empty(self._version()), new_model=seg.model)
         if len(rows):
             result.changes = self._assign(rows, emb, np.full(len(rows), -1, dtype=np.int64),
                                           self.store.last_ts[rows].astype(np.float64), np.zeros(len(rows), bool))
             seg.learn(emb, self.store.key[rows])
-        result.lineage = seg.drain_lineage()
+        self._take_lineage(result)
         return result
 
     def _seed_waiting(self, event_time: float) -> tuple[np.ndarray, np.ndarray]:

@@ -117,7 +117,9 @@ class StreamRunner:
                 summary.stopped_by = "max-events"
                 break
             if self.model_sync is not None:  # between batches: apply announced models, send summaries/proposals
-                self.model_sync.pump(leader=TopicPartition(self.settings.input_topic, 0) in self.rebalance.owned())
+                owned = self.rebalance.owned()
+                self.model_sync.pump(leader=TopicPartition(self.settings.input_topic, 0) in owned,
+                                     partitions=[tp.partition for tp in owned if tp.topic == self.settings.input_topic])
                 self._assign_waiting()
             if self._ahead is not None:
                 records, self._ahead = self._ahead, None
@@ -477,7 +479,9 @@ class StreamRunner:
         if result.new_model is not None:
             self.metrics.model_version.set(result.new_model.version)
         self.metrics.observe_lineage(result.lineage)
-        log.info("assigned %d users held back until model version %d", len(result.changes), self.pipeline.model.version)
+        if len(result.changes):
+            log.info("assigned %d users held back until model version %d", len(result.changes),
+                     self.pipeline.model.version)
 
     # ----- processing ----------------------------------------------------
     def _process(self, records: Records, decoded: tuple[EventBatch, list[Rejected]] | None = None) -> None:
