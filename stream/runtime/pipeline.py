@@ -382,8 +382,8 @@ class Pipeline:
         """Rows queued for (re-)assignment, a bounded number per batch. Rows freed since are skipped."""
         if len(self._stale) == 0:
             return np.zeros(0, dtype=np.int64)
-        self._stale.keep(self.store.holds_user(self._stale.rows()))
-        take = self._stale.take(self.reassign_per_batch)
+        take = self._stale.take(self.reassign_per_batch)  # freed rows dropped from what is taken, not from
+        take = take[self.store.holds_user(take)]           # the whole queue (hundreds of thousands at 1M users)
         return take[~np.isin(take, exclude)]
 
     def requeue_unassigned(self) -> int:
