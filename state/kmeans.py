@@ -116,7 +116,7 @@ class OnlineKMeans(WarmupBuffer):
 
     def __init__(self, k: int, dim: int, *, learning_rate: float = 0.02, warmup_users: int = 200,
                  learn_sample: int = 32, update_every_events: int = 5000, seed: int = 0,
-                 recent_size: int = 4096, refine_iterations: int = 5, min_share_factor: float = 0.25,
+                 recent_size: int = 4096, refine_iterations: int = 20, min_share_factor: float = 0.25,
                  seed_restarts: int = 8, restart_gain: float = 0.0,
                  held_share_factor: float = 0.25, max_reseeds: int = 8) -> None:
         if warmup_users < k:
