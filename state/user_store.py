@@ -6,7 +6,13 @@ time ``t0`` so that adding an event is a plain addition whatever the order of
 events inside a batch: an event at time ``t`` adds ``2 ** ((t - t0) / h)``
 (``h`` the half-life), and a user's state as of its last event ``t_u`` is the
 row times ``2 ** (-(t_u - t0) / h)``. When the batch's newest event drifts
-far from ``t0`` every row is rescaled once ("rebase"), keeping float32 safe.
+far from ``t0`` every row is rescaled once ("rebase"), keeping float32 safe:
+each row is then stored as of its own last event (its reference ``ref``, one
+float64 per row), and a row is brought back to the shared ``t0`` when its user
+is next active. Rescaling every row to the new ``t0`` instead would underflow
+float32 for users inactive some 126 half-lives (4.8 years at 14 days) and
+leave them with no state at all: re-embedding them (a restore, labels
+following a new model version) would put them all on the origin.
 
     >>> from state.features import FeatureSpec
     >>> from state.events import EventDecoder
@@ -136,6 +142,7 @@ class UserStore:
 
         grow("dense", (rows, spec.dense_width), np.float32, 0.0)
         grow("last_ts", (rows,), np.float64, -np.inf)
+        grow("ref", (rows,), np.float64, -np.inf)  # time the row's sums are stored against (t0, or its last event)
         grow("items", (rows, spec.item_history), np.int32, -1)
         grow("item_w", (rows, spec.item_history), np.float32, 0.0)
         grow("item_head", (rows,), np.uint8, 0)
@@ -152,7 +159,7 @@ class UserStore:
 
     def nbytes(self) -> int:
         """Bytes held by the numpy columns (the id map comes on top)."""
-        return sum(getattr(self, n).nbytes for n in COLUMNS)
+        return sum(getattr(self, n).nbytes for n in COLUMNS) + self.ref.nbytes
 
     def row_of(self, user_id: str) -> int | None:
         return self._index.get(user_id.encode("utf-8", "surrogatepass"))
@@ -248,6 +255,7 @@ class UserStore:
     def _clear(self, rows: np.ndarray) -> None:
         self.dense[rows] = 0.0
         self.last_ts[rows] = -np.inf
+        self.ref[rows] = -np.inf
         self.items[rows] = -1
         self.item_w[rows] = 0.0
         self.item_head[rows] = 0
@@ -271,12 +279,30 @@ class UserStore:
 
     # ----- decay -----------------------------------------------------------
     def _rebase(self, t_new: float) -> None:
+        """Move ``t0`` to ``t_new``; every row is stored as of its last event until its user is next active."""
         assert self.t0 is not None
-        factor = np.float32(np.exp2(-(t_new - self.t0) / self.spec.half_life_s))
         n = self._used
-        self.dense[:n] *= factor
-        self.item_w[:n] *= factor
+        last, ref = self.last_ts[:n], self.ref[:n]
+        target = np.where(np.isfinite(last), last, ref)
+        with np.errstate(invalid="ignore"):  # rows never used: -inf - -inf
+            e = (ref - target) / self.spec.half_life_s
+        factor = np.exp2(np.where(np.isfinite(e), e, 0.0)).astype(np.float32)
+        self.dense[:n] *= factor[:, None]
+        self.item_w[:n] *= factor[:, None]
+        self.ref[:n] = target
         self.t0 = t_new
+
+    def _to_shared(self, rows: np.ndarray) -> None:
+        """Rows stored against their own reference go back to ``t0`` (their user is active again); what
+        underflows then is history far older than the event that brings them back."""
+        ref = self.ref[rows]
+        off = ref != self.t0
+        if off.any():
+            r = rows[off]
+            factor = np.exp2((ref[off] - self.t0) / self.spec.half_life_s).astype(np.float32)  # <= 1; 0 for -inf
+            self.dense[r] *= factor[:, None]
+            self.item_w[r] *= factor[:, None]
+            self.ref[r] = self.t0
 
     # ----- the update ------------------------------------------------------
     def apply(self, batch: EventBatch) -> ApplyResult:
@@ -308,6 +334,7 @@ class UserStore:
             self.t0 = t_max
         elif (t_max - self.t0) / h > REBASE_HALF_LIVES:
             self._rebase(t_max)
+        self._to_shared(rows_u)
         w = np.exp2((ts - self.t0) / h)
 
         # dense columns: one bincount over (local user, column) pairs
@@ -407,7 +434,8 @@ class UserStore:
         """Factor turning a row's stored sums into sums as of the user's last event."""
         assert self.t0 is not None
         # capped so that a row whose sums underflowed to 0 reads as 0, never as 0 * inf
-        return np.exp2(np.minimum(-(self.last_ts[rows] - self.t0) / self.spec.half_life_s, 1000.0))
+        e = -(self.last_ts[rows] - self.ref[rows]) / self.spec.half_life_s
+        return np.exp2(np.minimum(np.where(np.isnan(e), 0.0, e), 1000.0))  # nan: a row with no event at all
 
     def features(self, rows: np.ndarray, *, items: bool = True) -> Features:
         """Normalised encoder input for ``rows`` (as of each user's last event).
@@ -446,9 +474,10 @@ class UserStore:
         return live[self.partition[live] == partition]
 
     def export_rows(self, rows: np.ndarray) -> dict:
-        """The rows' users and columns, plus the decay reference they are stored against."""
+        """The rows' users and columns, plus the decay reference each row is stored against (``ref``) and
+        the store's shared one (``t0``)."""
         rows = np.asarray(rows, dtype=np.int64)
-        block: dict = {"ids": self.user_ids(rows), "rows": rows, "t0": self.t0}
+        block: dict = {"ids": self.user_ids(rows), "rows": rows, "t0": self.t0, "ref": self.ref[rows].copy()}
         for name in COLUMNS:
             block[name] = getattr(self, name)[rows].copy()
         return block
@@ -461,7 +490,7 @@ class UserStore:
         """Add users saved by :meth:`export_rows`; returns the ids evicted to make room.
 
         ``keep_rows`` puts each user back on its saved row when that row is free.
-        Rows stored against another decay reference are rescaled to this store's.
+        Each row keeps the decay reference it was saved against (``ref``, or the block's ``t0``).
         """
         ids: list[str] = list(block["ids"])
         t0b = block["t0"]
@@ -472,11 +501,13 @@ class UserStore:
             if np.shape(block[name])[1:] != want or len(block[name]) != len(ids):
                 raise ValueError(f"saved column {name!r} has shape {np.shape(block[name])}, this store needs "
                                  f"({len(ids)}, {', '.join(map(str, want))}): another feature configuration?")
+        ref = np.asarray(block["ref"], dtype=np.float64) if block.get("ref") is not None else \
+            np.full(len(ids), -np.inf if t0b is None else t0b, dtype=np.float64)
+        newest = float(ref.max()) if len(ref) and np.isfinite(ref.max()) else t0b
         if self.t0 is None:
-            self.t0 = t0b
-        elif t0b is not None and t0b > self.t0:
-            self._rebase(t0b)
-        factor = np.float32(1.0) if t0b is None or t0b == self.t0 else np.float32(np.exp2(-(self.t0 - t0b) / self.spec.half_life_s))
+            self.t0 = newest
+        elif newest is not None and newest > self.t0:
+            self._rebase(newest)
         saved_rows = np.asarray(block["rows"], dtype=np.int64)
         evicted: list[str] = []
         if keep_rows and len(saved_rows):
@@ -519,9 +550,7 @@ class UserStore:
         for name in COLUMNS:
             getattr(self, name)[rows] = block[name]
         self.key[rows] = user_keys(ids)
-        if factor != 1.0:
-            self.dense[rows] *= factor
-            self.item_w[rows] *= factor
+        self.ref[rows] = ref
         return evicted
 
     def set_layout(self, layout: dict) -> None:

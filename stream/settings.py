@@ -106,10 +106,12 @@ class Settings:
     clusterer: str = _opt("SEGSTREAM_CLUSTERER", "kmeans", "Online clusterer: kmeans (river KMeans, k-means++ warm-up, dead-cluster re-seeding) or dbstream (river DBSTREAM, reclustered every SEGSTREAM_MODEL_UPDATE_EVENTS events).", group="segments", choices=("kmeans", "dbstream"))
     dbstream_radius: float = _opt("SEGSTREAM_DBSTREAM_RADIUS", 0.3, "DBSTREAM micro-cluster radius (clustering_threshold), in embedding units.", group="segments")
     dbstream_fading: float = _opt("SEGSTREAM_DBSTREAM_FADING", 0.01, "DBSTREAM fading factor per learned point (weights halve every ~1/fading learned points).", group="segments")
-    match_factor: float = _opt("SEGSTREAM_MATCH_FACTOR", 2.0, "DBSTREAM: a new macro-cluster keeps an old id when their centres are within this many radii (Hungarian matching).", group="segments")
+    match_factor: float = _opt("SEGSTREAM_MATCH_FACTOR", 2.0, "DBSTREAM: a new centre keeps an old id only within this many radii of it (besides the bound every clusterer uses: half the old centre's distance to its nearest neighbour).", group="segments")
+    dbstream_min_share: float = _opt("SEGSTREAM_DBSTREAM_MIN_SHARE", 0.03, "DBSTREAM: a macro-cluster becomes a new segment at this share of the total macro-cluster weight; a published segment stays one down to half of it.", group="segments")
+    reassign_per_batch: int = _opt("SEGSTREAM_REASSIGN_PER_BATCH", 2000, "Users re-assigned per micro-batch after a new model version (ended segments first, then labels the model may have changed), besides the batch's own users.", group="segments")
     dwell_s: float = _opt("SEGSTREAM_DWELL_S", 0.0, "A user who changed segment keeps the new one for at least this much event time, in seconds (0: hysteresis margin only).", group="segments")
     lineage_topic: str = _opt("SEGSTREAM_LINEAGE_TOPIC", "segment-lineage", "Topic of segment lineage events (born/retired/merged/split, schema 1).", group="kafka")
-    profiles_topic: str = _opt("SEGSTREAM_PROFILES_TOPIC", "segment-profiles", "Topic of periodic segment profiles (keyed by segment id, schema 1).", group="kafka")
+    profiles_topic: str = _opt("SEGSTREAM_PROFILES_TOPIC", "segment-profiles", "Topic of periodic segment profiles (keyed by segment id, schema 2).", group="kafka")
     profile_every_events: int = _opt("SEGSTREAM_PROFILE_EVERY_EVENTS", 50000, "Events between published segment profiles (0: never).", group="segments")
 
     # --- one segment model for several instances -----------------
@@ -150,7 +152,8 @@ class Settings:
             raise SettingsError(f"{_env('checkpoint_interval_ms')} and {_env('dedup_window')} must be >= 0")
         if self.gc_threshold < 0:
             raise SettingsError(f"{_env('gc_threshold')} must be >= 0")
-        positive = ("batch_max_events", "max_event_bytes", "max_users", "encoder_batch", "segments", "warmup_users", "model_update_events")
+        positive = ("batch_max_events", "max_event_bytes", "max_users", "encoder_batch", "segments", "warmup_users", "model_update_events",
+                    "reassign_per_batch")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env(name)} must be > 0")

@@ -107,6 +107,8 @@ class Metrics:
         self.model_member_silent = Gauge("segstream_model_member_silent_seconds", "Global model: seconds since each member's latest summary was sent, as this instance has read them (left out of merges past SEGSTREAM_MODEL_SILENT_AFTER_S).", ["member"], registry=r)
         self.model_messages = Counter("segstream_model_messages", "Model-topic records sent and received, by kind (model, summary, invalid) and direction.", ["kind", "direction"], registry=r)
         self.model_updates = Counter("segstream_model_updates", "Segment model versions published.", registry=r)
+        self.label_agreement = Gauge("segstream_label_agreement", "At each published model version: share of the users holding a segment whose label is certified to be what that model gives them with hysteresis (a lower bound; the rest are queued for re-assignment, a bounded number per batch). 1 before the first version.", registry=r)
+        self.label_agreement.set(1.0)
         self.batch_duration = Histogram("segstream_batch_duration_seconds", "Wall time to process, publish and commit one micro-batch.",
                                         buckets=LATENCY_BUCKETS, registry=r)
         self.batch_events = Histogram("segstream_batch_events", "Records per micro-batch.", buckets=BATCH_SIZE_BUCKETS, registry=r)
@@ -210,6 +212,8 @@ class Metrics:
                     self.centroid_shift.set(self.drift.model_changed(prev.segment_ids, prev.centroids,
                                                                      model.segment_ids, model.centroids))
                 self._prev_model = model
+            if result.label_agreement is not None:
+                self.label_agreement.set(result.label_agreement)
             self.observe_drift(result)
             self.set_segments(pipeline.users_per_segment(), model.segment_ids.tolist())
         self.observe_lineage(result.lineage)
@@ -224,8 +228,9 @@ class Metrics:
         """Churn, mean distance, PSI and Page-Hinkley alarms of one batch (see :mod:`stream.observability.drift`)."""
         if len(result.distances) == 0:
             return
-        first = int((result.changes.previous < 0).sum())  # first assignments are not churn
-        snap = self.drift.observe(distances=result.distances, changed=len(result.changes) - first,
+        own = result.changes.previous[: len(result.changes) - result.reassigned]  # re-assignments: the model's doing
+        first = int((own < 0).sum())  # first assignments are not churn
+        snap = self.drift.observe(distances=result.distances, changed=len(own) - first,
                                   updated=len(result.distances) - first, embeddings=result.embeddings,
                                   embedding_keys=result.embedding_keys)
         self.churn.set(snap.churn)

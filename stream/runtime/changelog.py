@@ -329,7 +329,7 @@ class Changelog:
         out = np.zeros(len(rows), dtype=self.dtype)
         for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w"):
             out[name] = getattr(store, name)[rows]
-        out["t0"] = store.t0 if store.t0 is not None else 0.0
+        out["t0"] = store.ref[rows]  # each row's own decay reference (state/user_store.py)
         cid = self.pipeline.tails.change_ids(rows)
         out["cid"] = np.where(out["seq"] > 0, cid, b"")
         framed = np.empty((len(rows), 1 + self.dtype.itemsize), dtype=np.uint8)
@@ -360,18 +360,13 @@ class Changelog:
             u = s.users
             if not u or not u["ids"]:
                 continue
-            t0s = u["t0"]
-            groups = np.unique(t0s)
-            for t0 in groups:
-                sel = np.flatnonzero(t0s == t0) if len(groups) > 1 else slice(None)
-                ids = u["ids"] if len(groups) == 1 else [u["ids"][i] for i in sel.tolist()]
-                block: dict[str, Any] = {"ids": ids, "rows": np.zeros(len(ids), np.int64), "t0": float(t0),
-                                         "partition": np.full(len(ids), s.partition, dtype=np.int32)}
-                for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w"):
-                    block[name] = u[name][sel]
-                p_.import_users(block, keep_rows=False)
-                rows = store.rows_of(block["ids"])
-                p_.tails.set_raw_change_ids(rows, u["cid"][sel])
+            ids = u["ids"]
+            block: dict[str, Any] = {"ids": ids, "rows": np.zeros(len(ids), np.int64), "t0": float(u["t0"].max()),
+                                     "ref": u["t0"], "partition": np.full(len(ids), s.partition, dtype=np.int32)}
+            for name in ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w"):
+                block[name] = u[name]
+            p_.import_users(block, keep_rows=False)
+            p_.tails.set_raw_change_ids(store.rows_of(ids), u["cid"])
             users += len(u["ids"])
         queued = store.rows_or_missing([x for s in states for x in s.stale])
         p_.requeue(queued[queued >= 0])

@@ -111,6 +111,31 @@ def test_rebase_keeps_state_equivalent():
         np.testing.assert_allclose(got, naive_features(events, u), rtol=2e-4, atol=1e-5)
 
 
+def test_a_user_inactive_for_hundreds_of_half_lives_keeps_the_state_of_their_last_event():
+    # float32 holds 2**-126: rescaling every row at each rebase left such a user with all-zero sums, and
+    # re-embedding them (a restore, labels following a new model version) put them all on the origin
+    old = [{"user_id": "old", "action": "purchase", "ts": 1.7e9 + i, "item_id": i, "categories": ["c1"]} for i in range(3)]
+    store = UserStore(SPEC, 10)
+    store.apply(decode(old))
+    before = store.features(np.array([store.row_of("old")]))
+    for step in range(1, 9):  # another user active 8 x 40 half-lives later: several rebases
+        store.apply(decode([{"user_id": "new", "action": "view", "ts": 1.7e9 + step * 40 * SPEC.half_life_s}]))
+    assert store.t0 > 1.7e9 + 300 * SPEC.half_life_s
+    after = store.features(np.array([store.row_of("old")]))
+    np.testing.assert_allclose(after.dense, before.dense, rtol=1e-5)
+    np.testing.assert_allclose(after.item_weights, before.item_weights, rtol=1e-5)
+    assert after.item_weights.sum() > 0
+    # a snapshot keeps each row's own reference
+    block = store.export_rows(store.live_rows())
+    copy = UserStore(SPEC, 10)
+    copy.import_rows(block)
+    np.testing.assert_allclose(copy.features(np.array([copy.row_of("old")])).dense, before.dense, rtol=1e-5)
+    # back after all that time: the old history is negligible next to the new event, and nothing is nan
+    store.apply(decode([{"user_id": "old", "action": "view", "ts": store.t0 + 1.0}]))
+    f = store.features(np.array([store.row_of("old")])).dense[0]
+    assert np.isfinite(f).all() and f[SPEC.action_index("view")] == pytest.approx(1.0)
+
+
 def test_evicts_least_recently_active_beyond_capacity():
     store = UserStore(SPEC, capacity=100)
     store.apply(decode([{"user_id": f"old{i}", "action": "view", "ts": 1.7e9 + i} for i in range(100)]))
