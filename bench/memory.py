@@ -57,7 +57,21 @@ def measure(users: int, encoder: str, segments: int) -> dict[str, Any]:
     tracked = len(p.store)
     return {"users": tracked, "rss_baseline_bytes": base, "rss_bytes": after,
             "bytes_per_user": round((after - base) / (tracked - BASE_USERS), 1),
-            "state_columns_bytes_per_user": round(p.store.nbytes() / max(1, len(p.store._ids)), 1)}
+            "state_columns_bytes_per_user": round(p.store.nbytes() / max(1, len(p.store._ids)), 1),
+            "itemised_bytes_per_user": itemise(p.store)}
+
+
+def itemise(store: Any) -> dict[str, float]:
+    """What the store holds per user, by part: each state column (as allocated, rows for ``capacity``
+    users), the row key, the id index, and the ids themselves (the row -> id list and the ``str`` objects)."""
+    from state.user_store import COLUMNS
+
+    users = max(1, len(store))
+    out = {name: round(getattr(store, name).nbytes / users, 1) for name in (*COLUMNS, "key")}
+    out["id_index"] = round(store._index.nbytes() / users, 1)
+    ids = [u for u in store._ids if u is not None]
+    out["ids"] = round((sys.getsizeof(store._ids) + sum(map(sys.getsizeof, ids))) / users, 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from state.global_model import SUMMARY_FACTOR
+
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"<!-- bench:([a-z-]+) (\S+) -->\n(.*?)<!-- /bench -->", re.S)
 
@@ -125,8 +127,11 @@ def suite_rows(results: Results) -> list[tuple[str, str, str, str]]:
                          f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms", cmd))
         elif r.get("bench") == "memory":
             for size, m in f.items():
+                parts = m.get("itemised_bytes_per_user", {})
+                more = "".join(f", {label} {parts[k]} B" for k, label in (("ids", "ids"), ("id_index", "id index"),
+                                                                        ("key", "row key")) if k in parts)
                 rows.append(("resident memory per tracked user", f"{int(size):,} users",
-                             f"{m['bytes_per_user']} B (state columns {m['state_columns_bytes_per_user']} B)", cmd))
+                             f"{m['bytes_per_user']} B (state columns {m['state_columns_bytes_per_user']} B{more})", cmd))
         elif r.get("bench") == "checkpoint":
             rows.append(("checkpoint snapshot write / restore", f"{p['users']:,} users, {p['partitions']} partitions",
                          f"{f['write_seconds']} s / {f['restore_seconds']} s, {f['bytes_per_user']} B/user on disk", cmd))
@@ -213,6 +218,37 @@ def transports_table(results: Results) -> str:
     return head + _table(("Mode", "kafka-python", "confluent (librdkafka)"), rows)
 
 
+def producer_latency_table(results: Results) -> str:
+    """``bench.producer_latency``: send-to-subscriber latency per transport and producer ``linger.ms``, and
+    where the time goes (p50 / p99 of each stage). Of several runs, the quietest start is shown."""
+    r = min(_of(results, "producer-latency"), key=lambda x: x["machine"]["loadavg_at_start"][0])
+    p, m = r["params"], r["machine"]
+    ms = lambda d, q: f"{d[q]:,.0f}" if q in d else "–"  # noqa: E731
+    goal = 150.0
+    rows, stage_rows = [], []
+    for client, f in r["figures"].items():
+        for linger, x in f["by_linger_ms"].items():
+            e = x["end_to_end_ms"]
+            met = "met" if e.get("p99", float("inf")) <= goal else "**not met**"
+            rows.append((client, linger, f"{x['offered_events_per_s']:,}", ms(e, "p50"), ms(e, "p90"), ms(e, "p99"),
+                         ms(e, "max"), met))
+            st = x["stages_ms"]
+            ckpt = x.get("segstream_timers", {}).get("checkpoint_duration", {}).get("mean_ms")
+            stage_rows.append((client, linger, *(f"{ms(st[k], 'p50')} / {ms(st[k], 'p99')}" for k in
+                                                 ("produce", "fetch", "batch_wait", "processing", "publish", "delivery")),
+                               "–" if ckpt is None else f"{ckpt:,.0f}"))
+    head = (f"Milliseconds from a confluent-kafka producer's send to a separate subscriber of `user-segments`, "
+            f"{p['rate']:,.0f} events/s offered for {p['seconds']:.0f} s per `linger.ms`, one partition, "
+            f"`SEGSTREAM_BATCH_MAX_WAIT_MS={p['batch_max_wait_ms']}`, other settings at their defaults; load average "
+            f"(1 min) at start {m['loadavg_at_start'][0]} on {m['cores']} cores; {_cmd(r)}.\n\n")
+    table = _table(("transport", "linger.ms", "events/s", "p50", "p90", "p99", "max", f"p99 ≤ {goal:.0f} ms"), rows)
+    stages = _table(("transport", "linger.ms", "produce", "fetch", "batch wait", "processing", "publish", "delivery",
+                     "checkpoint, mean"), stage_rows)
+    return (head + table + "\n\nWhere the time goes, p50 / p99 of each stage (ms; stages are separate "
+            "distributions and do not add up to the end-to-end percentiles; the last column is segstream's own "
+            "`segstream_checkpoint_duration_seconds`, its mean over the phase):\n\n" + stages)
+
+
 # --- scale-out and sizing --------------------------------------------------------------------------
 
 
@@ -240,14 +276,15 @@ def _basis(results: Results) -> dict[str, Any]:
     single = one["figures"]["runs"][0]
     mem = _one(results, "memory")
     top = max(mem["figures"], key=int)
-    ck = max(_of(results, "checkpoint"), key=lambda r: r["params"]["users"])
     tp = next(r for r in _of(results, "throughput", segments=8) if "file" in r["figures"])
+    cl = _one(results, "changelog")
+    restore = max(cl["figures"]["restore"], key=lambda f: f["users"])
     return {
+        "cl_bytes_per_user": restore["bytes_per_user"], "cl_restore_rate": restore["users_per_s"],
+        "cl_write_s": restore["write_seconds"], "cl_users": restore["users"], "changelog": cl,
         "cpu_us": single["cpu_us_per_event"], "core_rate": single["events_per_s"], "scaleout": one,
         "bytes_per_user": mem["figures"][top]["bytes_per_user"], "mem_users": int(top),
         "baseline_bytes": mem["figures"][top]["rss_baseline_bytes"], "memory": mem,
-        "disk_per_user": ck["figures"]["bytes_per_user"], "write_s": ck["figures"]["write_seconds"],
-        "restore_s": ck["figures"]["restore_seconds"], "ck_users": ck["params"]["users"], "checkpoint": ck,
         "changes_per_event": tp["figures"]["file"]["segment_changes"] / tp["figures"]["file"]["events"],
         "throughput": tp, "dim": tp["params"]["dim"], "tp_users": tp["params"]["users"],
     }
@@ -256,23 +293,24 @@ def _basis(results: Results) -> dict[str, Any]:
 def sizing_table(results: Results) -> str:
     """Per instance, per million users held: estimates scaled linearly from the measured figures."""
     b = _basis(results)
-    per_m = 1e6 / b["ck_users"]
     rows = [
         ("memory", f"~{b['bytes_per_user'] * 1e6 / 1e9:.2f} GB of state + ~{b['baseline_bytes'] / 1e9:.2f} GB process baseline",
          f"{b['bytes_per_user']} B/user resident at {b['mem_users']:,} users; baseline RSS with the encoder loaded",
          _cmd(b["memory"])),
         ("CPU", f"~{b['cpu_us']} CPU-µs per event (one core ≈ {b['core_rate']:,} events/s at k = 8)",
          "one instance without its decode process", _cmd(b["scaleout"])),
-        ("snapshot disk", f"~{b['disk_per_user'] * 1e6 / 1e9:.2f} GB", f"{b['disk_per_user']} B/user on disk",
-         _cmd(b["checkpoint"])),
-        ("snapshot pause", f"~{b['write_s'] * per_m:.1f} s per write, ~{b['restore_s'] * per_m:.1f} s per restore",
-         f"{b['write_s']} s / {b['restore_s']} s at {b['ck_users']:,} users", _cmd(b["checkpoint"])),
+        ("state changelog in Kafka", f"~{b['cl_bytes_per_user'] * 1e6 / 1e9:.2f} GB of latest values per replica",
+         f"{b['cl_bytes_per_user']} B/user (row, kind byte, key) at {b['cl_users']:,} users", _cmd(b["changelog"])),
+        ("restore on assignment", f"~{1e6 / b['cl_restore_rate']:.1f} s", f"{b['cl_restore_rate']:,} users/s read and loaded "
+         f"from the embedded broker at {b['cl_users']:,} users", _cmd(b["changelog"])),
+        ("one full changelog write", f"~{b['cl_write_s'] * 1e6 / b['cl_users']:.1f} s (a checkpoint writes only the users "
+         "its interval changed)", f"{b['cl_write_s']} s for {b['cl_users']:,} users", _cmd(b["changelog"])),
     ]
     return _table(("Resource", "Need (estimate)", "Measured basis", "Command"), rows)
 
 
 PLAN = {"users": 100_000_000, "events_per_s": 1_000_000, "instances": 40, "partitions": 120, "segments": 8,
-        "model_update_events": 5000, "checkpoint_every_s": 60, "failover_share": 1.4}
+        "model_update_events": 5000, "failover_share": 1.4}
 
 
 def plan_table(results: Results) -> str:
@@ -281,8 +319,7 @@ def plan_table(results: Results) -> str:
     per_inst_users = P["users"] / P["instances"]
     per_inst_rate = P["events_per_s"] / P["instances"]
     max_users = P["failover_share"] * per_inst_users
-    write_s = b["write_s"] * per_inst_users / b["ck_users"]
-    summary_b = P["segments"] * b["dim"] * 4 + 150
+    summary_b = SUMMARY_FACTOR * P["segments"] * b["dim"] * 4 + 150  # 2k local centres per summary
     summaries_per_s = P["events_per_s"] / P["model_update_events"]
     rows = [
         ("pipeline CPU", f"~{P['events_per_s'] * b['cpu_us'] / 1e6:.1f} cores",
@@ -298,14 +335,23 @@ def plan_table(results: Results) -> str:
          f"{P['failover_share']}× an instance's share of users, to absorb a failed peer's partitions"),
         ("memory per instance", f"~{(max_users * b['bytes_per_user'] + b['baseline_bytes']) / 1e9:.1f} GB",
          f"`SEGSTREAM_MAX_USERS` × {b['bytes_per_user']} B + {b['baseline_bytes'] / 1e9:.2f} GB process baseline"),
-        ("snapshots on shared storage", f"~{P['users'] * b['disk_per_user'] / 1e9:.0f} GB", f"{b['disk_per_user']} B/user on disk"),
-        ("snapshot write per instance", f"~{write_s:.1f} s; at one checkpoint a minute ~{write_s / P['checkpoint_every_s']:.0%} "
-                                        "of an instance's time",
-         f"{b['write_s']} s at {b['ck_users']:,} users, scaled linearly"),
+        ("state changelog", f"~{P['users'] * b['cl_bytes_per_user'] / 1e9:.0f} GB of latest values per replica, "
+                            f"~{P['users'] / P['partitions'] * b['cl_bytes_per_user'] / 1e9:.2f} GB per partition",
+         f"{b['cl_bytes_per_user']} B/user in the changelog"),
+        ("restore of one partition", f"~{P['users'] / P['partitions'] / b['cl_restore_rate']:.0f} s",
+         f"{P['users'] / P['partitions'] / 1e6:.2f}M users at {b['cl_restore_rate']:,} users/s"),
+        ("failover", f"~{P['users'] / P['partitions'] / b['cl_restore_rate']:.0f} s: a failed instance's "
+                     f"{P['partitions'] // P['instances']} partitions go to {P['partitions'] // P['instances']} peers, "
+                     "each restores one in parallel (plus the session timeout)",
+         "restore of one partition, above"),
+        ("changelog writes", f"at most ~{P['events_per_s'] * b['cl_bytes_per_user'] / 1e6:.0f} MB/s in all "
+                             f"(~{P['events_per_s'] * b['cl_bytes_per_user'] / P['instances'] / 1e6:.1f} MB/s per instance)",
+         f"bound: one {b['cl_bytes_per_user']:.0f}-byte record per input event; a checkpoint writes a user once however "
+         "many events it had, so `SEGSTREAM_CHECKPOINT_INTERVAL_MS` lowers it"),
         ("output records", f"~{round(P['events_per_s'] * b['changes_per_event'], -3):,.0f} segment events/s on `user-segments`",
          f"{b['changes_per_event']:.3f} segment events per input event (k = 8, {b['tp_users']:,} users, log-file run)"),
         ("model-topic writes", f"{summaries_per_s:,.0f} summaries/s, ~{summaries_per_s * summary_b / 1e6:.2f} MB/s at k = {P['segments']}",
-         f"one summary per {P['model_update_events']:,} events of an instance; k × {b['dim']} dims × 4 B + ~150 B "
+         f"one summary per {P['model_update_events']:,} events of an instance; {SUMMARY_FACTOR}k × {b['dim']} dims × 4 B + ~150 B "
          f"= ~{summary_b / 1e3:.1f} KB (from the schema, not measured)"),
         ("model-topic reads", f"~{P['instances'] * summaries_per_s * summary_b / 1e6:.0f} MB/s in all",
          "every instance reads every record"),
@@ -432,7 +478,7 @@ def changelog_table(results: Results) -> str:
 RENDERERS: dict[str, Callable[[Results], str]] = {
     "changelog": changelog_table,
     "machine": machine_line, "suite": suite_table, "goals": goals_table, "encoders": encoders_table,
-    "scaleout": scaleout_table, "transports": transports_table, "sizing": sizing_table, "plan": plan_table,
+    "scaleout": scaleout_table, "transports": transports_table, "producer-latency": producer_latency_table, "sizing": sizing_table, "plan": plan_table,
     "planted": planted_table, "movielens": movielens_table,
 }
 

@@ -72,7 +72,7 @@ def _targets(results: list[dict[str, Any]]) -> dict[str, Any]:
             for size, fig in f.items():
                 b = fig.get("bytes_per_user") if isinstance(fig, dict) else None
                 if b is not None and str(size).replace("_", "").isdigit() and int(size) >= 1_000_000:
-                    out[f"memory_bytes_per_user_{size}"] = {"value": b, "goal": "<= 512", "met": b <= 512}
+                    out[f"memory_bytes_per_user_{size}"] = {"value": b, "goal": "<= 400", "met": b <= 400}
     return out
 
 

@@ -95,7 +95,7 @@ def next_item_examples(log_path: str | os.PathLike[str], spec: FeatureSpec, voca
             tok = batch.item_tokens
             pos = np.searchsorted(vocab, tok).clip(0, max(len(vocab) - 1, 0))
             in_vocab = (tok >= 0) & (vocab[pos] == tok) if len(vocab) else np.zeros(len(tok), bool)
-            rows = np.array([-1 if (r := store.row_of(u)) is None else r for u in batch.user_ids], dtype=np.int64)
+            rows = store.rows_or_missing(batch.user_ids)
             ev = np.flatnonzero(in_vocab & (rows >= 0))
             if len(ev):
                 has_items = store.items[rows[ev]].max(axis=1) >= 0

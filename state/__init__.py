@@ -10,6 +10,7 @@ Prometheus, so replays, benchmarks and tests drive it directly.
 - ``segments``: the published segment model and assignment (:class:`SegmentModel`)
 - ``kmeans`` / ``dbstream``: the online clusterers (river) with stable ids and lineage
 - ``identity``: id matching between model versions; ``global_model``: one model for a group
+  (``summary_merge``: its merge, weighted k-means over the members' summaries)
 - ``profiles``: segment profiles; ``quality``: ARI and contingency tables
 """
 

@@ -4,8 +4,17 @@ River's DBSTREAM reclusters lazily and renumbers its macro-clusters each time
 (river #891), and ``predict_one`` walks every micro-cluster (river #811,
 #1086). Here river only *learns* (a bounded, seeded sample of each
 micro-batch); every ``recluster_events`` events the macro-cluster centres are
-read once, matched to the previous segments (:func:`state.identity.match_ids`,
-Hungarian on centre distance) and published as a :class:`SegmentModel`.
+read once, matched to the previous segments (:func:`state.identity.identify`,
+Hungarian on centre distance, the same matching as k-means) and published as a
+:class:`SegmentModel`.
+
+Not every macro-cluster is a segment: DBSTREAM keeps a fringe of light
+micro-clusters (noise, stragglers of a fading region) that connect and
+disconnect from one recluster to the next. A macro-cluster becomes a *new*
+segment only when it carries ``min_share`` of the macro-clusters' total weight,
+and a segment already published stays one while it carries half of that
+(hysteresis on birth and end, so that a segment near the bound does not
+flicker); the heaviest macro-cluster is always a segment.
 Users are then assigned to the nearest macro-centre in one numpy pass per
 micro-batch, like k-means (:func:`state.segments.assign`).
 
@@ -28,9 +37,9 @@ from typing import Any
 import numpy as np
 from river import cluster
 
-from state.identity import match_ids
+from state.identity import identify, match_thresholds
 from state.kmeans import LineageEvent
-from state.segments import SegmentModel, WarmupBuffer
+from state.segments import SegmentModel, WarmupBuffer, nearest, squared_distances
 
 __all__ = ["OnlineDBSTREAM"]
 
@@ -40,8 +49,10 @@ class OnlineDBSTREAM(WarmupBuffer):
 
     def __init__(self, dim: int, *, radius: float = 0.3, fading_factor: float = 0.01, warmup_users: int = 200,
                  learn_sample: int = 32, recluster_events: int = 5000, seed: int = 0, match_factor: float = 2.0,
-                 cleanup_interval: float = 2.0, intersection_factor: float = 0.3, minimum_weight: float = 1.0) -> None:
+                 cleanup_interval: float = 2.0, intersection_factor: float = 0.3, minimum_weight: float = 1.0,
+                 min_share: float = 0.03) -> None:
         self.dim = dim
+        self.min_share = min_share
         self.learn_sample = learn_sample
         self.recluster_events = recluster_events
         self.warmup_users = warmup_users
@@ -81,19 +92,37 @@ class OnlineDBSTREAM(WarmupBuffer):
 
     def macro_centres(self) -> np.ndarray:
         """Recluster now (river does it on reading ``centers``) and return the centres [m, dim]."""
-        c = self.learner.centers
+        return self.macro_clusters()[0]
+
+    def macro_clusters(self) -> tuple[np.ndarray, np.ndarray]:
+        """Recluster now; the macro-clusters' centres [m, dim] and weights [m]."""
+        c = self.learner.clusters
         if not c:
-            return np.zeros((0, self.dim), np.float32)
-        return np.array([[c[j].get(i, 0.0) for i in range(self.dim)] for j in sorted(c)], dtype=np.float32)
+            return np.zeros((0, self.dim), np.float32), np.zeros(0, np.float64)
+        keys = sorted(c)
+        centres = np.array([[c[j].center.get(i, 0.0) for i in range(self.dim)] for j in keys], dtype=np.float32)
+        return centres, np.array([c[j].weight for j in keys], dtype=np.float64)
+
+    def _segments(self, centres: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """The macro-clusters heavy enough to be segments (see the module docstring): kept rows."""
+        share = weights / max(float(weights.sum()), 1e-12)
+        keep = share >= self.min_share
+        if self.model is not None and len(centres) and self.model.k:
+            # a macro-cluster near a published segment (its own Voronoi cell) needs only half the share
+            near = nearest(centres, self.model.centroids)
+            limit = match_thresholds(self.model.centroids, cap=self.max_match_distance)[near]
+            dist = np.sqrt(squared_distances(centres, self.model.centroids)[np.arange(len(centres)), near])
+            keep |= (dist <= limit) & (share >= 0.5 * self.min_share)
+        keep[int(np.argmax(weights))] = True
+        return keep
 
     def _recluster(self, event_time: float) -> SegmentModel | None:
-        centres = self.macro_centres()
+        centres, weights = self.macro_clusters()
         if len(centres) == 0:
             return None
+        centres = centres[self._segments(centres, weights)]
         version = 1 if self.model is None else self.model.version + 1
-        old_c = np.zeros((0, self.dim), np.float32) if self.model is None else self.model.centroids
-        old_ids = np.zeros(0, np.int64) if self.model is None else self.model.segment_ids
-        m = match_ids(old_c, old_ids, centres, next_id=self._next_id, max_distance=self.max_match_distance)
+        m = identify(self.model, centres, next_id=self._next_id, cap=self.max_match_distance)
         self._next_id = m.next_id
         self.lineage += [LineageEvent(e.kind, e.segments, version, event_time, e.parents, e.detail) for e in m.events]
         self.model = SegmentModel(version, centres, m.ids, event_time)

@@ -81,6 +81,7 @@ class EventBatch:
     source_index: np.ndarray  # int64, position of each event in the decoded input
     event_ids: list[str | None] = field(default_factory=list)
     deletes: list[tuple[int, str]] = field(default_factory=list)  # (source index, user id) of delete events
+    item_names: dict[int, str | int] = field(default_factory=dict)  # items first seen by the decoder: token -> id
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -98,7 +99,7 @@ class EventBatch:
             cat_event=new_row[self.cat_event[cat_keep]].astype(np.int32), cat_bucket=self.cat_bucket[cat_keep],
             source_index=self.source_index[idx],
             event_ids=[self.event_ids[i] for i in pick] if self.event_ids else [],
-            deletes=self.deletes,
+            deletes=self.deletes, item_names=self.item_names,
         )
 
     @classmethod

@@ -174,6 +174,7 @@ def validate_columns(objs: Sequence[Any], spec: FeatureSpec, window: tuple[float
         "actions": spec.action_indices(actions),
         "ts": ts,
         "item_tokens": spec.item_tokens(items),
+        "item_names": spec.take_item_names(),
         "values": values.astype(np.float32),
         "cat_event": np.repeat(np.arange(len(cats), dtype=np.int32), per_event),
         "cat_bucket": spec.category_buckets_of(flat),

@@ -67,6 +67,7 @@ class FeatureSpec:
         object.__setattr__(self, "_action_ix", {a: i for i, a in enumerate(self.actions)})
         object.__setattr__(self, "_cat_cache", {c: i for i, c in enumerate(self.category_vocab)})
         object.__setattr__(self, "_item_cache", {})
+        object.__setattr__(self, "_item_firsts", {})  # token -> item id, first sightings not yet taken
 
     # ----- layout --------------------------------------------------------
     @property
@@ -128,7 +129,26 @@ class FeatureSpec:
             t = crc32(key) % self.item_token_space
             if len(cache) < _CACHE_LIMIT:
                 cache[key] = t
+            firsts: dict[int, str | int] = self._item_firsts  # type: ignore[attr-defined]
+            if len(firsts) < _CACHE_LIMIT:
+                firsts[t] = item_id
         return t
+
+    def take_item_names(self) -> dict[int, str | int]:
+        """Items tokenised for the first time (cache misses) since the last call: token -> the id as the
+        input wrote it. The decoder hands them on with its batch, so that segment profiles can name items
+        (:class:`state.profiles.ItemNames`) at the cost of a dict entry per *new* item, not per event.
+
+        >>> spec = FeatureSpec(); _ = spec.item_tokens([42, "7", 42])
+        >>> sorted(spec.take_item_names().values(), key=str), spec.take_item_names()
+        ([42, '7'], {})
+        """
+        firsts: dict[int, str | int] = self._item_firsts  # type: ignore[attr-defined]
+        if not firsts:
+            return {}
+        out = dict(firsts)
+        firsts.clear()
+        return out
 
     # ----- whole columns at once (the decoder's fast path) ---------------
     def action_indices(self, actions: list[str]) -> np.ndarray:

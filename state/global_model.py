@@ -3,72 +3,97 @@
 With several ``segstream run`` instances in one consumer group, each instance
 sees only the users of its partitions. Each keeps a local
 :class:`~state.kmeans.OnlineKMeans` (river, exactly as in single-instance
-mode) but assigns users **only with the global model**: a
-:class:`~state.segments.SegmentModel` that it has read back from the model
-topic. The protocol, as plain messages (:mod:`stream.runtime.model_sync` carries them
-over Kafka, schema ``segstream.model/1``):
+mode) as a *summary* of its own users, and assigns users **only with the
+global model**: a :class:`~state.segments.SegmentModel` that it has read back
+from the model topic. The protocol, as plain messages
+(:mod:`stream.runtime.model_sync` carries them over Kafka, schema
+``segstream.model/1``):
 
-1. **v1**: the leader (the instance that owns partition 0 of the input topic)
-   seeds its local learner from its own warm-up users and proposes those
-   centres as version 1, with segment ids ``0..k-1``. Other instances keep
-   their users pending (state is kept, no segment yet) until v1 arrives; their
-   local learners then start from v1's centres, so that every learner's
-   centre ``j`` starts as global segment ``j``.
-2. **summaries**: every instance sends its local learner's centres and, per
-   centre, a decayed count of the embeddings nearest to it, each time its
-   local model is consolidated (every ``SEGSTREAM_MODEL_UPDATE_EVENTS`` of its
-   own events). A summary is a state, not a delta: the latest one per
-   instance is what counts.
+1. **summaries**: every member (the leader too) seeds its local learner from
+   its own first users (``warmup_users`` of them, or at least ``k`` once it has
+   consumed ``model_update_events`` events) and sends the learner's centres
+   with, per centre, a decayed count of the embeddings nearest to it; again
+   each time the local model is consolidated (every ``model_update_events`` of
+   its own events, before the first global version too), and at least every
+   third of ``silent_after_s`` (a heartbeat: the latest summary again). A
+   summary is a state, not a delta: the latest one per member is what counts.
+   It names the input partitions the member owns and the events it has
+   consumed in all.
+2. **v1**: the leader (the member that owns partition 0 of the input topic)
+   waits until the members' summaries cover every input partition, or
+   ``first_wait_s`` after it first had ``k`` summary points, then proposes
+   version 1: weighted k-means (:func:`state.summary_merge.cluster_summaries`) over the union of
+   every live member's centres, ids ``0..k-1``. Users that arrived before v1
+   are held (state kept, no segment) but they are in their member's summary.
 3. **merge**: once per round of summaries (its own, or one from every live
-   instance, has arrived since the last merge), the leader matches each
-   instance's centres to the global segments (Hungarian assignment on
-   distance, :func:`match_to_global`) and proposes version ``v+1`` whose
-   centroid ``g`` is the count-weighted mean of the centres matched to ``g``
-   (a segment no instance saw keeps its centroid). Summaries older than
-   ``stale_merges`` merges (an instance that died) are left out.
+   member, has arrived since the last merge) the leader clusters the union
+   of every live member's centres, weighted by their counts, seeded from the
+   current version's centroids (plus seeded k-means++ restarts, kept only
+   when clearly better), so a group that only one member sees keeps a
+   segment of its own. A segment left without weight is re-seeded by
+   splitting the segment with the largest error. Ids carry over by the
+   matching local versions use (:func:`state.identity.match_to_previous`);
+   what it says (born, split, merged, retired) travels in the version's
+   record, and the member that proposed it publishes it to
+   ``segment-lineage`` (every member re-assigns its users of ended segments).
+   A member silent for longer than ``silent_after_s`` is left out. The record
+   names the members merged and the events each had consumed (``members``).
 4. **first record wins**: a proposal takes effect only when it is read back
    from the (single-partition) model topic, and only the first record with
    version ``v`` is applied; later ones (a leader that lost its partitions but
-   has not noticed yet) are ignored. Every instance reads the same log in the
+   has not noticed yet) are ignored. Every member reads the same log in the
    same order, so all of them hold the same centroids for a version, and no
    segment event names a version that is not on the topic.
 
-Segment ids are global and fixed after v1 (``k`` stays constant), so the
-stability rules of single-instance mode (hysteresis, dwell) apply unchanged.
-Global mode is not replay-deterministic: which summaries a merge sees depends
-on timing. Replays use one instance.
+Members never move a global centroid: their local learners' centres are
+private and only reach the model through a merge. A merge is deterministic
+given its inputs (members sorted by id, seeds fixed by version), but which
+summaries it sees depends on timing: replays use one instance.
+Global mode is k-means only (``SEGSTREAM_CLUSTERER=dbstream`` is refused with
+``SEGSTREAM_GLOBAL_MODEL``).
 
     >>> import numpy as np
     >>> from state.kmeans import OnlineKMeans
     >>> rng = np.random.default_rng(0)
-    >>> blobs = np.concatenate([rng.normal(c, 0.05, (40, 2)) for c in (0.0, 1.0)]).astype(np.float32)
-    >>> leader = GlobalKMeans(OnlineKMeans(2, 2, warmup_users=80, update_every_events=100), "a")
-    >>> follower = GlobalKMeans(OnlineKMeans(2, 2, warmup_users=80, update_every_events=100), "b")
-    >>> leader.add_warmup([f"u{i}" for i in range(80)], blobs, event_time=1.0)
-    >>> follower.add_warmup(["x"], blobs[:1], event_time=1.0)
-    >>> log = leader.outgoing(leader=True)          # the v1 proposal
-    >>> [m["kind"] for m in log], follower.ready()
-    (['model'], False)
-    >>> for m in log:                               # both read the model topic
+    >>> blob = lambda c: rng.normal(c, 0.05, (40, 2)).astype(np.float32)
+    >>> leader = GlobalKMeans(OnlineKMeans(2, 2, warmup_users=40), "a")
+    >>> follower = GlobalKMeans(OnlineKMeans(2, 2, warmup_users=40), "b")
+    >>> leader.add_warmup([f"a{i}" for i in range(40)], blob(0.0), event_time=1.0, events=40)
+    >>> follower.add_warmup([f"b{i}" for i in range(40)], blob(5.0), event_time=1.0, events=40)
+    >>> log = leader.outgoing(leader=True, partitions=[0], n_partitions=2)
+    >>> log += follower.outgoing(leader=False, partitions=[1])
+    >>> [m["kind"] for m in log]                      # each member's summary of its first users
+    ['summary', 'summary']
+    >>> for m in log:                                 # both read the model topic
     ...     _ = leader.receive(m), follower.receive(m)
-    >>> follower.ready(), follower.model.version, follower.seed_model(1.0)[0]
-    (True, 1, ['x'])
+    >>> v1, = leader.outgoing(leader=True)            # every partition covered: v1 from both summaries
+    >>> v1["version"], v1["members"]
+    (1, {'a': 40, 'b': 40})
+    >>> _ = leader.receive(v1), follower.receive(v1)
+    >>> sorted(np.round(follower.model.centroids[:, 0]).tolist())
+    [0.0, 5.0]
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
+from state.identity import Lineage, match_to_previous
 from state.kmeans import LineageEvent, OnlineKMeans
-from state.segments import SegmentModel, WarmupBuffer, nearest, squared_distances
+from state.segments import SegmentModel, WarmupBuffer, nearest
+from state.summary_merge import cluster_summaries
+from state.user_store import user_keys
 
-__all__ = ["GlobalKMeans", "match_to_global", "merge_summaries", "model_digest", "SCHEMA"]
+__all__ = ["GlobalKMeans", "model_digest", "SCHEMA", "SUMMARY_FACTOR"]
 
 SCHEMA = "segstream.model/1"
+SUMMARY_FACTOR = 2  # a member's local learner keeps this many centres per global segment (its summary)
+_MERGE_SEED = 20_240_611  # merges draw from rng([_MERGE_SEED, version]): any leader makes the same version
 
 
 def model_digest(centroids: np.ndarray, segment_ids: np.ndarray) -> str:
@@ -78,67 +103,51 @@ def model_digest(centroids: np.ndarray, segment_ids: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def match_to_global(local: np.ndarray, global_centroids: np.ndarray) -> np.ndarray:
-    """Global index of each local centre: Hungarian assignment on squared distance (one-to-one)."""
-    rows, cols = linear_sum_assignment(squared_distances(local, global_centroids).astype(np.float64))
-    out = np.full(len(local), -1, dtype=np.int64)
-    out[rows] = cols
-    return out
-
-
-def merge_summaries(global_centroids: np.ndarray, summaries: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Count-weighted mean of the matched local centres per global segment.
-
-    ``summaries``: (centres [k, dim], weights [k]) per instance. A global segment
-    that no summary weighs keeps its centroid.
-
-    >>> g = np.array([[0.0, 0.0], [10.0, 0.0]], np.float32)
-    >>> a = (np.array([[9.0, 0.0], [1.0, 0.0]], np.float32), np.array([1.0, 3.0]))  # renumbered locally
-    >>> b = (np.array([[3.0, 0.0], [11.0, 0.0]], np.float32), np.array([1.0, 0.0]))
-    >>> merge_summaries(g, [a, b]).tolist()
-    [[1.5, 0.0], [9.0, 0.0]]
-    """
-    k, dim = global_centroids.shape
-    sums = np.zeros((k, dim), dtype=np.float64)
-    weight = np.zeros(k, dtype=np.float64)
-    for centres, w in summaries:
-        gi = match_to_global(centres, global_centroids)
-        ok = gi >= 0
-        np.add.at(sums, gi[ok], centres[ok].astype(np.float64) * w[ok, None])
-        np.add.at(weight, gi[ok], w[ok])
-    out = global_centroids.astype(np.float64).copy()
-    seen = weight > 0
-    out[seen] = sums[seen] / weight[seen, None]
-    return out.astype(np.float32)
-
-
+# ----- the protocol ------------------------------------------------------------------
 class GlobalKMeans(WarmupBuffer):
     """The segmenter interface of :class:`OnlineKMeans`, assigning with the announced global model.
 
-    Its warm-up buffer holds every user updated before the first global model arrives."""
+    Its warm-up buffer holds every user updated before the first global model arrives.
+
+    ``first_wait_s``: how long the leader waits for summaries covering every input partition before it
+    proposes v1 from those it has. ``silent_after_s``: a member whose latest summary is older is left
+    out of merges (members re-send theirs every third of it). ``clock``: wall-clock seconds (summaries
+    carry the sender's ``sent_at``, so a silence is measured the same on every member)."""
 
     name = "kmeans-global"
 
-    def __init__(self, local: OnlineKMeans, instance_id: str, *, stale_merges: int = 10,
-                 weight_decay: float = 0.5) -> None:
+    def __init__(self, local: OnlineKMeans, instance_id: str, *, k: int | None = None, first_wait_s: float = 10.0,
+                 silent_after_s: float = 300.0, weight_decay: float = 0.5, restarts: int = 8,
+                 restart_gain: float = 0.02, clock: Callable[[], float] = time.time) -> None:
         self.local = local
         self.instance_id = instance_id
-        self.k, self.dim = local.k, local.dim
-        self.stale_merges = stale_merges
+        self.k, self.dim = k or local.k, local.dim  # global segments; the local learner may keep more centres
+        self.warmup_users = local.warmup_users
+        self.first_wait_s = first_wait_s
+        self.silent_after_s = silent_after_s
         self.weight_decay = weight_decay
+        self.restarts = restarts
+        self.restart_gain = restart_gain
+        self.clock = clock
         self.model: SegmentModel | None = None
         self.lineage: list[LineageEvent] = []
         self._warm: dict[str, np.ndarray] = {}  # users updated before the first global model
-        self._counts = np.zeros(self.k, dtype=np.float64)  # decayed embeddings per local centre
-        self._summaries: dict[str, dict[str, Any]] = {}  # latest summary per instance
-        self._merges = 0  # merges made by this instance (the age of a summary is counted in merges)
-        self._new_since_merge: set[str] = set()  # instances with a summary newer than the last merge
+        self._counts = np.zeros(local.k, dtype=np.float64)  # decayed embeddings per local centre
+        self._events = 0  # events this member has consumed (named in its summaries)
+        self._summaries: dict[str, dict[str, Any]] = {}  # latest summary per member, as read from the topic
+        self._new_since_merge: set[str] = set()  # members with a summary newer than the last merge
+        self._merged_members: set[str] = set()  # the members the current version merged
         self._proposed = 0  # version of this instance's outstanding proposal (0: none)
+        self._next_id = 0  # the next global segment id (carried by every model record)
         self._seq = 0
+        self._last_summary: dict[str, Any] | None = None  # re-sent as a heartbeat
+        self._last_sent = float("-inf")
+        self._partitions: list[int] = []  # input partitions this member owns (named in its summaries)
+        self._n_partitions = 0  # input partitions in all (0: unknown)
+        self._first_wait_from: float | None = None  # when the leader first had k summary points for v1
         self._fresh_model: SegmentModel | None = None  # applied since the last tick
         self._event_time = float("-inf")
         self._outbox: list[dict[str, Any]] = []
-        self._held = 0  # user updates held back while waiting for the first global model
         self.ignored = 0  # model records ignored (duplicate or older versions, wrong shape)
 
     # ----- the interface the pipeline uses --------------------------------------
@@ -146,13 +155,24 @@ class GlobalKMeans(WarmupBuffer):
     def warming(self) -> bool:
         return self.model is None or bool(self._warm)
 
-    def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan")) -> None:
+    def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan"),
+                   events: int = 0) -> None:
         super().add_warmup(user_ids, emb, event_time)
-        self._held += len(user_ids)  # counted towards the first summary once the model is there
         if event_time == event_time:
             self._event_time = max(self._event_time, event_time)
-        if self.local.warming:
+        if self.model is not None:
+            return  # the model is here: the pipeline assigns, learns and ticks this batch next
+        self._events += events
+        if self.local.model is None:
             self.local.add_warmup(user_ids, emb)
+            enough = len(self.local._warm) >= self.local.k and self._events >= self.local.update_every_events
+            if self.local.ready() or enough:
+                self._seed_local()
+        elif len(emb):  # waiting for v1 with a seeded local learner: it keeps summarising this member's users
+            self._learn_local(emb, user_keys(user_ids))
+            if self.local.tick(events, self._time(), {}) is not None:
+                self.local.drain_lineage()
+                self._summarise()
 
     def forget(self, user_id: str) -> None:
         super().forget(user_id)
@@ -169,28 +189,22 @@ class GlobalKMeans(WarmupBuffer):
         return self._take_warm()
 
     def learn(self, emb: np.ndarray, keys: np.ndarray | None = None) -> None:
-        if len(emb) == 0 or self.local.model is None:
+        if len(emb) == 0:
             return
-        self.local.learn(emb, keys)
-        near = nearest(emb, self.local.model.centroids)
-        self._counts += np.bincount(near, minlength=self.k)
+        if self.local.model is None:
+            assert self.model is not None
+            self._start_local(self.model)
+        self._learn_local(emb, keys)
 
     def tick(self, n_events: int, event_time: float, users_per_segment: dict[int, int],
              population=None) -> SegmentModel | None:
         self._event_time = max(self._event_time, event_time)
-        n_events, self._held = n_events + self._held, 0
+        self._events += n_events
         # no users per segment: those held are counted per *global* id, so the local learner's
         # re-seeding goes by recent embeddings only
-        local = self.local.tick(n_events, event_time, {}, population)
-        self.local.drain_lineage()  # local ids are private to this instance
-        if local is not None and self.model is not None:
-            self._seq += 1
-            self._outbox.append({
-                "schema": SCHEMA, "kind": "summary", "instance": self.instance_id, "seq": self._seq,
-                "based_on": self.model.version, "k": self.k, "dim": self.dim,
-                "centroids": local.centroids.astype("<f4").tobytes(), "weights": self._counts.tolist(),
-                "event_time": float(event_time)})
-            self._counts *= self.weight_decay
+        if self.local.model is not None and self.local.tick(n_events, event_time, {}, population) is not None:
+            self.local.drain_lineage()  # local ids are private to this instance
+            self._summarise()
         fresh, self._fresh_model = self._fresh_model, None
         return fresh
 
@@ -198,57 +212,163 @@ class GlobalKMeans(WarmupBuffer):
         out, self.lineage = self.lineage, []
         return out
 
+    # ----- the local summary -------------------------------------------------------
+    def _time(self) -> float:
+        return float(self._event_time) if np.isfinite(self._event_time) else 0.0
+
+    def _learn_local(self, emb: np.ndarray, keys: np.ndarray | None) -> None:
+        assert self.local.model is not None
+        self.local.learn(emb, keys)
+        self._counts += np.bincount(nearest(emb, self.local.model.centroids), minlength=self.local.k)
+
+    def _seed_local(self) -> None:
+        """Seed the local learner from this member's own first users and summarise them."""
+        _, x = self.local.seed_model(self._time())
+        self.local.drain_lineage()
+        self._counts = np.bincount(nearest(x, self.local.model.centroids), minlength=self.local.k).astype(np.float64)
+        self._summarise()
+
+    def _start_local(self, model: SegmentModel) -> None:
+        """v1 arrived before the local learner was seeded: from this member's own users when it holds
+        enough of them, else from v1's centroids, repeated to the learner's size (its few users counted
+        against them; the learner's consolidation re-seeds the copies no user is nearest to)."""
+        if len(self.local._warm) >= self.local.k:
+            self._seed_local()
+            return
+        _, x = self.local._warm_arrays()
+        self.local.adopt(np.resize(model.centroids, (self.local.k, self.dim)), model.version, model.event_time)
+        self._counts = np.zeros(self.local.k, np.float64)
+        if len(x):
+            self._counts += np.bincount(nearest(x, self.local.model.centroids), minlength=self.local.k)
+            self._summarise()
+
+    def _summarise(self) -> None:
+        assert self.local.model is not None
+        self._seq += 1
+        now = self.clock()
+        msg = {"schema": SCHEMA, "kind": "summary", "instance": self.instance_id, "seq": self._seq,
+               "based_on": 0 if self.model is None else self.model.version, "k": self.k, "dim": self.dim,
+               "centroids": np.ascontiguousarray(self.local.model.centroids, dtype="<f4").tobytes(),
+               "weights": self._counts.tolist(), "events": int(self._events), "partitions": list(self._partitions),
+               "event_time": self._time(), "sent_at": float(now)}
+        self._outbox.append(msg)
+        self._last_summary, self._last_sent = msg, now
+        self._counts *= self.weight_decay
+
     # ----- the protocol --------------------------------------------------------
-    def outgoing(self, *, leader: bool) -> list[dict[str, Any]]:
-        """Messages to send on the model topic now (summaries; proposals when ``leader``)."""
-        if leader and not self._proposed:
+    def outgoing(self, *, leader: bool, partitions: list[int] | None = None,
+                 n_partitions: int | None = None) -> list[dict[str, Any]]:
+        """Messages to send on the model topic now (summaries; proposals when ``leader``).
+
+        ``partitions``: the input partitions this member owns now; ``n_partitions``: how many the input
+        topic has (the leader waits for summaries covering them all before v1, up to ``first_wait_s``)."""
+        if partitions is not None:
+            self._partitions = sorted(int(p) for p in partitions)
+        if n_partitions is not None:
+            self._n_partitions = int(n_partitions)
+        now = self.clock()
+        if self._last_summary is not None and now - self._last_sent >= self.silent_after_s / 3:
+            self._seq += 1  # heartbeat: the latest summary again, so a quiet member is not taken for dead
+            msg = {**self._last_summary, "seq": self._seq, "sent_at": float(now), "partitions": list(self._partitions)}
+            self._outbox.append(msg)
+            self._last_summary, self._last_sent = msg, now
+        if not leader:
+            self._first_wait_from = None
+        elif not self._proposed:
             if self.model is None:
-                if self.local.ready():
-                    self.local.seed_model(self._event_time)
-                if self.local.model is not None:
-                    self._propose(1, self.local.model.centroids, np.arange(self.k, dtype=np.int64), [self.instance_id])
+                self._propose_first(now)
             elif self._merge_due():
                 self._merge()
         out, self._outbox = self._outbox, []
+        for msg in out:
+            if msg["kind"] == "summary":  # made during a batch: the partitions owned when it is sent
+                msg["partitions"] = list(self._partitions)
         return out
 
+    def silence(self) -> dict[str, float]:
+        """Seconds since each member's latest summary was sent (the members this instance has read)."""
+        now = self.clock()
+        return {i: max(0.0, now - s["_at"]) for i, s in sorted(self._summaries.items())}
+
+    def _live(self) -> dict[str, dict[str, Any]]:
+        """The latest summary of every member not silent for longer than ``silent_after_s`` (a member
+        that died or left stops sending and drops out)."""
+        now = self.clock()
+        return {i: s for i, s in sorted(self._summaries.items()) if now - s["_at"] <= self.silent_after_s}
+
+    def _points(self, live: dict[str, dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """Every live member's centres and counts, members in id order; and the events each had consumed."""
+        xs, ws = [np.zeros((0, self.dim), np.float32)], [np.zeros(0)]
+        members: dict[str, int] = {}
+        for i, s in live.items():
+            w = np.asarray(s["weights"], np.float64)
+            if w.sum() <= 0:
+                continue
+            xs.append(np.frombuffer(s["centroids"], "<f4").reshape(len(w), self.dim))
+            ws.append(w)
+            members[i] = int(s.get("events", 0))
+        x, w = np.concatenate(xs), np.concatenate(ws)
+        return x[w > 0], w[w > 0], members
+
+    def _propose_first(self, now: float) -> None:
+        """v1 once ``k`` summary points exist and every input partition's owner has sent a summary (or
+        ``first_wait_s`` has passed since the leader first had ``k`` points)."""
+        live = self._live()
+        x, w, members = self._points(live)
+        if len(x) < self.k:
+            return
+        if self._first_wait_from is None:
+            self._first_wait_from = now
+        covered = {int(p) for i in members for p in live[i].get("partitions", ())}
+        everyone = self._n_partitions > 0 and covered >= set(range(self._n_partitions))
+        if not everyone and now - self._first_wait_from < self.first_wait_s:
+            return
+        centroids = cluster_summaries(x, w, self.k, rng=self._rng(1), restarts=self.restarts)
+        ids = np.arange(self.k, dtype=np.int64)
+        detail = f"seeded from the summaries of {len(members)} member(s)"
+        self._propose(1, centroids, ids, self.k, members, [Lineage("born", (int(i),), detail=detail) for i in ids])
+
     def _merge_due(self) -> bool:
-        """At most one merge per round of summaries: when the leader's own summary or one from every
-        live instance has arrived since the last merge (so versions follow traffic, not round trips)."""
+        """At most one merge per round of summaries: when the leader's own summary, one from every live
+        member, or one from a member the current version did not merge has arrived since the last
+        merge (so versions follow traffic, not round trips, and a newcomer is merged at once)."""
         new = self._new_since_merge
         if not new:
             return False
-        if self.instance_id in new:
+        if self.instance_id in new or not new <= self._merged_members:
             return True
         return set(self._live()) <= new
 
-    def _live(self) -> dict[str, dict[str, Any]]:
-        """Summaries received within the last ``stale_merges`` merges (an instance that stopped
-        sending, because it died or lost its partitions, drops out)."""
-        return {i: s for i, s in self._summaries.items() if s["_merges_at"] >= self._merges - self.stale_merges}
-
     def _merge(self) -> None:
-        assert self.model is not None
-        v = self.model.version
-        live = self._live()
-        self._merges += 1
-        parts = [(np.frombuffer(s["centroids"], "<f4").reshape(self.k, self.dim), np.asarray(s["weights"], np.float64))
-                 for s in live.values()]
-        parts = [(c, w) for c, w in parts if w.sum() > 0]
+        m = self.model
+        assert m is not None
         self._new_since_merge = set()
-        if not parts:
+        x, w, members = self._points(self._live())
+        if len(x) == 0:
             return
-        centroids = merge_summaries(self.model.centroids, parts)
-        self._propose(v + 1, centroids, self.model.segment_ids, sorted(live))
+        centroids = cluster_summaries(x, w, self.k, init=m.centroids, rng=self._rng(m.version + 1),
+                                      restarts=self.restarts, restart_gain=self.restart_gain)
+        match = match_to_previous(m.centroids, m.segment_ids, centroids, next_id=self._next_id)
+        if np.array_equal(match.ids, m.segment_ids) and np.array_equal(centroids, m.centroids):
+            return  # the same model again: no version
+        self._propose(m.version + 1, centroids, match.ids, match.next_id, members, match.events)
 
-    def _propose(self, version: int, centroids: np.ndarray, ids: np.ndarray, instances: list[str]) -> None:
+    @staticmethod
+    def _rng(version: int) -> np.random.Generator:
+        return np.random.default_rng([_MERGE_SEED, version])
+
+    def _propose(self, version: int, centroids: np.ndarray, ids: np.ndarray, next_id: int,
+                 members: dict[str, int], lineage: list[Lineage]) -> None:
         self._proposed = version
         self._outbox.append({
             "schema": SCHEMA, "kind": "model", "version": version, "proposer": self.instance_id,
             "k": self.k, "dim": self.dim, "segment_ids": [int(i) for i in ids],
             "centroids": np.ascontiguousarray(centroids, dtype="<f4").tobytes(),
-            "event_time": float(self._event_time if np.isfinite(self._event_time) else 0.0),
-            "instances": instances, "digest": model_digest(centroids, ids)})
+            "event_time": self._time(), "instances": sorted(members), "members": dict(sorted(members.items())),
+            "next_id": int(next_id),
+            "lineage": [{"kind": e.kind, "segments": [int(s) for s in e.segments],
+                         "parents": [int(s) for s in e.parents], "detail": e.detail or "global merge"} for e in lineage],
+            "digest": model_digest(centroids, ids)})
 
     def receive(self, msg: dict[str, Any]) -> SegmentModel | None:
         """One record of the model topic, in log order; returns the model if this record was applied."""
@@ -256,7 +376,11 @@ class GlobalKMeans(WarmupBuffer):
             self.ignored += 1
             return None
         if msg.get("kind") == "summary":
-            self._summaries[str(msg["instance"])] = {**msg, "_merges_at": self._merges}
+            n = len(msg.get("weights") or ())
+            if len(msg.get("centroids") or b"") != 4 * n * self.dim:
+                self.ignored += 1
+                return None
+            self._summaries[str(msg["instance"])] = {**msg, "_at": float(msg.get("sent_at", self.clock()))}
             self._new_since_merge.add(str(msg["instance"]))
             return None
         if msg.get("kind") != "model":
@@ -268,15 +392,21 @@ class GlobalKMeans(WarmupBuffer):
             return None
         centroids = np.frombuffer(msg["centroids"], "<f4").reshape(self.k, self.dim).copy()
         ids = np.asarray(msg["segment_ids"], dtype=np.int64)
+        event_time = float(msg["event_time"])
         first = self.model is None
-        self.model = SegmentModel(version, centroids, ids, float(msg["event_time"]))
+        self.model = SegmentModel(version, centroids, ids, event_time)
+        self._next_id = int(msg.get("next_id", int(ids.max()) + 1))
+        self._merged_members = set(msg.get("members") or msg.get("instances") or ())
+        mine = msg.get("proposer") == self.instance_id and self._proposed == version  # proposed in this life
         if self._proposed and version >= self._proposed:
             self._proposed = 0
-        if first:
-            self.local.adopt(centroids, version, self.model.event_time)
-            if msg.get("proposer") == self.instance_id:
-                self.lineage += [LineageEvent("born", (int(i),), version, float(msg["event_time"]), detail="seeded")
-                                 for i in ids]
+        lineage = msg.get("lineage")
+        if lineage is None and first:  # a record written before versions carried their lineage
+            lineage = [{"kind": "born", "segments": [int(i)], "parents": [], "detail": "seeded"} for i in ids]
+        self.lineage += [LineageEvent(e["kind"], tuple(e["segments"]), version, event_time, tuple(e.get("parents", ())),
+                                      e.get("detail", ""), announce=mine) for e in lineage or ()]
+        if first and self.local.model is None and (self._warm or len(self.local._warm)):
+            self._start_local(self.model)
         self._fresh_model = self.model
         return self.model
 
@@ -284,13 +414,19 @@ class GlobalKMeans(WarmupBuffer):
     def state_dict(self) -> dict[str, Any]:
         """The local learner and the pending users; the global model itself lives on the model topic."""
         return {"name": self.name, "local": self.local.state_dict(), **self._warm_state("pending"),
-                "counts": self._counts.copy()}
+                "counts": self._counts.copy(), "events": self._events, "seq": self._seq}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("name") != self.name:
             raise ValueError(f"checkpoint holds a {state.get('name')!r} segmenter, not {self.name!r}")
-        self.local.load_state_dict(state["local"])
         self._load_warm(state, "pending")
-        self._counts = np.asarray(state["counts"], np.float64).copy()
-        if self.model is not None and self.local.model is None:
-            self.local.adopt(self.model.centroids, self.model.version, self.model.event_time)
+        self._events = int(state.get("events", 0))
+        self._seq = max(self._seq, int(state.get("seq", 0)))
+        counts = np.asarray(state["counts"], np.float64)
+        local = state["local"].get("model")
+        if len(counts) != self.local.k or (local is not None and len(local["centroids"]) != self.local.k):
+            # written with a learner of another size (before summaries had 2k centres): the local summary
+            # starts again from this member's users, the global model and the pending users stay
+            return
+        self.local.load_state_dict(state["local"])
+        self._counts = counts.copy()

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SegmentModel", "WarmupBuffer", "assign", "squared_distances", "nearest", "kmeans_plus_plus", "lloyd", "best_of_restarts", "inertia"]
+__all__ = ["SegmentModel", "WarmupBuffer", "assign", "assign_bounds", "squared_distances", "nearest", "kmeans_plus_plus", "lloyd", "best_of_restarts", "inertia"]
 
 
 _TABLE_IDS = 1 << 20  # segment ids below this are looked up in a table, others by binary search
@@ -80,7 +80,9 @@ class WarmupBuffer:
     def warming(self) -> bool:
         return self.model is None
 
-    def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan")) -> None:
+    def add_warmup(self, user_ids: list[str], emb: np.ndarray, event_time: float = float("nan"),
+                   events: int = 0) -> None:
+        """Hold these users (``events``: the events of the batch that updated them)."""
         for uid, e in zip(user_ids, emb):
             self._warm[uid] = e
 
@@ -142,9 +144,23 @@ def nearest(x: np.ndarray, c: np.ndarray) -> np.ndarray:
 
 def assign(model: SegmentModel, x: np.ndarray, current: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
     """Segment id and distance for each row of ``x``, with hysteresis against ``current`` (-1: none)."""
+    seg, dist, _ = assign_bounds(model, x, current, margin)
+    return seg, dist
+
+
+def assign_bounds(model: SegmentModel, x: np.ndarray, current: np.ndarray,
+                  margin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`assign`, plus each row's distance to the nearest centroid *other* than the one it gets
+    (inf with a single centroid): the bounds :class:`state.relabel.LabelBounds` starts from.
+
+    >>> m = SegmentModel(1, np.array([[0.0], [1.0], [3.0]], np.float32), np.array([5, 6, 7]), 0.0)
+    >>> seg, dist, other = assign_bounds(m, np.array([[0.2], [2.9]], np.float32), np.array([-1, -1]), 0.0)
+    >>> seg.tolist(), dist.astype(float).round(2).tolist(), other.astype(float).round(2).tolist()
+    ([5, 7], [0.2, 0.1], [0.8, 1.9])
+    """
     n = len(x)
     if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32)
     d2 = squared_distances(x, model.centroids)
     best = d2.argmin(axis=1)
     rows = np.arange(n)
@@ -155,7 +171,10 @@ def assign(model: SegmentModel, x: np.ndarray, current: np.ndarray, margin: floa
     move = ~has_cur | (best_d < cur_d * (1.0 - margin))
     seg = np.where(move, model.segment_ids[best], current).astype(np.int64)
     dist = np.where(move, best_d, cur_d).astype(np.float32)
-    return seg, dist
+    if model.k < 2:
+        return seg, dist, np.full(n, np.inf, np.float32)
+    d2[rows, np.where(move, best, cur_ix)] = np.inf
+    return seg, dist, np.sqrt(d2.min(axis=1)).astype(np.float32)
 
 
 def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

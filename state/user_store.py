@@ -6,7 +6,13 @@ time ``t0`` so that adding an event is a plain addition whatever the order of
 events inside a batch: an event at time ``t`` adds ``2 ** ((t - t0) / h)``
 (``h`` the half-life), and a user's state as of its last event ``t_u`` is the
 row times ``2 ** (-(t_u - t0) / h)``. When the batch's newest event drifts
-far from ``t0`` every row is rescaled once ("rebase"), keeping float32 safe.
+far from ``t0`` every row is rescaled once ("rebase"), keeping float32 safe:
+each row is then stored as of its own last event (its reference ``ref``, one
+float64 per row), and a row is brought back to the shared ``t0`` when its user
+is next active. Rescaling every row to the new ``t0`` instead would underflow
+float32 for users inactive some 126 half-lives (4.8 years at 14 days) and
+leave them with no state at all: re-embedding them (a restore, labels
+following a new model version) would put them all on the origin.
 
     >>> from state.features import FeatureSpec
     >>> from state.events import EventDecoder
@@ -30,14 +36,14 @@ far from ``t0`` every row is rescaled once ("rebase"), keeping float32 safe.
 from __future__ import annotations
 
 import hashlib
-import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from state.features import FeatureSpec
 from state.events import EventBatch
+from state.id_index import IdIndex
 
 __all__ = ["UserStore", "Features", "ApplyResult", "user_keys"]
 
@@ -48,6 +54,11 @@ _TINY = 1e-30
 _LOG_SCALE = float(np.log1p(1000.0))
 #: Every per-row column (what a checkpoint saves for each user).
 COLUMNS = ("dense", "last_ts", "items", "item_w", "item_head", "segment", "seq", "distance", "partition")
+
+
+def _raw(user_ids: Iterable[str]) -> list[bytes]:
+    """Ids as the store holds them: UTF-8 bytes (a ``bytes`` object is 16 bytes smaller than its ``str``)."""
+    return [u.encode("utf-8", "surrogatepass") for u in user_ids]
 
 
 def user_keys(user_ids: Iterable[str]) -> np.ndarray:
@@ -109,8 +120,8 @@ class UserStore:
         self.spec = spec
         self.capacity = capacity
         self.t0: float | None = None
-        self._index: dict[str, int] = {}
-        self._ids: list[str | None] = []
+        self._ids: list[bytes | None] = []  # row -> user id, UTF-8 (see _raw)
+        self._index = IdIndex(self._ids)  # UTF-8 id -> row, in numpy (a dict costs ~74 bytes a user)
         self._free: list[int] = []
         self.imported_rows = np.zeros(0, dtype=np.int64)  # rows the last import_rows gave its users
         self._used = 0  # rows ever handed out (high-water mark)
@@ -132,6 +143,7 @@ class UserStore:
 
         grow("dense", (rows, spec.dense_width), np.float32, 0.0)
         grow("last_ts", (rows,), np.float64, -np.inf)
+        grow("ref", (rows,), np.float64, -np.inf)  # time the row's sums are stored against (t0, or its last event)
         grow("items", (rows, spec.item_history), np.int32, -1)
         grow("item_w", (rows, spec.item_history), np.float32, 0.0)
         grow("item_head", (rows,), np.uint8, 0)
@@ -155,24 +167,35 @@ class UserStore:
 
     def nbytes(self) -> int:
         """Bytes held by the numpy columns (the id map comes on top)."""
-        return sum(getattr(self, n).nbytes for n in COLUMNS)
+        return sum(getattr(self, n).nbytes for n in COLUMNS) + self.ref.nbytes
 
     def row_of(self, user_id: str) -> int | None:
-        return self._index.get(user_id)
+        return self._index.get(user_id.encode("utf-8", "surrogatepass"))
+
+    def rows_or_missing(self, user_ids: Sequence[str]) -> np.ndarray:
+        """Row of each user (int64), -1 for a user not held, at once."""
+        return self._index.get_many(_raw(user_ids))
 
     def rows_of(self, user_ids: list[str]) -> np.ndarray:
         """Rows of users known to be held (KeyError otherwise), at once."""
-        return np.fromiter(map(self._index.__getitem__, user_ids), dtype=np.int64, count=len(user_ids))
+        rows = self._index.get_many(_raw(user_ids))
+        if len(rows) and rows.min() < 0:
+            raise KeyError(user_ids[int(np.argmin(rows))])
+        return rows
 
     def user_id(self, row: int) -> str:
         uid = self._ids[row]
         if uid is None:
             raise KeyError(f"row {row} holds no user")
-        return uid
+        return uid.decode("utf-8", "surrogatepass")
 
     def user_ids(self, rows: np.ndarray) -> list[str]:
         ids = self._ids
-        return [ids[r] for r in rows.tolist()]  # type: ignore[misc]
+        return [ids[r].decode("utf-8", "surrogatepass") for r in rows.tolist()]  # type: ignore[union-attr]
+
+    def held_ids(self) -> list[str]:
+        """Every user held, as the id index has them (its order)."""
+        return self.user_ids(np.asarray(self._index.values(), dtype=np.int64))
 
     def holds_user(self, rows: np.ndarray) -> np.ndarray:
         """Whether each row still holds a user (not freed by eviction, deletion or a dropped partition):
@@ -185,8 +208,8 @@ class UserStore:
 
     # ----- rows ------------------------------------------------------------
     def _rows_for(self, user_ids: list[str]) -> tuple[np.ndarray, int, ApplyResult | None]:
-        index = self._index
-        rows = np.fromiter(map(index.get, user_ids, itertools.repeat(-1)), dtype=np.int64, count=len(user_ids))
+        raw = _raw(user_ids)
+        rows = self._index.get_many(raw)
         missing = np.flatnonzero(rows < 0)
         if len(missing) == 0:
             return rows, 0, None
@@ -194,14 +217,15 @@ class UserStore:
         available = len(self._free) + (self.capacity - self._used)
         if available < len(missing):
             evicted = self._evict(len(missing) - available, rows[rows >= 0])
-        self._give_rows(rows, missing, user_ids)
+        self._give_rows(rows, missing, user_ids, raw)
         return rows, len(missing), evicted
 
-    def _give_rows(self, rows: np.ndarray, missing: np.ndarray, user_ids: list[str],
+    def _give_rows(self, rows: np.ndarray, missing: np.ndarray, user_ids: list[str], raw: list[bytes],
                    keys: np.ndarray | None = None) -> None:
         """Rows for the users at ``missing`` (free rows first, newest freed first; then never used rows),
-        written into ``rows`` and the id maps. The caller has made room (eviction). ``keys``: the
-        :func:`user_keys` of every user of ``user_ids`` when known (else computed here)."""
+        written into ``rows`` and the id maps (``raw``: the ids as :func:`_raw` gives them). The caller has
+        made room (eviction). ``keys``: the :func:`user_keys` of every user of ``user_ids`` when known (else
+        computed here)."""
         free = self._free
         taken = [free.pop() for _ in range(min(len(missing), len(free)))]
         fresh = len(missing) - len(taken)
@@ -213,13 +237,17 @@ class UserStore:
         rows[missing] = taken
         ids = self._ids
         # whole-list work, no step per user in Python: a restore gives a million rows at once
-        new_ids = user_ids if len(missing) == len(user_ids) else [user_ids[i] for i in missing.tolist()]
-        self._index.update(zip(new_ids, taken))
-        if fresh == len(taken) and fresh:  # all never-used rows: one contiguous range
-            ids[taken[0]: taken[0] + fresh] = new_ids
+        if len(missing) == len(user_ids):
+            new_ids, new = user_ids, raw
         else:
-            for uid, r in zip(new_ids, taken):
+            at = missing.tolist()
+            new_ids, new = [user_ids[i] for i in at], [raw[i] for i in at]
+        if fresh == len(taken) and fresh:  # all never-used rows: one contiguous range
+            ids[taken[0]: taken[0] + fresh] = new
+        else:
+            for uid, r in zip(new, taken):
                 ids[r] = uid
+        self._index.insert_many(new, taken)  # after the ids: the index confirms a hit against them
         self.key[taken] = user_keys(new_ids) if keys is None else keys[missing]
 
     def _evict(self, needed: int, protect: np.ndarray) -> ApplyResult:
@@ -236,8 +264,7 @@ class UserStore:
         ids = self.user_ids(victims)
         if self.on_evict is not None:
             self.on_evict(victims, ids)
-        for uid in ids:
-            del self._index[uid]
+        self._index.delete_many([self._ids[r] for r in victims.tolist()])  # type: ignore[misc]
         self._clear(victims)
         self._free.extend(victims.tolist()[::-1])
         return ApplyResult(rows=victims[:0], new_users=0, last_event=victims[:0], evicted_rows=victims, evicted_segments=segs, evicted_user_ids=ids)
@@ -245,6 +272,7 @@ class UserStore:
     def _clear(self, rows: np.ndarray) -> None:
         self.dense[rows] = 0.0
         self.last_ts[rows] = -np.inf
+        self.ref[rows] = -np.inf
         self.items[rows] = -1
         self.item_w[rows] = 0.0
         self.item_head[rows] = 0
@@ -258,7 +286,7 @@ class UserStore:
 
     def delete(self, user_id: str) -> int | None:
         """Forget a user entirely (right to erasure). Returns the segment it held, or None if unknown."""
-        row = self._index.pop(user_id, None)
+        row = self._index.pop(user_id.encode("utf-8", "surrogatepass"), None)
         if row is None:
             return None
         seg = int(self.segment[row])
@@ -268,12 +296,30 @@ class UserStore:
 
     # ----- decay -----------------------------------------------------------
     def _rebase(self, t_new: float) -> None:
+        """Move ``t0`` to ``t_new``; every row is stored as of its last event until its user is next active."""
         assert self.t0 is not None
-        factor = np.float32(np.exp2(-(t_new - self.t0) / self.spec.half_life_s))
         n = self._used
-        self.dense[:n] *= factor
-        self.item_w[:n] *= factor
+        last, ref = self.last_ts[:n], self.ref[:n]
+        target = np.where(np.isfinite(last), last, ref)
+        with np.errstate(invalid="ignore"):  # rows never used: -inf - -inf
+            e = (ref - target) / self.spec.half_life_s
+        factor = np.exp2(np.where(np.isfinite(e), e, 0.0)).astype(np.float32)
+        self.dense[:n] *= factor[:, None]
+        self.item_w[:n] *= factor[:, None]
+        self.ref[:n] = target
         self.t0 = t_new
+
+    def _to_shared(self, rows: np.ndarray) -> None:
+        """Rows stored against their own reference go back to ``t0`` (their user is active again); what
+        underflows then is history far older than the event that brings them back."""
+        ref = self.ref[rows]
+        off = ref != self.t0
+        if off.any():
+            r = rows[off]
+            factor = np.exp2((ref[off] - self.t0) / self.spec.half_life_s).astype(np.float32)  # <= 1; 0 for -inf
+            self.dense[r] *= factor[:, None]
+            self.item_w[r] *= factor[:, None]
+            self.ref[r] = self.t0
 
     # ----- the update ------------------------------------------------------
     def apply(self, batch: EventBatch) -> ApplyResult:
@@ -305,6 +351,7 @@ class UserStore:
             self.t0 = t_max
         elif (t_max - self.t0) / h > REBASE_HALF_LIVES:
             self._rebase(t_max)
+        self._to_shared(rows_u)
         w = np.exp2((ts - self.t0) / h)
 
         # dense columns: one bincount over (local user, column) pairs
@@ -364,7 +411,8 @@ class UserStore:
         kept = np.flatnonzero(keep_user[inv])
         renumber = np.cumsum(keep_user) - 1  # kept users stay in first-appearance order
         dropped_ids = [uniq[i] for i in dropped.tolist()]
-        held = np.array([r for u in dropped_ids if (r := self._index.get(u)) is not None], dtype=np.int64)
+        held = self._index.get_many(_raw(dropped_ids))
+        held = held[held >= 0]
         if len(held):
             # every other held row protected: exactly the held users left out are evicted
             evicted = self._evict(len(held), np.setdiff1d(self.live_rows(), held))
@@ -403,7 +451,8 @@ class UserStore:
         """Factor turning a row's stored sums into sums as of the user's last event."""
         assert self.t0 is not None
         # capped so that a row whose sums underflowed to 0 reads as 0, never as 0 * inf
-        return np.exp2(np.minimum(-(self.last_ts[rows] - self.t0) / self.spec.half_life_s, 1000.0))
+        e = -(self.last_ts[rows] - self.ref[rows]) / self.spec.half_life_s
+        return np.exp2(np.minimum(np.where(np.isnan(e), 0.0, e), 1000.0))  # nan: a row with no event at all
 
     def features(self, rows: np.ndarray, *, items: bool = True) -> Features:
         """Normalised encoder input for ``rows`` (as of each user's last event).
@@ -442,9 +491,10 @@ class UserStore:
         return live[self.partition[live] == partition]
 
     def export_rows(self, rows: np.ndarray) -> dict:
-        """The rows' users and columns, plus the decay reference they are stored against."""
+        """The rows' users and columns, plus the decay reference each row is stored against (``ref``) and
+        the store's shared one (``t0``)."""
         rows = np.asarray(rows, dtype=np.int64)
-        block: dict = {"ids": self.user_ids(rows), "rows": rows, "t0": self.t0}
+        block: dict = {"ids": self.user_ids(rows), "rows": rows, "t0": self.t0, "ref": self.ref[rows].copy()}
         for name in COLUMNS:
             block[name] = getattr(self, name)[rows].copy()
         return block
@@ -457,8 +507,9 @@ class UserStore:
         """Add users saved by :meth:`export_rows`; returns the ids evicted to make room.
 
         ``keep_rows`` puts each user back on its saved row when that row is free.
-        Rows stored against another decay reference are rescaled to this store's. ``block["key"]``
-        (optional): the users' :func:`user_keys`. The rows given are left in :attr:`imported_rows`.
+        Each row keeps the decay reference it was saved against (``ref``, or the block's ``t0``).
+        ``block["key"]`` (optional): the users' :func:`user_keys`. The rows given are left in
+        :attr:`imported_rows`.
         """
         ids: list[str] = list(block["ids"])
         t0b = block["t0"]
@@ -470,11 +521,13 @@ class UserStore:
             if np.shape(block[name])[1:] != want or len(block[name]) != len(ids):
                 raise ValueError(f"saved column {name!r} has shape {np.shape(block[name])}, this store needs "
                                  f"({len(ids)}, {', '.join(map(str, want))}): another feature configuration?")
+        ref = np.asarray(block["ref"], dtype=np.float64) if block.get("ref") is not None else \
+            np.full(len(ids), -np.inf if t0b is None else t0b, dtype=np.float64)
+        newest = float(ref.max()) if len(ref) and np.isfinite(ref.max()) else t0b
         if self.t0 is None:
-            self.t0 = t0b
-        elif t0b is not None and t0b > self.t0:
-            self._rebase(t0b)
-        factor = np.float32(1.0) if t0b is None or t0b == self.t0 else np.float32(np.exp2(-(self.t0 - t0b) / self.spec.half_life_s))
+            self.t0 = newest
+        elif newest is not None and newest > self.t0:
+            self._rebase(newest)
         saved_rows = np.asarray(block["rows"], dtype=np.int64)
         evicted: list[str] = []
         if keep_rows and len(saved_rows):
@@ -483,21 +536,28 @@ class UserStore:
                 self._alloc(min(self.capacity, max(top, 2 * len(self.dense))))
         rows = np.empty(len(ids), dtype=np.int64)
         missing: list[int] | np.ndarray = []
-        if not keep_rows and (not self._index or self._index.keys().isdisjoint(ids)):  # none held yet: all new rows
+        raw = _raw(ids)
+        # an empty index (a restore) holds none of them: no lookup, whose hashing costs a million ids
+        held = self._index.get_many(raw) if len(self._index) else np.full(len(ids), -1, dtype=np.int64)
+        if not keep_rows and held.max() < 0:  # none held yet (a restore): all new rows
             missing = np.arange(len(ids))
-        placed: list[int] = []  # put back on their saved rows: their keys are still to set
-        for i, uid in enumerate(ids if isinstance(missing, list) else ()):
-            r = self._index.get(uid)
-            if r is None and keep_rows and saved_rows[i] < len(self.dense) and self._ids[saved_rows[i]] is None:
+        back: list[bytes] = []  # users put back on their saved rows (their keys are still to set)
+        back_rows: list[int] = []
+        placed: list[int] = []  # their positions in ``ids``
+        for i, (uid, r) in enumerate(zip(raw, held.tolist()) if isinstance(missing, list) else ()):
+            if r < 0 and keep_rows and saved_rows[i] < len(self.dense) and self._ids[saved_rows[i]] is None:
                 r = int(saved_rows[i])
-                self._index[uid] = r
                 self._ids[r] = uid
+                back.append(uid)
+                back_rows.append(r)
                 self._used = max(self._used, r + 1)
                 placed.append(i)
-            if r is None:
+            if r < 0:
                 missing.append(i)
             else:
                 rows[i] = r
+        if back:
+            self._index.insert_many(back, back_rows)
         if len(missing):
             if keep_rows:
                 taken = set(rows[np.setdiff1d(np.arange(len(ids)), missing)].tolist())
@@ -506,7 +566,7 @@ class UserStore:
             if available < len(missing):
                 known = np.setdiff1d(np.arange(len(ids)), missing)
                 evicted = self._evict(len(missing) - available, rows[known]).evicted_user_ids
-            self._give_rows(rows, np.asarray(missing, dtype=np.int64), ids,
+            self._give_rows(rows, np.asarray(missing, dtype=np.int64), ids, raw,
                             None if block.get("key") is None else np.asarray(block["key"], dtype=np.uint64))
         elif keep_rows:
             taken = set(rows.tolist())
@@ -515,10 +575,8 @@ class UserStore:
             getattr(self, name)[rows] = block[name]
         if placed:  # rows given by _give_rows have their keys, rows already held kept theirs
             self.key[rows[placed]] = user_keys([ids[i] for i in placed])
+        self.ref[rows] = ref
         self.imported_rows = rows
-        if factor != 1.0:
-            self.dense[rows] *= factor
-            self.item_w[rows] *= factor
         return evicted
 
     def set_layout(self, layout: dict) -> None:
@@ -536,8 +594,7 @@ class UserStore:
         """Forget these users without any erasure semantics (their partition moved to another consumer)."""
         rows = np.asarray(rows, dtype=np.int64)
         ids = self.user_ids(rows)
-        for uid in ids:
-            del self._index[uid]
+        self._index.delete_many([self._ids[r] for r in rows.tolist()])  # type: ignore[misc]
         self._clear(rows)
         self._free.extend(rows.tolist()[::-1])
         return ids

@@ -106,15 +106,19 @@ class Settings:
     clusterer: str = _opt("SEGSTREAM_CLUSTERER", "kmeans", "Online clusterer: kmeans (river KMeans, k-means++ warm-up, dead-cluster re-seeding) or dbstream (river DBSTREAM, reclustered every SEGSTREAM_MODEL_UPDATE_EVENTS events).", group="segments", choices=("kmeans", "dbstream"))
     dbstream_radius: float = _opt("SEGSTREAM_DBSTREAM_RADIUS", 0.3, "DBSTREAM micro-cluster radius (clustering_threshold), in embedding units.", group="segments")
     dbstream_fading: float = _opt("SEGSTREAM_DBSTREAM_FADING", 0.01, "DBSTREAM fading factor per learned point (weights halve every ~1/fading learned points).", group="segments")
-    match_factor: float = _opt("SEGSTREAM_MATCH_FACTOR", 2.0, "DBSTREAM: a new macro-cluster keeps an old id when their centres are within this many radii (Hungarian matching).", group="segments")
+    match_factor: float = _opt("SEGSTREAM_MATCH_FACTOR", 2.0, "DBSTREAM: a new centre keeps an old id only within this many radii of it (besides the bound every clusterer uses: half the old centre's distance to its nearest neighbour).", group="segments")
+    dbstream_min_share: float = _opt("SEGSTREAM_DBSTREAM_MIN_SHARE", 0.03, "DBSTREAM: a macro-cluster becomes a new segment at this share of the total macro-cluster weight; a published segment stays one down to half of it.", group="segments")
+    reassign_per_batch: int = _opt("SEGSTREAM_REASSIGN_PER_BATCH", 2000, "Users re-assigned per micro-batch after a new model version (ended segments first, then labels the model may have changed), besides the batch's own users.", group="segments")
     dwell_s: float = _opt("SEGSTREAM_DWELL_S", 0.0, "A user who changed segment keeps the new one for at least this much event time, in seconds (0: hysteresis margin only).", group="segments")
     lineage_topic: str = _opt("SEGSTREAM_LINEAGE_TOPIC", "segment-lineage", "Topic of segment lineage events (born/retired/merged/split, schema 1).", group="kafka")
-    profiles_topic: str = _opt("SEGSTREAM_PROFILES_TOPIC", "segment-profiles", "Topic of periodic segment profiles (keyed by segment id, schema 1).", group="kafka")
+    profiles_topic: str = _opt("SEGSTREAM_PROFILES_TOPIC", "segment-profiles", "Topic of periodic segment profiles (keyed by segment id, schema 2).", group="kafka")
     profile_every_events: int = _opt("SEGSTREAM_PROFILE_EVERY_EVENTS", 50000, "Events between published segment profiles (0: never).", group="segments")
 
     # --- one segment model for several instances -----------------
     global_model: bool = _opt("SEGSTREAM_GLOBAL_MODEL", False, "Share one segment model across the instances of the group through the model topic (kmeans only). Off: each instance learns its own model (one instance per group).", group="scale-out")
     model_topic: str = _opt("SEGSTREAM_MODEL_TOPIC", "segment-model", "Single-partition topic of model summaries and announced global models (schema segstream.model/1; compacted when created here).", group="scale-out")
+    model_first_wait_ms: int = _opt("SEGSTREAM_MODEL_FIRST_WAIT_MS", 10000, "Global model: how long the leader waits, once it has k summary points, for summaries that cover every input partition before it proposes version 1 from those it has.", group="scale-out")
+    model_silent_after_s: float = _opt("SEGSTREAM_MODEL_SILENT_AFTER_S", 300.0, "Global model: a member whose latest summary is older than this is left out of merges (members re-send theirs every third of it; segstream_model_member_silent_seconds shows the age).", group="scale-out")
     instance_id: str = _opt("SEGSTREAM_INSTANCE_ID", "", "Name of this instance in the model protocol (empty: host-pid-random).", group="scale-out")
 
     # --- metrics and logs --------------------------------------------------
@@ -148,12 +152,15 @@ class Settings:
             raise SettingsError(f"{_env('checkpoint_interval_ms')} and {_env('dedup_window')} must be >= 0")
         if self.gc_threshold < 0:
             raise SettingsError(f"{_env('gc_threshold')} must be >= 0")
-        positive = ("batch_max_events", "max_event_bytes", "max_users", "encoder_batch", "segments", "warmup_users", "model_update_events")
+        positive = ("batch_max_events", "max_event_bytes", "max_users", "encoder_batch", "segments", "warmup_users", "model_update_events",
+                    "reassign_per_batch")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env(name)} must be > 0")
         if self.global_model and self.clusterer != "kmeans":
             raise SettingsError(f"{_env('global_model')} needs {_env('clusterer')}=kmeans")
+        if self.model_first_wait_ms < 0 or self.model_silent_after_s <= 0:
+            raise SettingsError(f"{_env('model_first_wait_ms')} must be >= 0, {_env('model_silent_after_s')} > 0")
         if self.warmup_users < self.segments:
             raise SettingsError(f"{_env('warmup_users')} must be >= {_env('segments')}")
         if not 0.0 <= self.hysteresis < 1.0:

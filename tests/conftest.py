@@ -53,11 +53,14 @@ def topics() -> dict[str, str]:
 
 
 @pytest.fixture(params=["kafka-python", "confluent"])
-def kafka_client(request: pytest.FixtureRequest) -> str:
-    """The run loop's Kafka client (``SEGSTREAM_KAFKA_CLIENT``): a test taking this fixture runs on both
-    (confluent is skipped where confluent-kafka is not installed)."""
+def kafka_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The run loop's Kafka client (``SEGSTREAM_KAFKA_CLIENT``): a test taking this fixture (or marked
+    ``usefixtures("kafka_client")``) runs on both (confluent is skipped where confluent-kafka is not installed).
+    The variable is set for the test, so every ``segstream`` child process and every ``Broker.settings``
+    follow it without passing the flag."""
     if request.param == "confluent":
         pytest.importorskip("confluent_kafka")
+    monkeypatch.setenv("SEGSTREAM_KAFKA_CLIENT", request.param)
     return request.param
 
 

@@ -34,6 +34,9 @@ class Broker:
     embedded: Any
 
     def settings(self, topics: dict[str, str], **kw: Any) -> Settings:
+        """Settings of a run on these topics; the Kafka client is ``SEGSTREAM_KAFKA_CLIENT``'s (what the
+        ``kafka_client`` fixture sets, and what the ``segstream`` child processes read) unless ``kw`` names one."""
+        kw.setdefault("kafka_client", os.environ.get("SEGSTREAM_KAFKA_CLIENT", "kafka-python"))
         return Settings(bootstrap=self.bootstrap, input_topic=topics["input"], output_topic=topics["output"],
                         dlq_topic=topics["dlq"], group_id=topics["group"], metrics_port=0, **kw)
 
@@ -131,7 +134,7 @@ class SegstreamProcess:
                 "--input-topic", settings.input_topic, "--output-topic", settings.output_topic,
                 "--dlq-topic", settings.dlq_topic, "--group-id", settings.group_id,
                 "--metrics-port", str(self.metrics_port), "--session-timeout-ms", "6000",
-                "--heartbeat-interval-ms", "1000", *extra]
+                "--heartbeat-interval-ms", "1000", "--kafka-client", settings.kafka_client, *extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 

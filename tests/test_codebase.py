@@ -102,3 +102,56 @@ def test_comments_say_why_not_which_issue():
                  for i, line in enumerate(p.read_text().splitlines(), 1)
                  if pattern.search(line) and not (p == here and "re.compile" in line)]
     assert not offenders
+
+
+#: Tests that run ``segstream`` against a broker on one Kafka client only, and why.
+ONE_CLIENT = {
+    "tests/evaluation/test_movielens_e2e.py::test_movielens_replay_through_broker":
+        "segmentation quality over 100k ratings; its Kafka paths are the other tests' (both clients)",
+    "tests/stream/contracts/test_segment_topics.py::test_dbstream_movielens_replay_publishes_lineage_that_explains_every_segment_id":
+        "DBSTREAM lineage over 100k ratings; lineage and profiles topics are written on both clients by test_erasure_everywhere",
+    "tests/stream/runtime/test_scaleout.py::test_three_instances_share_one_model_through_a_kill_a_join_and_a_restart":
+        "the model topic is read and written with kafka-python on either client; three members through a kill and "
+        "a join on confluent: test_rebalance",
+    "tests/stream/runtime/test_global_groups.py::test_three_members_share_a_model_that_keeps_every_partitions_groups":
+        "segmentation across members; the model topic is read and written with kafka-python on either client",
+    "tests/stream/runtime/test_global_groups.py::test_the_next_leader_continues_the_versions_and_a_late_member_starts_from_the_latest":
+        "leader hand-over on the model topic, read and written with kafka-python on either client",
+    "tests/stream/observability/test_endpoint.py::test_segstream_run_guards_metrics_with_the_password_from_the_environment":
+        "the HTTP metrics endpoint, not Kafka",
+    "tests/stream/observability/test_observability.py::test_prometheus_scrapes_live_consumer_and_dashboard_metrics_exist":
+        "a Prometheus server scraping the process, not Kafka",
+    "tests/stream/observability/test_alerts_e2e.py::test_alerts_fire_on_drift_down_and_stall_and_dashboard_queries_return_data":
+        "Prometheus alert rules, not Kafka",
+}
+
+
+def _runs_segstream_on_a_broker() -> dict[str, bool]:
+    """Every test function that runs ``segstream run`` (child process or in-process) against a broker fixture:
+    ``file::name`` -> whether it runs on both Kafka clients (the ``kafka_client`` fixture, or a ``path``
+    parameter that includes confluent)."""
+    found: dict[str, bool] = {}
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        text = path.read_text()
+        module_wide = 'usefixtures("kafka_client")' in text
+        for node in ast.walk(ast.parse(text, str(path))):
+            if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+                continue
+            params = [a.arg for a in node.args.args]
+            body = ast.unparse(node)
+            runs = "SegstreamProcess(" in body or "run_consumer(" in body or "'stream.cli', 'run'" in body
+            if not (runs and any(p == "broker" or p.endswith("_broker") for p in params)):
+                continue
+            found[f"{path.relative_to(REPO)}::{node.name}"] = (
+                module_wide or "kafka_client" in params or ("path" in params and "'confluent'" in body))
+    return found
+
+
+def test_every_integration_test_of_the_run_loop_runs_on_both_kafka_clients():
+    """A test that runs ``segstream`` against a broker takes the ``kafka_client`` fixture (so ``./dev test``
+    runs it on kafka-python and on confluent), or ``ONE_CLIENT`` says why not."""
+    found = _runs_segstream_on_a_broker()
+    assert len(found) >= 20  # the scan sees the integration suite
+    single = sorted(t for t, both in found.items() if not both and t not in ONE_CLIENT)
+    assert not single
+    assert not sorted(t for t in ONE_CLIENT if t not in found or found[t])  # the list holds no stale entry

@@ -176,7 +176,7 @@ def _sasl_problem(settings: Settings, messages: Sequence[str]) -> str | None:
     if settings.security_protocol.upper().startswith("SASL"):
         refused = [m for m in messages if any(s in m for s in (
             "SaslAuthenticationFailed", "Authentication failed", "SaslHandshake failed", "UnsupportedSaslMechanism",
-            "does not support"))]
+            "does not support", "SASL authentication error"))]  # the last: librdkafka's (confluent_admin.py)
         # kafka-python logs some refusals only as a lost connection (a SCRAM server-final message without
         # a signature raises KeyError 'v'): a connection lost once ApiVersions has answered (the broker
         # version is known) was lost during the SASL exchange, the only step that follows

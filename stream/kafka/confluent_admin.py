@@ -10,12 +10,15 @@ kafka-python's ``KafkaAdminClient`` those calls use, with its return shapes.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from stream.kafka.confluent import _base, _error, require_confluent
 from stream.settings import Settings
 
 __all__ = ["ConfluentAdmin"]
+
+_LOG = logging.getLogger("kafka.librdkafka")
 
 
 class ConfluentAdmin:
@@ -27,12 +30,20 @@ class ConfluentAdmin:
 
         self._ck = ck
         self.timeout_s = request_timeout_ms / 1000.0
+        # librdkafka's log lines and errors through Python logging, under "kafka": start-up's broker probe
+        # (wait_for_broker) holds that logger's messages and turns a refused SASL login into one line, as it
+        # does kafka-python's; left to librdkafka, every reconnect would print its own line to stderr
+        cfg = {**_base(settings), "client.id": f"{settings.client_id}-admin", "logger": _LOG,
+               "error_cb": lambda err: _LOG.error("%s", err.str())}
         try:
-            self._admin = AdminClient({**_base(settings), "client.id": f"{settings.client_id}-admin"})
+            self._admin = AdminClient(cfg)
         except ck.KafkaException as exc:  # a configuration librdkafka cannot run (e.g. GSSAPI without Cyrus SASL)
             raise SystemExit(f"librdkafka refused the admin client configuration: {_error(exc)}") from None
         # like KafkaAdminClient, fail here when no broker answers (wait_for_broker relies on it)
-        self._admin.list_topics(timeout=self.timeout_s)
+        try:
+            self._admin.list_topics(timeout=self.timeout_s)
+        finally:
+            self._admin.poll(0)  # serves the queued log lines and errors to _LOG
 
     def list_topics(self) -> list[str]:
         return sorted(self._admin.list_topics(timeout=self.timeout_s).topics)

@@ -120,7 +120,7 @@ TOPIC_POLICIES: tuple[TopicPolicy, ...] = (
             "retired records are both needed"),
     TopicPolicy(
         role="profiles", setting="profiles_topic", key="segment id (decimal UTF-8)",
-        value="`segment-profiles` v1 (`stream/contracts/lineage_profiles.py`)",
+        value="`segment-profiles` v2 (`stream/contracts/lineage_profiles.py`)",
         writer="`segstream run`", readers="recommenders, dashboards",
         configs={"cleanup.policy": "compact"},
         why="a record is the segment's current profile: the latest per segment is what a reader wants"),

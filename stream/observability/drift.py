@@ -25,7 +25,11 @@ their embeddings, a new model) into the health signals exported as metrics:
   Each signal is divided by the mean of its first ``min_instances`` fed values,
   so ``delta`` and ``threshold`` are relative (0.05: ignore moves under 5%),
   whatever the encoder's distance scale. A detection counts once and holds the in-alarm gauge up
-  for ``alarm_hold_batches`` batches (re-armed by every new detection).
+  for ``alarm_hold_batches`` batches (re-armed by every new detection);
+* a **PSI alarm** when PSI crosses ``psi_alarm`` (0.25, the usual mark of a significant shift)
+  from below. The distance detector sees a drift only while the model still fits the old
+  population; a model that re-fits within a version or two (labels follow the model) hides it
+  there, while the population's move stays visible in PSI until the reference is refreshed.
 
 Detectors are fed one value per batch (a batch summary), so the cost per batch
 is O(1) Python work plus vectorised numpy over the batch.
@@ -61,7 +65,8 @@ __all__ = ["DriftMonitor", "DriftSnapshot", "population_stability_index", "centr
 
 log = logging.getLogger(__name__)
 
-SIGNALS = ("distance", "churn")
+SIGNALS = ("distance", "churn", "psi")
+DETECTED = ("distance", "churn")  # the signals a Page-Hinkley detector watches; "psi" is a threshold
 
 
 def quantile_edges(reference: np.ndarray, bins: int = 10) -> np.ndarray:
@@ -135,8 +140,9 @@ class DriftMonitor:
 
     def __init__(self, *, reference_size: int = 2000, current_size: int = 2000, alarm_hold_batches: int = 20,
                  min_instances: int = 10, delta: float = 0.05, threshold: float = 1.5, grace_batches: int = 0,
-                 refresh_every: int = 0) -> None:
+                 refresh_every: int = 0, psi_alarm: float = 0.25) -> None:
         self.grace_batches = grace_batches
+        self.psi_alarm = psi_alarm
         self.batches = 0
         self.reference_size = reference_size
         self.current_size = current_size
@@ -145,10 +151,10 @@ class DriftMonitor:
         self._since_reference = 0  # embeddings seen since the reference was set
         self.alarm_hold_batches = alarm_hold_batches
         self.detectors = {s: PageHinkley(min_instances=min_instances, delta=delta, threshold=threshold, mode="up")
-                          for s in SIGNALS}
+                          for s in DETECTED}
         self.alarms_total = {s: 0 for s in SIGNALS}
         self.min_instances = min_instances
-        self._baseline: dict[str, list[float]] = {s: [] for s in SIGNALS}
+        self._baseline: dict[str, list[float]] = {s: [] for s in DETECTED}
         self._hold = {s: 0 for s in SIGNALS}
         self._reference: list[np.ndarray] = []
         self._reference_keys: list[np.ndarray] = []  # user key of each row of _reference (0: unknown)
@@ -179,7 +185,7 @@ class DriftMonitor:
             self.churn = changed / updated
             values["churn"] = self.churn
         detections = {}
-        for s in SIGNALS:
+        for s in DETECTED:
             self._hold[s] = max(0, self._hold[s] - 1)
             fired = False
             if s in values and self.batches > self.grace_batches:
@@ -197,7 +203,15 @@ class DriftMonitor:
         if embeddings is not None and len(embeddings) and self.batches > self.grace_batches:
             keys = (np.zeros(len(embeddings), np.uint64) if embedding_keys is None
                     else np.asarray(embedding_keys, dtype=np.uint64))
+            before = self.psi
             self._observe_embeddings(np.asarray(embeddings, dtype=np.float64), keys)
+            detections["psi"] = before < self.psi_alarm <= self.psi
+        else:
+            detections["psi"] = False
+        self._hold["psi"] = max(0, self._hold["psi"] - 1)
+        if detections["psi"]:
+            self.alarms_total["psi"] += 1
+            self._hold["psi"] = self.alarm_hold_batches
         return DriftSnapshot(self.churn, self.mean_distance, self.psi, detections,
                              {s: self.in_alarm(s) for s in SIGNALS})
 

@@ -104,8 +104,11 @@ class Metrics:
         self.segment_share = Gauge("segstream_segment_share", "Share of assigned users in each segment (0..1).", ["segment"], registry=r)
         self.model_version = Gauge("segstream_model_version", "Version of the published segment model in use.", registry=r)
         self.model_leader = Gauge("segstream_model_leader", "1 while this instance merges and announces the global model (it owns input partition 0).", registry=r)
+        self.model_member_silent = Gauge("segstream_model_member_silent_seconds", "Global model: seconds since each member's latest summary was sent, as this instance has read them (left out of merges past SEGSTREAM_MODEL_SILENT_AFTER_S).", ["member"], registry=r)
         self.model_messages = Counter("segstream_model_messages", "Model-topic records sent and received, by kind (model, summary, invalid) and direction.", ["kind", "direction"], registry=r)
         self.model_updates = Counter("segstream_model_updates", "Segment model versions published.", registry=r)
+        self.label_agreement = Gauge("segstream_label_agreement", "At each published model version: share of the users holding a segment whose label is certified to be what that model gives them with hysteresis (a lower bound; the rest are queued for re-assignment, a bounded number per batch). 1 before the first version.", registry=r)
+        self.label_agreement.set(1.0)
         self.batch_duration = Histogram("segstream_batch_duration_seconds", "Wall time to process, publish and commit one micro-batch.",
                                         buckets=LATENCY_BUCKETS, registry=r)
         self.batch_events = Histogram("segstream_batch_events", "Records per micro-batch.", buckets=BATCH_SIZE_BUCKETS, registry=r)
@@ -147,7 +150,7 @@ class Metrics:
         self.churn = Gauge("segstream_assignment_churn_ratio", "Share of updated users whose segment changed in the last batch.", registry=r)
         self.mean_distance = Gauge("segstream_mean_distance", "Mean distance of the last batch's updated users to their assigned centroid.", registry=r)
         self.psi = Gauge("segstream_embedding_psi", "Population stability index of recent embeddings against the reference window.", registry=r)
-        self.drift_alarms = Counter("segstream_drift_alarms", "Page-Hinkley drift detections, by signal.", ["signal"], registry=r)
+        self.drift_alarms = Counter("segstream_drift_alarms", "Drift detections, by signal (Page-Hinkley on distance and churn; PSI crossing 0.25).", ["signal"], registry=r)
         self.drift_alarm_active = Gauge("segstream_drift_alarm_active", "1 while a drift alarm on the signal is held up, else 0.", ["signal"], registry=r)
         for sig in SIGNALS:
             self.drift_alarms.labels(sig)
@@ -209,6 +212,8 @@ class Metrics:
                     self.centroid_shift.set(self.drift.model_changed(prev.segment_ids, prev.centroids,
                                                                      model.segment_ids, model.centroids))
                 self._prev_model = model
+            if result.label_agreement is not None:
+                self.label_agreement.set(result.label_agreement)
             self.observe_drift(result)
             self.set_segments(pipeline.users_per_segment(), model.segment_ids.tolist())
         self.observe_lineage(result.lineage)
@@ -216,14 +221,16 @@ class Metrics:
     def observe_lineage(self, events: Iterable[LineageEvent]) -> None:
         """Count published lineage events by kind (the id-churn alert reads births and ends per hour)."""
         for ev in events:
-            self.lineage_events.labels(ev.kind).inc()
+            if getattr(ev, "announce", True):
+                self.lineage_events.labels(ev.kind).inc()
 
     def observe_drift(self, result: BatchResult) -> None:
         """Churn, mean distance, PSI and Page-Hinkley alarms of one batch (see :mod:`stream.observability.drift`)."""
         if len(result.distances) == 0:
             return
-        first = int((result.changes.previous < 0).sum())  # first assignments are not churn
-        snap = self.drift.observe(distances=result.distances, changed=len(result.changes) - first,
+        own = result.changes.previous[: len(result.changes) - result.reassigned]  # re-assignments: the model's doing
+        first = int((own < 0).sum())  # first assignments are not churn
+        snap = self.drift.observe(distances=result.distances, changed=len(own) - first,
                                   updated=len(result.distances) - first, embeddings=result.embeddings,
                                   embedding_keys=result.embedding_keys)
         self.churn.set(snap.churn)

@@ -108,7 +108,8 @@ def run_consumer(settings: Settings, *, stop: threading.Event | None = None, max
     if settings.global_model:
         from stream.runtime.model_sync import ModelSync
 
-        runner.model_sync = ModelSync(settings, pipeline.segmenter, runner.publisher, metrics)  # type: ignore[arg-type]
+        runner.model_sync = ModelSync(settings, pipeline.segmenter, runner.publisher, metrics,  # type: ignore[arg-type]
+                                      input_partitions=_input_partitions(settings))
         runner.model_sync.catch_up()
     runner.subscribe()
     # lag as the broker sees it, from a consumer of its own: it keeps moving while the loop is stuck

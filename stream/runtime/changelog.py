@@ -94,14 +94,15 @@ def row_dtype(store: UserStore) -> np.dtype:
 ROW_COLUMNS = ("seq", "segment", "last_ts", "distance", "item_head", "dense", "items", "item_w")
 
 
-def encode_rows(dtype: np.dtype, columns: Mapping[str, np.ndarray], t0: float | None, cid: np.ndarray,
+def encode_rows(dtype: np.dtype, columns: Mapping[str, np.ndarray], t0: np.ndarray, cid: np.ndarray,
                 key: np.ndarray) -> bytes:
-    """Full user records (kind byte included, back to back) from store columns stored against ``t0``."""
+    """Full user records (kind byte included, back to back) from store columns, each row stored against its
+    own decay reference ``t0`` (the store's ``ref``)."""
     n = len(key)
     out = np.zeros(n, dtype=dtype)
     for name in ROW_COLUMNS:
         out[name] = columns[name]
-    out["t0"] = t0 if t0 is not None else 0.0
+    out["t0"] = t0
     out["key"] = key
     out["cid"] = np.where(out["seq"] > 0, cid, b"")
     framed = np.empty((n, 1 + dtype.itemsize), dtype=np.uint8)
@@ -393,7 +394,7 @@ class Changelog:
     def _encode(self, rows: np.ndarray) -> bytes:
         """The rows' full records, kind byte included, back to back."""
         store = self.pipeline.store
-        return encode_rows(self.dtype, {name: getattr(store, name)[rows] for name in ROW_COLUMNS}, store.t0,
+        return encode_rows(self.dtype, {name: getattr(store, name)[rows] for name in ROW_COLUMNS}, store.ref[rows],
                            self.pipeline.tails.change_ids(rows), store.key[rows])
 
     def marker_offsets(self, partitions: list[int]) -> dict[int, int]:
@@ -428,18 +429,15 @@ class Changelog:
             u = s.users
             if not u or not u["ids"]:
                 continue
-            t0s = u["t0"]
-            groups = t0s[:1] if (t0s == t0s[0]).all() else np.unique(t0s)
-            for t0 in groups:
-                sel = np.flatnonzero(t0s == t0) if len(groups) > 1 else slice(None)
-                ids = u["ids"] if len(groups) == 1 else [u["ids"][i] for i in sel.tolist()]
-                block: dict[str, Any] = {"ids": ids, "rows": np.zeros(len(ids), np.int64), "t0": float(t0),
-                                         "partition": np.full(len(ids), s.partition, dtype=np.int32)}
-                for name in (*ROW_COLUMNS, "key"):
-                    block[name] = u[name][sel]
-                p_.import_users(block, keep_rows=False)
-                p_.tails.set_raw_change_ids(store.imported_rows, u["cid"][sel])
+            ids = u["ids"]
+            # one block a partition: each row keeps its own decay reference (the row's t0 field)
+            block: dict[str, Any] = {"ids": ids, "rows": np.zeros(len(ids), np.int64), "t0": float(u["t0"].max()),
+                                     "ref": u["t0"], "partition": np.full(len(ids), s.partition, dtype=np.int32)}
+            for name in (*ROW_COLUMNS, "key"):
+                block[name] = u[name]
+            p_.import_users(block, keep_rows=False)
+            p_.tails.set_raw_change_ids(store.imported_rows, u["cid"])
             users += len(u["ids"])
-        queued = [store.row_of(x) for s in states for x in s.stale]
-        p_.requeue(np.array([r for r in queued if r is not None], dtype=np.int64))
+        queued = store.rows_or_missing([x for s in states for x in s.stale])
+        p_.requeue(queued[queued >= 0])
         return users

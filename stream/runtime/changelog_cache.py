@@ -57,7 +57,11 @@ def base_records(changelog: Changelog, doc: dict[str, Any], model: dict[str, Any
     the model (core and chunks). Negative offsets: no void range of a later marker reaches them."""
     users = doc["users"]
     ids = [u.encode("utf-8", "surrogatepass") for u in users["ids"]]
-    rows = encode_rows(changelog.dtype, {name: users[name] for name in ROW_COLUMNS}, users["t0"],
+    # each row's own decay reference; a snapshot without one has all its rows stored against its t0
+    ref = users.get("ref")
+    if ref is None:
+        ref = np.full(len(ids), 0.0 if users["t0"] is None else users["t0"], dtype=np.float64)
+    rows = encode_rows(changelog.dtype, {name: users[name] for name in ROW_COLUMNS}, np.asarray(ref, dtype=np.float64),
                        np.asarray(doc["cid"], dtype="S16"), np.asarray(doc["key"], dtype=np.uint64))
     width = 1 + changelog.dtype.itemsize
     values: list[bytes | None] = [rows[i * width:(i + 1) * width] for i in range(len(ids))]

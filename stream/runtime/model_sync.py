@@ -32,13 +32,22 @@ from stream.settings import Settings
 
 __all__ = ["ModelSync"]
 
+GONE_AFTER = 10  # a member silent for this many SEGSTREAM_MODEL_SILENT_AFTER_S loses its silence series
+
 log = logging.getLogger(__name__)
 
 
 class ModelSync:
+    """``input_partitions``: how many partitions the input topic has (the leader waits, up to
+    ``SEGSTREAM_MODEL_FIRST_WAIT_MS``, for summaries covering all of them before it proposes v1)."""
+
     def __init__(self, settings: Settings, segmenter: GlobalKMeans, publisher: Publisher,
-                 metrics: Metrics | None = None, consumer: Consumer | None = None) -> None:
+                 metrics: Metrics | None = None, consumer: Consumer | None = None, *,
+                 input_partitions: int = 0) -> None:
         self.segmenter = segmenter
+        self.input_partitions = input_partitions
+        self._silent: set[str] = set()  # members past SEGSTREAM_MODEL_SILENT_AFTER_S (logged once each)
+        self._shown: set[str] = set()  # members with a silence series
         self.publisher = publisher
         self.metrics = metrics
         self.tp = TopicPartition(settings.model_topic, 0)
@@ -64,13 +73,14 @@ class ModelSync:
             self._quiet = False
         m = self.segmenter.model
         if m is not None:
-            self._log_applied(m, {"proposer": None, "instances": None}, self.consumer.position(self.tp) - 1)
+            self._log_applied(m, {}, self.consumer.position(self.tp) - 1)
         log.info("model topic read to its end: %d records, model version %s", n, None if m is None else m.version,
                  extra={"topic": self.tp.topic, "offset": self.consumer.position(self.tp)})
         return n
 
-    def pump(self, *, leader: bool) -> None:
-        """Apply what arrived on the model topic; send this instance's summaries and proposals."""
+    def pump(self, *, leader: bool, partitions: list[int] | None = None) -> None:
+        """Apply what arrived on the model topic; send this instance's summaries and proposals
+        (``partitions``: the input partitions this instance owns, named in its summaries)."""
         if leader != self.leader:
             self.leader = leader
             log.info("model leader: %s", "this instance" if leader else "another instance",
@@ -78,11 +88,34 @@ class ModelSync:
             if self.metrics is not None:
                 self.metrics.model_leader.set(1 if leader else 0)
         self._read(0)
-        for msg in self.segmenter.outgoing(leader=leader):
+        self._watch_members()
+        for msg in self.segmenter.outgoing(leader=leader, partitions=partitions,
+                                           n_partitions=self.input_partitions or None):
             key = b"model" if msg["kind"] == "model" else f"summary/{msg['instance']}".encode()
             self.publisher.send(self.tp.topic, key, msgpack.packb(msg, use_bin_type=True))
             if self.metrics is not None:
                 self.metrics.model_messages.labels(msg["kind"], "sent").inc()
+
+    def _watch_members(self) -> None:
+        """Seconds since each member's latest summary (gauge); one log line when a member falls silent
+        (left out of merges) and one when it speaks again."""
+        limit = self.segmenter.silent_after_s
+        for member, age in self.segmenter.silence().items():
+            if age > GONE_AFTER * limit:  # long gone (an instance id of a past run): no series kept for it
+                if member in self._shown and self.metrics is not None:
+                    self.metrics.model_member_silent.remove(member)
+                self._shown.discard(member)
+                continue
+            if self.metrics is not None:
+                self.metrics.model_member_silent.labels(member).set(age)
+                self._shown.add(member)
+            if age > limit and member not in self._silent:
+                self._silent.add(member)
+                log.warning("model member %s silent for %.0f s: left out of merges", member, age,
+                            extra={"member": member, "instance": self.segmenter.instance_id})
+            elif age <= limit and member in self._silent:
+                self._silent.discard(member)
+                log.info("model member %s sends summaries again", member, extra={"member": member})
 
     def _read(self, timeout_ms: int) -> int:
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=1000)
@@ -113,7 +146,8 @@ class ModelSync:
     def _log_applied(self, model: Any, msg: dict, offset: int) -> None:
         log.info("model applied", extra={
             "model_version": model.version, "digest": model_digest(model.centroids, model.segment_ids),
-            "proposer": msg.get("proposer"), "instances": msg.get("instances"), "offset": offset,
+            "proposer": msg.get("proposer"), "instances": msg.get("instances"), "members": msg.get("members"),
+            "offset": offset,
             "instance": self.segmenter.instance_id})
 
     def close(self) -> None:

@@ -57,9 +57,8 @@ class OutputWriter:
         send = self.publisher.send
         for key, value in encode_lineage(result.lineage):
             send(self.settings.lineage_topic, key, value)
-        if result.profiles:
-            version = result.changes.model_version
-            for key, value in encode_profiles(result.profiles, version, result.max_event_time):
+        if result.profiles:  # each profile carries the model version it describes
+            for key, value in encode_profiles(result.profiles):
                 send(self.settings.profiles_topic, key, value)
         self._dead_letters(result, records)
 

@@ -30,16 +30,18 @@ import numpy as np
 from encoders.serving import Encoder, load_encoder
 from state.features import FeatureSpec
 from state.dbstream import OnlineDBSTREAM
-from state.global_model import GlobalKMeans
+from state.global_model import SUMMARY_FACTOR, GlobalKMeans
 from state.contract_tail import ContractTails
 from state.kmeans import LineageEvent, OnlineKMeans
 from state.row_queue import RowQueue
-from state.profiles import segment_profiles
-from state.segments import SegmentModel, assign, squared_distances
+from state.profiles import ItemNames, segment_profiles
+from state.relabel import LABELS_SETTLED, LabelFollower
+from state.segments import SegmentModel, assign_bounds, squared_distances
 from state.user_store import UserStore, user_keys
 from stream.runtime.dedup import EventIdWindow
-from state.events import EventBatch, EventDecoder, Rejected, set_gc_threshold
+from state.events import EventBatch, EventDecoder, Rejected
 from stream.runtime.pseudonym import Pseudonymiser
+from stream.runtime.tuning import tune_process
 from stream.settings import Settings
 
 __all__ = ["Pipeline", "BatchResult", "SegmentChanges", "spec_from_settings", "tune_process"]
@@ -93,6 +95,8 @@ class BatchResult:
     distances: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     embeddings: np.ndarray | None = None
     embedding_keys: np.ndarray | None = None  # user key (state.user_store.user_keys) of each embedding row
+    label_agreement: float | None = None  # when a model version was published: see Pipeline.label_agreement
+    reassigned: int = 0  # the last ones of ``changes``: users re-assigned after a new model version, not by an event
 
 
 def default_instance_id() -> str:
@@ -127,11 +131,14 @@ class Pipeline:
         self._since_profile = 0
         self._profile_rng = np.random.default_rng([seed, 13])
         self._sample_rng = np.random.default_rng([seed, 17])  # consolidation sample of users
-        self.consolidate_on_users = False  # starvation of segments judged on a sample of users (see OnlineKMeans._publish)
+        # k-means centres refined and starvation judged on a sample of the users held (OnlineKMeans._publish)
+        self.consolidate_on_users = True
         self._changed_at = np.zeros(0, dtype=np.float64)  # event time of each row's last segment change
         self._segment_users = np.zeros(0, dtype=np.int64)  # users per segment id
-        self._stale = RowQueue()  # rows to (re-)assign: retired segment, or restored without one
-        self.reassign_per_batch = 2000
+        self._stale = RowQueue()  # rows to (re-)assign: label not certified by the model, or restored without one
+        self.reassign_per_batch = Settings.reassign_per_batch  # rows re-assigned per batch, besides its own
+        self._labels = LabelFollower()  # certifies held labels across model versions without re-embedding
+        self.item_names = ItemNames()
         self.events_seen = 0
         self.pseudonymiser: Pseudonymiser | None = None  # keyed hash of user ids before anything is stored
         self.dedup: EventIdWindow | None = None  # drops repeated event_ids within a bounded window
@@ -163,18 +170,29 @@ class Pipeline:
             segmenter = OnlineDBSTREAM(
                 encoder.dim, radius=settings.dbstream_radius, fading_factor=settings.dbstream_fading,
                 warmup_users=settings.warmup_users, learn_sample=settings.learn_sample,
-                recluster_events=settings.model_update_events, seed=settings.seed, match_factor=settings.match_factor)
+                recluster_events=settings.model_update_events, seed=settings.seed, match_factor=settings.match_factor,
+                min_share=settings.dbstream_min_share)
         else:
+            # global model: the local learner summarises this instance's users with more centres than the
+            # model has segments, so that no summary centre straddles two groups (state.global_model); river
+            # costs a distance per centre per sampled row, so it samples fewer rows (same cost per batch)
+            local_k, sample = settings.segments, settings.learn_sample
+            if settings.global_model:
+                local_k = min(SUMMARY_FACTOR * settings.segments, settings.warmup_users)
+                sample = max(1, sample * settings.segments // local_k)
             segmenter = OnlineKMeans(
-                settings.segments, encoder.dim, learning_rate=settings.learning_rate,
-                warmup_users=settings.warmup_users, learn_sample=settings.learn_sample,
+                local_k, encoder.dim, learning_rate=settings.learning_rate,
+                warmup_users=settings.warmup_users, learn_sample=sample,
                 update_every_events=settings.model_update_events, seed=settings.seed)
         if settings.global_model:
-            segmenter = GlobalKMeans(segmenter, settings.instance_id or default_instance_id())
+            segmenter = GlobalKMeans(segmenter, settings.instance_id or default_instance_id(), k=settings.segments,
+                                     first_wait_s=settings.model_first_wait_ms / 1000.0,
+                                     silent_after_s=settings.model_silent_after_s)
         decoder = EventDecoder(spec, max_event_bytes=settings.max_event_bytes, min_ts=settings.min_event_ts,
                                max_clock_skew_s=settings.max_clock_skew_s, now=now)
         pipeline = cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis, dwell_s=settings.dwell_s,
                        profile_every_events=settings.profile_every_events, seed=settings.seed)
+        pipeline.reassign_per_batch = settings.reassign_per_batch
         if settings.pseudonymise_key:
             pipeline.pseudonymiser = Pseudonymiser(settings.pseudonymise_key)
         if settings.dedup_window > 0:
@@ -215,6 +233,7 @@ class Pipeline:
         store, seg = self.store, self.segmenter
         erased: list[str] = []
         erased_sources: list[int] = []
+        self.item_names.update(batch.item_names)
         if self.pseudonymiser is not None:
             batch = self.pseudonymiser.apply(batch)
         if batch.deletes:  # before de-duplication: the window then keeps only ids of the users' new life
@@ -252,7 +271,7 @@ class Pipeline:
         event_time = batch.ts[applied.last_event]
 
         if seg.warming:
-            seg.add_warmup(store.user_ids(rows), emb, event_time=result.max_event_time)
+            seg.add_warmup(store.user_ids(rows), emb, event_time=result.max_event_time, events=n)
             if not seg.ready():
                 return result
             wrows, wemb = self._seed_waiting(result.max_event_time)
@@ -263,6 +282,16 @@ class Pipeline:
             rows, emb = wrows, wemb
             result.new_model = seg.model
 
+        # learn and publish first: every change of this batch is decided by the newest model version
+        arrived_to, own_rows, own_emb = seg.model, rows, emb
+        seg.learn(emb, store.key[rows])
+        # the users who hold each segment tell the clusterer which segments starve, but only once labels have
+        # caught up with the model: before that a young segment has had no chance to collect its users
+        held = self.users_per_segment() if self.label_agreement() >= LABELS_SETTLED else {}
+        new_model = seg.tick(n, result.max_event_time, held, self._population if self.consolidate_on_users else None)
+        if new_model is not None:
+            result.new_model = new_model
+        self._take_lineage(result)
         learn_emb, learn_keys = emb, store.key[rows]
         stale = self._take_stale(rows)
         if len(stale):
@@ -273,47 +302,57 @@ class Pipeline:
             # are made (this batch's newest), not the user's last activity (which may be long past)
             event_time = np.concatenate([event_time, np.full(len(stale), result.max_event_time)])
         reassigned = np.zeros(len(rows), dtype=bool)
-        reassigned[len(rows) - len(stale):] = True  # queued because their segment ended or split
+        reassigned[len(rows) - len(stale):] = True  # queued by a new model version (or a restore)
+        held_before = store.segment[rows].copy()
         result.changes = self._assign(rows, emb, source, event_time, reassigned)
-        result.distances = store.distance[rows]
+        result.reassigned = int((store.segment[stale] != held_before[len(own_rows):]).sum())
+        # drift signals: the batch's own users, against the model version the batch arrived to
+        result.distances = store.distance[own_rows]
+        if new_model is not None and arrived_to is not None and arrived_to is not new_model:
+            result.distances = assign_bounds(arrived_to, own_emb, held_before[: len(own_rows)], self.hysteresis)[1]
         result.embeddings, result.embedding_keys = learn_emb, learn_keys
-        seg.learn(learn_emb, learn_keys)
-        new_model = seg.tick(n, result.max_event_time, self.users_per_segment(), self._population if self.consolidate_on_users else None)
         if new_model is not None:
-            result.new_model = new_model
-        result.lineage = seg.drain_lineage()
-        # users of a segment that ended, or of a segment that was split, are re-assigned (bounded per batch)
-        retired = [s for ev in result.lineage if ev.kind in ("retired", "merged") for s in ev.segments]
-        retired += [s for ev in result.lineage if ev.kind == "split" for s in ev.parents]
-        if retired:
-            used = store.segment
-            self._stale.add(np.flatnonzero(np.isin(used, retired)))
+            result.label_agreement = self.label_agreement()
         if self.profile_every_events > 0:
             self._since_profile += n
             if self._since_profile >= self.profile_every_events:
                 self._since_profile = 0
-                result.profiles = segment_profiles(store, seg.model, self._profile_rng)
+                result.profiles = segment_profiles(store, seg.model, self._profile_rng,
+                                                   item_names=self.item_names, event_time=result.max_event_time)
         return result
+
+    def _take_lineage(self, result: BatchResult) -> None:
+        """The segmenter's lineage events into ``result``; users the current model version may have
+        re-labelled are queued for re-assignment (:meth:`state.relabel.LabelFollower.follow` says which,
+        in which order; a bounded number per batch)."""
+        result.lineage = self.segmenter.drain_lineage()
+        self._stale = self._labels.follow(self.segmenter.model, self.store.segment, self.hysteresis, self._stale,
+                                          ordered=8 * self.reassign_per_batch)
 
     def assign_waiting(self) -> BatchResult | None:
         """Assign the users held back until the model arrived, without a batch of events (global mode:
-        the model can arrive after an instance's partitions ran dry). None when there is nothing to do."""
+        the model can arrive after an instance's partitions ran dry); or hand on the lineage of a global
+        version applied between batches. None when there is nothing to do."""
         seg = self.segmenter
         if not (seg.warming and seg.ready()):
-            return None
+            if not seg.lineage:
+                return None
+            result = BatchResult(events=0, changes=SegmentChanges.empty(self._version()))
+            self._take_lineage(result)
+            return result
         rows, emb = self._seed_waiting(float("nan"))
         result = BatchResult(events=0, changes=SegmentChanges.empty(self._version()), new_model=seg.model)
         if len(rows):
             result.changes = self._assign(rows, emb, np.full(len(rows), -1, dtype=np.int64),
                                           self.store.last_ts[rows].astype(np.float64), np.zeros(len(rows), bool))
             seg.learn(emb, self.store.key[rows])
-        result.lineage = seg.drain_lineage()
+        self._take_lineage(result)
         return result
 
     def _seed_waiting(self, event_time: float) -> tuple[np.ndarray, np.ndarray]:
         """Seed (or adopt) the model; rows and embeddings of the users that waited for it and are still held."""
         users, emb = self.segmenter.seed_model(event_time)
-        rows = np.array([-1 if (r := self.store.row_of(u)) is None else r for u in users], dtype=np.int64)
+        rows = self.store.rows_or_missing(users)
         keep = rows >= 0
         return rows[keep], emb[keep]
 
@@ -322,20 +361,29 @@ class Pipeline:
         return self.encoder.encode(self.store.features(rows, items=self.encoder.uses_items))
 
     def _population(self, n: int) -> np.ndarray:
-        """Embeddings of a seeded sample of at most ``n`` assigned users (the consolidation population)."""
+        """Embeddings of at most ``n`` assigned users (the consolidation population): those whose user key
+        falls below a threshold, so that the sample stays the same users from one version to the next (only
+        arrivals and departures change it). A fresh random sample per version made Lloyd's fixed point
+        jitter with it: on the 1M-user replay centres moved 0.3-1.9 per version against users' margins
+        of about 2, and few labels stayed certified by the bounds for long."""
         rows = self.store.live_rows()
         rows = rows[self.store.segment[rows] >= 0]
-        if len(rows) > n:
-            rows = np.sort(self._sample_rng.choice(rows, n, replace=False))
+        if len(rows) > n:  # keys are uniform over uint64: a threshold keeps about n of them, with no sort
+            keys = self.store.key[rows]
+            rows = rows[keys < np.uint64(min(float(n) / len(rows), 1.0) * 2.0 ** 64 * 0.999)][:n]
         return self._embed(rows)
 
+    def label_agreement(self) -> float:
+        """Share of the users holding a segment certified to hold what the current model gives them, with
+        hysteresis (:meth:`state.relabel.LabelFollower.agreement`); the others are queued."""
+        return self._labels.agreement(self._stale, self.store.segment, int(self._segment_users.sum()))
+
     def _take_stale(self, exclude: np.ndarray) -> np.ndarray:
-        """Rows queued for (re-)assignment, a bounded number per batch: users whose segment ended or
-        was split, and restored users still without a segment. Rows freed since are skipped."""
+        """Rows queued for (re-)assignment, a bounded number per batch. Rows freed since are skipped."""
         if len(self._stale) == 0:
             return np.zeros(0, dtype=np.int64)
-        self._stale.keep(self.store.holds_user(self._stale.rows()))
-        take = self._stale.take(self.reassign_per_batch)
+        take = self._stale.take(self.reassign_per_batch)  # freed rows dropped from what is taken, not from
+        take = take[self.store.holds_user(take)]           # the whole queue (hundreds of thousands at 1M users)
         return take[~np.isin(take, exclude)]
 
     def requeue_unassigned(self) -> int:
@@ -407,7 +455,7 @@ class Pipeline:
         model = self.segmenter.model
         assert model is not None
         current = store.segment[rows].astype(np.int64)
-        new, dist = assign(model, emb, current, self.hysteresis)
+        new, dist, other = assign_bounds(model, emb, current, self.hysteresis)
         if self.dwell_s > 0:
             if len(self._changed_at) < len(store.segment):
                 grown = np.full(len(store.segment), -np.inf)
@@ -420,7 +468,9 @@ class Pipeline:
                 cur_ix = model.index_of(current[keep])
                 dist[keep] = np.sqrt(squared_distances(emb[keep], model.centroids)[np.arange(keep.sum()), cur_ix])
                 new = np.where(held, current, new)
+                other[held] = -np.inf  # not the margin's choice: checked again at the next version
         store.distance[rows] = dist
+        self._labels.bounds.set_exact(rows, dist, other, model)
         changed = np.flatnonzero(new != current)
         if len(changed) == 0:
             return SegmentChanges.empty(model.version)
@@ -456,7 +506,7 @@ class Pipeline:
         back = self.tails.take(store.user_ids(fresh)) if len(fresh) else {}
         if not back:
             return
-        brows = np.fromiter((store.row_of(u) for u in back), dtype=np.int64, count=len(back))
+        brows = store.rows_of(list(back))
         seq, seg, cid, _ = zip(*back.values())
         store.seq[brows] = seq
         store.segment[brows] = seg
@@ -476,6 +526,8 @@ class Pipeline:
         """Load one partition snapshot's users (replacing any held copy); returns how many."""
         for uid in self.store.import_rows(block, keep_rows=keep_rows):
             self.segmenter.forget(uid)
+        if not keep_rows:  # rows handed out anew: what the label bounds say of them is about someone else
+            self._labels.bounds.forget(self.store.imported_rows)  # no lookup per user: a restore brings millions
         return len(block["ids"])
 
     def finish_restore(self, layout: Any | None = None) -> None:
@@ -484,7 +536,35 @@ class Pipeline:
         if layout is not None:
             self.store.set_layout(layout)
         self.recount()
+        if self._labels.model is not self.segmenter.model:  # bounds not in the checkpoint: measured below
+            self._labels.restart(self.segmenter.model)
+        self._certify_restored()
         self.requeue_unassigned()
+
+    def _certify_restored(self, chunk: int = 65536) -> int:
+        """Restored users whose label bounds are unknown (imported at new rows, or from the changelog, which
+        keeps no bounds: those of users a checkpoint did not touch move with every version) are embedded
+        once and measured against the current model: exact bounds where their label is what the model gives
+        them with hysteresis, queued for re-assignment where it is not. Returns how many were queued."""
+        model = self.segmenter.model
+        if model is None:
+            return 0
+        rows = self.store.live_rows()
+        rows = rows[self.store.segment[rows] >= 0]
+        rows = rows[~self._labels.bounds.known(rows)]
+        queued: list[np.ndarray] = []
+        for i in range(0, len(rows), chunk):
+            r = rows[i: i + chunk]
+            held = self.store.segment[r].astype(np.int64)
+            seg, dist, other = assign_bounds(model, self._embed(r), held, self.hysteresis)
+            same = seg == held
+            self._labels.bounds.set_exact(r[same], dist[same], other[same], model)
+            self.store.distance[r[same]] = dist[same]
+            queued.append(r[~same])
+        stale = np.concatenate(queued) if queued else np.zeros(0, dtype=np.int64)
+        if len(stale):
+            self._stale.add(stale)
+        return len(stale)
 
     def drop_partition(self, partition: int) -> int:
         """Forget the users of a partition this consumer no longer owns; returns how many."""
@@ -505,18 +585,22 @@ class Pipeline:
                 "dedup": None if self.dedup is None else self.dedup.state(),
                 # dwell clock per row, profile schedule
                 "changed_at": self._changed_at.copy(), "since_profile": self._since_profile,
+                "label_bounds": self._labels.bounds.state(),
                 "profile_rng": json.dumps(self._profile_rng.bit_generator.state),
                 "sample_rng": json.dumps(self._sample_rng.bit_generator.state),
                 "tails": self.tails.to_columns()}
 
     def model_state(self) -> dict[str, Any]:
         """What the changelog's checkpoint marker carries: :meth:`global_state` less what names store rows
-        (row layout, re-assignment queue, dwell clocks), which mean nothing to another member's store."""
+        (row layout, re-assignment queue, dwell clocks, label bounds), which mean nothing to another member's store."""
         state = self.global_state()
         state.pop("layout")
         state["tails"] = None  # the changelog keeps evicted users' tails as their own records
         state["stale"] = np.zeros(0, dtype=np.int64)
         state["changed_at"] = np.zeros(0, dtype=np.float64)
+        # per row too, and those of users no checkpoint touched move with every version: a restore measures
+        # them again (Pipeline._certify_restored)
+        state["label_bounds"] = np.zeros((2, 0), dtype=np.float32)
         return state
 
     def stale_rows(self) -> np.ndarray:
@@ -543,6 +627,9 @@ class Pipeline:
             self.dedup.load(state["dedup"])
         if state.get("tails") is not None:
             self.tails.load_columns(state["tails"])
+        if "label_bounds" in state:  # the version they refer to is the segmenter's, restored above
+            self._labels.bounds.load(state["label_bounds"])
+            self._labels.model = self.segmenter.model
         if "changed_at" in state:
             self._changed_at = np.asarray(state["changed_at"], dtype=np.float64).copy()
             self._since_profile = int(state["since_profile"])
@@ -560,21 +647,3 @@ def _warn_overflow(overflow: int, capacity: int) -> None:
     log.warning("a micro-batch brought %d users more than SEGSTREAM_MAX_USERS=%d: the least recently active "
                 "of them were evicted within the batch (raise max_users or lower SEGSTREAM_BATCH_MAX_EVENTS; "
                 "said once per process, segstream_users_evicted_total counts every eviction)", overflow, capacity)
-
-
-def tune_process(settings: Settings) -> None:
-    """Process-wide settings the hot path wants: torch and BLAS thread caps, the gc threshold.
-
-    Applied when a :class:`Pipeline` is built; ``bench.throughput`` applies it to its reference
-    consumers too, so that a comparison does not hinge on which ran first in the process.
-    """
-    if settings.encoder_threads > 0:
-        import torch
-
-        torch.set_num_threads(settings.encoder_threads)
-        # numpy's BLAS too (segment assignment, consolidation): a multi-threaded OpenBLAS spin-waits on a
-        # busy machine; measured 0.06-0.57 s instead of ~20 ms per consolidation at load 5 on 2 cores
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=settings.encoder_threads, user_api="blas")
-    set_gc_threshold(settings.gc_threshold)  # process-wide, like the thread limits above

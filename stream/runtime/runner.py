@@ -119,7 +119,9 @@ class StreamRunner:
                 summary.stopped_by = "max-events"
                 break
             if self.model_sync is not None:  # between batches: apply announced models, send summaries/proposals
-                self.model_sync.pump(leader=TopicPartition(self.settings.input_topic, 0) in self.rebalance.owned())
+                owned = self.rebalance.owned()
+                self.model_sync.pump(leader=TopicPartition(self.settings.input_topic, 0) in owned,
+                                     partitions=[tp.partition for tp in owned if tp.topic == self.settings.input_topic])
                 self._assign_waiting()
             if self._ahead is not None:
                 records, self._ahead = self._ahead, None
@@ -505,7 +507,7 @@ class StreamRunner:
         if result is None:
             return
         store = self.pipeline.store
-        parts = store.partition[[store.row_of(uid) for uid in result.changes.user_ids]].tolist()
+        parts = store.partition[store.rows_of(result.changes.user_ids)].tolist()
         offs = [self._state_offsets.get(TopicPartition(self.settings.input_topic, p), 0) - 1 for p in parts]
         ids = change_ids(result.changes, (), (), reflected=(parts, offs))
         self.outputs.write(result, Records.empty(self.settings.input_topic), self.clock(), ids,
@@ -516,7 +518,9 @@ class StreamRunner:
         if result.new_model is not None:
             self.metrics.model_version.set(result.new_model.version)
         self.metrics.observe_lineage(result.lineage)
-        log.info("assigned %d users held back until model version %d", len(result.changes), self.pipeline.model.version)
+        if len(result.changes):
+            log.info("assigned %d users held back until model version %d", len(result.changes),
+                     self.pipeline.model.version)
 
     # ----- processing ----------------------------------------------------
     def _process(self, records: Records, decoded: tuple[EventBatch, list[Rejected]] | None = None) -> None:
@@ -553,8 +557,7 @@ class StreamRunner:
         under (the changelog partition its row is written to)."""
         store = self.pipeline.store
         tomb = records.partitions[np.asarray(result.erased_sources, dtype=np.int64)] if result.erased else []
-        rows = np.fromiter((store.row_of(u) for u in result.changes.user_ids), dtype=np.int64,
-                           count=len(result.changes))
+        rows = store.rows_of(result.changes.user_ids)
         return np.concatenate([np.asarray(tomb, dtype=np.int64), store.partition[rows].astype(np.int64)])
 
     def _note_changes(self, result: BatchResult, ids: list[str] | None) -> None:
@@ -564,8 +567,7 @@ class StreamRunner:
         store = self.pipeline.store
         self.changelog.mark(result.touched)
         if ids:
-            rows = np.fromiter((store.row_of(u) for u in result.changes.user_ids), dtype=np.int64,
-                               count=len(ids))
+            rows = store.rows_of(result.changes.user_ids)
             self.pipeline.tails.set_change_ids(rows, ids)
             self.changelog.mark(rows)
 

@@ -29,7 +29,7 @@ def test_decoder_rejects_exactly_the_bad_records():
 
 
 @pytest.mark.integration
-def test_consumer_survives_ten_thousand_malformed_records(broker, topics):
+def test_consumer_survives_ten_thousand_malformed_records(broker, topics, kafka_client):
     broker.create(topics)
     raws, bad = mixed_log(N_BAD, N_GOOD)
     keys = [b"k%d" % (i % 7) for i in range(len(raws))]

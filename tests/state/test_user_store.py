@@ -111,6 +111,31 @@ def test_rebase_keeps_state_equivalent():
         np.testing.assert_allclose(got, naive_features(events, u), rtol=2e-4, atol=1e-5)
 
 
+def test_a_user_inactive_for_hundreds_of_half_lives_keeps_the_state_of_their_last_event():
+    # float32 holds 2**-126: rescaling every row at each rebase left such a user with all-zero sums, and
+    # re-embedding them (a restore, labels following a new model version) put them all on the origin
+    old = [{"user_id": "old", "action": "purchase", "ts": 1.7e9 + i, "item_id": i, "categories": ["c1"]} for i in range(3)]
+    store = UserStore(SPEC, 10)
+    store.apply(decode(old))
+    before = store.features(np.array([store.row_of("old")]))
+    for step in range(1, 9):  # another user active 8 x 40 half-lives later: several rebases
+        store.apply(decode([{"user_id": "new", "action": "view", "ts": 1.7e9 + step * 40 * SPEC.half_life_s}]))
+    assert store.t0 > 1.7e9 + 300 * SPEC.half_life_s
+    after = store.features(np.array([store.row_of("old")]))
+    np.testing.assert_allclose(after.dense, before.dense, rtol=1e-5)
+    np.testing.assert_allclose(after.item_weights, before.item_weights, rtol=1e-5)
+    assert after.item_weights.sum() > 0
+    # a snapshot keeps each row's own reference
+    block = store.export_rows(store.live_rows())
+    copy = UserStore(SPEC, 10)
+    copy.import_rows(block)
+    np.testing.assert_allclose(copy.features(np.array([copy.row_of("old")])).dense, before.dense, rtol=1e-5)
+    # back after all that time: the old history is negligible next to the new event, and nothing is nan
+    store.apply(decode([{"user_id": "old", "action": "view", "ts": store.t0 + 1.0}]))
+    f = store.features(np.array([store.row_of("old")])).dense[0]
+    assert np.isfinite(f).all() and f[SPEC.action_index("view")] == pytest.approx(1.0)
+
+
 def test_evicts_least_recently_active_beyond_capacity():
     store = UserStore(SPEC, capacity=100)
     store.apply(decode([{"user_id": f"old{i}", "action": "view", "ts": 1.7e9 + i} for i in range(100)]))
@@ -142,7 +167,7 @@ def test_a_batch_with_more_users_than_capacity_keeps_its_most_recently_active():
            {"user_id": "b", "action": "view", "ts": 1.7e9 + 16}]
     batch = decode(evs)
     res = store.apply(batch)
-    assert len(store) == 4 and sorted(store._index) == ["b", "w", "y", "z"]
+    assert len(store) == 4 and sorted(store.held_ids()) == ["b", "w", "y", "z"]
     assert res.overflow == 2 and res.overflow_new == 1  # "a" and "x" evicted within the batch
     assert sorted(res.evicted_user_ids) == ["a", "c"]  # "c": a held user outside the batch, to make room
     assert store.user_ids(res.rows) == ["b", "y", "z", "w"]  # first-appearance order of the kept users
@@ -179,17 +204,31 @@ def test_live_rows_are_the_rows_of_held_users_through_eviction_deletion_drops_an
     store = UserStore(SPEC, capacity=60)
 
     def held() -> list[int]:
-        return sorted(store.row_of(u) for u in store._index)
+        return sorted(store.row_of(u) for u in store.held_ids())
 
     for step in range(12):
         store.apply(decode([{"user_id": f"u{rng.integers(150)}", "action": "view", "ts": 1.7e9 + step * 10 + i}
                             for i in range(25)]))
         if step % 3 == 0 and len(store):
-            store.delete(next(iter(store._index)))
+            store.delete(store.held_ids()[0])
         if step % 4 == 1:
             store.drop_rows(store.live_rows()[::5])
         assert store.live_rows().tolist() == held()
     restored = UserStore(SPEC, capacity=60)
     restored.import_rows(store.export_rows(store.live_rows()[::2]), keep_rows=True)
-    assert restored.live_rows().tolist() == sorted(restored.row_of(u) for u in restored._index)
+    assert restored.live_rows().tolist() == sorted(restored.row_of(u) for u in restored.held_ids())
     assert len(restored.live_rows()) == len(store.live_rows()[::2]) > 0
+
+
+def test_any_id_comes_back_as_given_non_ascii_and_lone_surrogates_included():
+    """The store keeps ids as UTF-8 bytes (surrogates passed through): every id comes back as the same str."""
+    store = UserStore(FeatureSpec(), capacity=8)
+    odd = ["é-ü", "\ud800x", "user 1", "用户", "x" * 256]
+    batch, rejected = EventDecoder(FeatureSpec(), now=lambda: 4e9).decode_objects(
+        [{"user_id": u, "action": "view", "ts": 1.7e9} for u in odd])
+    assert not rejected
+    store.apply(batch)
+    rows = store.rows_of(odd)
+    assert store.user_ids(rows) == odd and sorted(store.held_ids()) == sorted(odd)
+    assert [store.row_of(u) for u in odd] == rows.tolist() and store.row_of("e-u") is None
+    assert store.delete("\ud800x") is not None and store.row_of("\ud800x") is None and len(store) == 4

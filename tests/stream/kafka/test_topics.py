@@ -84,7 +84,7 @@ def _reported(settings: Settings, name: str) -> dict[str, str]:
 
 
 @pytest.mark.integration
-def test_created_topics_carry_their_policy(broker, topics):
+def test_created_topics_carry_their_policy(broker, topics, kafka_client):
     s = broker.settings(topics, lineage_topic=f"lineage-{topics['group']}", profiles_topic=f"profiles-{topics['group']}")
     parts, configs = topic_plan(s, {"segments": 2, "dead-letters": 2, "lineage": 1, "profiles": 1})
     assert ensure_topics(s, parts, configs=configs) == []  # nothing existed: nothing to report
@@ -95,7 +95,7 @@ def test_created_topics_carry_their_policy(broker, topics):
 
 
 @pytest.mark.integration
-def test_start_up_reports_an_existing_topic_with_the_wrong_policy(broker, topics, caplog):
+def test_start_up_reports_an_existing_topic_with_the_wrong_policy(broker, topics, caplog, kafka_client):
     from stream.runtime.app import run_consumer
 
     s = broker.settings(topics, lineage_topic=f"lineage-{topics['group']}",

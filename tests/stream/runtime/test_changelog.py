@@ -13,7 +13,7 @@ from helpers import (SegstreamProcess, contract_history, contract_violations, pr
 from stream.runtime.changelog import FULL, MARKER_KEY, MODEL_KEY, TAIL
 from stream.runtime.model_record import CHUNK_PREFIX
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]  # on both Kafka clients
 
 USERS = 150
 N = 5000

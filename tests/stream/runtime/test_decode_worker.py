@@ -58,7 +58,7 @@ def test_a_dead_worker_is_reported():
 
 
 @pytest.mark.integration
-def test_consumer_keeps_every_event_when_the_decode_process_dies(broker, topics):
+def test_consumer_keeps_every_event_when_the_decode_process_dies(broker, topics, kafka_client):
     """The child is killed after the first batch: the run goes on decoding in-process, every event is
     applied once and every user gets a segment."""
     from stream.runtime.app import run_consumer

@@ -16,7 +16,7 @@ from state.features import FeatureSpec
 from stream.runtime.checkpoints import CheckpointStore
 from stream.runtime.pseudonym import Pseudonymiser
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]  # on both Kafka clients
 
 KEY = "test-secret"
 HALF_LIFE = 1e9

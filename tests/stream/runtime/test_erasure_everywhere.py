@@ -44,7 +44,8 @@ def _log() -> list[dict]:
     return events
 
 
-def test_an_erased_user_is_gone_from_every_topic_and_file_and_no_raw_id_leaves_the_decoder(broker, topics, tmp_path):
+def test_an_erased_user_is_gone_from_every_topic_and_file_and_no_raw_id_leaves_the_decoder(broker, topics, tmp_path,
+                                                                                         kafka_client):
     tag = uuid.uuid4().hex[:8]
     lineage, profiles = f"lineage-{tag}", f"profiles-{tag}"
     broker.create(topics, partitions=2)

@@ -88,7 +88,7 @@ def test_replay_writes_each_users_records_in_event_order(tmp_path):
     assert last["seq"] == 1 and last["previous_segment"] is None
 
 
-def test_delete_and_later_events_in_one_batch_reach_the_topic_in_event_order(broker, topics, tmp_path):
+def test_delete_and_later_events_in_one_batch_reach_the_topic_in_event_order(broker, topics, tmp_path, kafka_client):
     broker.create(topics)
     users = [f"p{i}" for i in range(10)]
     # block 0 (offsets 0-99): every user gets a first assignment
