@@ -193,6 +193,12 @@ class UserStore:
         ids = self._ids
         return [ids[r].decode("utf-8", "surrogatepass") for r in rows.tolist()]  # type: ignore[union-attr]
 
+    def user_id_bytes(self, rows: np.ndarray) -> list[bytes]:
+        """The ids of these rows as stored (UTF-8, surrogatepass): what a Kafka key needs, without a
+        round trip through ``str``."""
+        ids = self._ids
+        return [ids[r] for r in rows.tolist()]  # type: ignore[misc]
+
     def held_ids(self) -> list[str]:
         """Every user held, as the id index has them (its order)."""
         return self.user_ids(np.asarray(self._index.values(), dtype=np.int64))

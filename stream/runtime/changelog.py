@@ -344,8 +344,8 @@ class Changelog:
             klens: list[np.ndarray] = []
             vlens: list[np.ndarray] = []
 
-            def add(ids: list[str], values: bytes, value_lengths: np.ndarray) -> None:
-                enc = [u.encode("utf-8", "surrogatepass") for u in ids]
+            def add(ids: list[str] | list[bytes], values: bytes, value_lengths: np.ndarray) -> None:
+                enc = [u if isinstance(u, bytes) else u.encode("utf-8", "surrogatepass") for u in ids]
                 kparts.append(b"".join(enc))
                 klens.append(np.fromiter(map(len, enc), dtype=np.int64, count=len(enc)))
                 vparts.append(values)
@@ -363,7 +363,7 @@ class Changelog:
                 add(gone, b"", np.full(len(gone), -1, dtype=np.int64))  # tombstones
             rows = dirty[parts == p]
             if len(rows):
-                add(store.user_ids(rows), self._encode(rows), np.full(len(rows), 1 + self.dtype.itemsize, dtype=np.int64))
+                add(store.user_id_bytes(rows), self._encode(rows), np.full(len(rows), 1 + self.dtype.itemsize, dtype=np.int64))
             self._stale_ids[p] = store.user_ids(stale[stale_parts == p])
             key_bytes, value_bytes = b"".join(kparts), b"".join(vparts)
             klen = np.concatenate(klens) if klens else np.zeros(0, dtype=np.int64)
