@@ -183,15 +183,30 @@ def encoders_table(results: Results) -> str:
     for kind, row in f.items():
         if not isinstance(row, dict):
             continue
-        what = f"`{kind}` ({row['dim']}-d" + (f", {row['item_history']} recent items)" if kind == "item-pool" else ")")
+        what = f"`{kind}` ({row['dim']}-d" + (f", {row['item_history']} recent items" if "item_history" in row and kind != "state-ae" else "")
+        what += (f", {row['attention']} attention)" if "attention" in row else ")")
+        what += " (default)" if kind == f.get("default_kind") else ""
         for dev in p["devices"]:
             rows.append((what, f"{dev}, batch {p['batch']:,}, {p['threads']} torch thread(s)",
                          f"{row[f'{dev}_states_per_s']:,} states/s", _cmd(r)))
+        if "cpu_salience_recency_states_per_s" in row:
+            rows.append((f"`{kind}` with salience+recency attention (not offered as default)",
+                         f"cpu, batch {p['batch']:,}, {p['threads']} torch thread(s)",
+                         f"{row['cpu_salience_recency_states_per_s']:,} states/s", _cmd(r)))
+            rows.append((f"a one-layer GRU ({row['dim']}-d) over the same {row['item_history']} items' embeddings "
+                         "(timing only)", f"cpu, batch {p['batch']:,}, {p['threads']} torch thread(s)",
+                         f"{row['cpu_gru_states_per_s']:,} states/s", _cmd(r)))
         if "cpu_int8_states_per_s" in row:
             rows.append((what + ", dynamic int8 quantisation", f"cpu, batch {p['batch']:,}",
                          f"{row['cpu_int8_states_per_s']:,} states/s, embeddings off by up to "
                          f"{row['int8_max_abs_diff']:.3g}", _cmd(r)))
-    return _table(("Encoder", "Device", "Result", "Command"), rows)
+    table = _table(("Encoder", "Device", "Result", "Command"), rows)
+    if "goal_states_per_s" in f:
+        d = f["default_kind"]
+        table += (f"\n\nGoal: the default kind (`{d}`) keeps ≥ {f['goal_states_per_s']:,} states/s on one core at batch "
+                  f"{p['batch']:,}: {'met' if f['goal_met'] else '**not met**'} ({f[d]['cpu_states_per_s']:,}); load "
+                  f"average at start {r['machine']['loadavg_at_start'][0]} on {r['machine']['cores']} cores.")
+    return table
 
 
 def transports_table(results: Results) -> str:
@@ -411,38 +426,65 @@ def planted_table(results: Results) -> str:
                    "smallest segment (share of users)", "drift: ARI before → after", "Command"), rows)
 
 
+_KIND_NAMES = {"raw": "none (raw state)"}
+#: the goals of the default path on the held-out part (mean HR@10 over seeds, x global popularity)
+MOVIELENS_GOALS = {"8": 1.18, "32": 1.25}
+
+
+def _slash(values: list[float], fmt: str = ".3f") -> str:
+    return " / ".join(format(v, fmt) for v in values)
+
+
 def movielens_table(results: Results) -> str:
-    """HR@10 of the streamed segments per encoder and k (`segstream evaluate movielens`)."""
+    """HR@10 of the streamed segments per encoder and k, against the batch reference (`segstream evaluate movielens`)."""
     r = results[0]
-    pr, enc = r["protocol"], r["encoders"]
-    ks = list(next(iter(enc.values()))["k"])
-    cmd = ["segstream evaluate movielens", "--seeds", *map(str, pr["seeds"])]
+    pr, enc, ref = r["protocol"], r["encoders"], r["reference"]
+    ks = [str(k) for k in pr["k"]]
+    default = pr["default_kind"]
+    cmd = ["segstream evaluate movielens"]
+    if pr["seeds"] != [0, 1, 2]:
+        cmd += ["--seeds", *map(str, pr["seeds"])]
     if ks != ["8", "16", "32"]:
         cmd += ["--k", *ks]
-    if pr["batch_events"] != 1000:
-        cmd += ["--batch-events", str(pr["batch_events"])]
-    if list(enc) != ["raw", "state-ae", "item-pool"]:
-        cmd += ["--kinds", *enc]
     per_k = "(k = " + " / ".join(ks) + ")"
-    head = ("Encoder", *(f"HR@10 k={k}" for k in ks), f"HR@10 per seed {per_k}",
-            f"final-model re-assignment HR@10 {per_k}", f"silhouette, final model {per_k}",
-            f"silhouette, held labels {per_k}")
+    head = ("Segments from", *(f"held-out HR@10 k={k}" for k in ks), f"× global popularity {per_k}",
+            "held-out HR@10 per seed (k = " + "; ".join(ks) + ")", f"validation HR@10 {per_k}",
+            f"held-out, every user re-assigned to the final model {per_k}", f"silhouette, final model {per_k}")
     rows = []
     for kind, e in enc.items():
-        g = e["k"]
-        rows.append(("none (raw state)" if kind == "raw" else f"`{kind}`", *(f"{g[k]['hr10']:.3f}" for k in ks),
-                     "; ".join(", ".join(f"{h:.3f}" for h in g[k]["hr10_per_seed"]) for k in ks),
-                     " / ".join(f"{g[k]['hr10_final_model']:.3f}" for k in ks),
-                     " / ".join(f"{g[k]['silhouette']:.2f}" for k in ks),
-                     " / ".join(f"{g[k]['silhouette_held']:.2f}" for k in ks)))
-    rows.append(("global popularity (one segment)", f"{r['global_popularity_hr10']:.3f}", *[""] * (len(ks) + 3)))
-    best = r.get("best")
-    note = (f"\n\n{pr['users']:,} users, {pr['history_ratings']:,} history ratings replayed, {pr['heldout_ratings']:,} "
-            f"held out; micro-batches of {pr['batch_events']:,} events; HR@10 is the mean over seeds "
-            f"{', '.join(map(str, pr['seeds']))}.")
-    if best:
-        note += (f" Best: `{best['encoder']}` at k = {best['k']}, HR@10 {best['hr10']:.3f} = "
-                 f"{best['vs_popularity']:.2f}× global popularity.")
+        h, v = e["heldout"], e["validation"]
+        name = _KIND_NAMES.get(kind, f"`{kind}`") + (" (**default**)" if kind == default else "")
+        rows.append((name, *(f"{h[k]['hr10']:.3f}" for k in ks), _slash([h[k]["vs_popularity"] for k in ks], ".2f"),
+                     "; ".join(", ".join(f"{x:.3f}" for x in h[k]["hr10_per_seed"]) for k in ks),
+                     _slash([v[k]["hr10"] for k in ks]), _slash([h[k]["hr10_final_model"] for k in ks]),
+                     _slash([h[k]["silhouette"] for k in ks], ".2f")))
+    chosen = ref["chosen"]
+    h, v = ref["heldout"][chosen], ref["validation"][chosen]
+    rows.append((f"batch reference: k-means on SVD embeddings (`{chosen}`)", *(f"{h[k]['hr10']:.3f}" for k in ks),
+                 _slash([h[k]["vs_popularity"] for k in ks], ".2f"),
+                 "; ".join(", ".join(f"{x:.3f}" for x in h[k]["hr10_per_seed"]) for k in ks),
+                 _slash([v[k]["hr10"] for k in ks]), "", ""))
+    pop = r["popularity"]
+    rows.append(("global popularity (one segment)", f"{pop['heldout']:.3f}", *[""] * (len(ks) - 1), "", "",
+                 f"{pop['validation']:.3f}", "", ""))
+    d = r["default"]["heldout"]
+    beats = [k for k in ks if d[k]["beats_reference"]]
+    goals = "; ".join(f"k = {k}: {d[k]['vs_popularity']:.3f}× (goal ≥ {g}×, {'met' if d[k]['vs_popularity'] >= g else '**not met**'})"
+                      for k, g in MOVIELENS_GOALS.items() if k in d)
+    others = [x for x in REFERENCE_NAMES if x != chosen and x in ref["validation"]]
+    note = (f"\n\n{pr['users']:,} users, {pr['history_ratings']:,} history ratings ({pr['validation_ratings']:,} of them the "
+            f"validation target), {pr['heldout_ratings']:,} held out. `segstream run`'s defaults: micro-batches of "
+            f"{pr['batch_events']:,} events, `{pr['clusterer']}`, warm-up {pr['warmup_users']} users, hysteresis "
+            f"{pr['hysteresis']}; encoders trained with `segstream train-encoder`'s defaults for their kind. HR@10 is the "
+            f"mean over seeds {', '.join(map(str, pr['seeds']))}. Default path (`{default}`) against global popularity: "
+            f"{goals}. "
+            + (f"It beats the batch reference at every k ({', '.join(ks)})" if len(beats) == len(ks) else
+               f"It does **not** beat the batch reference at any k ({', '.join(ks)})" if not beats else
+               f"It beats the batch reference at k = {', '.join(beats)}, **not** at k = "
+               f"{', '.join(k for k in ks if k not in beats)}")
+            + ". Reference variant chosen on validation"
+            + (f" (validation HR@10 of `{others[0]}`: {_slash([ref['validation'][others[0]][k]['hr10'] for k in ks])})"
+               if others else "") + f". Run time {r['seconds'] / 60:.0f} min.")
     return _table(head, rows) + note + f" Command: `{' '.join(cmd)}`."
 
 
@@ -475,11 +517,36 @@ def changelog_table(results: Results) -> str:
     return "\n\n".join(out) + f"\n\nCommand: {', '.join(cmds)}."
 
 
+REFERENCE_NAMES = ("svd32-l2", "svd32")
+
+
+def selection_table(results: Results) -> str:
+    """Candidates scored on the validation split (`segstream evaluate select`), the chosen one in bold."""
+    r = results[0]
+    pr = r["protocol"]
+    ks = [str(k) for k in pr["k"]]
+    per_k = "(k = " + " / ".join(ks) + ")"
+    rows = []
+    for c in r["candidates"]:
+        v = c["validation"]
+        settings = ", ".join(f"{k}={val}" for k, val in c["settings"].items()) or "its defaults"
+        mark = "**" if c["number"] == r["chosen"]["number"] else ""
+        rows.append((str(c["number"]), f"`{c['kind']}`", settings, _slash([v[k]["hr10"] for k in ks]),
+                     _slash([v[k]["hr10_final_model"] for k in ks]), f"{mark}{c['score']:.4f}{mark}",
+                     f"{c['train_seconds']:.0f} s"))
+    note = (f"\n\nValidation: each user's last {pr['validation_share']:.0%} of history; global popularity HR@10 there "
+            f"{r['popularity_hr10']:.3f}. Each figure is the mean over seeds {', '.join(map(str, pr['seeds']))}; "
+            f"score = {pr['score']}. Chosen: candidate {r['chosen']['number']} (`{r['chosen']['kind']}`). "
+            f"Command: `segstream evaluate select`.")
+    return _table(("#", "Kind", "Settings", f"HR@10, held labels {per_k}", f"HR@10, final-model labels {per_k}",
+                   "Score", "Training"), rows) + note
+
+
 RENDERERS: dict[str, Callable[[Results], str]] = {
     "changelog": changelog_table,
     "machine": machine_line, "suite": suite_table, "goals": goals_table, "encoders": encoders_table,
     "scaleout": scaleout_table, "transports": transports_table, "producer-latency": producer_latency_table, "sizing": sizing_table, "plan": plan_table,
-    "planted": planted_table, "movielens": movielens_table,
+    "planted": planted_table, "movielens": movielens_table, "selection": selection_table,
 }
 
 

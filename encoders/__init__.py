@@ -1,6 +1,6 @@
 """The torch encoders that embed user states, and how they are trained and stored.
 
-- ``models``: the networks (state autoencoder, item-pool encoder)
+- ``models``: the networks (state autoencoder, item-pool encoder, sequence encoder)
 - ``artifact``: the versioned artifact file (weights + the feature layout they expect)
 - ``serving``: :class:`Encoder`, the preloaded model the pipeline calls on micro-batches
 - ``train`` / ``train_items``: training from a recorded log
@@ -13,6 +13,7 @@ from state.lazy import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "StateAutoencoder": "encoders.models",
     "ItemPoolEncoder": "encoders.models",
+    "SequenceEncoder": "encoders.models",
     "build_model": "encoders.models",
     "EncoderArtifact": "encoders.artifact",
     "ArtifactError": "encoders.artifact",
@@ -21,5 +22,6 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "Encoder": "encoders.serving",
     "load_encoder": "encoders.serving",
     "TrainConfig": "encoders.train",
+    "DEFAULT_KIND": "encoders.train",
     "train_encoder": "encoders.train",
 })

@@ -23,7 +23,7 @@ from torch import nn
 
 from state.features import FeatureSpec
 
-__all__ = ["StateAutoencoder", "ItemPoolEncoder", "ENCODER_KINDS", "build_model"]
+__all__ = ["StateAutoencoder", "ItemPoolEncoder", "SequenceEncoder", "ENCODER_KINDS", "build_model"]
 
 
 class StateAutoencoder(nn.Module):
@@ -103,9 +103,71 @@ class ItemPoolEncoder(nn.Module):
         return nn.functional.normalize(pooled, dim=1, eps=1e-12)
 
 
+class SequenceEncoder(ItemPoolEncoder):
+    """Sequence encoder: the user's recent items pooled with attention over their time gaps.
+
+    The state keeps, per user, the last ``item_history`` items with their
+    event-time-decayed weights; a weight ``w`` is ``2 ** (-gap / half_life)``,
+    ``gap`` being the item's time to the user's newest event, so the gap is
+    read back from it (``ln w``). ``attention`` says how the recent items
+    are weighted:
+
+    - ``"uniform"``: every recent item in the vocabulary counts the same;
+    - ``"salience"``: item ``i`` weighs ``exp(salience[i])`` (a learned per-item scalar);
+    - ``"salience+recency"``: ``exp(salience[i]) * w ** recency``, ``recency`` learned
+      (0: the gap does not matter; 1: the state's own decay, as ``item-pool``).
+
+    The embedding is the L2-normalised weighted mean of the items' embeddings
+    (items outside the vocabulary are skipped; a user with none embeds as 0).
+    The per-item action is not kept by the state (only the user's action mix
+    is), so it does not enter. Every variant costs one lookup and one
+    ``embedding_bag`` per batch, plus a gather and a few element-wise ops per
+    recent item for the attention (no [batch, items, items] matrix: the query
+    is learned, not computed per user).
+
+    Trained self-supervised (:mod:`encoders.train_items`): the pooled context
+    must predict the items of the user's next ``window`` events.
+    """
+
+    kind = "item-seq"
+    uses_items = True
+    ATTENTION = ("uniform", "salience", "salience+recency")
+
+    def __init__(self, spec: FeatureSpec, dim: int = 32, vocab_size: int = 1, attention: str = "uniform") -> None:
+        super().__init__(spec, dim=dim, vocab_size=vocab_size)
+        if attention not in self.ATTENTION:
+            raise ValueError(f"attention must be one of {self.ATTENTION}, not {attention!r}")
+        self.attention_kind = attention
+        self.salience = nn.Parameter(torch.zeros(vocab_size))
+        self.recency = nn.Parameter(torch.zeros(1))
+
+    def attention(self, item_tokens: torch.Tensor, item_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vocabulary index of each recent item and its unnormalised attention weight (0 if unknown)."""
+        idx, known = self.lookup(item_tokens)
+        if self.attention_kind == "uniform":
+            return idx, known.to(self.embedding.weight.dtype)
+        score = self.salience[idx]
+        if self.attention_kind == "salience+recency":
+            # ln(w) = -ln(2) * gap / half_life, so the weight is w ** recency; weights that underflowed
+            # (float32: ~126 half-lives) count as that old
+            score = score + self.recency * torch.log(item_weights.clamp_min(1e-38))
+        return idx, torch.where(known, torch.exp(score.clamp(-60.0, 60.0)), torch.zeros_like(score))
+
+    def pool(self, item_tokens: torch.Tensor, item_weights: torch.Tensor) -> torch.Tensor:
+        idx, w = self.attention(item_tokens, item_weights)
+        w = w / w.sum(1, keepdim=True).clamp_min(1e-30)
+        return nn.functional.embedding_bag(idx, self.embedding.weight, per_sample_weights=w, mode="sum")
+
+    def forward(self, dense: torch.Tensor, item_tokens: torch.Tensor, item_weights: torch.Tensor) -> torch.Tensor:
+        idx, w = self.attention(item_tokens, item_weights)  # normalise(weighted sum) == normalise(weighted mean)
+        pooled = nn.functional.embedding_bag(idx, self.embedding.weight, per_sample_weights=w, mode="sum")
+        return nn.functional.normalize(pooled, dim=1, eps=1e-12)
+
+
 ENCODER_KINDS: dict[str, type[nn.Module]] = {
     StateAutoencoder.kind: StateAutoencoder,
     ItemPoolEncoder.kind: ItemPoolEncoder,
+    SequenceEncoder.kind: SequenceEncoder,
 }
 
 

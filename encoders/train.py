@@ -22,19 +22,26 @@ import numpy as np
 import torch
 
 from encoders.artifact import EncoderArtifact, save_artifact
-from encoders.models import StateAutoencoder
+from encoders.models import SequenceEncoder, StateAutoencoder
 from eventlogs.recorded import read_event_chunks, read_events
 from state.features import DEFAULT_HALF_LIFE_S, FeatureSpec
 from state.user_store import Features, UserStore
 from state.events import EventDecoder
 
-__all__ = ["TrainConfig", "train_encoder", "replay_features", "category_vocabulary", "TRAINERS"]
+__all__ = ["TrainConfig", "train_encoder", "replay_features", "category_vocabulary", "TRAINERS", "DEFAULT_KIND"]
 
 Progress = Callable[[str], None]
+
+#: what ``segstream train-encoder`` trains without ``--kind`` (and the demo uses): the kind that won on the
+#: validation split of ml-latest-small (``segstream evaluate select``, :mod:`evaluation.selection`; docs/encoders-and-evaluation.md)
+DEFAULT_KIND = "item-seq"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """How to train an encoder. The field defaults are ``state-ae``'s; :meth:`for_kind` gives each kind's
+    chosen defaults (``TrainConfig.for_kind()``: the default kind's, what ``segstream train-encoder`` uses)."""
+
     kind: str = "state-ae"
     dim: int = 16
     hidden: int = 64
@@ -47,17 +54,32 @@ class TrainConfig:
     half_life_s: float = DEFAULT_HALF_LIFE_S
     category_buckets: int = 32
     item_history: int = 16
-    # item-pool only
+    # item-pool and item-seq
     min_item_count: int = 2
     max_items: int = 100_000
     item_batch_events: int = 200
+    # item-seq only
+    window: int = 1  # the context predicts the items of the next `window` events
+    attention: str = "uniform"  # how recent items are weighted: uniform, salience, salience+recency (models.SequenceEncoder)
+
+    def __post_init__(self) -> None:
+        if self.attention not in SequenceEncoder.ATTENTION:
+            raise ValueError(f"attention must be one of {', '.join(SequenceEncoder.ATTENTION)}, not {self.attention!r}")
+        if self.window < 1:
+            raise ValueError("window must be >= 1")
 
     @classmethod
-    def for_kind(cls, kind: str, **overrides: Any) -> TrainConfig:
-        """The defaults chosen for each kind (by the MovieLens evaluation), with ``overrides``."""
+    def for_kind(cls, kind: str = DEFAULT_KIND, **overrides: Any) -> TrainConfig:
+        """The defaults chosen for each kind (on the validation split of ml-latest-small), with ``overrides``.
+
+        >>> TrainConfig.for_kind().kind == DEFAULT_KIND
+        True
+        """
         base: dict[str, Any] = {"kind": kind}
         if kind == "item-pool":
             base.update(dim=32, epochs=10, batch_size=512, lr=1e-2, item_history=64)
+        elif kind == "item-seq":
+            base.update(dim=32, epochs=5, batch_size=512, lr=1e-2, item_history=64, window=10)
         base.update(overrides)
         return cls(**base)
 
@@ -162,8 +184,15 @@ def _train_item_pool(log_path, spec, cfg, progress):  # type: ignore[no-untyped-
     return train_item_pool(log_path, spec, cfg, progress)
 
 
+def _train_sequence(log_path, spec, cfg, progress):  # type: ignore[no-untyped-def]
+    from encoders.train_items import train_sequence
+
+    return train_sequence(log_path, spec, cfg, progress)
+
+
 Trainer = Callable[[str, FeatureSpec, TrainConfig, Progress], "tuple[torch.nn.Module, dict[str, Any], dict[str, Any], int]"]
-TRAINERS: dict[str, Trainer] = {"state-ae": train_state_autoencoder, "item-pool": _train_item_pool}
+TRAINERS: dict[str, Trainer] = {"state-ae": train_state_autoencoder, "item-pool": _train_item_pool,
+                               "item-seq": _train_sequence}
 
 
 def train_encoder(log_path: str | os.PathLike[str], out_path: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(),

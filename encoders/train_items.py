@@ -33,20 +33,20 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from encoders.models import ItemPoolEncoder
+from encoders.models import ItemPoolEncoder, SequenceEncoder
 from encoders.train import fit
 from eventlogs.recorded import read_event_chunks
 from state.features import FeatureSpec
 from state.user_store import UserStore
 from state.events import EventDecoder
 
-__all__ = ["item_vocabulary", "next_item_examples", "NextItemExamples", "train_item_pool"]
+__all__ = ["item_vocabulary", "next_item_examples", "NextItemExamples", "train_item_pool", "train_sequence"]
 
 Progress = Callable[[str], None]
 
@@ -70,15 +70,41 @@ class NextItemExamples:
     tokens: np.ndarray  # int32 [n, item_history]: the user's recent items before the event
     weights: np.ndarray  # float32 [n, item_history]: their decayed weights
     targets: np.ndarray  # int64 [n]: vocabulary index of the event's item
+    #: every in-vocabulary event of each user, in replay order, back to back: user u's items are
+    #: ``sequence[starts[u] : starts[u] + lengths[u]]`` (vocabulary indices)
+    sequence: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: per example: its event's place in ``sequence`` and the end of its user's run there
+    position: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    end: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def window(self, window: int) -> np.ndarray:
+        """int64 [n, window]: the items of each example's event and of its user's next ``window - 1``
+        in-vocabulary events (-1 past the user's last); column 0 is ``targets``.
+
+        >>> ex = NextItemExamples(np.zeros((2, 1), np.int32), np.zeros((2, 1), np.float32), np.array([5, 6]),
+        ...                       sequence=np.array([5, 6, 7]), position=np.array([0, 1]), end=np.array([3, 3]))
+        >>> ex.window(3).tolist()
+        [[5, 6, 7], [6, 7, -1]]
+        """
+        pos = self.position[:, None] + np.arange(window)
+        ok = pos < self.end[:, None]
+        return np.where(ok, self.sequence[np.minimum(pos, max(len(self.sequence) - 1, 0))], -1)
 
 
 def next_item_examples(log_path: str | os.PathLike[str], spec: FeatureSpec, vocab: np.ndarray, *,
                        batch_events: int = 200, max_samples: int = 200_000, seed: int = 0,
                        progress: Progress | None = None) -> NextItemExamples:
-    """(context, next item) pairs from a replay through the consumer's state code; a seeded reservoir."""
+    """(context, next item) pairs from a replay through the consumer's state code; a seeded reservoir.
+
+    Besides the sampled examples, every user's in-vocabulary items are kept in replay order (4 bytes
+    per event in the vocabulary), so that an example can also be paired with its user's next items
+    (:meth:`NextItemExamples.window`).
+    """
     decoder = EventDecoder(spec)
     store = UserStore(spec, capacity=10_000_000)
     rng = np.random.default_rng([seed, 11])
@@ -86,6 +112,10 @@ def next_item_examples(log_path: str | os.PathLike[str], spec: FeatureSpec, voca
     tokens = np.full((max_samples, N), -1, np.int32)
     weights = np.zeros((max_samples, N), np.float32)
     targets = np.zeros(max_samples, np.int64)
+    user_of = np.zeros(max_samples, np.int64)  # user number of each example
+    nth = np.zeros(max_samples, np.int64)  # the example's event is its user's nth in-vocabulary event
+    users: dict[str, int] = {}
+    seqs: list[list[int]] = []
     seen = 0
     events = 0
     for chunk in read_event_chunks(log_path, batch_events):
@@ -95,6 +125,18 @@ def next_item_examples(log_path: str | os.PathLike[str], spec: FeatureSpec, voca
             tok = batch.item_tokens
             pos = np.searchsorted(vocab, tok).clip(0, max(len(vocab) - 1, 0))
             in_vocab = (tok >= 0) & (vocab[pos] == tok) if len(vocab) else np.zeros(len(tok), bool)
+            # each in-vocabulary event's user number and rank among that user's events (batch order = log order)
+            iv = np.flatnonzero(in_vocab)
+            unum = np.fromiter((users.setdefault(batch.user_ids[i], len(users)) for i in iv.tolist()), np.int64, len(iv))
+            while len(seqs) < len(users):
+                seqs.append([])
+            rank = np.empty(len(iv), np.int64)
+            for j, (u, item) in enumerate(zip(unum.tolist(), pos[iv].tolist())):
+                rank[j] = len(seqs[u])
+                seqs[u].append(item)
+            ev_unum = np.full(len(tok), -1, np.int64)
+            ev_rank = np.full(len(tok), -1, np.int64)
+            ev_unum[iv], ev_rank[iv] = unum, rank
             rows = store.rows_or_missing(batch.user_ids)
             ev = np.flatnonzero(in_vocab & (rows >= 0))
             if len(ev):
@@ -112,12 +154,18 @@ def next_item_examples(log_path: str | os.PathLike[str], spec: FeatureSpec, voca
                     src = np.concatenate([src, fill + hit])
                     dst = np.concatenate([dst, j[hit]])
                 tokens[dst], weights[dst], targets[dst] = f.item_tokens[src], f.item_weights[src], pos[ev][src]
+                user_of[dst], nth[dst] = ev_unum[ev][src], ev_rank[ev][src]
                 seen += n
         store.apply(batch)
     if progress:
         progress(f"replayed {events:,} events: {len(store):,} users, {seen:,} next-item examples, vocabulary {len(vocab):,} items")
     k = min(seen, max_samples)
-    return NextItemExamples(tokens[:k], weights[:k], targets[:k])
+    lengths = np.fromiter(map(len, seqs), np.int64, len(seqs))
+    starts = np.cumsum(lengths) - lengths
+    sequence = np.fromiter((i for s in seqs for i in s), np.int64, int(lengths.sum()))
+    u = user_of[:k]
+    return NextItemExamples(tokens[:k], weights[:k], targets[:k], sequence=sequence, starts=starts, lengths=lengths,
+                            position=starts[u] + nth[:k] if len(starts) else nth[:k], end=starts[u] + lengths[u] if len(starts) else nth[:k])
 
 
 def train_item_pool(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: Any,
@@ -146,3 +194,46 @@ def train_item_pool(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: An
     history = fit(model, opt, loss_of, n=len(ex), epochs=cfg.epochs, batch_size=cfg.batch_size, rng=rng,
                   progress=progress)
     return model, {"dim": cfg.dim, "vocab_size": len(vocab)}, {"loss_history": history, "vocabulary": len(vocab)}, len(ex)
+
+
+def train_sequence(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: Any,
+                   progress: Progress) -> tuple[SequenceEncoder, dict[str, Any], dict[str, Any], int]:
+    """Train a :class:`SequenceEncoder` on next-window prediction; returns (model, config, metadata, examples).
+
+    Each example's context (the user's recent items and time gaps before an event, as the consumer
+    holds them) must predict the items of that event and of the user's next ``cfg.window - 1``
+    events: softmax cross-entropy over the vocabulary (per-item bias for popularity), averaged over
+    the window. A window wider than one asks the embedding for the user's taste over the coming
+    events rather than for the very next item only.
+    """
+    vocab = item_vocabulary(log_path, spec, min_count=cfg.min_item_count, max_items=cfg.max_items)
+    if len(vocab) == 0:
+        raise ValueError(f"{log_path}: no item seen {cfg.min_item_count}+ times: nothing to learn item embeddings from")
+    ex = next_item_examples(log_path, spec, vocab, batch_events=cfg.item_batch_events, max_samples=cfg.max_samples,
+                            seed=cfg.seed, progress=progress)
+    if len(ex) == 0:
+        raise ValueError(f"{log_path}: no user touched two known items: no next-item examples")
+    torch.manual_seed(cfg.seed)
+    model = SequenceEncoder(spec, dim=cfg.dim, vocab_size=len(vocab), attention=cfg.attention)
+    model.tokens.copy_(torch.from_numpy(vocab.astype(np.int32)))
+    torch.nn.init.normal_(model.embedding.weight, std=0.1)
+    torch.nn.init.normal_(model.output.weight, std=0.1)
+    learned = {"uniform": (), "salience": ("salience",), "salience+recency": ("salience", "recency")}[cfg.attention]
+    for name in ("salience", "recency"):
+        getattr(model, name).requires_grad_(name in learned)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    tokens, weights = torch.from_numpy(ex.tokens), torch.from_numpy(ex.weights)
+    window = torch.from_numpy(ex.window(cfg.window))
+    rng = np.random.default_rng([cfg.seed, 13])
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(model.pool(tokens[idx], weights[idx]) @ model.output.weight.T + model.bias, dim=1)
+        t = window[idx]
+        mask = (t >= 0).to(logp.dtype)
+        return -(logp.gather(1, t.clamp_min(0)) * mask).sum() / mask.sum()
+
+    history = fit(model, opt, loss_of, n=len(ex), epochs=cfg.epochs, batch_size=cfg.batch_size, rng=rng,
+                  progress=progress)
+    return model, {"dim": cfg.dim, "vocab_size": len(vocab), "attention": cfg.attention}, {
+        "loss_history": history, "vocabulary": len(vocab), "recency": float(model.recency.detach()[0]),
+        "salience_spread": float(model.salience.detach().std()) if len(vocab) > 1 else 0.0}, len(ex)

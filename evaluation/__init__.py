@@ -13,7 +13,8 @@ __all__ = ["HARNESSES", "register_commands"]
 
 #: name -> (module, one-line help)
 HARNESSES: dict[str, tuple[str, str]] = {
-    "movielens": ("evaluation.movielens", "HR@10 of streaming segments on MovieLens (80/20 per-user split)"),
+    "movielens": ("evaluation.movielens", "HR@10 of streaming segments on MovieLens (80/20 per-user split), vs batch k-means"),
+    "select": ("evaluation.selection", "choose the default encoder on MovieLens's validation split (never the held-out part)"),
     "planted": ("evaluation.planted", "ARI/NMI against planted groups, with drift, vs batch k-means"),
 }
 

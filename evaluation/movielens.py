@@ -1,15 +1,33 @@
-"""``segstream evaluate movielens``: HR@10 of streaming segments on ml-latest-small.
+"""``segstream evaluate movielens``: HR@10 of streaming segments on ml-latest-small, through the default path.
 
 Protocol (see :mod:`evaluation.hitrate`): each user's first 80% of ratings by
-time are history, the rest held out. Encoders are trained on the history log
-only (``segstream train-encoder``'s code), the history is replayed through the
-consumer's :class:`~stream.runtime.pipeline.Pipeline` (event-time clock, the same
-micro-batches, online k-means, hysteresis), and each user's *final streaming
-segment* decides their recommendations: the 10 items most rated in that
-segment's history that the user has not rated. Reported per encoder (``raw``:
-no encoder) and per k: HR@10, the silhouette of the final clustering
-(sklearn, on the final embeddings with the held segments as labels), and the
-global-popularity baseline (one segment). Writes JSON and a PNG bar chart.
+time are *history*, the rest *held out*. Each user's last 10% of history is cut
+off again as the *validation* target (:func:`validation_split`); everything a
+person chose (the encoders' defaults, :mod:`evaluation.selection`; the batch
+reference's variant, here) was chosen on it, and the held-out part is read
+only to report.
+
+For each encoder and each phase (``validation``: trained and replayed on the
+first 90% of history, scored on the last 10%; ``heldout``: trained and
+replayed on the whole history, scored on the held-out part) the encoder is
+trained with ``segstream train-encoder``'s defaults for its kind
+(:meth:`~encoders.train.TrainConfig.for_kind`) and the log is replayed through
+the consumer's :class:`~stream.runtime.pipeline.Pipeline` with
+``segstream run``'s defaults (:class:`~stream.settings.Settings`: micro-batch
+size, clusterer, warm-up, hysteresis...), changing only the number of segments
+and the seed. A user's segment is the one they hold at the end of the stream
+(what a recommender reading ``user-segments`` knows); recommendations are the
+10 items most rated in that segment's history that the user has not rated.
+
+The **batch reference** is computed on the same history: truncated SVD
+(``sklearn.decomposition.TruncatedSVD``, 32 components) of the binary
+user x item matrix, each user's factors L2-normalised or not (chosen on
+validation), then ``sklearn.cluster.KMeans`` (k-means++, 10 restarts) with the
+same k and seeds. It sees every user's whole history at once; the streaming
+path sees each user's state as the consumer keeps it.
+
+Writes ``results.json`` and ``hr10.png``; ``python -m bench.report`` renders
+the table in docs/encoders-and-evaluation.md from the committed JSON.
 """
 
 from __future__ import annotations
@@ -19,15 +37,24 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["add_arguments", "main", "evaluate"]
+__all__ = ["add_arguments", "main", "evaluate", "validation_split", "replay_segments", "batch_reference",
+           "REFERENCE_VARIANTS", "KINDS"]
 
-KINDS = ("raw", "state-ae", "item-pool")
+#: encoders compared (``raw``: no encoder, the normalised state itself)
+KINDS = ("raw", "state-ae", "item-pool", "item-seq")
+#: batch-reference variants (name -> L2-normalise each user's SVD factors); the one used on the
+#: held-out part is the better on validation
+REFERENCE_VARIANTS = {"svd32-l2": True, "svd32": False}
+PHASES = ("validation", "heldout")
+
+Progress = Callable[[str], None]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,16 +64,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/eval-movielens", help="directory for results.json, hr10.png and artifacts")
     p.add_argument("--kinds", nargs="+", default=list(KINDS), help="encoders to compare (raw = no encoder)")
     p.add_argument("--k", nargs="+", type=int, default=[8, 16, 32], help="numbers of segments")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="pipeline seeds (HR@10 is averaged over them)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="pipeline seeds (each reported; HR@10 is their mean)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: each kind's default)")
     p.add_argument("--history-share", type=float, default=0.8)
-    p.add_argument("--batch-events", type=int, default=1000, help="micro-batch size of the replay")
+    p.add_argument("--validation-share", type=float, default=0.1, help="share of each user's history cut off for validation")
+    p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
+    p.add_argument("--batch-events", type=int, default=None,
+                   help="micro-batch size of the replay (default: segstream run's, SEGSTREAM_BATCH_MAX_EVENTS)")
 
 
-def _train(kind: str, log: Path, out: Path, epochs: int | None, progress) -> Path:
+def validation_split(history: Sequence[dict[str, Any]], share: float = 0.1):  # -> Split
+    """Each user's last ``share`` of history (at least one event) as the validation target.
+
+    >>> evs = [{"user_id": "a", "item_id": i, "ts": i} for i in range(10)]
+    >>> v = validation_split(evs)
+    >>> len(v.history), v.heldout["a"]
+    (9, {9})
+    """
+    from evaluation.hitrate import split_by_time
+
+    return split_by_time(history, 1.0 - share)
+
+
+def _train(kind: str, log: Path, path: Path, epochs: int | None, progress: Progress) -> Path:
     from encoders.train import TrainConfig, train_encoder
 
-    path = out / f"encoder-{kind}.pt"
     cfg = TrainConfig.for_kind(kind)
     if epochs is not None:
         cfg = replace(cfg, epochs=epochs)
@@ -54,23 +96,28 @@ def _train(kind: str, log: Path, out: Path, epochs: int | None, progress) -> Pat
     return path
 
 
-def _replay(log: Path, encoder: Path | None, k: int, seed: int, batch_events: int, warmup_users: int = 200) -> dict[str, Any]:
-    """Segments after a streaming replay.
+def run_settings(k: int, seed: int, encoder: Path | None, *, batch_events: int | None = None, warmup_users: int | None = None):
+    """``segstream run``'s settings (every default), with ``k`` segments, ``seed`` and ``encoder``."""
+    from stream.settings import Settings
 
-    ``held``: the segment each user holds at the end (decided at their last
-    event by the model of that time: what a recommender reading
-    ``user-segments`` would know); ``final``: every user re-assigned to the
-    final model's nearest centroid. Silhouettes of both on the final embeddings.
+    base = Settings()
+    return base.replace(segments=k, seed=seed, encoder=str(encoder) if encoder else "", encoder_device="cpu",
+                        metrics_port=0, batch_max_events=batch_events or base.batch_max_events,
+                        warmup_users=max(k, warmup_users or base.warmup_users))
+
+
+def replay_segments(log: Path, settings) -> dict[str, Any]:  # noqa: ANN001
+    """Segments after a streaming replay of ``log`` with ``settings``.
+
+    ``held``: the segment each user holds at the end (what a recommender reading
+    ``user-segments`` knows); ``final``: every user re-assigned to the final
+    model's nearest centroid. Silhouettes of both on the final embeddings.
     """
     from sklearn.metrics import silhouette_score
 
     from state.segments import squared_distances
-    from stream.runtime.replay import replay_log
-    from stream.settings import Settings
-
-    settings = Settings(segments=k, seed=seed, encoder=str(encoder) if encoder else "", batch_max_events=batch_events,
-                        warmup_users=max(k, warmup_users), encoder_device="cpu", metrics_port=0)
     from stream.runtime.pipeline import Pipeline
+    from stream.runtime.replay import replay_log
 
     pipeline = Pipeline.from_settings(settings, now=lambda: float("inf"))
     replay_log(settings, log, None, clock="event", pipeline=pipeline)
@@ -92,53 +139,121 @@ def _replay(log: Path, encoder: Path | None, k: int, seed: int, batch_events: in
             "silhouette_held": silhouette(held), "silhouette_final": silhouette(final)}
 
 
+def batch_reference(split, k: int, seed: int, *, normalise: bool = True, dim: int = 32) -> dict[str, int]:  # noqa: ANN001
+    """Batch k-means on truncated-SVD embeddings of the binary user x item history matrix: user -> cluster."""
+    import scipy.sparse as sp
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import TruncatedSVD
+
+    users = split.users
+    items = sorted(set().union(*(split.history_items[u] for u in users)))
+    col = {item: j for j, item in enumerate(items)}
+    pairs = [(r, col[i]) for r, u in enumerate(users) for i in split.history_items[u]]
+    rows, cols = np.array(pairs, dtype=np.int64).T
+    x = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), len(items)))
+    z = TruncatedSVD(min(dim, len(items) - 1), random_state=seed).fit_transform(x)
+    if normalise:
+        z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    labels = KMeans(k, n_init=10, random_state=seed).fit_predict(z)
+    return dict(zip(users, labels.tolist()))
+
+
+def _summary(hrs: list[float], popularity: float) -> dict[str, Any]:
+    return {"hr10": float(np.mean(hrs)), "hr10_per_seed": hrs, "vs_popularity": float(np.mean(hrs)) / popularity}
+
+
 def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[int], *, epochs: int | None = None,
-             history_share: float = 0.8, batch_events: int = 1000, progress=print) -> dict[str, Any]:
+             history_share: float = 0.8, validation_share: float = 0.1, phases: Sequence[str] = PHASES,
+             batch_events: int | None = None, progress: Progress = print) -> dict[str, Any]:
+    from encoders.train import DEFAULT_KIND, TrainConfig
     from eventlogs.movielens import iter_movielens_events
     from eventlogs.recorded import write_events
     from evaluation.hitrate import hit_rate, split_by_time
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    split = split_by_time(iter_movielens_events(data), history_share)
-    log = out / "history.msgpack"
-    write_events(log, split.history)
-    n_heldout = sum(len(v) for v in split.heldout.values())
-    progress(f"{len(split.users)} users: {len(split.history):,} history ratings (replayed), {n_heldout:,} held out")
-    popularity = hit_rate({}, split)
-    warmup = min(200, len(split.users) // 2)  # the consumer's default, unless the data set is tiny
-    progress(f"global popularity HR@10 = {popularity:.4f}")
+    test = split_by_time(iter_movielens_events(data), history_share)
+    splits = {"heldout": test, "validation": validation_split(test.history, validation_share)}
+    logs: dict[str, Path] = {}
+    for phase in phases:
+        logs[phase] = out / f"{phase}-history.msgpack"
+        write_events(logs[phase], splits[phase].history)
+    n_heldout = sum(len(v) for v in test.heldout.values())
+    n_val = sum(len(v) for v in splits["validation"].heldout.values())
+    progress(f"{len(test.users)} users: {len(test.history):,} history ratings ({n_val:,} of them the validation target), "
+             f"{n_heldout:,} held out")
+    settings = run_settings(ks[0], seeds[0], None, batch_events=batch_events)
+    warmup = min(settings.warmup_users, len(test.users) // 2)  # the consumer's default, unless the data set is tiny
+    popularity = {phase: hit_rate({}, splits[phase]) for phase in phases}
+    progress("global popularity HR@10: " + ", ".join(f"{p} {v:.4f}" for p, v in popularity.items()))
     results: dict[str, Any] = {
         "protocol": {"data": os.path.basename(os.path.normpath(data)), "history_share": history_share,
-                     "users": len(split.users), "history_ratings": len(split.history), "heldout_ratings": n_heldout,
-                     "n": 10, "seeds": seeds, "batch_events": batch_events,
-                     "warmup_users": warmup},
-        "global_popularity_hr10": popularity, "encoders": {},
+                     "validation_share": validation_share, "phases": list(phases),
+                     "users": len(test.users), "history_ratings": len(test.history), "heldout_ratings": n_heldout,
+                     "validation_ratings": n_val, "n": 10, "k": ks, "seeds": seeds,
+                     "batch_events": settings.batch_max_events, "clusterer": settings.clusterer,
+                     "warmup_users": warmup, "hysteresis": settings.hysteresis, "epochs": epochs,
+                     "default_kind": DEFAULT_KIND, "default_train_config": asdict(TrainConfig.for_kind(DEFAULT_KIND))},
+        "popularity": popularity, "encoders": {}, "reference": {},
     }
+    if "heldout" in popularity:
+        results["global_popularity_hr10"] = popularity["heldout"]
+
+    # the batch reference: its variant chosen on validation
+    variants = list(REFERENCE_VARIANTS)
+    for phase in phases:
+        if phase == "heldout" and "validation" in results["reference"]:
+            val = results["reference"]["validation"]
+            variants = [max(val, key=lambda v: np.mean([val[v][str(k)]["hr10"] for k in ks]))]
+        per_variant: dict[str, Any] = {}
+        for variant in variants:
+            per_k = {}
+            for k in ks:
+                hrs = [hit_rate(batch_reference(splits[phase], k, seed, normalise=REFERENCE_VARIANTS[variant]), splits[phase])
+                       for seed in seeds]
+                per_k[str(k)] = _summary(hrs, popularity[phase])
+                progress(f"[{phase}] reference {variant:>9} k={k:<3} HR@10 = {np.mean(hrs):.4f} "
+                         f"(per seed {', '.join(f'{h:.3f}' for h in hrs)})")
+            per_variant[variant] = per_k
+        results["reference"][phase] = per_variant
+    results["reference"]["chosen"] = variants[0]
+
     for kind in kinds:
-        t = time.perf_counter()
-        encoder = None if kind == "raw" else _train(kind, log, out, epochs, lambda m, kind=kind: progress(f"  [{kind}] {m}"))
-        train_s = time.perf_counter() - t
-        per_k: dict[str, Any] = {}
-        for k in ks:
-            runs = [_replay(log, encoder, k, seed, batch_events, warmup) for seed in seeds]
-            hrs = [hit_rate(r["held"], split) for r in runs]
-            hrs_final = [hit_rate(r["final"], split) for r in runs]
-            per_k[str(k)] = {
-                "hr10": float(np.mean(hrs)), "hr10_per_seed": hrs,
-                "silhouette": float(np.nanmean([r["silhouette_final"] for r in runs])),
-                "hr10_final_model": float(np.mean(hrs_final)),
-                "silhouette_held": float(np.nanmean([r["silhouette_held"] for r in runs])),
-                "segments_held": len(set(runs[-1]["held"].values())),
-            }
-            progress(f"{kind:>10}  k={k:<3} HR@10 = {np.mean(hrs):.4f}  (per seed {', '.join(f'{h:.3f}' for h in hrs)})"
-                     f"  silhouette = {per_k[str(k)]['silhouette']:.3f}"
-                     f"  | final-model re-assignment: HR@10 = {np.mean(hrs_final):.4f}")
-        results["encoders"][kind] = {"train_seconds": round(train_s, 1), "k": per_k}
-    best = max(((kind, k, v["hr10"]) for kind, r in results["encoders"].items() for k, v in r["k"].items()),
-               key=lambda x: x[2], default=None)
-    if best:
-        results["best"] = {"encoder": best[0], "k": int(best[1]), "hr10": best[2], "vs_popularity": best[2] / popularity}
+        entry: dict[str, Any] = {"train_seconds": {}}
+        for phase in phases:
+            t = time.perf_counter()
+            encoder = None if kind == "raw" else _train(
+                kind, logs[phase], out / f"encoder-{kind}-{phase}.pt", epochs,
+                lambda m, kind=kind, phase=phase: progress(f"  [{phase} {kind}] {m}"))
+            entry["train_seconds"][phase] = round(time.perf_counter() - t, 1)
+            per_k: dict[str, Any] = {}
+            for k in ks:
+                runs = [replay_segments(logs[phase], run_settings(k, seed, encoder, batch_events=batch_events,
+                                                                  warmup_users=warmup)) for seed in seeds]
+                hrs = [hit_rate(r["held"], splits[phase]) for r in runs]
+                hrs_final = [hit_rate(r["final"], splits[phase]) for r in runs]
+                per_k[str(k)] = {
+                    **_summary(hrs, popularity[phase]),
+                    "hr10_final_model": float(np.mean(hrs_final)), "hr10_final_model_per_seed": hrs_final,
+                    "silhouette": float(np.nanmean([r["silhouette_final"] for r in runs])),
+                    "silhouette_held": float(np.nanmean([r["silhouette_held"] for r in runs])),
+                    "segments_held": [len(set(r["held"].values())) for r in runs],
+                }
+                progress(f"[{phase}] {kind:>9}  k={k:<3} HR@10 = {np.mean(hrs):.4f} "
+                         f"(per seed {', '.join(f'{h:.3f}' for h in hrs)}) = {np.mean(hrs) / popularity[phase]:.3f}x "
+                         f"popularity | final-model re-assignment {np.mean(hrs_final):.4f}")
+            entry[phase] = per_k
+        results["encoders"][kind] = entry
+
+    if DEFAULT_KIND in results["encoders"]:
+        ref = results["reference"]
+        d: dict[str, Any] = {"encoder": DEFAULT_KIND}
+        for phase in phases:
+            mine, theirs = results["encoders"][DEFAULT_KIND][phase], ref[phase][ref["chosen"]]
+            d[phase] = {str(k): {"hr10": mine[str(k)]["hr10"], "vs_popularity": mine[str(k)]["vs_popularity"],
+                                 "reference_hr10": theirs[str(k)]["hr10"],
+                                 "beats_reference": mine[str(k)]["hr10"] > theirs[str(k)]["hr10"]} for k in ks}
+        results["default"] = d
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results
 
@@ -149,18 +264,23 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = list(results["encoders"])
-    ks = list(next(iter(results["encoders"].values()))["k"]) if kinds else []
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / max(len(kinds), 1)
-    for i, kind in enumerate(kinds):
-        hr = [results["encoders"][kind]["k"][k]["hr10"] for k in ks]
-        ax.bar(np.arange(len(ks)) + i * width, hr, width, label=kind)
-    ax.axhline(results["global_popularity_hr10"], color="black", linestyle="--", label="global popularity")
-    ax.set_xticks(np.arange(len(ks)) + width * (len(kinds) - 1) / 2, [f"k={k}" for k in ks])
-    ax.set_ylabel("HR@10")
-    ax.set_title("ml-latest-small, streaming segments (80/20 per-user time split)")
-    ax.legend(loc="lower right", fontsize=8)
+    phases = results["protocol"]["phases"]
+    ks = [str(k) for k in results["protocol"]["k"]]
+    ref = results["reference"]
+    fig, axes = plt.subplots(1, len(phases), figsize=(6.5 * len(phases), 4), squeeze=False)
+    for ax, phase in zip(axes[0], phases):
+        bars = {kind: [e[phase][k]["hr10"] for k in ks] for kind, e in results["encoders"].items()}
+        bars[f"batch reference ({ref['chosen']})"] = [ref[phase][ref["chosen"]][k]["hr10"] for k in ks]
+        width = 0.8 / max(len(bars), 1)
+        for i, (name, hr) in enumerate(bars.items()):
+            label = name + (" (default)" if name == results["protocol"]["default_kind"] else "")
+            ax.bar(np.arange(len(ks)) + i * width, hr, width, label=label)
+        ax.axhline(results["popularity"][phase], color="black", linestyle="--", label="global popularity")
+        ax.set_xticks(np.arange(len(ks)) + width * (len(bars) - 1) / 2, [f"k={k}" for k in ks])
+        ax.set_ylabel("HR@10")
+        ax.set_title(f"{results['protocol']['data']}: {phase}", fontsize=10)
+        ax.set_ylim(0, 1.35 * max(max(hr) for hr in bars.values()))  # room for the legend above the bars
+        ax.legend(loc="upper left", fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -171,8 +291,8 @@ def main(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     results = evaluate(args.data or default_movielens_dir(), out, args.kinds, args.k, args.seeds, epochs=args.epochs,
-                       history_share=args.history_share, batch_events=args.batch_events,
-                       progress=lambda m: print(m, flush=True, file=sys.stderr))
+                       history_share=args.history_share, validation_share=args.validation_share, phases=args.phases,
+                       batch_events=args.batch_events, progress=lambda m: print(m, flush=True, file=sys.stderr))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "hr10.png")
     print(json.dumps(results))

@@ -1,7 +1,7 @@
 """``segstream demo``: the whole product on one machine, with nothing to set up.
 
 1. generate a behaviour log with planted user groups (plus a few malformed records);
-2. train a state autoencoder on it (cached in the work directory);
+2. train the default encoder (`segstream train-encoder`'s, DEFAULT_KIND) on it (cached in the work directory);
 3. start the embedded broker (Tansu) on loopback and create the topics;
 4. produce the log while the consumer runs, printing a live summary;
 5. read ``user-segments`` back as a recommender would, and score the segments
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from encoders.train import TrainConfig, train_encoder
+from encoders.train import DEFAULT_KIND, TrainConfig, train_encoder
 from eventlogs.recorded import write_events
 from eventlogs.synthetic import SyntheticConfig, generate
 from state.quality import adjusted_rand_index
@@ -69,8 +69,8 @@ def run_demo(settings: Settings, *, workdir: str = "runs/demo", users: int = 300
 
     encoder_path = settings.encoder or os.path.join(workdir, "encoder.pt")
     if not os.path.exists(encoder_path):
-        out(f"[2/5] training a state autoencoder on the log -> {encoder_path}")
-        train_encoder(log_path, encoder_path, TrainConfig(epochs=8, max_samples=60_000),
+        out(f"[2/5] training the default encoder ({DEFAULT_KIND}) on the log -> {encoder_path}")
+        train_encoder(log_path, encoder_path, TrainConfig.for_kind(DEFAULT_KIND, max_samples=60_000),
                       progress=lambda s: out(f"      {s}"))
     else:
         out(f"[2/5] reusing encoder {encoder_path}")

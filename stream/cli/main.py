@@ -65,14 +65,17 @@ def main_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-encoder", help="train an encoder artifact from a recorded log")
     train.add_argument("--log", required=True, help="recorded event log (.msgpack or .jsonl)")
     train.add_argument("--out", required=True, help="artifact path to write")
-    train.add_argument("--kind", default="state-ae", help="state-ae (autoencoder over the state vector) or item-pool "
-                       "(item embeddings learned from next-item co-occurrence, pooled with time decay)")
+    train.add_argument("--kind", default=None, help="item-seq (the default: item embeddings learned from the next items "
+                       "of each user's sequence, pooled over the recent items), item-pool (next-item embeddings pooled "
+                       "with time decay) or state-ae (autoencoder over the state vector)")
     for flag, tp, help_ in (("--dim", int, "embedding width"), ("--hidden", int, "state-ae hidden width"),
                             ("--epochs", int, None), ("--lr", float, "Adam learning rate"),
                             ("--half-life-s", float, "event-time half-life of the state"),
                             ("--category-buckets", int, None), ("--item-history", int, "recent items kept per user"),
                             ("--max-samples", int, "training examples kept (seeded reservoir)"),
-                            ("--min-item-count", int, "item-pool: occurrences for an item to get an embedding")):
+                            ("--min-item-count", int, "item-pool, item-seq: occurrences for an item to get an embedding"),
+                            ("--window", int, "item-seq: the context predicts the items of the next WINDOW events"),
+                            ("--attention", str, "item-seq: uniform, salience or salience+recency")):
         train.add_argument(flag, type=tp, default=None, help=f"{help_ + ' ' if help_ else ''}(default: the kind's)")
     train.add_argument("--seed", type=int, default=0)
 
@@ -183,11 +186,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return run_demo(settings, workdir=args.workdir, users=args.users, groups=args.groups, events=args.events,
                         partitions=args.partitions, follow=args.follow)
     if cmd == "train-encoder":
-        from encoders.train import TrainConfig, train_encoder
+        from encoders.train import DEFAULT_KIND, TrainConfig, train_encoder
 
         names = ("dim", "hidden", "epochs", "lr", "half_life_s", "category_buckets", "item_history", "max_samples",
-                 "min_item_count", "seed")
-        cfg = TrainConfig.for_kind(args.kind, **{n: getattr(args, n) for n in names if getattr(args, n) is not None})
+                 "min_item_count", "window", "attention", "seed")
+        cfg = TrainConfig.for_kind(args.kind or DEFAULT_KIND,
+                                   **{n: getattr(args, n) for n in names if getattr(args, n) is not None})
         train_encoder(args.log, args.out, cfg, progress=lambda m: print(m, flush=True))
         return 0
     if cmd == "import-movielens":

@@ -1,5 +1,5 @@
-"""The item-aware encoder (``item-pool``): learns, round-trips, refuses bad artifacts, is batch-invariant,
-and puts users who touch related items together even when nothing else tells them apart."""
+"""The item-aware encoders (``item-pool``, ``item-seq``): learn, round-trip, refuse bad artifacts, are
+batch-invariant, and put users who touch related items together even when nothing else tells them apart."""
 
 from __future__ import annotations
 
@@ -28,14 +28,19 @@ def _items_only(ev: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    d = tmp_path_factory.mktemp("item-enc")
-    log = d / "items.msgpack"
+def items_log(tmp_path_factory):
+    log = tmp_path_factory.mktemp("item-log") / "items.msgpack"
     write_events(log, (_items_only(e) for e in generate(CFG)))
+    return log
+
+
+@pytest.fixture(scope="module", params=["item-pool", "item-seq"])
+def trained(request, items_log, tmp_path_factory):
+    d = tmp_path_factory.mktemp(request.param)
     lines: list[str] = []
-    cfg = TrainConfig.for_kind("item-pool", epochs=15, dim=16, item_history=16, max_samples=20_000)
-    art = train_encoder(log, d / "item.pt", cfg, progress=lines.append)
-    return log, d / "item.pt", art, lines
+    cfg = TrainConfig.for_kind(request.param, epochs=15, dim=16, item_history=16, max_samples=20_000)
+    art = train_encoder(items_log, d / "item.pt", cfg, progress=lines.append)
+    return items_log, d / "item.pt", art, lines
 
 
 def _final_states(log, spec: FeatureSpec):
@@ -76,7 +81,7 @@ def test_users_of_related_items_land_together_without_shared_categories(trained)
 def test_item_artifact_round_trip_and_refusals(trained, tmp_path):
     _, path, art, _ = trained
     loaded = load_artifact(path)
-    assert loaded.kind == "item-pool" and loaded.checksum == art.checksum
+    assert loaded.kind == art.kind and loaded.checksum == art.checksum
     enc = load_encoder(path, device="cpu")
     assert enc.dim == 16 and enc.version == art.version
     # the vocabulary is part of the checksummed content
@@ -151,3 +156,49 @@ def test_the_pipeline_hands_recent_items_to_an_item_encoder(trained):
     with_items = p.encoder.encode(p.store.features(rows))
     assert np.abs(with_items).sum() > 0
     np.testing.assert_array_equal(p._embed(rows), with_items)
+
+
+def _seq_model(attention: str):
+    from encoders.models import SequenceEncoder
+
+    spec = FeatureSpec(item_history=4, half_life_s=10.0)
+    m = SequenceEncoder(spec, dim=2, vocab_size=2, attention=attention)
+    with torch.no_grad():
+        m.tokens.copy_(torch.tensor([7, 9], dtype=torch.int32))
+        m.embedding.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    return spec, m
+
+
+@pytest.mark.parametrize("attention, expected", [
+    ("uniform", [0.5, 0.5]),  # every recent item counts the same, whatever its age
+    ("salience", [0.5 * np.e, 0.5]),  # item 7's salience is 1: weight e
+    ("salience+recency", [0.5 * np.e * 0.25, 0.5]),  # ... and, two half-lives older at recency 1, 2**-2 of it
+])
+def test_sequence_attention_weighs_recent_items_by_salience_and_time_gap(attention, expected):
+    spec, m = _seq_model(attention)
+    with torch.no_grad():
+        m.salience.copy_(torch.tensor([1.0, 0.0]))
+        m.recency.fill_(1.0)
+    tokens = torch.tensor([[7, 9, -1, 12345]], dtype=torch.int32)  # two known items, an empty slot, an unknown item
+    weights = torch.tensor([[0.25, 1.0, 0.0, 1.0]])  # item 7 is two half-lives older than item 9
+    pooled = m.pool(tokens, weights)[0].detach().numpy()
+    np.testing.assert_allclose(pooled / pooled.sum(), np.array(expected) / sum(expected), rtol=1e-6)
+    z = m(torch.zeros(1, spec.feature_width), tokens, weights)[0].detach().numpy()
+    np.testing.assert_allclose(z, pooled / np.linalg.norm(pooled), rtol=1e-6)
+
+
+def test_sequence_encoder_learns_its_attention_and_predicts_a_window(items_log, tmp_path):
+    cfg = TrainConfig.for_kind("item-seq", epochs=3, dim=8, item_history=16, max_samples=5_000,
+                               attention="salience+recency", window=5)
+    art = train_encoder(items_log, tmp_path / "seq.pt", cfg, progress=lambda m: None)
+    assert art.config["attention"] == "salience+recency"
+    assert art.metadata["recency"] != 0.0 and art.metadata["salience_spread"] > 0.0  # both were trained
+    assert art.metadata["train_config"]["window"] == 5
+    uniform = train_encoder(items_log, tmp_path / "u.pt", TrainConfig.for_kind("item-seq", epochs=1, max_samples=2_000,
+                                                                            attention="uniform"), progress=lambda m: None)
+    assert uniform.metadata["recency"] == 0.0 and uniform.metadata["salience_spread"] == 0.0  # left alone
+
+
+def test_unknown_attention_is_refused():
+    with pytest.raises(ValueError, match="attention must be one of"):
+        _seq_model("lstm")
