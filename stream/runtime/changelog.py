@@ -133,7 +133,7 @@ class PartitionState:
     marker_at: int = -1  # changelog offset of the marker used
     users: dict[str, np.ndarray] | None = None  # full rows (columns) keyed by "ids"
     tails: dict[str, tuple[int, int, bytes, int]] = field(default_factory=dict)
-    stale: list[str] = field(default_factory=list)  # users queued for re-assignment, in queue order
+    stale: list[str | bytes] = field(default_factory=list)  # users queued for re-assignment, in queue order
     records: int = 0
     outbox: tuple[list[bytes], list[bytes | None]] = ([], [])  # the marker's user-segments records, to re-send
 
@@ -231,7 +231,7 @@ class Changelog:
         self._erased: dict[int, list[str]] = {}  # partition -> users erased since the last checkpoint
         self._void: dict[int, list[list[int]]] = {}  # partition -> changelog ranges a crash left unfinished
         self._ck = 0
-        self._stale_ids: dict[int, list[str]] = {}  # partition -> queued users, staged for the marker
+        self._stale_ids: dict[int, list[bytes]] = {}  # partition -> queued users, staged for the marker
         # partition -> user-segments records (keys, values) held until the partition's next marker
         self._outbox: dict[int, tuple[list[bytes], list[bytes | None]]] = {}
         self._sealed: tuple[list[bytes], list[bytes | None]] = ([], [])  # in markers, not yet released
@@ -364,7 +364,7 @@ class Changelog:
             rows = dirty[parts == p]
             if len(rows):
                 add(store.user_id_bytes(rows), self._encode(rows), np.full(len(rows), 1 + self.dtype.itemsize, dtype=np.int64))
-            self._stale_ids[p] = store.user_ids(stale[stale_parts == p])
+            self._stale_ids[p] = store.user_id_bytes(stale[stale_parts == p])  # msgpack bin: no str round trip
             key_bytes, value_bytes = b"".join(kparts), b"".join(vparts)
             klen = np.concatenate(klens) if klens else np.zeros(0, dtype=np.int64)
             if len(klen):
@@ -438,6 +438,7 @@ class Changelog:
             p_.import_users(block, keep_rows=False)
             p_.tails.set_raw_change_ids(store.imported_rows, u["cid"])
             users += len(u["ids"])
-        queued = store.rows_or_missing([x for s in states for x in s.stale])
+        queued = store.rows_or_missing([x.decode("utf-8", "surrogatepass") if isinstance(x, bytes) else x
+                                        for s in states for x in s.stale])
         p_.requeue(queued[queued >= 0])
         return users
