@@ -26,8 +26,9 @@ their embeddings, a new model) into the health signals exported as metrics:
   so ``delta`` and ``threshold`` are relative (0.05: ignore moves under 5%),
   whatever the encoder's distance scale. A detection counts once and holds the in-alarm gauge up
   for ``alarm_hold_batches`` batches (re-armed by every new detection);
-* a **PSI alarm** when PSI crosses ``psi_alarm`` (0.25, the usual mark of a significant shift)
-  from below. The distance detector sees a drift only while the model still fits the old
+* a **PSI alarm** (off unless ``psi_alarm`` > 0; 0.25 is the usual mark of a significant shift)
+  when PSI crosses ``psi_alarm`` from below. Off in ``segstream run``: on a stationary log the
+  state embeddings still move as users accumulate history, and a fixed PSI threshold fired there. The distance detector sees a drift only while the model still fits the old
   population; a model that re-fits within a version or two (labels follow the model) hides it
   there, while the population's move stays visible in PSI until the reference is refreshed.
 
@@ -140,7 +141,7 @@ class DriftMonitor:
 
     def __init__(self, *, reference_size: int = 2000, current_size: int = 2000, alarm_hold_batches: int = 20,
                  min_instances: int = 10, delta: float = 0.05, threshold: float = 1.5, grace_batches: int = 0,
-                 refresh_every: int = 0, psi_alarm: float = 0.25) -> None:
+                 refresh_every: int = 0, psi_alarm: float = 0.0) -> None:
         self.grace_batches = grace_batches
         self.psi_alarm = psi_alarm
         self.batches = 0
@@ -205,7 +206,7 @@ class DriftMonitor:
                     else np.asarray(embedding_keys, dtype=np.uint64))
             before = self.psi
             self._observe_embeddings(np.asarray(embeddings, dtype=np.float64), keys)
-            detections["psi"] = before < self.psi_alarm <= self.psi
+            detections["psi"] = 0.0 < self.psi_alarm and before < self.psi_alarm <= self.psi
         else:
             detections["psi"] = False
         self._hold["psi"] = max(0, self._hold["psi"] - 1)

@@ -150,7 +150,7 @@ class Metrics:
         self.churn = Gauge("segstream_assignment_churn_ratio", "Share of updated users whose segment changed in the last batch.", registry=r)
         self.mean_distance = Gauge("segstream_mean_distance", "Mean distance of the last batch's updated users to their assigned centroid.", registry=r)
         self.psi = Gauge("segstream_embedding_psi", "Population stability index of recent embeddings against the reference window.", registry=r)
-        self.drift_alarms = Counter("segstream_drift_alarms", "Drift detections, by signal (Page-Hinkley on distance and churn; PSI crossing 0.25).", ["signal"], registry=r)
+        self.drift_alarms = Counter("segstream_drift_alarms", "Drift detections, by signal (Page-Hinkley on distance and churn; PSI crossing a threshold, when set).", ["signal"], registry=r)
         self.drift_alarm_active = Gauge("segstream_drift_alarm_active", "1 while a drift alarm on the signal is held up, else 0.", ["signal"], registry=r)
         for sig in SIGNALS:
             self.drift_alarms.labels(sig)

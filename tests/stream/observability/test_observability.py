@@ -113,7 +113,7 @@ def test_drift_alarm_fires_after_abrupt_drift_not_before() -> None:
     events = list(generate(cfg))
     settings = Settings(warmup_users=200, batch_max_events=500, half_life_s=43_200.0)
     pipeline = Pipeline.from_settings(settings, now=lambda: float("inf"))
-    metrics = Metrics(drift=DriftMonitor(grace_batches=20))
+    metrics = Metrics(drift=DriftMonitor(grace_batches=20, psi_alarm=0.25))
     fired_at: list[float] = []  # newest event time of batches whose detector fired
     active_before = []
     for i in range(0, len(events), 500):
