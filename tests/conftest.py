@@ -24,20 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 MOVIELENS = Path(os.environ.get("SEGSTREAM_MOVIELENS", REPO.parent / "shared" / "data" / "ml-latest-small"))
 
 
-# The multi-process tests (30-140 s each), longest first. pytest-xdist hands tests out in collection
-# order, so starting these first keeps one of them from running alone at the end of the suite.
-LONG_FIRST = ("test_kill_recovery.py", "test_scaleout.py", "test_erasure_and_shutdown.py", "test_global_groups.py",
-              "test_rebalance.py", "test_alerts_e2e.py", "test_changelog.py", "test_erasure_everywhere.py")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that talks to a broker is an integration test, marked or not: ``-m "not integration"``
-    is then the broker-free unit suite. The longest tests go first (``LONG_FIRST``)."""
+    is then the broker-free unit suite."""
     for item in items:
         if "broker" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
-    rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")
