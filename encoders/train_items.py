@@ -168,9 +168,10 @@ def next_item_examples(log_path: str | os.PathLike[str], spec: FeatureSpec, voca
                             position=starts[u] + nth[:k] if len(starts) else nth[:k], end=starts[u] + lengths[u] if len(starts) else nth[:k])
 
 
-def train_item_pool(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: Any,
-                    progress: Progress) -> tuple[ItemPoolEncoder, dict[str, Any], dict[str, Any], int]:
-    """Train an :class:`ItemPoolEncoder`; returns (model, model config, metadata, examples used)."""
+def _vocabulary_and_examples(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: Any,
+                             progress: Progress) -> tuple[np.ndarray, NextItemExamples]:
+    """What both item encoders train on: the item vocabulary and the next-item examples of the log
+    (a clear error where the log has neither); seeds torch for the model built next."""
     vocab = item_vocabulary(log_path, spec, min_count=cfg.min_item_count, max_items=cfg.max_items)
     if len(vocab) == 0:
         raise ValueError(f"{log_path}: no item seen {cfg.min_item_count}+ times: nothing to learn item embeddings from")
@@ -179,6 +180,13 @@ def train_item_pool(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: An
     if len(ex) == 0:
         raise ValueError(f"{log_path}: no user touched two known items: no next-item examples")
     torch.manual_seed(cfg.seed)
+    return vocab, ex
+
+
+def train_item_pool(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: Any,
+                    progress: Progress) -> tuple[ItemPoolEncoder, dict[str, Any], dict[str, Any], int]:
+    """Train an :class:`ItemPoolEncoder`; returns (model, model config, metadata, examples used)."""
+    vocab, ex = _vocabulary_and_examples(log_path, spec, cfg, progress)
     model = ItemPoolEncoder(spec, dim=cfg.dim, vocab_size=len(vocab))
     model.tokens.copy_(torch.from_numpy(vocab.astype(np.int32)))
     torch.nn.init.normal_(model.embedding.weight, std=0.1)
@@ -206,14 +214,7 @@ def train_sequence(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: Any
     the window. A window wider than one asks the embedding for the user's taste over the coming
     events rather than for the very next item only.
     """
-    vocab = item_vocabulary(log_path, spec, min_count=cfg.min_item_count, max_items=cfg.max_items)
-    if len(vocab) == 0:
-        raise ValueError(f"{log_path}: no item seen {cfg.min_item_count}+ times: nothing to learn item embeddings from")
-    ex = next_item_examples(log_path, spec, vocab, batch_events=cfg.item_batch_events, max_samples=cfg.max_samples,
-                            seed=cfg.seed, progress=progress)
-    if len(ex) == 0:
-        raise ValueError(f"{log_path}: no user touched two known items: no next-item examples")
-    torch.manual_seed(cfg.seed)
+    vocab, ex = _vocabulary_and_examples(log_path, spec, cfg, progress)
     model = SequenceEncoder(spec, dim=cfg.dim, vocab_size=len(vocab), attention=cfg.attention)
     model.tokens.copy_(torch.from_numpy(vocab.astype(np.int32)))
     torch.nn.init.normal_(model.embedding.weight, std=0.1)
