@@ -49,14 +49,20 @@ def test_every_label_the_bounds_certify_is_the_one_the_model_gives(seed):
         assert set(todo[: len(ended)].tolist()) == set(ended.tolist())
 
 
-def test_small_moves_leave_most_labels_certified_and_reassigned_users_become_certified_again():
-    rng = np.random.default_rng(7)
+def _four_blobs(seed: int):
+    """4,000 points around four centres, labelled by version 1 of those centres, with exact bounds (and the rng, to go on drawing)."""
+    rng = np.random.default_rng(seed)
     c = np.array([[0, 0], [10, 0], [0, 10], [10, 10]], np.float32)
     x = (c[rng.integers(0, 4, 4000)] + rng.normal(size=(4000, 2))).astype(np.float32)
     m1 = SegmentModel(1, c, np.arange(4), 0.0)
     seg, dist, other = assign_bounds(m1, x, np.full(len(x), -1), 0.05)
     b = LabelBounds()
     b.set_exact(np.arange(len(x)), dist, other, m1)
+    return rng, c, x, m1, seg, b
+
+
+def test_small_moves_leave_most_labels_certified_and_reassigned_users_become_certified_again():
+    _, c, x, m1, seg, b = _four_blobs(7)
     m2 = SegmentModel(2, c + np.float32(0.1), np.arange(4), 0.0)
     todo = b.on_publish(m1, m2, seg, 0.05)
     assert len(todo) < 0.05 * len(x)
@@ -84,13 +90,7 @@ def test_centres_that_jitter_in_place_leave_labels_certified_over_hundreds_of_ve
     # a version per micro-batch at a million users: most users go hundreds of versions between
     # re-assignments. Summing every version's move certified ~1% of them; measuring from the anchor
     # does not add up jitter (200 versions: more than LabelBounds.ANCHORS, so anchors are also moved)
-    rng = np.random.default_rng(11)
-    c = np.array([[0, 0], [10, 0], [0, 10], [10, 10]], np.float32)
-    x = (c[rng.integers(0, 4, 4000)] + rng.normal(size=(4000, 2))).astype(np.float32)
-    prev = SegmentModel(1, c, np.arange(4), 0.0)
-    seg, dist, other = assign_bounds(prev, x, np.full(len(x), -1), 0.05)
-    b = LabelBounds()
-    b.set_exact(np.arange(len(x)), dist, other, prev)
+    rng, c, x, prev, seg, b = _four_blobs(11)
     assert 200 > LabelBounds.ANCHORS
     for v in range(2, 202):
         model = SegmentModel(v, c + rng.normal(scale=0.2, size=c.shape).astype(np.float32), np.arange(4), 0.0)

@@ -42,14 +42,20 @@ def _state(st) -> tuple:
     return st.offset, st.ck, st.void, st.stale, st.tails, rows, pack(st.model), st.outbox
 
 
-def test_a_restore_from_the_cache_and_the_changelog_after_it_equals_one_from_the_whole_changelog():
+def _written(checkpoints: int) -> tuple[Pipeline, _Sent, Changelog, int]:
+    """A pipeline with its changelog after ``checkpoints`` checkpoints, and the offset of partition 0's last marker."""
     writer = Pipeline.from_settings(SETTINGS, now=lambda: 2e9)
     sent = _Sent()
     cl = Changelog("cl", sent, writer)  # type: ignore[arg-type]
-    for b in range(6):
+    for b in range(checkpoints):
         _checkpoint(writer, cl, b)
-    # the snapshot of that checkpoint, as the runner writes it (through the file format)
     at = max(i for i, (p, k) in enumerate(sent.records) if p == 0 and k == MARKER_KEY)
+    return writer, sent, cl, at
+
+
+def test_a_restore_from_the_cache_and_the_changelog_after_it_equals_one_from_the_whole_changelog():
+    writer, sent, cl, at = _written(6)
+    # the snapshot of that checkpoint, as the runner writes it (through the file format)
     rows = writer.store.rows_of_partition(0)
     doc = unpack(pack({**cache_extra(cl, 0, rows, at), "users": writer.store.export_rows(rows)}))
     shared = unpack(pack(writer.global_state()))
@@ -80,12 +86,7 @@ def test_a_restore_from_the_cache_and_the_changelog_after_it_equals_one_from_the
 
 
 def test_a_snapshot_whose_marker_is_not_at_its_offset_is_not_used():
-    writer = Pipeline.from_settings(SETTINGS, now=lambda: 2e9)
-    sent = _Sent()
-    cl = Changelog("cl", sent, writer)  # type: ignore[arg-type]
-    for b in range(3):
-        _checkpoint(writer, cl, b)
-    at = max(i for i, (p, k) in enumerate(sent.records) if p == 0 and k == MARKER_KEY)
+    writer, sent, cl, at = _written(3)
     assert marker_ck(sent.log(0, start=at), at) == cl._ck
     assert marker_ck(sent.log(0, start=at - 1), at - 1) is None  # another record there
     assert marker_ck(sent.log(0, start=at + 1), at + 1) is None  # nothing there (a shorter, recreated topic)
