@@ -345,7 +345,8 @@ class Changelog:
             vlens: list[np.ndarray] = []
 
             def add(ids: list[str] | list[bytes], values: bytes, value_lengths: np.ndarray) -> None:
-                enc = [u if isinstance(u, bytes) else u.encode("utf-8", "surrogatepass") for u in ids]
+                # the users' rows come as stored bytes; tails and tombstones are few and come as str
+                enc = ids if ids and isinstance(ids[0], bytes) else [u.encode("utf-8", "surrogatepass") for u in ids]
                 kparts.append(b"".join(enc))
                 klens.append(np.fromiter(map(len, enc), dtype=np.int64, count=len(enc)))
                 vparts.append(values)
