@@ -97,7 +97,9 @@ class Settings:
     checkpoint_dir: str = _opt("SEGSTREAM_CHECKPOINT_DIR", "", "Directory of state snapshots tied to offsets (empty: no snapshots; state is rebuilt only from what is consumed after the committed offset).", group="recovery")
     changelog: bool = _opt("SEGSTREAM_CHANGELOG", True, "Keep every partition's state in a compacted Kafka changelog topic (docs/recovery.md#kafka-as-the-store-of-record) and restore from it on assignment, with nothing local. false: no changelog (state only from local snapshots, if any; for comparisons).", group="recovery")
     changelog_topic: str = _opt("SEGSTREAM_CHANGELOG_TOPIC", "", "The state changelog topic (empty: <group_id>.<input_topic>.changelog); as many partitions as the input topic.", group="recovery")
-    checkpoint_interval_ms: int = _opt("SEGSTREAM_CHECKPOINT_INTERVAL_MS", 0, "Checkpoint (confirm outputs, snapshot state, commit offsets) at most this often; 0: after every micro-batch. Snapshots cost time in proportion to users held.", group="recovery")
+    checkpoint_interval_ms: int = _opt("SEGSTREAM_CHECKPOINT_INTERVAL_MS", 0, "Checkpoint (confirm outputs, snapshot state, commit offsets) at most this often; 0: no lower bound (the share below decides). Snapshots cost time in proportion to users held.", group="recovery")
+    checkpoint_share: float = _opt("SEGSTREAM_CHECKPOINT_SHARE", 0.2, "The most of the run loop's time checkpoints may take: after a checkpoint that took d seconds the next one waits d*(1-share)/share (at most SEGSTREAM_CHECKPOINT_MAX_GAP_MS), so a busy loop checkpoints less often and writes each changed user once per checkpoint, and a quiet one after every micro-batch. 1: after every micro-batch.", group="recovery")
+    checkpoint_max_gap_ms: int = _opt("SEGSTREAM_CHECKPOINT_MAX_GAP_MS", 2000, "The longest the share rule may hold a checkpoint back (with the changelog, outputs wait for their checkpoint: this bounds their extra latency under load).", group="recovery")
     aligned_batches: bool = _opt("SEGSTREAM_ALIGNED_BATCHES", False, "Cut micro-batches per partition at offset multiples of the batch size, so that a replay after a crash sees the very same batches (bit-exact recovery).", group="recovery")
     dedup_window: int = _opt("SEGSTREAM_DEDUP_WINDOW", 0, "Drop an event whose event_id is among the last N ids seen (0: off).", group="recovery")
     pseudonymise_key: str = _opt("SEGSTREAM_PSEUDONYMISE_KEY", "", "Replace user ids and event ids by HMAC-SHA-256(key, id) before they are stored or published (empty: off; docs/privacy.md).", group="recovery")
@@ -150,6 +152,8 @@ class Settings:
                 raise SettingsError(f"{f.metadata['env']}={value!r}: expected one of {', '.join(choices)}")
         if self.checkpoint_interval_ms < 0 or self.dedup_window < 0:
             raise SettingsError(f"{_env('checkpoint_interval_ms')} and {_env('dedup_window')} must be >= 0")
+        if not 0.0 < self.checkpoint_share <= 1.0 or self.checkpoint_max_gap_ms < 0:
+            raise SettingsError(f"{_env('checkpoint_share')} must be in (0, 1] and {_env('checkpoint_max_gap_ms')} >= 0")
         if self.gc_threshold < 0:
             raise SettingsError(f"{_env('gc_threshold')} must be >= 0")
         positive = ("batch_max_events", "max_event_bytes", "max_users", "encoder_batch", "segments", "warmup_users", "model_update_events",

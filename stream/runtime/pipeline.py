@@ -64,6 +64,7 @@ class SegmentChanges:
     event_time: np.ndarray  # float64, ts of the event that caused the change (model-caused: the batch's newest)
     source_index: np.ndarray  # int64, batch position of that event (-1: no event of this batch caused it)
     model_version: int
+    rows: np.ndarray | None = None  # int64, the users' store rows (None: not known, look the ids up)
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -485,7 +486,7 @@ class Pipeline:
         return SegmentChanges(
             user_ids=store.user_ids(crow), segments=new[changed], previous=prev, distances=dist[changed],
             seq=store.seq[crow].copy(), event_time=event_time[changed].astype(np.float64),
-            source_index=source[changed].astype(np.int64), model_version=model.version)
+            source_index=source[changed].astype(np.int64), model_version=model.version, rows=crow.astype(np.int64))
 
     # ----- eviction keeps the contract ----------------------------------------------
     def _on_evict(self, rows: np.ndarray, ids: list[str]) -> None:
