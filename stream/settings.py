@@ -136,7 +136,7 @@ class Settings:
     # --- drift detection -----------------------------------------
     drift_grace_batches: int = _opt("SEGSTREAM_DRIFT_GRACE_BATCHES", 20, "Batches after seeding before the drift detector is tested and the PSI reference starts.", group="ops")
     drift_delta: float = _opt("SEGSTREAM_DRIFT_DELTA", 0.05, "Drift CUSUM tolerance: rises of the fit ratio (distance to the nearest centroid over the model version's baseline) under this share are ignored.", group="ops")
-    drift_threshold: float = _opt("SEGSTREAM_DRIFT_THRESHOLD", 0.5, "Drift CUSUM alarm threshold: sum over batches of the fit ratio's rise beyond 1 + delta.", group="ops")
+    drift_threshold: float = _opt("SEGSTREAM_DRIFT_THRESHOLD", 0.1, "Drift CUSUM alarm threshold: the fit ratio's rise beyond 1 + delta, summed over embeddings, in thousands (0.1: a 15% rise over 1,000 embeddings).", group="ops")
     drift_baseline_embeddings: int = _opt("SEGSTREAM_DRIFT_BASELINE_EMBEDDINGS", 1000, "Embeddings, from the batch that brings a model version on, whose mean distance to its nearest centroid is that version's drift baseline.", group="ops")
     drift_hold_batches: int = _opt("SEGSTREAM_DRIFT_HOLD_BATCHES", 20, "Batches the drift-alarm gauge stays up after a detection.", group="ops")
     psi_window: int = _opt("SEGSTREAM_PSI_WINDOW", 2000, "Embeddings in the PSI reference and current windows.", group="ops")

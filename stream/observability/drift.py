@@ -147,7 +147,7 @@ class DriftMonitor:
                    refresh_every=settings.psi_refresh_embeddings)
 
     def __init__(self, *, reference_size: int = 2000, current_size: int = 2000, alarm_hold_batches: int = 20,
-                 delta: float = 0.05, threshold: float = 0.5, baseline_embeddings: int = 1000,
+                 delta: float = 0.05, threshold: float = 0.1, baseline_embeddings: int = 1000,
                  grace_batches: int = 0, refresh_every: int = 0, psi_alarm: float = 0.0) -> None:
         self.grace_batches = grace_batches
         self.psi_alarm = psi_alarm

@@ -13,13 +13,16 @@ on a log that does not drift at all. What this detector watches does not depend 
   version is never itself a drift, and the signal needs no scale of its own (encoders differ);
 * **ratio** = signal / baseline of that version: about 1 while the traffic stays what the model was
   fitted to; it rises as behaviour moves away from every centroid;
-* **detector**: a one-sided CUSUM on the ratio, ``score = max(0, score + ratio - 1 - delta)``; a
-  detection when ``score > threshold``, after which the score restarts at 0. ``delta`` (0.05) is the
-  tolerated relative rise, ``threshold`` (0.5) the sum of excess rises that makes an alarm: e.g. a
-  20 % rise sustained for four batches, or a 55 % rise in one. A version change keeps the score (the
-  ratio is already relative to the version), so a drift across quick successive versions still adds
-  up, while a model that has re-fitted the moved population brings the ratio back to 1 and the score
-  back down.
+* **detector**: a one-sided CUSUM on the ratio, weighted by the batch's embeddings in thousands,
+  ``score = max(0, score + (ratio - 1 - delta) * n / 1000)``; a detection when ``score > threshold``,
+  after which the score restarts at 0. ``delta`` (0.05) is the tolerated relative rise; ``threshold``
+  (0.1) the excess rise times thousands of embeddings that makes an alarm: e.g. a 15 % rise over
+  1,000 embeddings, or a 25 % rise over 500. Weighting by embeddings rather than counting batches
+  makes the alarm independent of the batch size: a consumer catching up in large batches (a model
+  version per batch, which re-fits a moved population within one or two batches) sees the same
+  evidence as one fed small batches. A version change keeps the score (the ratio is already relative
+  to the version), so a drift across quick successive versions still adds up, while a model that has
+  re-fitted the moved population brings the ratio back to 1 and the score back down.
 
 A ratio below 1 (users gaining history, embeddings tightening around the centroids) never alarms.
 
@@ -56,7 +59,7 @@ def nearest_distances(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 
 class FitDriftDetector:
-    def __init__(self, *, delta: float = 0.05, threshold: float = 0.5, baseline_embeddings: int = 1000) -> None:
+    def __init__(self, *, delta: float = 0.05, threshold: float = 0.1, baseline_embeddings: int = 1000) -> None:
         self.delta = delta
         self.threshold = threshold
         self.baseline_embeddings = baseline_embeddings
@@ -81,7 +84,7 @@ class FitDriftDetector:
             d = nearest_distances(x, arrived.centroids)
             if self.baseline == self.baseline:  # not NaN: the version has its baseline
                 if test:
-                    fired = self._test(float(d.mean()))
+                    fired = self._test(float(d.mean()), len(d))
             elif model is arrived or (model is not None and model.version == arrived.version):
                 self._base_sum += float(d.sum())
                 self._base_n += len(d)
@@ -91,9 +94,9 @@ class FitDriftDetector:
             self._start(model, x)
         return fired
 
-    def _test(self, mean_distance: float) -> bool:
+    def _test(self, mean_distance: float, n: int) -> bool:
         self.ratio = mean_distance / self.baseline
-        self.score = max(0.0, self.score + self.ratio - 1.0 - self.delta)
+        self.score = max(0.0, self.score + (self.ratio - 1.0 - self.delta) * n / 1000.0)
         if self.score > self.threshold:
             self.detections += 1
             self.score = 0.0

@@ -151,7 +151,7 @@ class Metrics:
         self.mean_distance = Gauge("segstream_mean_distance", "Mean distance of the last batch's updated users to their assigned centroid.", registry=r)
         self.psi = Gauge("segstream_embedding_psi", "Population stability index of recent embeddings against the reference window.", registry=r)
         self.fit_ratio = Gauge("segstream_drift_fit_ratio", "Last batch's mean distance to the nearest centroid of the model version it arrived to, over that version's baseline (the same on its first SEGSTREAM_DRIFT_BASELINE_EMBEDDINGS embeddings); about 1 while the model fits the traffic.", registry=r)
-        self.fit_score = Gauge("segstream_drift_score", "Drift CUSUM of the fit ratio (sum of its rises beyond 1 + SEGSTREAM_DRIFT_DELTA); a distance detection when it passes SEGSTREAM_DRIFT_THRESHOLD, then back to 0.", registry=r)
+        self.fit_score = Gauge("segstream_drift_score", "Drift CUSUM of the fit ratio (its rises beyond 1 + SEGSTREAM_DRIFT_DELTA, summed over embeddings, in thousands); a distance detection when it passes SEGSTREAM_DRIFT_THRESHOLD, then back to 0.", registry=r)
         self.drift_alarms = Counter("segstream_drift_alarms", "Drift detections, by signal (distance: the CUSUM of the fit ratio; psi: PSI crossing a threshold, when set).", ["signal"], registry=r)
         self.drift_alarm_active = Gauge("segstream_drift_alarm_active", "1 while a drift alarm on the signal is held up, else 0.", ["signal"], registry=r)
         for sig in SIGNALS:
