@@ -146,3 +146,19 @@ def test_baseline_and_score_survive_a_checkpoint() -> None:
     for m in (before, after):
         m.observe(distances=np.ones(300), changed=0, updated=300, embeddings=moved, model=model, arrived=model)
     assert after.alarms_total == before.alarms_total and after.fit.score == pytest.approx(before.fit.score)
+
+
+def test_a_checkpoint_of_the_former_detectors_loads_with_a_fresh_baseline() -> None:
+    """Written before the fit detector: Page-Hinkley baselines per signal, no ``fit`` entry."""
+    rng = np.random.default_rng(5)
+    state = DriftMonitor(reference_size=200).state()
+    del state["fit"]
+    state["baseline"] = {"distance": [0.5] * 10, "churn": [0.01] * 10}
+    m = DriftMonitor(reference_size=200, grace_batches=0)
+    m.load_state(unpack(pack(state)))
+    model = _model(1, np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]]), [1, 2, 3])
+    m.observe(distances=np.ones(1000), changed=0, updated=1000, embeddings=_blobs(rng, 1000), model=model, arrived=None)
+    assert m.fit.version == 1 and m.fit.baseline == m.fit.baseline  # the first version seen starts it
+    m.observe(distances=np.ones(1000), changed=0, updated=1000, embeddings=_blobs(rng, 1000, shift=3.0),
+              model=model, arrived=model)
+    assert m.alarms_total["distance"] == 1
