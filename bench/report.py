@@ -517,6 +517,24 @@ def changelog_table(results: Results) -> str:
     return "\n\n".join(out) + f"\n\nCommand: {', '.join(cmds)}."
 
 
+def drift_table(results: Results) -> str:
+    """`bench.drift`: drift alarms on the alerting test's planted logs, per code version and batch size."""
+    rows = []
+    for r in results:
+        label = r["params"].get("label") or "this version"
+        for b in r["figures"]["by_batch"]:
+            delays = "—" if b["delay_events_min"] is None else \
+                f"{b['delay_events_min']:,} / {b['delay_events_median']:,.0f} / {b['delay_events_max']:,}"
+            rows.append((label, f"{b['batch']:,}", str(b["seeds"]),
+                         f"{b['stationary_logs_with_alarm']} ({b['stationary_alarms']} alarms)",
+                         str(b["drifting_logs_alarm_before_drift"]), f"{b['drifting_logs_detected']} of {b['seeds']}",
+                         delays, f"{r['machine']['loadavg_at_start'][0]}"))
+    cmds = sorted({_cmd(r) for r in results})
+    return _table(("Code", "Batch (events)", "Seeds", "Stationary logs with an alarm", "Drifting logs with an alarm before the drift",
+                   "Drifting logs detected", "Events from the drift to the first alarm (min / median / max)",
+                   "Load average (1 min) at start"), rows) + f"\n\nCommand: {', '.join(cmds)}."
+
+
 REFERENCE_NAMES = ("svd32-l2", "svd32")
 
 
@@ -543,7 +561,7 @@ def selection_table(results: Results) -> str:
 
 
 RENDERERS: dict[str, Callable[[Results], str]] = {
-    "changelog": changelog_table,
+    "changelog": changelog_table, "drift": drift_table,
     "machine": machine_line, "suite": suite_table, "goals": goals_table, "encoders": encoders_table,
     "scaleout": scaleout_table, "transports": transports_table, "producer-latency": producer_latency_table, "sizing": sizing_table, "plan": plan_table,
     "planted": planted_table, "movielens": movielens_table, "selection": selection_table,

@@ -136,9 +136,10 @@ class Settings:
     log_level: str = _opt("SEGSTREAM_LOG_LEVEL", "INFO", "Python logging level.", group="ops")
 
     # --- drift detection -----------------------------------------
-    drift_grace_batches: int = _opt("SEGSTREAM_DRIFT_GRACE_BATCHES", 20, "Batches after seeding before drift detectors and the PSI reference start.", group="ops")
-    drift_delta: float = _opt("SEGSTREAM_DRIFT_DELTA", 0.05, "Page-Hinkley tolerance, relative to the signal's baseline (0.05: ignore rises under 5%).", group="ops")
-    drift_threshold: float = _opt("SEGSTREAM_DRIFT_THRESHOLD", 1.5, "Page-Hinkley alarm threshold (relative units).", group="ops")
+    drift_grace_batches: int = _opt("SEGSTREAM_DRIFT_GRACE_BATCHES", 20, "Batches after seeding before the drift detector is tested and the PSI reference starts.", group="ops")
+    drift_delta: float = _opt("SEGSTREAM_DRIFT_DELTA", 0.05, "Drift CUSUM tolerance: rises of the fit ratio (distance to the nearest centroid over the model version's baseline) under this share are ignored.", group="ops")
+    drift_threshold: float = _opt("SEGSTREAM_DRIFT_THRESHOLD", 0.1, "Drift CUSUM alarm threshold: the fit ratio's rise beyond 1 + delta, summed over embeddings, in thousands (0.1: a 15% rise over 1,000 embeddings).", group="ops")
+    drift_baseline_embeddings: int = _opt("SEGSTREAM_DRIFT_BASELINE_EMBEDDINGS", 1000, "Embeddings, from the batch that brings a model version on, whose mean distance to its nearest centroid is that version's drift baseline.", group="ops")
     drift_hold_batches: int = _opt("SEGSTREAM_DRIFT_HOLD_BATCHES", 20, "Batches the drift-alarm gauge stays up after a detection.", group="ops")
     psi_window: int = _opt("SEGSTREAM_PSI_WINDOW", 2000, "Embeddings in the PSI reference and current windows.", group="ops")
     psi_refresh_embeddings: int = _opt("SEGSTREAM_PSI_REFRESH_EMBEDDINGS", 500_000, "The PSI reference is replaced by the current window after this many embeddings, so PSI measures change since the last refresh, not since start-up (0: the first window stays the reference). Checkpointed with the state.", group="ops")
@@ -157,7 +158,7 @@ class Settings:
         if self.gc_threshold < 0:
             raise SettingsError(f"{_env('gc_threshold')} must be >= 0")
         positive = ("batch_max_events", "max_event_bytes", "max_users", "encoder_batch", "segments", "warmup_users", "model_update_events",
-                    "reassign_per_batch")
+                    "reassign_per_batch", "drift_baseline_embeddings")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env(name)} must be > 0")
