@@ -137,7 +137,7 @@ class Pipeline:
         self._segment_users = np.zeros(0, dtype=np.int64)  # users per segment id
         self._stale = RowQueue()  # rows to (re-)assign: label not certified by the model, or restored without one
         self.reassign_per_batch = Settings.reassign_per_batch  # rows re-assigned per batch, besides its own
-        self._labels = LabelFollower()  # certifies held labels across model versions without re-embedding
+        self._labels = LabelFollower(store.capacity)  # certifies held labels across model versions without re-embedding
         self.item_names = ItemNames()
         self.events_seen = 0
         self.pseudonymiser: Pseudonymiser | None = None  # keyed hash of user ids before anything is stored
@@ -146,7 +146,7 @@ class Pipeline:
         # published or checkpointed: copies kept outside the pipeline (the drift monitor's embeddings)
         self.erasure_hooks: list[Callable[[np.ndarray], None]] = []
         # what the output contract keeps of evicted users (seq, segment, last change id)
-        self.tails = ContractTails()
+        self.tails = ContractTails(store.capacity)
         store.on_evict = self._on_evict
 
     @classmethod

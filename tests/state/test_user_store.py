@@ -232,3 +232,14 @@ def test_any_id_comes_back_as_given_non_ascii_and_lone_surrogates_included():
     assert store.user_ids(rows) == odd and sorted(store.held_ids()) == sorted(odd)
     assert [store.row_of(u) for u in odd] == rows.tolist() and store.row_of("e-u") is None
     assert store.delete("\ud800x") is not None and store.row_of("\ud800x") is None and len(store) == 4
+
+
+def test_per_row_change_ids_grow_no_further_than_the_store_capacity():
+    from state.contract_tail import ContractTails
+
+    capped, free = ContractTails(capacity=3000), ContractTails()
+    for t in (capped, free):
+        for top in (1000, 2500, 3000):
+            t.set_change_ids(np.array([top - 1]), ["00" * 15 + "2a"])
+    assert capped.row_nbytes() == 16 * 3000 and free.row_nbytes() == 16 * 5000
+    assert bytes(capped.change_ids(np.array([2999]))[0])[-1] == 42
