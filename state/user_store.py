@@ -46,13 +46,16 @@ from state.events import EventBatch
 from state.id_column import IdColumn
 from state.id_index import IdIndex
 
-__all__ = ["UserStore", "Features", "ApplyResult", "user_keys"]
+__all__ = ["UserStore", "Features", "ApplyResult", "user_keys", "MAX_PARTITION"]
 
 #: Rescale every row once the newest event is this many half-lives past t0 (2**48 << float32 max).
 REBASE_HALF_LIVES = 48.0
 _TINY = 1e-30
 #: log1p(x) / _LOG_SCALE is ~1 at x = 1000: keeps count and value features in the range of the mixes
 _LOG_SCALE = float(np.log1p(1000.0))
+#: Highest source partition a row can name (``partition`` is int16: 2 bytes a user less than int32, and a
+#: topic of more than 32,768 partitions is far past what Kafka clusters run).
+MAX_PARTITION = int(np.iinfo(np.int16).max)
 #: Every per-row column (what a checkpoint saves for each user).
 COLUMNS = ("dense", "last_ts", "items", "item_w", "item_head", "segment", "seq", "distance", "partition")
 
@@ -151,7 +154,7 @@ class UserStore:
         grow("segment", (rows,), np.int32, -1)
         grow("seq", (rows,), np.uint32, 0)
         grow("distance", (rows,), np.float32, np.nan)
-        grow("partition", (rows,), np.int32, -1)  # source partition of the user's newest event (-1: unknown)
+        grow("partition", (rows,), np.int16, -1)  # source partition of the user's newest event (-1: unknown)
         # user_keys() of each row's user, set when the row is handed out (derived from the id; the changelog row
         # carries it too, so that a restore need not hash every id again)
         grow("key", (rows,), np.uint64, 0)

@@ -37,7 +37,7 @@ from state.row_queue import RowQueue
 from state.profiles import ItemNames, segment_profiles
 from state.relabel import LABELS_SETTLED, LabelFollower
 from state.segments import SegmentModel, assign_bounds, squared_distances
-from state.user_store import UserStore, user_keys
+from state.user_store import MAX_PARTITION, UserStore, user_keys
 from stream.runtime.dedup import EventIdWindow
 from state.events import EventBatch, EventDecoder, Rejected
 from stream.runtime.pseudonym import Pseudonymiser
@@ -230,6 +230,9 @@ class Pipeline:
         return self.process_decoded(*self.decoder.decode_objects(objs))
 
     def process(self, batch: EventBatch, partitions: np.ndarray | None = None) -> BatchResult:
+        if partitions is not None and len(partitions) and int(partitions.max()) > MAX_PARTITION:
+            raise ValueError(f"input partition {int(partitions.max())}: the user store names partitions up to "
+                             f"{MAX_PARTITION} (int16)")
         store, seg = self.store, self.segmenter
         erased: list[str] = []
         erased_sources: list[int] = []
