@@ -79,15 +79,15 @@ class IdColumn:
             return bytes(v)
         return self._outside.get(int(row))
 
-    def take(self, rows: Iterable[int] | np.ndarray) -> list[bytes]:
-        """Ids of held rows, as ``bytes``."""
+    def take(self, rows: Iterable[int] | np.ndarray) -> list[bytes | None]:
+        """Ids of these rows, as ``bytes`` (``None``: a free row)."""
         rows = np.asarray(rows, dtype=np.int64)
         got = self._inline[rows]
-        vals: list[bytes] = got.tolist()
-        if self._outside:
-            out = self._outside
-            for i in np.flatnonzero(got == b"").tolist():
-                vals[i] = out[int(rows[i])]
+        vals: list[bytes | None] = got.tolist()
+        empty = np.flatnonzero(got == b"").tolist()
+        out = self._outside
+        for i in empty:  # free rows, and ids held outside the column
+            vals[i] = out.get(int(rows[i]))
         return vals
 
     def equal(self, rows: np.ndarray, uids: Sequence[bytes]) -> np.ndarray:

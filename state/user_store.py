@@ -207,7 +207,7 @@ class UserStore:
     def user_id_bytes(self, rows: np.ndarray) -> list[bytes]:
         """The ids of these rows as stored (UTF-8, surrogatepass): what a Kafka key needs, without a
         round trip through ``str``."""
-        return self._ids.take(rows)
+        return self._ids.take(rows)  # type: ignore[return-value]
 
     def held_ids(self) -> list[str]:
         """Every user held, as the id index has them (its order)."""
@@ -554,7 +554,7 @@ class UserStore:
         back: list[bytes] = []  # users put back on their saved rows (their keys are still to set)
         back_rows: list[int] = []
         placed: list[int] = []  # their positions in ``ids``
-        free = self._ids.free(len(self.dense)) if keep_rows and isinstance(missing, list) else None
+        free = self._ids.free(len(self.dense)).tolist() if keep_rows and isinstance(missing, list) else None
         saved = saved_rows.tolist()
         for i, (uid, r) in enumerate(zip(raw, held.tolist()) if isinstance(missing, list) else ()):
             if r < 0 and free is not None and saved[i] < len(free) and free[saved[i]]:
