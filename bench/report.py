@@ -128,8 +128,9 @@ def suite_rows(results: Results) -> list[tuple[str, str, str, str]]:
         elif r.get("bench") == "memory":
             for size, m in f.items():
                 parts = m.get("itemised_bytes_per_user", {})
-                more = "".join(f", {label} {parts[k]} B" for k, label in (("ids", "ids"), ("id_index", "id index"),
-                                                                        ("key", "row key")) if k in parts)
+                more = "".join(f", {label} {parts[k]} B" for k, label in (
+                    ("change_id", "change id"), ("label_bounds", "label bounds"), ("ids", "ids"),
+                    ("id_index", "id index"), ("key", "row key")) if k in parts)
                 rows.append(("resident memory per tracked user", f"{int(size):,} users",
                              f"{m['bytes_per_user']} B (state columns {m['state_columns_bytes_per_user']} B{more})", cmd))
         elif r.get("bench") == "checkpoint":
@@ -283,6 +284,20 @@ def scaleout_table(results: Results) -> str:
                          f"{p['partitions']} partitions, k = {p['segments']}, {p['users']:,} users, "
                          f"{run['events']:,} events in the window", rate, cpu, _cmd(r)))
     return _table(("Group", "Workload", "Group rate", "CPU per event", "Command"), rows)
+
+
+def memory_table(results: Results) -> str:
+    """Resident bytes per tracked user, part by part (bench.memory's itemisation), one column per size."""
+    r = _one(results, "memory")
+    sizes = sorted(r["figures"], key=int)
+    figs = [r["figures"][n] for n in sizes]
+    parts = list(figs[-1].get("itemised_bytes_per_user", {}))
+    rows = [(f"`{k}`", *(f"{f['itemised_bytes_per_user'].get(k, '–')} B" for f in figs)) for k in parts]
+    if all("unitemised_bytes_per_user" in f for f in figs):
+        rows.append(("not itemised (allocator, Python objects)", *(f"{f['unitemised_bytes_per_user']} B" for f in figs)))
+    rows.append(("**resident, measured**", *(f"**{f['bytes_per_user']} B**" for f in figs)))
+    note = f"\n\nCommand: {_cmd(r)}."
+    return _table(("Part", *(f"{int(n):,} users" for n in sizes)), rows) + note
 
 
 def _basis(results: Results) -> dict[str, Any]:
@@ -562,7 +577,7 @@ def selection_table(results: Results) -> str:
 
 RENDERERS: dict[str, Callable[[Results], str]] = {
     "changelog": changelog_table, "drift": drift_table,
-    "machine": machine_line, "suite": suite_table, "goals": goals_table, "encoders": encoders_table,
+    "machine": machine_line, "suite": suite_table, "memory": memory_table, "goals": goals_table, "encoders": encoders_table,
     "scaleout": scaleout_table, "transports": transports_table, "producer-latency": producer_latency_table, "sizing": sizing_table, "plan": plan_table,
     "planted": planted_table, "movielens": movielens_table, "selection": selection_table,
 }
