@@ -203,12 +203,11 @@ class StreamRunner:
         return Records.concat(blocks)
 
     def _idle_poll_ms(self) -> int:
-        """How long a poll with nothing collected yet may wait: 200 ms, or less when a checkpoint (and with
-        the changelog, the outputs it releases) falls due sooner."""
-        due_in = self._checkpoint_due_in()
-        if due_in >= 0.2 or not self._checkpoint_offsets():
+        """How long a poll with nothing collected yet may wait: 200 ms, or only until the checkpoint interval
+        allows one when something waits for a checkpoint (with the changelog, the last batches' outputs)."""
+        if not self._checkpoint_offsets():
             return 200
-        return int(max(0.0, due_in * 1000.0))
+        return int(min(200.0, max(0.0, self._checkpoint_due_in() * 1000.0)))
 
     def _void(self, records: Records) -> Records:
         """``records`` less those of partitions the last poll's rebalance reset: dropped partitions are
@@ -551,7 +550,9 @@ class StreamRunner:
                 self._state_offsets[tp] = nxt
         if self._restoring:
             self._check_restored()
-        if not self._maybe_checkpoint(force=False):
+        full = self._max_batch  # records are waiting: this batch, or the one already fetched, is full
+        busy = len(records) >= full or (self._ahead is not None and len(self._ahead) >= full)
+        if not self._maybe_checkpoint(force=False, busy=busy):
             self.publisher.confirm()
         confirmed_at = time.time()
         ts = records.timestamps.astype(np.float64)
@@ -599,20 +600,24 @@ class StreamRunner:
         elif seconds < budget / 8 and self._batch_cap < self.settings.batch_max_events:
             self._batch_cap = min(self.settings.batch_max_events, 2 * self._batch_cap)
 
-    def _checkpoint_gap_s(self) -> float:
-        """How long after the last checkpoint ended the next is due: long enough that checkpoints take at most
-        ``checkpoint_share`` of the loop's time (judged by the last one), never less than
-        ``checkpoint_interval_ms`` nor, by the share rule, more than ``checkpoint_max_gap_ms``.
+    def _checkpoint_gap_s(self, busy: bool) -> float:
+        """How long after the last checkpoint ended the next one may start: ``checkpoint_interval_ms``, and
+        while the loop is ``busy`` (its last micro-batch was full: records are waiting) also long enough that
+        checkpoints take at most ``checkpoint_share`` of the loop's time, judged by the last one, up to
+        ``checkpoint_max_gap_ms``.
 
-        Why adaptive: a checkpoint costs a fixed part (the model's records, the markers, three confirm round
-        trips) plus a part per changed user. A quiet loop's checkpoints are short, so it still checkpoints
-        after every micro-batch and its outputs wait for nothing; a busy loop's are long, so it spaces them,
-        pays the fixed part once for many batches and writes a user that changed in several of them once.
+        Why: a checkpoint costs a fixed part (the model's records, the markers, three confirm round trips)
+        plus a part per changed user. A loop that keeps up checkpoints after every micro-batch, so its
+        outputs (which wait for their checkpoint) wait for nothing more; a loop with a backlog spaces its
+        checkpoints, pays the fixed part once for many batches and writes a user that changed in several
+        of them once, which is what lets it catch up.
         """
         s = self.settings
-        share = min(1.0, max(s.checkpoint_share, 1e-6))
-        adaptive = min(self._checkpoint_seconds * (1.0 - share) / share, s.checkpoint_max_gap_ms / 1000.0)
-        return max(s.checkpoint_interval_ms / 1000.0, adaptive)
+        gap = s.checkpoint_interval_ms / 1000.0
+        if busy:
+            share = min(1.0, max(s.checkpoint_share, 1e-6))
+            gap = max(gap, min(self._checkpoint_seconds * (1.0 - share) / share, s.checkpoint_max_gap_ms / 1000.0))
+        return gap
 
     def _checkpoint_offsets(self) -> dict[TopicPartition, int]:
         """The offsets a checkpoint now would persist; empty when it would persist nothing new."""
@@ -623,13 +628,12 @@ class StreamRunner:
             return {}
         return offsets
 
-    def _checkpoint_due_in(self) -> float:
-        """Seconds until the next checkpoint is due (<= 0: due now)."""
-        return self._last_checkpoint + self._checkpoint_gap_s() - time.monotonic()
+    def _checkpoint_due_in(self, busy: bool = False) -> float:
+        """Seconds until the next checkpoint may start (<= 0: now)."""
+        return self._last_checkpoint + self._checkpoint_gap_s(busy) - time.monotonic()
 
-    def _maybe_checkpoint(self, *, force: bool) -> bool:
-        due = self._checkpoint_due_in() <= 0
-        if not (force or due):
+    def _maybe_checkpoint(self, *, force: bool, busy: bool = False) -> bool:
+        if not (force or self._checkpoint_due_in(busy) <= 0):
             return False
         offsets = self._checkpoint_offsets()
         if not offsets:
