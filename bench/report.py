@@ -377,7 +377,7 @@ def plan_table(results: Results) -> str:
         ("changelog writes", f"at most ~{P['events_per_s'] * b['cl_bytes_per_user'] / 1e6:.0f} MB/s in all "
                              f"(~{P['events_per_s'] * b['cl_bytes_per_user'] / P['instances'] / 1e6:.1f} MB/s per instance)",
          f"bound: one {b['cl_bytes_per_user']:.0f}-byte record per input event; a checkpoint writes a user once however "
-         "many events it had, so `SEGSTREAM_CHECKPOINT_INTERVAL_MS` lowers it"),
+         "many events it had, so the spacing of checkpoints under load lowers it"),
         ("output records", f"~{round(P['events_per_s'] * b['changes_per_event'], -3):,.0f} segment events/s on `user-segments`",
          f"{b['changes_per_event']:.3f} segment events per input event (k = 8, {b['tp_users']:,} users, log-file run)"),
         ("model-topic writes", f"{summaries_per_s:,.0f} summaries/s, ~{summaries_per_s * summary_b / 1e6:.2f} MB/s at k = {P['segments']}",
