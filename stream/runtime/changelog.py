@@ -213,6 +213,16 @@ def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype
                           stale=list(doc.get("stale", [])), outbox=_outbox(doc))
 
 
+def _drop_before_tombstones(keys: list[bytes], values: list[bytes | None], erased: set[bytes]) -> None:
+    """Drop, in place, the records of the ``erased`` users held before their last tombstone: they were
+    never published, and a marker must not keep an erased user's segments (the user's records after the
+    tombstone, a return within the same interval, stay)."""
+    last = {key: i for i, (key, value) in enumerate(zip(keys, values)) if value is None and key in erased}
+    keep = [i for i, key in enumerate(keys) if i >= last.get(key, -1)]
+    if len(keep) < len(keys):
+        keys[:], values[:] = [keys[i] for i in keep], [values[i] for i in keep]
+
+
 class Changelog:
     """Delta writes of one member's partitions, and their restore."""
 
@@ -270,6 +280,9 @@ class Changelog:
             k, v = self._outbox.setdefault(int(p), ([], []))
             k.extend(keys[i] for i in idx)
             v.extend(values[i] for i in idx)
+            erased = {keys[i] for i in idx if values[i] is None}
+            if erased:
+                _drop_before_tombstones(k, v, erased)
 
     def holds(self, partition: int | None = None) -> bool:
         """Whether records wait in an outbox (of ``partition``, or of any partition)."""

@@ -175,3 +175,20 @@ def test_state_kept_outside_the_pipeline_rides_in_the_model_record_and_comes_bac
     reader.restore([PartitionState(partition=0, offset=10, ck=1, model=model)])
     assert after.batches == before.batches
     np.testing.assert_array_equal(after.state()["shares"], before.state()["shares"])
+
+
+def test_an_erasure_drops_the_users_held_records_before_its_tombstone_from_the_outbox():
+    """Records held for the next marker were never published: an erasure in the same interval leaves only the
+    tombstone (and what the user did after it), so the marker keeps nothing of the erased user's segments."""
+    from stream.runtime.changelog import Changelog
+    from stream.runtime.pipeline import Pipeline
+    from stream.settings import Settings
+
+    cl = Changelog("cl", _Sent(), Pipeline.from_settings(Settings(), now=lambda: 2e9))  # type: ignore[arg-type]
+    cl.hold([b"a", b"b", b"a"], [b"a1", b"b1", b"a2"], np.array([0, 0, 0]))
+    cl.hold([b"c"], [b"c1"], np.array([1]))
+    cl.hold([b"a", b"a", b"b"], [None, b"a-back", b"b2"], np.array([0, 0, 0]))  # a erased, then back
+    cl.hold([b"c"], [None], np.array([1]))
+    cl.seal({0: 5, 1: 5})
+    keys, values = cl.release()
+    assert list(zip(keys, values)) == [(b"b", b"b1"), (b"a", None), (b"a", b"a-back"), (b"b", b"b2"), (b"c", None)]
