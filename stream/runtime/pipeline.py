@@ -30,6 +30,7 @@ import numpy as np
 from encoders.serving import Encoder, load_encoder
 from state.features import FeatureSpec
 from state.dbstream import OnlineDBSTREAM
+from state.global_dbstream import GlobalDBSTREAM
 from state.global_model import SUMMARY_FACTOR, GlobalKMeans
 from state.contract_tail import ContractTails
 from state.kmeans import LineageEvent, OnlineKMeans
@@ -185,9 +186,10 @@ class Pipeline:
                 warmup_users=settings.warmup_users, learn_sample=sample,
                 update_every_events=settings.model_update_events, seed=settings.seed)
         if settings.global_model:
-            segmenter = GlobalKMeans(segmenter, settings.instance_id or default_instance_id(), k=settings.segments,
-                                     first_wait_s=settings.model_first_wait_ms / 1000.0,
-                                     silent_after_s=settings.model_silent_after_s)
+            shared = GlobalDBSTREAM if settings.clusterer == "dbstream" else GlobalKMeans
+            segmenter = shared(segmenter, settings.instance_id or default_instance_id(), k=settings.segments,  # type: ignore[arg-type]
+                               first_wait_s=settings.model_first_wait_ms / 1000.0,
+                               silent_after_s=settings.model_silent_after_s)
         decoder = EventDecoder(spec, max_event_bytes=settings.max_event_bytes, min_ts=settings.min_event_ts,
                                max_clock_skew_s=settings.max_clock_skew_s, now=now)
         pipeline = cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis, dwell_s=settings.dwell_s,
