@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from eventlogs.synthetic import SyntheticConfig
+from eventlogs.synthetic import SyntheticConfig, generate
 from state.global_model import GlobalKMeans
+from state.quality import adjusted_rand_index
 from state.segments import assign
 from stream.runtime.pipeline import Pipeline
 from stream.settings import Settings
@@ -95,3 +96,20 @@ def mixing(truth: np.ndarray, labels: np.ndarray, member: np.ndarray) -> list[in
         if len(set().union(*(home[int(g)] for g in big))) > 1:
             bad.append(int(s))
     return bad
+
+
+def one_instance_ari(cfg: SyntheticConfig, part, n: int, settings: Settings) -> tuple[float, list[float]]:
+    """One instance over the whole log in batches of 200 events: ARI of its final model against the planted
+    groups, over all users and over the users of each of ``n`` partitions (``part(event, n)``)."""
+    p = Pipeline.from_settings(settings)
+    events = list(generate(cfg))
+    for i in range(0, len(events), 200):
+        p.process_objects(events[i:i + 200])
+    rows = p.store.live_rows()
+    labels, _ = assign(p.model, p._embed(rows), np.full(len(rows), -1), 0.0)
+    users = p.store.user_ids(rows)
+    group = cfg.group_of_users()
+    truth = np.array([int(group[int(u[1:])]) for u in users])
+    where = np.array([part({"group": int(g), "user_id": u}, n) for g, u in zip(truth, users)])
+    return adjusted_rand_index(truth, labels), [adjusted_rand_index(truth[where == i], labels[where == i])
+                                                 for i in range(n)]

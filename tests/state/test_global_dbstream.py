@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 
 from eventlogs.synthetic import SyntheticConfig, generate
-from global_model_topic import Topic, by_id, final_labels, mixing, pipelines, run
+from global_model_topic import Topic, by_id, final_labels, mixing, one_instance_ari, pipelines, run
 from state.dbstream import OnlineDBSTREAM
 from state.global_dbstream import GlobalDBSTREAM
 from state.global_model import GlobalKMeans, model_digest
 from state.quality import adjusted_rand_index
 from state.segments import assign, nearest
-from stream.runtime.pipeline import Pipeline
 from stream.settings import Settings
 
 DIM = 4
@@ -111,22 +110,6 @@ def test_a_group_that_fades_out_ends_with_lineage_and_new_ids_are_fresh():
     assert {s for e in ended for s in e["segments"]} == gone
 
 
-def _single(cfg: SyntheticConfig, part, n: int = 3) -> tuple[float, list[float]]:
-    """One DBSTREAM instance over the whole log: ARI over all users and over each partition's users."""
-    p = Pipeline.from_settings(Settings(segments=6, warmup_users=100, model_update_events=1000, clusterer="dbstream"))
-    events = list(generate(cfg))
-    for i in range(0, len(events), 200):
-        p.process_objects(events[i:i + 200])
-    rows = p.store.live_rows()
-    labels, _ = assign(p.model, p._embed(rows), np.full(len(rows), -1), 0.0)
-    users = p.store.user_ids(rows)
-    group = cfg.group_of_users()
-    truth = np.array([int(group[int(u[1:])]) for u in users])
-    where = np.array([part({"group": int(g), "user_id": u}, n) for g, u in zip(truth, users)])
-    return adjusted_rand_index(truth, labels), [adjusted_rand_index(truth[where == i], labels[where == i])
-                                                 for i in range(n)]
-
-
 @pytest.mark.parametrize("keyed", [True, False], ids=["groups-keyed-to-partitions", "users-hashed"])
 def test_three_members_recover_every_partitions_groups_as_one_dbstream_instance_does(keyed):
     """Groups 0-1 live in partition 0, 2-3 in 1, 4-5 in 2 (or users hashed evenly): the merged model
@@ -140,7 +123,8 @@ def test_three_members_recover_every_partitions_groups_as_one_dbstream_instance_
     topic = Topic({f"i{i}": [i] for i in range(3)})
     run(pipes, topic, list(generate(cfg)), part=part)
     truth, labels, member = final_labels(pipes, cfg)
-    overall, per = _single(cfg, part)
+    overall, per = one_instance_ari(cfg, part, 3, Settings(segments=6, warmup_users=100, model_update_events=1000,
+                                                              clusterer="dbstream"))
     got = adjusted_rand_index(truth, labels)
     got_per = [adjusted_rand_index(truth[member == i], labels[member == i]) for i in range(3)]
     print(f"global ARI {got:.3f} per member {[round(g, 3) for g in got_per]}; one instance {overall:.3f} "
