@@ -114,16 +114,5 @@ class GlobalDBSTREAM(GlobalKMeans):
                                  min_share=self.local.min_share,
                                  previous=None if previous is None else previous.centroids, cap=self._match_cap)
 
-    # ----- checkpoints -----------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The local learner and the pending users; the global model itself lives on the model topic."""
-        return {"name": self.name, "local": self.local.state_dict(), **self._warm_state("pending"),
-                "events": self._events, "seq": self._seq}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("name") != self.name:
-            raise ValueError(f"checkpoint holds a {state.get('name')!r} segmenter, not {self.name!r}")
-        self._load_warm(state, "pending")
-        self._events = int(state.get("events", 0))
-        self._seq = max(self._seq, int(state.get("seq", 0)))
+    def _load_local(self, state: dict[str, Any]) -> None:
         self.local.load_state_dict(state["local"])

@@ -459,6 +459,10 @@ class GlobalKMeans(WarmupBuffer):
         self._load_warm(state, "pending")
         self._events = int(state.get("events", 0))
         self._seq = max(self._seq, int(state.get("seq", 0)))
+        self._load_local(state)
+
+    def _load_local(self, state: dict[str, Any]) -> None:
+        """The local learner and its counts, from :meth:`state_dict`."""
         counts = np.asarray(state["counts"], np.float64)
         local = state["local"].get("model")
         if len(counts) != self.local.k or (local is not None and len(local["centroids"]) != self.local.k):
