@@ -49,7 +49,7 @@ class Settings:
     heartbeat_interval_ms: int = _opt("SEGSTREAM_HEARTBEAT_INTERVAL_MS", 1000, "Consumer group heartbeat interval.", group="kafka")
     max_poll_interval_ms: int = _opt("SEGSTREAM_MAX_POLL_INTERVAL_MS", 300000, "Longest allowed gap between polls before the group evicts this member.", group="kafka")
     security_protocol: str = _opt("SEGSTREAM_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", group="kafka", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
-    kafka_client: str = _opt("SEGSTREAM_KAFKA_CLIENT", "kafka-python", "Kafka client of the run loop's consumer and producer: kafka-python, or confluent (confluent-kafka over librdkafka: pip install segstream[librdkafka]; stream/kafka/confluent.py). Topic set-up follows it; the lag probe and the model sync use kafka-python either way.", group="kafka", choices=("kafka-python", "confluent"))
+    kafka_client: str = _opt("SEGSTREAM_KAFKA_CLIENT", "kafka-python", "Kafka client of the run loop's consumer and producer: kafka-python, or confluent (confluent-kafka over librdkafka: pip install segstream[librdkafka]; stream/kafka/confluent.py). Topic set-up and the model sync follow it; the lag probe uses kafka-python either way.", group="kafka", choices=("kafka-python", "confluent"))
     sasl_mechanism: str = _opt("SEGSTREAM_SASL_MECHANISM", "", "SASL mechanism when a SASL protocol is used: PLAIN (the default), SCRAM-SHA-256, SCRAM-SHA-512; OAUTHBEARER (OIDC client credentials: SEGSTREAM_SASL_USERNAME is the client id, SEGSTREAM_SASL_PASSWORD the secret) and GSSAPI (Kerberos) with SEGSTREAM_KAFKA_CLIENT=confluent only.", group="kafka", choices=("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"))
     sasl_username: str = _opt("SEGSTREAM_SASL_USERNAME", "", "SASL user name.", group="kafka")
     sasl_password: str = _opt("SEGSTREAM_SASL_PASSWORD", "", "SASL password (prefer the environment over the command line).", group="kafka")
@@ -173,9 +173,6 @@ class Settings:
         if self.sasl_mechanism in _LIBRDKAFKA_ONLY and self.kafka_client != "confluent":
             raise SettingsError(f"{_env('sasl_mechanism')}={self.sasl_mechanism} needs {_env('kafka_client')}=confluent "
                                 "(kafka-python is used here with PLAIN and SCRAM only)")
-        if self.sasl_mechanism in _LIBRDKAFKA_ONLY and self.global_model:
-            raise SettingsError(f"{_env('sasl_mechanism')}={self.sasl_mechanism} cannot go with {_env('global_model')}: "
-                                "the model sync reads its topic with kafka-python")
         if self.sasl_mechanism == "OAUTHBEARER" and not self.sasl_oauthbearer_token_url:
             raise SettingsError(f"{_env('sasl_mechanism')}=OAUTHBEARER needs {_env('sasl_oauthbearer_token_url')}")
         if not 0.0 < self.learning_rate <= 1.0:

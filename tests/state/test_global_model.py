@@ -305,7 +305,8 @@ class _ModelTopicConsumer:
         from types import SimpleNamespace
 
         new = self.log[self.pos:self.pos + max_records]
-        recs = [SimpleNamespace(value=v, topic=self.tp.topic, partition=0, offset=self.pos + i) for i, v in enumerate(new)]
+        recs = [SimpleNamespace(value=v, key=None, headers=[], timestamp=0, topic=self.tp.topic, partition=0,
+                                offset=self.pos + i) for i, v in enumerate(new)]
         self.pos += len(new)
         return {self.tp: recs} if recs else {}
 
