@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from state.dbstream import heavy_enough
 
@@ -154,8 +155,9 @@ def connect_summaries(points: np.ndarray, weights: np.ndarray, links: np.ndarray
     if not heavy.any():
         return np.zeros((0, x.shape[1]), np.float32)
     member = np.asarray(member)
-    near = (_d2(x, x) <= radius * radius) & (member[:, None] != member[None, :])
-    i, j = np.nonzero(np.triu(near, 1))
+    # pairs within one radius from a k-d tree: members' micro-clusters can number thousands in all
+    near = cKDTree(x).query_pairs(radius, output_type="ndarray").reshape(-1, 2)
+    i, j = near[member[near[:, 0]] != member[near[:, 1]]].T
     i, j = np.concatenate([links[:, 0], i]), np.concatenate([links[:, 1], j])
     both = heavy[i] & heavy[j]
     graph = coo_matrix((np.ones(int(both.sum())), (i[both], j[both])), shape=(len(x), len(x)))
