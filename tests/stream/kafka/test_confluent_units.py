@@ -133,7 +133,7 @@ def test_the_model_topic_reader_follows_the_configured_client_outside_the_group(
     from stream.kafka.clients import make_reader_consumer
     from stream.kafka.confluent import ConfluentConsumer
 
-    confluent(security_protocol="SASL_SSL", sasl_mechanism="GSSAPI", global_model=True)  # no longer refused
+    confluent(security_protocol="SASL_SSL", sasl_mechanism="GSSAPI", global_model=True)  # accepted: the model sync is on librdkafka too
     reader = make_reader_consumer(confluent(group_id="g", group_instance_id="member-1"), "segstream-model")
     try:
         assert isinstance(reader, ConfluentConsumer)
