@@ -218,8 +218,9 @@ def test_a_dead_global_segment_is_reseeded_from_the_summaries():
     assert np.abs(merged).max() < 10 and adjusted_rand_index(truth, nearest(x, merged)) >= 0.95
 
 
-def test_a_new_leader_continues_the_versions_without_gap_or_duplicate():
-    pipes = pipelines(3)
+@pytest.mark.parametrize("clusterer", ["kmeans", "dbstream"])
+def test_a_new_leader_continues_the_versions_without_gap_or_duplicate(clusterer):
+    pipes = pipelines(3, clusterer=clusterer)
     topic = Topic({f"i{i}": [i] for i in range(3)})
     events = list(generate(SyntheticConfig(users=600, groups=4, events=24_000, seed=6)))
     run(pipes, topic, events, leader=lambda i, step: i == (0 if step < 20 else 1))  # i0 hands over at step 20
@@ -247,19 +248,21 @@ def test_the_first_record_of_a_version_wins():
     assert g.receive(wrong) is None and g.model.version == 1
 
 
-def test_a_restarted_instance_starts_from_the_latest_version_and_does_not_reseed():
-    pipes = pipelines(2)
+@pytest.mark.parametrize("clusterer", ["kmeans", "dbstream"])
+def test_a_restarted_instance_starts_from_the_latest_version_and_does_not_reseed(clusterer):
+    pipes = pipelines(2, clusterer=clusterer)
     topic = Topic({"i0": [0], "i1": [1]})
     events = list(generate(SyntheticConfig(users=300, groups=4, events=8_000, seed=5)))
     run(pipes, topic, events)
     latest = max(m["version"] for m in topic.log if m["kind"] == "model")
-    fresh = pipelines(1, prefix="restarted")[0]
+    fresh = pipelines(1, prefix="restarted", clusterer=clusterer)[0]
     topic.pump(fresh.segmenter, leader=True)  # reads the whole log first, then may speak
     assert fresh.segmenter.model.version == latest
     assert not fresh.segmenter.warming
     assert all(m["version"] != 1 for m in topic.log[-3:] if m["kind"] == "model")
     r = fresh.process_objects(events[:500])
     assert len(r.changes) and r.changes.model_version == latest
+    assert fresh.segmenter.local.model is not None  # its local learner started: it summarises its users
 
 
 def test_checkpoint_round_trip_keeps_the_local_learner_and_pending_users():
