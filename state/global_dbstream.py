@@ -2,9 +2,8 @@
 
 Each member keeps a local :class:`~state.dbstream.OnlineDBSTREAM` (river, as in single-instance mode)
 over its own users. Its summary is what DBSTREAM knows of them: the micro-clusters' centres, their
-weights faded to now, the pairs of micro-clusters its shared-density graph connects (``links``,
-rows of the summary), and ``scale``, the embeddings updated per point river learned (river learns a
-bounded sample of each batch, so its weights count batches; scaled, members weigh by their users). The leader makes each version's segments of the union of every live member's
+weights faded to now, and the pairs of micro-clusters its shared-density graph connects (``links``,
+rows of the summary). The leader makes each version's segments of the union of every live member's
 micro-clusters the way DBSTREAM makes macro-clusters (:func:`state.summary_merge.connect_summaries`):
 connected components of the heavy micro-clusters, one member's pairs as that member's DBSTREAM connects
 them, two members' micro-clusters when their centres lie within one radius; then DBSTREAM's min-share
@@ -64,9 +63,6 @@ class GlobalDBSTREAM(GlobalKMeans):
         kw.pop("k", None)
         super().__init__(local, instance_id, k=1, **kw)  # type: ignore[arg-type]
         self.update_every = local.recluster_events
-        # embeddings updated and points river learned (a bounded sample of each batch), decayed at each
-        # summary: their ratio scales this member's weights to its traffic (k-means counts embeddings)
-        self._counts = np.zeros(2, np.float64)
 
     # ----- the local summary: DBSTREAM's micro-clusters -----------------------------
     @property
@@ -78,13 +74,11 @@ class GlobalDBSTREAM(GlobalKMeans):
         return float(self.local.max_match_distance)
 
     def _learn_local(self, emb: np.ndarray, keys: np.ndarray | None) -> None:
-        self._counts += (len(emb), min(len(emb), self.local.learn_sample))
         self.local.learn(emb, keys)
 
     def _seed_local(self) -> None:
         """Seed the local learner from this member's own first users and summarise them."""
-        _, x = self.local.seed_model(self._time())  # river learns every one of them
-        self._counts += len(x)
+        self.local.seed_model(self._time())
         self.local.drain_lineage()  # the local learner's segments are private: only its micro-clusters count
         self._summarise()
 
@@ -98,35 +92,27 @@ class GlobalDBSTREAM(GlobalKMeans):
 
     def _summary_body(self) -> dict[str, Any]:
         centres, weights, links = self.local.micro_summary()
-        rows, learned = self._counts
-        scale = float(rows / learned) if learned > 0 else 1.0
-        self._counts *= self.weight_decay
         return {"centroids": np.ascontiguousarray(centres, dtype="<f4").tobytes(), "weights": weights.tolist(),
-                "links": links.tolist(), "scale": scale}
+                "links": links.tolist()}
 
     def _cluster_live(self, live: dict[str, dict[str, Any]], previous: SegmentModel | None,
                       version: int) -> np.ndarray:
         """Macro-clusters of every live member's micro-clusters (members in id order), then segments."""
         xs, ws, links, member = [np.zeros((0, self.dim), np.float32)], [np.zeros(0)], [np.zeros((0, 2), np.int64)], []
-        mass = [np.zeros(0)]
         n = 0
         for i, s in enumerate(live.values()):
             w = np.asarray(s["weights"], np.float64)
             xs.append(np.frombuffer(s["centroids"], "<f4").reshape(len(w), self.dim))
             ws.append(w)
-            mass.append(w * max(float(s.get("scale", 1.0)), 0.0))
             pairs = np.asarray(s.get("links") or [], np.int64).reshape(-1, 2)
             links.append(pairs[(pairs >= 0).all(1) & (pairs < len(w)).all(1)] + n)
             member += [i] * len(w)
             n += len(w)
         lr = self.local.learner
         return connect_summaries(np.concatenate(xs), np.concatenate(ws), np.concatenate(links), np.array(member),
-                                 mass=np.concatenate(mass), radius=lr.clustering_threshold, minimum_weight=lr.minimum_weight,
+                                 radius=lr.clustering_threshold, minimum_weight=lr.minimum_weight,
                                  min_share=self.local.min_share,
                                  previous=None if previous is None else previous.centroids, cap=self._match_cap)
 
     def _load_local(self, state: dict[str, Any]) -> None:
         self.local.load_state_dict(state["local"])
-        counts = np.asarray(state.get("counts", ()), np.float64)
-        if counts.shape == (2,):
-            self._counts = counts.copy()

@@ -125,7 +125,7 @@ def cluster_summaries(points: np.ndarray, weights: np.ndarray, k: int, *, init: 
 
 def connect_summaries(points: np.ndarray, weights: np.ndarray, links: np.ndarray, member: np.ndarray, *,
                       radius: float, minimum_weight: float, min_share: float, previous: np.ndarray | None = None,
-                      cap: float = float("inf"), mass: np.ndarray | None = None) -> np.ndarray:
+                      cap: float = float("inf")) -> np.ndarray:
     """The segments' centres [s, dim] made of every member's micro-clusters, as DBSTREAM makes them.
 
     Macro-clusters are the connected components of the micro-clusters heavier than ``minimum_weight``:
@@ -134,9 +134,7 @@ def connect_summaries(points: np.ndarray, weights: np.ndarray, links: np.ndarray
     ``radius`` of each other (they cover the same region: DBSTREAM's own learner never keeps two centres
     that close, it would feed both with the same points). A macro-cluster's centre is the weighted mean
     of its micro-clusters (river's merge); :func:`state.dbstream.heavy_enough` then says which are
-    segments (``min_share`` of the total weight, half of it near a segment of ``previous``). ``mass``
-    (default: ``weights``) is what the means and shares weigh: the members' weights scaled to their
-    traffic, where ``weights`` (river's, in learned points) say which micro-clusters are heavy.
+    segments (``min_share`` of the total weight, half of it near a segment of ``previous``).
 
     Two members whose micro-clusters cover different groups, and one group both see (its micro-clusters
     interleaved, 0.2 apart at radius 0.3): three segments, the shared group one of them.
@@ -153,7 +151,6 @@ def connect_summaries(points: np.ndarray, weights: np.ndarray, links: np.ndarray
     x = np.asarray(points, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     links = np.asarray(links, dtype=np.int64).reshape(-1, 2)
-    m = w if mass is None else np.asarray(mass, dtype=np.float64)
     heavy = w > minimum_weight
     if not heavy.any():
         return np.zeros((0, x.shape[1]), np.float32)
@@ -170,9 +167,9 @@ def connect_summaries(points: np.ndarray, weights: np.ndarray, links: np.ndarray
     _, first, label = np.unique(label[rows], return_index=True, return_inverse=True)
     order = np.argsort(np.argsort(first))
     label = order[label]
-    total = np.bincount(label, weights=m[rows])
-    centres = np.zeros((len(total), x.shape[1]))
-    np.add.at(centres, label, x[rows] * m[rows, None])
-    centres /= np.maximum(total, 1e-300)[:, None]
-    keep = heavy_enough(centres, total, previous, min_share=min_share, cap=cap)
+    mass = np.bincount(label, weights=w[rows])
+    centres = np.zeros((len(mass), x.shape[1]))
+    np.add.at(centres, label, x[rows] * w[rows, None])
+    centres /= mass[:, None]
+    keep = heavy_enough(centres, mass, previous, min_share=min_share, cap=cap)
     return centres[keep].astype(np.float32)
