@@ -333,14 +333,22 @@ class Pipeline:
 
     def assign_waiting(self) -> BatchResult | None:
         """Assign the users held back until the model arrived, without a batch of events (global mode:
-        the model can arrive after an instance's partitions ran dry); or hand on the lineage of a global
-        version applied between batches. None when there is nothing to do."""
+        the model can arrive after an instance's partitions ran dry); or, for a global version applied
+        between batches, hand on its lineage and re-assign a batch's share of the users it may have
+        re-labelled (those of ended segments first), so that an instance whose partitions ran dry publishes
+        no segment the model has ended. None when there is nothing to do."""
         seg = self.segmenter
         if not (seg.warming and seg.ready()):
-            if not seg.lineage:
+            if seg.model is None or (not seg.lineage and seg.model is self._labels.model and not len(self._stale)):
                 return None
             result = BatchResult(events=0, changes=SegmentChanges.empty(self._version()))
             self._take_lineage(result)
+            stale = self._take_stale(np.zeros(0, dtype=np.int64))
+            if len(stale):  # caused by the version, not by an event: they carry the version's event time
+                result.changes = self._assign(stale, self._embed(stale), np.full(len(stale), -1, dtype=np.int64),
+                                              np.full(len(stale), float(seg.model.event_time)),
+                                              np.ones(len(stale), dtype=bool))
+                result.reassigned = int(len(result.changes))
             return result
         rows, emb = self._seed_waiting(float("nan"))
         result = BatchResult(events=0, changes=SegmentChanges.empty(self._version()), new_model=seg.model)

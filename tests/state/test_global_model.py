@@ -363,3 +363,26 @@ def test_model_sync_shows_how_long_each_member_has_been_silent(caplog):
     sync_a.pump(leader=True, partitions=[0])  # a reads its own heartbeat back
     text = generate_latest(metrics.registry).decode()
     assert 'member="b"' not in text and 'segstream_model_member_silent_seconds{member="a"}' in text
+
+
+def test_a_member_whose_partitions_ran_dry_moves_its_users_off_a_segment_a_later_version_ended():
+    pipes = pipelines(2)
+    topic = Topic({"i0": [0], "i1": [1]})
+    run(pipes, topic, list(generate(SyntheticConfig(users=300, groups=4, events=8_000, seed=5))))
+    p = pipes[1]
+    m = p.segmenter.model
+    ended = int(max(p.users_per_segment(), key=p.users_per_segment().get))
+    centroids = m.centroids.copy()
+    centroids[list(m.segment_ids).index(ended)] = 100.0  # that segment ends, a new one far from every user begins
+    ids = np.where(m.segment_ids == ended, p.segmenter._next_id, m.segment_ids)
+    record = {**topic.announced()[m.version], "version": m.version + 1, "segment_ids": ids.tolist(),
+              "centroids": centroids.astype("<f4").tobytes(), "next_id": int(ids.max()) + 1,
+              "lineage": [{"kind": "retired", "segments": [ended], "parents": [], "detail": ""}]}
+    assert p.segmenter.receive(record) is not None
+    held = p.users_per_segment()[ended]
+    moved = 0
+    while (r := p.assign_waiting()) is not None and len(r.changes):  # idle ticks: no event arrives
+        assert r.changes.model_version == m.version + 1 and (r.changes.previous == ended).all()
+        moved += len(r.changes)
+    assert moved == held and ended not in p.users_per_segment()
+    assert p.assign_waiting() is None  # nothing left to do

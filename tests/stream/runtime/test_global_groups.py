@@ -107,7 +107,9 @@ def test_three_members_share_a_model_that_keeps_every_partitions_groups(broker, 
             clusterer="dbstream", segments=GROUPS, warmup_users=60, model_update_events=600))
         want, want_per = min(want, one - 0.02), [min(0.95, s - 0.02) for s in one_per]
         print(f"one DBSTREAM instance: ARI {one:.3f}, per partition {[round(s, 3) for s in one_per]}")
-    assert overall >= want and all(s >= w for s, w in zip(scores, want_per)), (overall, scores, want, want_per)
+    table = {int(s): dict(collections.Counter(truth[labels == s].tolist())) for s in np.unique(labels)}  # segment: groups
+    assert overall >= want and all(s >= w for s, w in zip(scores, want_per)), (overall, scores, want, want_per,
+                                                                                 str(table), first[latest]["segment_ids"])
     if keyed:  # no segment holds groups of two partitions (a group: over 5% of the segment's users)
         for s in np.unique(labels):
             groups, n = np.unique(truth[labels == s], return_counts=True)
