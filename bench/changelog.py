@@ -10,8 +10,10 @@ rows). ``users_per_s`` = users / (read + load) seconds; ``bytes_per_user`` = key
 written / users. ``throughput``: one synthetic log produced into the embedded broker, consumed by
 ``segstream run``'s loop six times in the same process, changelog off or on (each with its own group),
 in alternating order (off, on, on, off, off, on); the medians of the three runs each are compared.
-Events/s counted after the first batch, as in ``bench.throughput``. Once per ``--batch-sizes`` entry
-(a checkpoint per micro-batch, the default): with small batches few ring slots change per checkpoint.
+Events/s counted after the first batch, as in ``bench.throughput``; each run also reports the CPU it
+took per event, of this process and of the broker (a busy machine moves those less than the rate).
+Once per ``--checkpoint-shares`` entry (``SEGSTREAM_CHECKPOINT_SHARE``; 1: a checkpoint per micro-batch)
+and ``--batch-sizes`` entry: with small batches few ring slots change per checkpoint.
 Runs with the changelog also report the bytes per checkpoint, all records and the model's alone, and
 what the model would take written whole at every checkpoint (core and every chunk: the record as it
 was before the model went incremental).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import json
 import sys
 import threading
@@ -33,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import emit, note, synthetic_log
+from bench.common import cpu_seconds, emit, note, synthetic_log
 
 
 def _filled(settings: Any, users: int, partitions: int, seed: int = 0) -> Any:
@@ -98,7 +101,7 @@ def restore_rate(bootstrap: str, users: int, partitions: int) -> dict[str, Any]:
 
 
 def run_rate(bootstrap: str, topic: str, expect: int, users: int, *, changelog: bool,
-             batch_max_events: int = 5000) -> dict[str, Any]:
+             batch_max_events: int = 5000, checkpoint_share: float = 0.2, broker_pid: int = 0) -> dict[str, Any]:
     from stream.runtime.app import run_consumer
     from stream.settings import Settings
 
@@ -108,12 +111,19 @@ def run_rate(bootstrap: str, topic: str, expect: int, users: int, *, changelog: 
     settings = Settings(bootstrap=bootstrap, input_topic=topic, output_topic=f"{topic}-segments-{tag}",
                         dlq_topic=f"{topic}-dlq", lineage_topic=f"{topic}-lineage-{tag}",
                         profiles_topic=f"{topic}-profiles-{tag}", group_id=f"bench-{tag}", metrics_port=0,
-                        max_users=users * 2, changelog=changelog, batch_max_events=batch_max_events)
+                        max_users=users * 2, changelog=changelog, batch_max_events=batch_max_events, checkpoint_share=checkpoint_share)
+    me = os.getpid()
+    cpu0, bcpu0 = cpu_seconds(me, reaped=True), cpu_seconds(broker_pid) if broker_pid else 0.0
     summary = run_consumer(settings, max_events=expect, idle_exit_s=30, stop=threading.Event(), on_ready=runners.append,
                            on_batch=lambda result, s: marks.append((time.perf_counter(), s.events)))
+    cpu1, bcpu1 = cpu_seconds(me, reaped=True), cpu_seconds(broker_pid) if broker_pid else 0.0
     (t0, n0), (t1, n1) = marks[0], marks[-1]
     out = {"changelog": changelog, "events": summary.events, "seconds": round(t1 - t0, 3),
-           "events_per_s": round((n1 - n0) / (t1 - t0)), "batches": summary.batches}
+           "events_per_s": round((n1 - n0) / (t1 - t0)), "batches": summary.batches,
+           # CPU of the whole run (start-up and group join too), which a busy machine changes less than the rate
+           "cpu_us_per_event": round(1e6 * (cpu1 - cpu0) / max(1, summary.events), 2)}
+    if broker_pid:
+        out["broker_cpu_us_per_event"] = round(1e6 * (bcpu1 - bcpu0) / max(1, summary.events), 2)
     cl = runners[0].changelog
     if cl is not None:
         # (getattr: the same script measures versions of the code whose changelog counts less)
@@ -125,7 +135,8 @@ def run_rate(bootstrap: str, topic: str, expect: int, users: int, *, changelog: 
     return out
 
 
-def throughput(bootstrap: str, users: int, events: int, batch_max_events: int = 5000) -> dict[str, Any]:
+def throughput(bootstrap: str, users: int, events: int, batch_max_events: int = 5000,
+               checkpoint_share: float = 0.2, broker_pid: int = 0) -> dict[str, Any]:
     """The loop's events/s with and without the changelog: three runs each, interleaved, medians compared."""
     from stream.cli.producer import produce_log
     from stream.kafka import ensure_topics
@@ -139,16 +150,20 @@ def throughput(bootstrap: str, users: int, events: int, batch_max_events: int = 
     runs = []
     for on in (False, True, True, False, False, True):
         gc.collect()
-        runs.append(run_rate(bootstrap, topic, produced, users, changelog=on, batch_max_events=batch_max_events))
+        runs.append(run_rate(bootstrap, topic, produced, users, changelog=on, batch_max_events=batch_max_events,
+                             checkpoint_share=checkpoint_share, broker_pid=broker_pid))
         note(f"run {runs[-1]}")
     off = np.median([r["events_per_s"] for r in runs if not r["changelog"]])
     on = np.median([r["events_per_s"] for r in runs if r["changelog"]])
     with_cl = [r for r in runs if r["changelog"]]
+    cpu = {f"{k}_{'with' if flag else 'without'}_changelog": round(float(np.median([r[k] for r in runs if r["changelog"] == flag])), 2)
+           for k in ("cpu_us_per_event", "broker_cpu_us_per_event") if k in runs[0] for flag in (False, True)}
     per_ck = {k: round(float(np.median([r[k] for r in with_cl]))) for k in
               ("bytes_per_checkpoint", "model_bytes_per_checkpoint", "whole_model_bytes_per_checkpoint") if k in with_cl[0]}
-    return {"users": users, "events": produced, "batch_max_events": batch_max_events, "runs": runs,
+    return {"users": users, "events": produced, "batch_max_events": batch_max_events,
+            "checkpoint_share": checkpoint_share, "runs": runs,
             "without_changelog_events_per_s": round(off), "with_changelog_events_per_s": round(on),
-            "ratio": round(on / off, 3), **per_ck}
+            "ratio": round(on / off, 3), **cpu, **per_ck}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=400_000)
     p.add_argument("--throughput-users", type=int, default=50_000)
     p.add_argument("--batch-sizes", default="5000,500", help="SEGSTREAM_BATCH_MAX_EVENTS of the throughput runs")
+    p.add_argument("--checkpoint-shares", default="",
+                   help="SEGSTREAM_CHECKPOINT_SHARE of the throughput runs, comma-separated (default: the setting's default)")
     p.add_argument("--out", default="", help="also write the result (one JSON document) to this file")
     p.add_argument("--label", default="", help="what the figures are of (another version of the code, say)")
     p.add_argument("--command", default="", help="the command line to record with the figures")
@@ -174,10 +191,12 @@ def main(argv: list[str] | None = None) -> int:
             note(f"restore {figures['restore'][-1]}")
             gc.collect()
         if a.events:
-            figures["throughput"] = [throughput(broker.bootstrap, a.throughput_users, a.events, int(b))
-                                     for b in a.batch_sizes.split(",")]
+            shares = [float(x) for x in a.checkpoint_shares.split(",") if x] or [Settings().checkpoint_share]
+            figures["throughput"] = [throughput(broker.bootstrap, a.throughput_users, a.events, int(b), share,
+                                                broker.proc.pid if broker.proc else 0)
+                                     for share in shares for b in a.batch_sizes.split(",")]
     out = emit("changelog", figures, users=a.users, partitions=a.partitions, events=a.events,
-               throughput_users=a.throughput_users, batch_sizes=a.batch_sizes, encoder="raw", label=a.label)
+               throughput_users=a.throughput_users, batch_sizes=a.batch_sizes, checkpoint_shares=a.checkpoint_shares, encoder="raw", label=a.label)
     if a.out:
         out["command"] = a.command or "python -m bench.changelog " + " ".join(argv if argv is not None else sys.argv[1:])
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")

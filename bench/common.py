@@ -106,3 +106,23 @@ def scrape_samples(port: int, timeout_s: float = 5.0) -> list[Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as resp:
         text = resp.read().decode()
     return [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system time of ``pid`` and its running children (the decode process); with ``reaped``, also
+    of its children that have exited and been waited for (a finished run's decode process)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:  # fields[1]: parent pid
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            if reaped and int(entry) == pid:
+                total += (int(fields[13]) + int(fields[14])) / tick  # cutime, cstime
+    return total

@@ -128,8 +128,9 @@ def suite_rows(results: Results) -> list[tuple[str, str, str, str]]:
         elif r.get("bench") == "memory":
             for size, m in f.items():
                 parts = m.get("itemised_bytes_per_user", {})
-                more = "".join(f", {label} {parts[k]} B" for k, label in (("ids", "ids"), ("id_index", "id index"),
-                                                                        ("key", "row key")) if k in parts)
+                more = "".join(f", {label} {parts[k]} B" for k, label in (
+                    ("change_id", "change id"), ("label_bounds", "label bounds"), ("ids", "ids"),
+                    ("id_index", "id index"), ("key", "row key")) if k in parts)
                 rows.append(("resident memory per tracked user", f"{int(size):,} users",
                              f"{m['bytes_per_user']} B (state columns {m['state_columns_bytes_per_user']} B{more})", cmd))
         elif r.get("bench") == "checkpoint":
@@ -283,6 +284,20 @@ def scaleout_table(results: Results) -> str:
                          f"{p['partitions']} partitions, k = {p['segments']}, {p['users']:,} users, "
                          f"{run['events']:,} events in the window", rate, cpu, _cmd(r)))
     return _table(("Group", "Workload", "Group rate", "CPU per event", "Command"), rows)
+
+
+def memory_table(results: Results) -> str:
+    """Resident bytes per tracked user, part by part (bench.memory's itemisation), one column per size."""
+    r = _one(results, "memory")
+    sizes = sorted(r["figures"], key=int)
+    figs = [r["figures"][n] for n in sizes]
+    parts = list(figs[-1].get("itemised_bytes_per_user", {}))
+    rows = [(f"`{k}`", *(f"{f['itemised_bytes_per_user'].get(k, '–')} B" for f in figs)) for k in parts]
+    if all("unitemised_bytes_per_user" in f for f in figs):
+        rows.append(("not itemised (allocator, Python objects)", *(f"{f['unitemised_bytes_per_user']} B" for f in figs)))
+    rows.append(("**resident, measured**", *(f"**{f['bytes_per_user']} B**" for f in figs)))
+    note = f"\n\nCommand: {_cmd(r)}."
+    return _table(("Part", *(f"{int(n):,} users" for n in sizes)), rows) + note
 
 
 def _basis(results: Results) -> dict[str, Any]:
@@ -517,6 +532,24 @@ def changelog_table(results: Results) -> str:
     return "\n\n".join(out) + f"\n\nCommand: {', '.join(cmds)}."
 
 
+def drift_table(results: Results) -> str:
+    """`bench.drift`: drift alarms on the alerting test's planted logs, per code version and batch size."""
+    rows = []
+    for r in results:
+        label = r["params"].get("label") or "this version"
+        for b in r["figures"]["by_batch"]:
+            delays = "—" if b["delay_events_min"] is None else \
+                f"{b['delay_events_min']:,} / {b['delay_events_median']:,.0f} / {b['delay_events_max']:,}"
+            rows.append((label, f"{b['batch']:,}", str(b["seeds"]),
+                         f"{b['stationary_logs_with_alarm']} ({b['stationary_alarms']} alarms)",
+                         str(b["drifting_logs_alarm_before_drift"]), f"{b['drifting_logs_detected']} of {b['seeds']}",
+                         delays, f"{r['machine']['loadavg_at_start'][0]}"))
+    cmds = sorted({_cmd(r) for r in results})
+    return _table(("Code", "Batch (events)", "Seeds", "Stationary logs with an alarm", "Drifting logs with an alarm before the drift",
+                   "Drifting logs detected", "Events from the drift to the first alarm (min / median / max)",
+                   "Load average (1 min) at start"), rows) + f"\n\nCommand: {', '.join(cmds)}."
+
+
 REFERENCE_NAMES = ("svd32-l2", "svd32")
 
 
@@ -543,8 +576,8 @@ def selection_table(results: Results) -> str:
 
 
 RENDERERS: dict[str, Callable[[Results], str]] = {
-    "changelog": changelog_table,
-    "machine": machine_line, "suite": suite_table, "goals": goals_table, "encoders": encoders_table,
+    "changelog": changelog_table, "drift": drift_table,
+    "machine": machine_line, "suite": suite_table, "memory": memory_table, "goals": goals_table, "encoders": encoders_table,
     "scaleout": scaleout_table, "transports": transports_table, "producer-latency": producer_latency_table, "sizing": sizing_table, "plan": plan_table,
     "planted": planted_table, "movielens": movielens_table, "selection": selection_table,
 }

@@ -31,31 +31,8 @@ import time
 import uuid
 from typing import Any
 
-from bench.common import bench_encoder, emit, note, scrape_samples, synthetic_log
+from bench.common import bench_encoder, cpu_seconds, emit, note, scrape_samples, synthetic_log
 from bench.output import append_result, command_line
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rsplit(")", 1)[1].split()
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system time of ``pid`` and its running children (the decode process)."""
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = _stat(int(entry))
-        except OSError:
-            continue
-        if int(entry) == pid or int(fields[1]) == pid:  # fields[1]: parent pid
-            total += (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-    return total
-
 
 def _scrape(port: int) -> tuple[float, set[int]]:
     """(events consumed, partitions this instance owns) from its /metrics."""
@@ -100,7 +77,7 @@ def run_group(bootstrap: str, topic: str, produced: int, instances: int, partiti
         else:
             raise RuntimeError("the group did not settle within 180 s")
         c0 = sum(v for v, _ in views)
-        cpu0 = sum(_cpu_seconds(p.pid) for p in procs)
+        cpu0 = sum(cpu_seconds(p.pid) for p in procs)
         t0 = time.monotonic()
         while time.monotonic() - t0 < measure_s:
             time.sleep(1.0)
@@ -108,7 +85,7 @@ def run_group(bootstrap: str, topic: str, produced: int, instances: int, partiti
             if consumed >= produced:
                 break
         t1 = time.monotonic()
-        cpu1 = sum(_cpu_seconds(p.pid) for p in procs)
+        cpu1 = sum(cpu_seconds(p.pid) for p in procs)
         c1 = sum(_scrape(p)[0] for p in ports)
     finally:
         for p in procs:

@@ -6,7 +6,8 @@ Prometheus, so replays, benchmarks and tests drive it directly.
 - ``events``: input contract v1, decoded and validated into a columnar :class:`EventBatch`
   (``fastdecode``: the column-at-a-time checks of its fast path)
 - ``features``: how events fold into the per-user feature vector (:class:`FeatureSpec`)
-- ``user_store``: the per-user state rows (:class:`UserStore`)
+- ``user_store``: the per-user state rows (:class:`UserStore`; ``id_column``: their ids, inline in
+  numpy; ``id_index``: id -> row)
 - ``segments``: the published segment model and assignment (:class:`SegmentModel`)
 - ``kmeans`` / ``dbstream``: the online clusterers (river) with stable ids and lineage
 - ``identity``: id matching between model versions; ``global_model``: one model for a group

@@ -34,7 +34,8 @@ Tail = tuple[int, int, bytes, int]
 
 
 class ContractTails:
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 0) -> None:
+        self.capacity = capacity  # store rows there can ever be (0: unknown): the change ids grow no further
         self.evicted: dict[str, Tail] = {}  # evicted users of owned partitions -> their contract tail
         self._cid = np.zeros(0, dtype="S16")  # per store row: the last change's id
         self._new: list[str] = []  # evicted since the last drain_new (their tails are not written yet)
@@ -42,9 +43,16 @@ class ContractTails:
     # ----- per-row last change id ------------------------------------------
     def _grow(self, top: int) -> None:
         if top > len(self._cid):
-            grown = np.zeros(max(top, 2 * len(self._cid), 1024), dtype="S16")
+            size = max(top, 2 * len(self._cid), 1024)
+            if self.capacity:
+                size = max(top, min(size, self.capacity))
+            grown = np.zeros(size, dtype="S16")
             grown[: len(self._cid)] = self._cid
             self._cid = grown
+
+    def row_nbytes(self) -> int:
+        """Bytes of the per-row change ids (the evicted users' tails come on top)."""
+        return self._cid.nbytes
 
     def set_change_ids(self, rows: np.ndarray, ids: Sequence[str]) -> None:
         """Record each row's newest change id (hex, as published)."""

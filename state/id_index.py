@@ -6,8 +6,9 @@ the whole per-user state costs. :class:`IdIndex` is an open-addressing hash
 table (linear probing) whose slots hold only the row (``int32``, 4 bytes; two
 slots a user after a rebuild, a rebuild once 70% are taken: 6-12 bytes a
 user); the ids themselves stay where
-the store keeps them anyway, its row -> id list, and a probe confirms a hit by
-comparing that id. Lookups and inserts of a batch's users are vectorised over
+the store keeps them anyway, its row -> id column (:class:`state.id_column.IdColumn`,
+or any list), and a probe confirms a hit by comparing that id (a whole probe round
+at once where the column can: :meth:`IdColumn.equal`). Lookups and inserts of a batch's users are vectorised over
 the batch; the hash is Python's ``hash`` of the id (salted per process, which is
 fine: the table is never saved, a restore rebuilds it from the ids).
 
@@ -33,6 +34,19 @@ _EMPTY, _DELETED = -1, -2
 _MAX_LOAD = 0.7  # slots held or deleted, at most, before a rebuild to twice the ids held
 
 
+def _same(ids: Sequence[bytes | str | None], rows: np.ndarray, uids: Sequence[bytes | str]) -> np.ndarray:
+    """Whether ``ids[rows[i]] == uids[i]`` for every ``i``."""
+    equal = getattr(ids, "equal", None)
+    if equal is not None:
+        return equal(rows, uids)
+    return np.fromiter((ids[a] == b for a, b in zip(rows.tolist(), uids)), dtype=bool, count=len(rows))
+
+
+def _take(ids: Sequence[bytes | str | None], rows: list[int]) -> list:
+    take = getattr(ids, "take", None)
+    return take(rows) if take is not None else [ids[r] for r in rows]
+
+
 def _start(uids: Sequence[str], size: int) -> np.ndarray:
     """Each id's first slot."""
     h = np.fromiter(map(hash, uids), dtype=np.int64, count=len(uids)).view(np.uint64)
@@ -56,8 +70,7 @@ class IdIndex:
         return self.get(uid) is not None
 
     def __iter__(self) -> Iterator[str]:
-        ids = self._ids
-        return iter([ids[r] for r in self.values()])  # type: ignore[misc]
+        return iter(_take(self._ids, self.values()))
 
     def values(self) -> list[int]:
         """The rows held, in slot order."""
@@ -82,8 +95,7 @@ class IdIndex:
             r = slots[p]
             held = r >= 0
             cand, crow = todo[held], r[held]
-            same = np.fromiter((ids[a] == uids[b] for a, b in zip(crow.tolist(), cand.tolist())), dtype=bool,
-                               count=len(cand))
+            same = _same(ids, crow, [uids[b] for b in cand.tolist()])
             found_at[cand[same]], rows[cand[same]] = p[held][same], crow[same]
             go_on = r == _DELETED
             go_on[np.flatnonzero(held)[~same]] = True
@@ -156,7 +168,6 @@ class IdIndex:
     def _rebuild(self, live: int) -> None:
         """A table of two slots per id for ``live`` ids, without the deleted slots."""
         held = self._slots[self._slots >= 0]
-        ids = self._ids
         self._slots = np.full(max(1024, 2 * live), _EMPTY, dtype=np.int32)
         self._live = self._filled = 0
-        self.insert_many([ids[r] for r in held.tolist()], held)  # type: ignore[misc]
+        self.insert_many(_take(self._ids, held.tolist()), held)

@@ -42,6 +42,26 @@ from state.segments import SegmentModel, squared_distances
 
 __all__ = ["LabelBounds", "LabelFollower", "LABELS_SETTLED"]
 
+def _up(x: np.ndarray) -> np.ndarray:
+    """``x`` as float16, rounded up: an upper bound stays one."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):  # past float16's range: inf, as an upper bound may be
+        h = x.astype(np.float16)
+    low = h.astype(np.float32) < x
+    h[low] = np.nextafter(h[low], np.float16(np.inf))
+    return h
+
+
+def _down(x: np.ndarray) -> np.ndarray:
+    """``x`` as float16, rounded down: a lower bound stays one (beyond float16's range: its largest value)."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):  # past float16's range: inf, taken down to the largest value below
+        h = x.astype(np.float16)
+    high = h.astype(np.float32) > x
+    h[high] = np.nextafter(h[high], np.float16(-np.inf))
+    return h
+
+
 #: share of labelled users certified by the model above which held segment sizes are taken at their word
 LABELS_SETTLED = 0.97
 
@@ -57,13 +77,20 @@ class LabelBounds:
     hardly go anywhere: at a million users and a version per micro-batch, most users go hundreds of
     versions between re-assignments, and the summed bounds certified ~1% of labels. When more anchors
     are needed, the oldest one's rows are moved to the newest (one jump, by the same rule).
+
+    The bounds are kept as float16 (4 bytes a row instead of 8), ``upper`` rounded up and ``lower``
+    rounded down, so they stay bounds: the rounding (under 0.05% of a distance) only ever leaves a
+    label uncertified that exact bounds would certify within that much of the margin, never the other
+    way; distances past float16's range (65,504) leave the label uncertified. The moves between
+    versions are computed in float32.
     """
 
     ANCHORS = 64
 
-    def __init__(self) -> None:
-        self.upper = np.zeros(0, dtype=np.float32)
-        self.lower = np.zeros(0, dtype=np.float32)
+    def __init__(self, capacity: int = 0) -> None:
+        self.capacity = capacity  # rows there can ever be (the store's; 0: unknown): growth stops there
+        self.upper = np.zeros(0, dtype=np.float16)
+        self.lower = np.zeros(0, dtype=np.float16)
         self.anchor = np.zeros(0, dtype=np.int8)  # slot of each row's anchor (-1: nothing known)
         self._versions = np.full(self.ANCHORS, -1, dtype=np.int64)  # model version held by each slot
         self._models: list[SegmentModel | None] = [None] * self.ANCHORS
@@ -71,7 +98,9 @@ class LabelBounds:
     def _grow(self, n: int) -> None:
         if n > len(self.upper):
             size = max(n, 2 * len(self.upper))
-            for name, fill, dtype in (("upper", np.inf, np.float32), ("lower", -np.inf, np.float32),
+            if self.capacity:  # doubling past the store's capacity would hold rows no user can have
+                size = max(n, min(size, self.capacity))
+            for name, fill, dtype in (("upper", np.inf, np.float16), ("lower", -np.inf, np.float16),
                                       ("anchor", -1, np.int8)):
                 grown = np.full(size, fill, dtype=dtype)
                 old = getattr(self, name)
@@ -94,7 +123,7 @@ class LabelBounds:
                 self.anchor[rows] = -1
             else:
                 u, lo = self._moved(old, model, segment[rows].astype(np.int64), self.upper[rows], self.lower[rows])
-                self.upper[rows], self.lower[rows] = u, lo  # bounds now measured against ``model``
+                self.upper[rows], self.lower[rows] = _up(u), _down(lo)  # bounds now measured against ``model``
                 self.anchor[rows] = np.where(np.isfinite(u), slot, -1)
         return slot
 
@@ -131,8 +160,8 @@ class LabelBounds:
             return
         self._grow(int(rows.max()) + 1)
         slot = self._slot(model)
-        self.upper[rows] = upper
-        self.lower[rows] = lower
+        self.upper[rows] = _up(upper)
+        self.lower[rows] = _down(lower)
         self.anchor[rows] = slot
 
     def known(self, rows: np.ndarray) -> np.ndarray:
@@ -160,10 +189,10 @@ class LabelBounds:
 
     def load(self, state: Any) -> None:
         if not isinstance(state, dict):  # an older checkpoint's [2, rows] bounds, without anchors: unknown
-            self.__init__()  # type: ignore[misc]
+            self.__init__(self.capacity)  # type: ignore[misc]
             return
-        self.upper = np.asarray(state["upper"], dtype=np.float32).copy()
-        self.lower = np.asarray(state["lower"], dtype=np.float32).copy()
+        self.upper = _up(state["upper"])  # float32 in checkpoints written before the bounds were float16
+        self.lower = _down(state["lower"])
         self.anchor = np.asarray(state["anchor"], dtype=np.int8).copy()
         self._versions = np.asarray(state["versions"], dtype=np.int64).copy()
         self._models = [None] * self.ANCHORS
@@ -174,6 +203,10 @@ class LabelBounds:
                                                   np.asarray(state["centroids"][at: at + k], np.float32),
                                                   np.asarray(state["ids"][at: at + k], np.int64), 0.0)
                 at += k
+
+    def nbytes(self) -> int:
+        """Bytes of the per-row bounds and anchors."""
+        return self.upper.nbytes + self.lower.nbytes + self.anchor.nbytes
 
     def reset(self) -> None:
         """Forget every row's bounds (after a restore without them)."""
@@ -231,8 +264,8 @@ class LabelBounds:
 class LabelFollower:
     """The bounds and the model version they refer to: turns each new version into a re-assignment queue."""
 
-    def __init__(self) -> None:
-        self.bounds = LabelBounds()
+    def __init__(self, capacity: int = 0) -> None:
+        self.bounds = LabelBounds(capacity)
         self.model: SegmentModel | None = None
 
     def follow(self, model: SegmentModel | None, segment: np.ndarray, margin: float, queue: RowQueue,

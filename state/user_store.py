@@ -43,15 +43,19 @@ import numpy as np
 
 from state.features import FeatureSpec
 from state.events import EventBatch
+from state.id_column import IdColumn
 from state.id_index import IdIndex
 
-__all__ = ["UserStore", "Features", "ApplyResult", "user_keys"]
+__all__ = ["UserStore", "Features", "ApplyResult", "user_keys", "MAX_PARTITION"]
 
 #: Rescale every row once the newest event is this many half-lives past t0 (2**48 << float32 max).
 REBASE_HALF_LIVES = 48.0
 _TINY = 1e-30
 #: log1p(x) / _LOG_SCALE is ~1 at x = 1000: keeps count and value features in the range of the mixes
 _LOG_SCALE = float(np.log1p(1000.0))
+#: Highest source partition a row can name (``partition`` is int16: 2 bytes a user less than int32, and a
+#: topic of more than 32,768 partitions is far past what Kafka clusters run).
+MAX_PARTITION = int(np.iinfo(np.int16).max)
 #: Every per-row column (what a checkpoint saves for each user).
 COLUMNS = ("dense", "last_ts", "items", "item_w", "item_head", "segment", "seq", "distance", "partition")
 
@@ -120,7 +124,7 @@ class UserStore:
         self.spec = spec
         self.capacity = capacity
         self.t0: float | None = None
-        self._ids: list[bytes | None] = []  # row -> user id, UTF-8 (see _raw)
+        self._ids = IdColumn()  # row -> user id, UTF-8 (see _raw), inline in numpy (a list costs ~55 bytes a user)
         self._index = IdIndex(self._ids)  # UTF-8 id -> row, in numpy (a dict costs ~74 bytes a user)
         self._free: list[int] = []
         self.imported_rows = np.zeros(0, dtype=np.int64)  # rows the last import_rows gave its users
@@ -150,11 +154,11 @@ class UserStore:
         grow("segment", (rows,), np.int32, -1)
         grow("seq", (rows,), np.uint32, 0)
         grow("distance", (rows,), np.float32, np.nan)
-        grow("partition", (rows,), np.int32, -1)  # source partition of the user's newest event (-1: unknown)
+        grow("partition", (rows,), np.int16, -1)  # source partition of the user's newest event (-1: unknown)
         # user_keys() of each row's user, set when the row is handed out (derived from the id; the changelog row
         # carries it too, so that a restore need not hash every id again)
         grow("key", (rows,), np.uint64, 0)
-        self._ids.extend([None] * (rows - n_old))
+        self._ids.grow(rows)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -166,8 +170,16 @@ class UserStore:
             self._alloc(min(self.capacity, self._used + users))
 
     def nbytes(self) -> int:
-        """Bytes held by the numpy columns (the id map comes on top)."""
+        """Bytes held by the numpy state columns (the row key, the ids and the id index come on top)."""
         return sum(getattr(self, n).nbytes for n in COLUMNS) + self.ref.nbytes
+
+    def ids_nbytes(self) -> int:
+        """Bytes held by the ids (row -> id)."""
+        return self._ids.nbytes()
+
+    def index_nbytes(self) -> int:
+        """Bytes held by the id index (id -> row)."""
+        return self._index.nbytes()
 
     def row_of(self, user_id: str) -> int | None:
         return self._index.get(user_id.encode("utf-8", "surrogatepass"))
@@ -190,14 +202,12 @@ class UserStore:
         return uid.decode("utf-8", "surrogatepass")
 
     def user_ids(self, rows: np.ndarray) -> list[str]:
-        ids = self._ids
-        return [ids[r].decode("utf-8", "surrogatepass") for r in rows.tolist()]  # type: ignore[union-attr]
+        return [u.decode("utf-8", "surrogatepass") for u in self._ids.take(rows)]
 
     def user_id_bytes(self, rows: np.ndarray) -> list[bytes]:
         """The ids of these rows as stored (UTF-8, surrogatepass): what a Kafka key needs, without a
         round trip through ``str``."""
-        ids = self._ids
-        return [ids[r] for r in rows.tolist()]  # type: ignore[misc]
+        return self._ids.take(rows)  # type: ignore[return-value]
 
     def held_ids(self) -> list[str]:
         """Every user held, as the id index has them (its order)."""
@@ -241,18 +251,13 @@ class UserStore:
             taken += range(self._used, self._used + fresh)
             self._used += fresh
         rows[missing] = taken
-        ids = self._ids
         # whole-list work, no step per user in Python: a restore gives a million rows at once
         if len(missing) == len(user_ids):
             new_ids, new = user_ids, raw
         else:
             at = missing.tolist()
             new_ids, new = [user_ids[i] for i in at], [raw[i] for i in at]
-        if fresh == len(taken) and fresh:  # all never-used rows: one contiguous range
-            ids[taken[0]: taken[0] + fresh] = new
-        else:
-            for uid, r in zip(new, taken):
-                ids[r] = uid
+        self._ids.set_many(taken, new)
         self._index.insert_many(new, taken)  # after the ids: the index confirms a hit against them
         self.key[taken] = user_keys(new_ids) if keys is None else keys[missing]
 
@@ -270,7 +275,7 @@ class UserStore:
         ids = self.user_ids(victims)
         if self.on_evict is not None:
             self.on_evict(victims, ids)
-        self._index.delete_many([self._ids[r] for r in victims.tolist()])  # type: ignore[misc]
+        self._index.delete_many(self._ids.take(victims))
         self._clear(victims)
         self._free.extend(victims.tolist()[::-1])
         return ApplyResult(rows=victims[:0], new_users=0, last_event=victims[:0], evicted_rows=victims, evicted_segments=segs, evicted_user_ids=ids)
@@ -287,8 +292,7 @@ class UserStore:
         self.distance[rows] = np.nan
         self.partition[rows] = -1
         self.key[rows] = 0
-        for r in rows.tolist():
-            self._ids[r] = None
+        self._ids.clear_many(rows)
 
     def delete(self, user_id: str) -> int | None:
         """Forget a user entirely (right to erasure). Returns the segment it held, or None if unknown."""
@@ -550,19 +554,22 @@ class UserStore:
         back: list[bytes] = []  # users put back on their saved rows (their keys are still to set)
         back_rows: list[int] = []
         placed: list[int] = []  # their positions in ``ids``
+        free = self._ids.free(len(self.dense)).tolist() if keep_rows and isinstance(missing, list) else None
+        saved = saved_rows.tolist()
         for i, (uid, r) in enumerate(zip(raw, held.tolist()) if isinstance(missing, list) else ()):
-            if r < 0 and keep_rows and saved_rows[i] < len(self.dense) and self._ids[saved_rows[i]] is None:
-                r = int(saved_rows[i])
-                self._ids[r] = uid
+            if r < 0 and free is not None and saved[i] < len(free) and free[saved[i]]:
+                r = saved[i]
+                free[r] = False
                 back.append(uid)
                 back_rows.append(r)
-                self._used = max(self._used, r + 1)
                 placed.append(i)
             if r < 0:
                 missing.append(i)
             else:
                 rows[i] = r
         if back:
+            self._ids.set_many(back_rows, back)
+            self._used = max(self._used, max(back_rows) + 1)
             self._index.insert_many(back, back_rows)
         if len(missing):
             if keep_rows:
@@ -591,16 +598,17 @@ class UserStore:
         if used > len(self.dense):
             self._alloc(min(self.capacity, used))
         self._used = used
-        saved = [int(r) for r in layout["free"] if r < used and self._ids[int(r)] is None]
-        in_saved = set(saved)
-        holes = [r for r in range(used) if self._ids[r] is None and r not in in_saved]
+        free = self._ids.free(used)
+        saved = [r for r in np.asarray(layout["free"], dtype=np.int64).tolist() if r < used and free[r]]
+        free[saved] = False
+        holes = np.flatnonzero(free).tolist()
         self._free = holes + saved
 
     def drop_rows(self, rows: np.ndarray) -> list[str]:
         """Forget these users without any erasure semantics (their partition moved to another consumer)."""
         rows = np.asarray(rows, dtype=np.int64)
         ids = self.user_ids(rows)
-        self._index.delete_many([self._ids[r] for r in rows.tolist()])  # type: ignore[misc]
+        self._index.delete_many(self._ids.take(rows))
         self._clear(rows)
         self._free.extend(rows.tolist()[::-1])
         return ids

@@ -97,7 +97,9 @@ class Settings:
     checkpoint_dir: str = _opt("SEGSTREAM_CHECKPOINT_DIR", "", "Directory of state snapshots tied to offsets (empty: no snapshots; state is rebuilt only from what is consumed after the committed offset).", group="recovery")
     changelog: bool = _opt("SEGSTREAM_CHANGELOG", True, "Keep every partition's state in a compacted Kafka changelog topic (docs/recovery.md#kafka-as-the-store-of-record) and restore from it on assignment, with nothing local. false: no changelog (state only from local snapshots, if any; for comparisons).", group="recovery")
     changelog_topic: str = _opt("SEGSTREAM_CHANGELOG_TOPIC", "", "The state changelog topic (empty: <group_id>.<input_topic>.changelog); as many partitions as the input topic.", group="recovery")
-    checkpoint_interval_ms: int = _opt("SEGSTREAM_CHECKPOINT_INTERVAL_MS", 0, "Checkpoint (confirm outputs, snapshot state, commit offsets) at most this often; 0: after every micro-batch. Snapshots cost time in proportion to users held.", group="recovery")
+    checkpoint_interval_ms: int = _opt("SEGSTREAM_CHECKPOINT_INTERVAL_MS", 0, "Checkpoint (confirm outputs, snapshot state, commit offsets) at most this often; 0: no lower bound (the share below decides). Snapshots cost time in proportion to users held.", group="recovery")
+    checkpoint_share: float = _opt("SEGSTREAM_CHECKPOINT_SHARE", 0.2, "While records are waiting (full micro-batches), the most of the run loop's time checkpoints may take: after a checkpoint that took d seconds the next one waits d*(1-share)/share (at most SEGSTREAM_CHECKPOINT_MAX_GAP_MS), so a loop with a backlog writes each changed user once for many batches. A loop that keeps up checkpoints after every micro-batch. 1: always after every micro-batch.", group="recovery")
+    checkpoint_max_gap_ms: int = _opt("SEGSTREAM_CHECKPOINT_MAX_GAP_MS", 2000, "The longest the share rule may hold a checkpoint back (with the changelog, outputs wait for their checkpoint: this bounds their extra latency under a backlog).", group="recovery")
     aligned_batches: bool = _opt("SEGSTREAM_ALIGNED_BATCHES", False, "Cut micro-batches per partition at offset multiples of the batch size, so that a replay after a crash sees the very same batches (bit-exact recovery).", group="recovery")
     dedup_window: int = _opt("SEGSTREAM_DEDUP_WINDOW", 0, "Drop an event whose event_id is among the last N ids seen (0: off).", group="recovery")
     pseudonymise_key: str = _opt("SEGSTREAM_PSEUDONYMISE_KEY", "", "Replace user ids and event ids by HMAC-SHA-256(key, id) before they are stored or published (empty: off; docs/privacy.md).", group="recovery")
@@ -134,9 +136,10 @@ class Settings:
     log_level: str = _opt("SEGSTREAM_LOG_LEVEL", "INFO", "Python logging level.", group="ops")
 
     # --- drift detection -----------------------------------------
-    drift_grace_batches: int = _opt("SEGSTREAM_DRIFT_GRACE_BATCHES", 20, "Batches after seeding before drift detectors and the PSI reference start.", group="ops")
-    drift_delta: float = _opt("SEGSTREAM_DRIFT_DELTA", 0.05, "Page-Hinkley tolerance, relative to the signal's baseline (0.05: ignore rises under 5%).", group="ops")
-    drift_threshold: float = _opt("SEGSTREAM_DRIFT_THRESHOLD", 1.5, "Page-Hinkley alarm threshold (relative units).", group="ops")
+    drift_grace_batches: int = _opt("SEGSTREAM_DRIFT_GRACE_BATCHES", 20, "Batches after seeding before the drift detector is tested and the PSI reference starts.", group="ops")
+    drift_delta: float = _opt("SEGSTREAM_DRIFT_DELTA", 0.05, "Drift CUSUM tolerance: rises of the fit ratio (distance to the nearest centroid over the model version's baseline) under this share are ignored.", group="ops")
+    drift_threshold: float = _opt("SEGSTREAM_DRIFT_THRESHOLD", 0.1, "Drift CUSUM alarm threshold: the fit ratio's rise beyond 1 + delta, summed over embeddings, in thousands (0.1: a 15% rise over 1,000 embeddings).", group="ops")
+    drift_baseline_embeddings: int = _opt("SEGSTREAM_DRIFT_BASELINE_EMBEDDINGS", 1000, "Embeddings, from the batch that brings a model version on, whose mean distance to its nearest centroid is that version's drift baseline.", group="ops")
     drift_hold_batches: int = _opt("SEGSTREAM_DRIFT_HOLD_BATCHES", 20, "Batches the drift-alarm gauge stays up after a detection.", group="ops")
     psi_window: int = _opt("SEGSTREAM_PSI_WINDOW", 2000, "Embeddings in the PSI reference and current windows.", group="ops")
     psi_refresh_embeddings: int = _opt("SEGSTREAM_PSI_REFRESH_EMBEDDINGS", 500_000, "The PSI reference is replaced by the current window after this many embeddings, so PSI measures change since the last refresh, not since start-up (0: the first window stays the reference). Checkpointed with the state.", group="ops")
@@ -150,10 +153,12 @@ class Settings:
                 raise SettingsError(f"{f.metadata['env']}={value!r}: expected one of {', '.join(choices)}")
         if self.checkpoint_interval_ms < 0 or self.dedup_window < 0:
             raise SettingsError(f"{_env('checkpoint_interval_ms')} and {_env('dedup_window')} must be >= 0")
+        if not 0.0 < self.checkpoint_share <= 1.0 or self.checkpoint_max_gap_ms < 0:
+            raise SettingsError(f"{_env('checkpoint_share')} must be in (0, 1] and {_env('checkpoint_max_gap_ms')} >= 0")
         if self.gc_threshold < 0:
             raise SettingsError(f"{_env('gc_threshold')} must be >= 0")
         positive = ("batch_max_events", "max_event_bytes", "max_users", "encoder_batch", "segments", "warmup_users", "model_update_events",
-                    "reassign_per_batch")
+                    "reassign_per_batch", "drift_baseline_embeddings")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env(name)} must be > 0")

@@ -150,6 +150,9 @@ def _scatter(buf: np.ndarray, at: np.ndarray, flat: bytes, lengths: np.ndarray) 
     buf[np.repeat(at - src_start, lengths) + np.arange(total)] = np.frombuffer(flat, dtype=np.uint8)
 
 
+_FEW = 8  # records below which encode_columns slices them and encodes them one by one
+
+
 def encode_columns(key_bytes: bytes, key_lengths: np.ndarray, value_bytes: bytes, value_lengths: np.ndarray, *,
                    batch_size: int) -> list[Run]:
     """What :func:`encode_runs` makes, from columns: keys and values each as one buffer of consecutive
@@ -160,6 +163,11 @@ def encode_columns(key_bytes: bytes, key_lengths: np.ndarray, value_bytes: bytes
     n = len(klen)
     if n == 0:
         return []
+    if n <= _FEW:  # a marker or the model's core: a matrix as wide as one big value costs more than slicing
+        ks, vs = np.cumsum(np.maximum(klen, 0)) - np.maximum(klen, 0), np.cumsum(np.maximum(vlen, 0)) - np.maximum(vlen, 0)
+        keys = [None if kl < 0 else key_bytes[k:k + kl] for k, kl in zip(ks.tolist(), klen.tolist())]
+        values = [None if vl < 0 else value_bytes[v:v + vl] for v, vl in zip(vs.tolist(), vlen.tolist())]
+        return encode_runs(keys, values, batch_size=batch_size)
     kv, ks = _varint_matrix(klen)
     vv, vs = _varint_matrix(vlen)
     body = 3 + ks + np.maximum(klen, 0) + vs + np.maximum(vlen, 0)

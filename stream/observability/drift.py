@@ -2,11 +2,18 @@
 
 :class:`DriftMonitor` turns what a processed batch tells (distances of the
 updated users to their assigned centroid, how many of them changed segment,
-their embeddings, a new model) into the health signals exported as metrics:
+their embeddings, the model version they arrived to and the one after) into the
+health signals exported as metrics:
 
 * **churn**: share of updated users whose segment changed in this batch (the caller leaves
-  first assignments out: a new user is not churn);
-* **mean distance** to the assigned centroid;
+  first assignments out: a new user is not churn). A gauge only: labels follow the model, so
+  churn jumps at every model version even when behaviour does not change;
+* **mean distance** to the assigned centroid (a gauge only, for the same reason);
+* **fit ratio** and the **distance alarm**: the batch's mean distance to the nearest centroid of
+  the version it arrived to, over that version's own baseline, watched by a one-sided CUSUM
+  (:class:`stream.observability.fit_drift.FitDriftDetector`, which says why and how). It is fed
+  once the first ``grace_batches`` batches after seeding (the model's own convergence) are past;
+  baselines are built from the start;
 * **centroid shift**: mean Euclidean move of the centroids of segments present
   in both the previous and the new model version;
 * **PSI** (population stability index) of the embedding distribution (the last ``current_size``
@@ -19,35 +26,31 @@ their embeddings, a new model) into the health signals exported as metrics:
   Every embedding held (the reference while it fills, the current window) is tagged with its user's
   key (``state.user_store.user_keys``): :meth:`DriftMonitor.forget` drops an erased user's rows. A
   reference once set is kept only as bin edges and shares, aggregates of the whole window;
-* **drift alarms**: river Page-Hinkley detectors (mode ``up``: only rises matter)
-  on the per-batch mean distance and on the churn rate, fed once the first
-  ``grace_batches`` batches after seeding (the model's own convergence) are past.
-  Each signal is divided by the mean of its first ``min_instances`` fed values,
-  so ``delta`` and ``threshold`` are relative (0.05: ignore moves under 5%),
-  whatever the encoder's distance scale. A detection counts once and holds the in-alarm gauge up
-  for ``alarm_hold_batches`` batches (re-armed by every new detection);
 * a **PSI alarm** (off unless ``psi_alarm`` > 0; 0.25 is the usual mark of a significant shift)
   when PSI crosses ``psi_alarm`` from below. Off in ``segstream run``: on a stationary log the
-  state embeddings still move as users accumulate history, and a fixed PSI threshold fired there. The distance detector sees a drift only while the model still fits the old
-  population; a model that re-fits within a version or two (labels follow the model) hides it
-  there, while the population's move stays visible in PSI until the reference is refreshed.
+  state embeddings still move as users accumulate history, and a fixed PSI threshold fired there.
+
+A detection counts once and holds the in-alarm gauge up for ``alarm_hold_batches`` batches
+(re-armed by every new detection).
 
 Detectors are fed one value per batch (a batch summary), so the cost per batch
 is O(1) Python work plus vectorised numpy over the batch.
 
     >>> import numpy as np
-    >>> m = DriftMonitor(reference_size=200, alarm_hold_batches=3, min_instances=5)
+    >>> from state.segments import SegmentModel
+    >>> model = SegmentModel(1, np.zeros((2, 4), np.float32), np.array([1, 2]), 0.0)
+    >>> m = DriftMonitor(reference_size=200, alarm_hold_batches=3, baseline_embeddings=200)
     >>> rng = np.random.default_rng(0)
     >>> for _ in range(30):
     ...     s = m.observe(distances=rng.normal(1.0, 0.05, 100), changed=1, updated=100,
-    ...                   embeddings=rng.normal(0, 1, (100, 4)))
+    ...                   embeddings=rng.normal(0, 1, (100, 4)), model=model, arrived=model)
     >>> m.alarms_total["distance"], round(m.psi, 2) < 0.1
     (0, True)
     >>> for _ in range(10):
     ...     s = m.observe(distances=rng.normal(3.0, 0.05, 100), changed=1, updated=100,
-    ...                   embeddings=rng.normal(2, 1, (100, 4)))
-    >>> m.alarms_total["distance"] >= 1, m.psi > 0.25
-    (True, True)
+    ...                   embeddings=rng.normal(2, 1, (100, 4)), model=model, arrived=model)
+    >>> m.alarms_total["distance"] >= 1, m.psi > 0.25, m.fit.ratio > 1.5
+    (True, True, True)
 """
 
 from __future__ import annotations
@@ -57,17 +60,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from river.drift import PageHinkley
+
+from stream.observability.fit_drift import FitDriftDetector
 
 if TYPE_CHECKING:
+    from state.segments import SegmentModel
     from stream.settings import Settings
 
 __all__ = ["DriftMonitor", "DriftSnapshot", "population_stability_index", "centroid_shift", "SIGNALS"]
 
 log = logging.getLogger(__name__)
 
-SIGNALS = ("distance", "churn", "psi")
-DETECTED = ("distance", "churn")  # the signals a Page-Hinkley detector watches; "psi" is a threshold
+SIGNALS = ("distance", "psi")  # "distance": the fit-ratio CUSUM; "psi": a threshold, off unless set
 
 
 def quantile_edges(reference: np.ndarray, bins: int = 10) -> np.ndarray:
@@ -126,6 +130,8 @@ class DriftSnapshot:
     churn: float
     mean_distance: float
     psi: float
+    fit_ratio: float
+    fit_score: float
     detections: dict[str, bool]
     in_alarm: dict[str, bool]
 
@@ -137,11 +143,12 @@ class DriftMonitor:
         return cls(reference_size=settings.psi_window, current_size=settings.psi_window,
                    alarm_hold_batches=settings.drift_hold_batches, delta=settings.drift_delta,
                    threshold=settings.drift_threshold, grace_batches=settings.drift_grace_batches,
+                   baseline_embeddings=settings.drift_baseline_embeddings,
                    refresh_every=settings.psi_refresh_embeddings)
 
     def __init__(self, *, reference_size: int = 2000, current_size: int = 2000, alarm_hold_batches: int = 20,
-                 min_instances: int = 10, delta: float = 0.05, threshold: float = 1.5, grace_batches: int = 0,
-                 refresh_every: int = 0, psi_alarm: float = 0.0) -> None:
+                 delta: float = 0.05, threshold: float = 0.1, baseline_embeddings: int = 1000,
+                 grace_batches: int = 0, refresh_every: int = 0, psi_alarm: float = 0.0) -> None:
         self.grace_batches = grace_batches
         self.psi_alarm = psi_alarm
         self.batches = 0
@@ -151,11 +158,8 @@ class DriftMonitor:
         self.refreshes = 0  # times the reference was replaced by the current window
         self._since_reference = 0  # embeddings seen since the reference was set
         self.alarm_hold_batches = alarm_hold_batches
-        self.detectors = {s: PageHinkley(min_instances=min_instances, delta=delta, threshold=threshold, mode="up")
-                          for s in DETECTED}
+        self.fit = FitDriftDetector(delta=delta, threshold=threshold, baseline_embeddings=baseline_embeddings)
         self.alarms_total = {s: 0 for s in SIGNALS}
-        self.min_instances = min_instances
-        self._baseline: dict[str, list[float]] = {s: [] for s in DETECTED}
         self._hold = {s: 0 for s in SIGNALS}
         self._reference: list[np.ndarray] = []
         self._reference_keys: list[np.ndarray] = []  # user key of each row of _reference (0: unknown)
@@ -172,35 +176,26 @@ class DriftMonitor:
         return self._hold[signal] > 0
 
     def observe(self, *, distances: np.ndarray, changed: int, updated: int,
-                embeddings: np.ndarray | None = None, embedding_keys: np.ndarray | None = None) -> DriftSnapshot:
+                embeddings: np.ndarray | None = None, embedding_keys: np.ndarray | None = None,
+                model: SegmentModel | None = None, arrived: SegmentModel | None = None) -> DriftSnapshot:
         """Fold one batch in; returns the batch's signals and which detectors fired
-        (``embedding_keys``: each embedding's user key, so that :meth:`forget` can find it)."""
+        (``embedding_keys``: each embedding's user key, so that :meth:`forget` can find it; ``arrived``:
+        the model version in use when the batch came, ``model``: the one after it, the same object
+        unless the batch brought a new version)."""
         self.batches += 1
         d = np.asarray(distances, dtype=np.float64)
         d = d[np.isfinite(d)]
-        values: dict[str, float] = {}
         if len(d):
             self.mean_distance = float(d.mean())
-            values["distance"] = self.mean_distance
         if updated > 0:
             self.churn = changed / updated
-            values["churn"] = self.churn
         detections = {}
-        for s in DETECTED:
-            self._hold[s] = max(0, self._hold[s] - 1)
-            fired = False
-            if s in values and self.batches > self.grace_batches:
-                base = self._baseline[s]
-                if len(base) < self.min_instances:  # scale of the signal: mean of its first values
-                    base.append(values[s])
-                scale = max(float(np.mean(base)), 1e-9)
-                det = self.detectors[s]
-                det.update(values[s] / scale)
-                if det.drift_detected:
-                    fired = True
-                    self.alarms_total[s] += 1
-                    self._hold[s] = self.alarm_hold_batches
-            detections[s] = fired
+        self._hold["distance"] = max(0, self._hold["distance"] - 1)
+        detections["distance"] = embeddings is not None and self.fit.observe(
+            embeddings, arrived=arrived, model=model, test=self.batches > self.grace_batches)
+        if detections["distance"]:
+            self.alarms_total["distance"] += 1
+            self._hold["distance"] = self.alarm_hold_batches
         if embeddings is not None and len(embeddings) and self.batches > self.grace_batches:
             keys = (np.zeros(len(embeddings), np.uint64) if embedding_keys is None
                     else np.asarray(embedding_keys, dtype=np.uint64))
@@ -213,7 +208,7 @@ class DriftMonitor:
         if detections["psi"]:
             self.alarms_total["psi"] += 1
             self._hold["psi"] = self.alarm_hold_batches
-        return DriftSnapshot(self.churn, self.mean_distance, self.psi, detections,
+        return DriftSnapshot(self.churn, self.mean_distance, self.psi, self.fit.ratio, self.fit.score, detections,
                              {s: self.in_alarm(s) for s in SIGNALS})
 
     def forget(self, keys: np.ndarray) -> int:
@@ -264,12 +259,12 @@ class DriftMonitor:
     def state(self) -> dict[str, Any]:
         """What a restart needs so as not to learn the reference again: the PSI reference (bin edges and
         shares, or the embeddings gathered so far while it fills), the batch count (the grace period is
-        not served twice) and the detectors' baselines. The current window (up to ``current_size``
-        embeddings) is left out, to keep checkpoints small: it fills again within a few batches.
-        The Page-Hinkley detectors start afresh (river keeps no serialisable state); their baselines do not."""
+        not served twice) and the fit detector (its version's baseline and its score). The current
+        window (up to ``current_size`` embeddings) is left out, to keep checkpoints small: it fills
+        again within a few batches."""
         filling = np.concatenate(self._reference).astype(np.float32) if self._reference else None
         filling_keys = np.concatenate(self._reference_keys) if self._reference else None
-        return {"batches": self.batches, "baseline": {s: list(v) for s, v in self._baseline.items()},
+        return {"batches": self.batches, "fit": self.fit.state(),
                 "edges": None if self._ref_shares is None else self._edges,
                 "shares": self._ref_shares, "filling": filling, "filling_keys": filling_keys,
                 "since_reference": self._since_reference, "refreshes": self.refreshes, "psi": self.psi}
@@ -279,7 +274,7 @@ class DriftMonitor:
         if not state:
             return
         self.batches = int(state["batches"])
-        self._baseline = {s: [float(x) for x in state["baseline"].get(s, [])] for s in SIGNALS}
+        self.fit.load_state(state.get("fit"))  # absent in checkpoints of the earlier detectors: a fresh baseline
         if state["shares"] is not None:
             self._edges = np.asarray(state["edges"], dtype=np.float64)
             self._ref_shares = np.asarray(state["shares"], dtype=np.float64)

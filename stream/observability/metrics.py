@@ -150,7 +150,9 @@ class Metrics:
         self.churn = Gauge("segstream_assignment_churn_ratio", "Share of updated users whose segment changed in the last batch.", registry=r)
         self.mean_distance = Gauge("segstream_mean_distance", "Mean distance of the last batch's updated users to their assigned centroid.", registry=r)
         self.psi = Gauge("segstream_embedding_psi", "Population stability index of recent embeddings against the reference window.", registry=r)
-        self.drift_alarms = Counter("segstream_drift_alarms", "Drift detections, by signal (Page-Hinkley on distance and churn; PSI crossing a threshold, when set).", ["signal"], registry=r)
+        self.fit_ratio = Gauge("segstream_drift_fit_ratio", "Last batch's mean distance to the nearest centroid of the model version it arrived to, over that version's baseline (the same on its first SEGSTREAM_DRIFT_BASELINE_EMBEDDINGS embeddings); about 1 while the model fits the traffic.", registry=r)
+        self.fit_score = Gauge("segstream_drift_score", "Drift CUSUM of the fit ratio (its rises beyond 1 + SEGSTREAM_DRIFT_DELTA, summed over embeddings, in thousands); a distance detection when it passes SEGSTREAM_DRIFT_THRESHOLD, then back to 0.", registry=r)
+        self.drift_alarms = Counter("segstream_drift_alarms", "Drift detections, by signal (distance: the CUSUM of the fit ratio; psi: PSI crossing a threshold, when set).", ["signal"], registry=r)
         self.drift_alarm_active = Gauge("segstream_drift_alarm_active", "1 while a drift alarm on the signal is held up, else 0.", ["signal"], registry=r)
         for sig in SIGNALS:
             self.drift_alarms.labels(sig)
@@ -201,6 +203,7 @@ class Metrics:
         if result.max_event_time == result.max_event_time:  # not NaN
             self.last_event_time.set(result.max_event_time)
         model = pipeline.model
+        arrived = self._prev_model if result.new_model is not None else model  # the version the batch came to
         if model is not None:
             self.model_version.set(model.version)
             if result.new_model is not None:
@@ -214,7 +217,7 @@ class Metrics:
                 self._prev_model = model
             if result.label_agreement is not None:
                 self.label_agreement.set(result.label_agreement)
-            self.observe_drift(result)
+            self.observe_drift(result, model, arrived)
             self.set_segments(pipeline.users_per_segment(), model.segment_ids.tolist())
         self.observe_lineage(result.lineage)
 
@@ -224,19 +227,24 @@ class Metrics:
             if getattr(ev, "announce", True):
                 self.lineage_events.labels(ev.kind).inc()
 
-    def observe_drift(self, result: BatchResult) -> None:
-        """Churn, mean distance, PSI and Page-Hinkley alarms of one batch (see :mod:`stream.observability.drift`)."""
+    def observe_drift(self, result: BatchResult, model: SegmentModel | None = None,
+                      arrived: SegmentModel | None = None) -> None:
+        """Churn, mean distance, fit ratio, PSI and drift alarms of one batch (see :mod:`stream.observability.drift`;
+        ``arrived``: the model version in use when the batch came, ``model``: the one after it)."""
         if len(result.distances) == 0:
             return
         own = result.changes.previous[: len(result.changes) - result.reassigned]  # re-assignments: the model's doing
         first = int((own < 0).sum())  # first assignments are not churn
         snap = self.drift.observe(distances=result.distances, changed=len(own) - first,
                                   updated=len(result.distances) - first, embeddings=result.embeddings,
-                                  embedding_keys=result.embedding_keys)
+                                  embedding_keys=result.embedding_keys, model=model, arrived=arrived)
         self.churn.set(snap.churn)
         if snap.mean_distance == snap.mean_distance:
             self.mean_distance.set(snap.mean_distance)
         self.psi.set(snap.psi)
+        if snap.fit_ratio == snap.fit_ratio:
+            self.fit_ratio.set(snap.fit_ratio)
+        self.fit_score.set(snap.fit_score)
         for sig in SIGNALS:
             if snap.detections[sig]:
                 self.drift_alarms.labels(sig).inc()

@@ -248,7 +248,8 @@ class Changelog:
         the mask must cover at least."""
         top = max(int(rows.max()) + 1 if len(rows) else 0, size)
         if top > len(self._dirty):
-            grown = np.zeros(max(top, 2 * len(self._dirty), 1024), dtype=bool)
+            # doubling stops at the store's capacity: rows past it never hold a user
+            grown = np.zeros(max(top, min(max(2 * len(self._dirty), 1024), self.pipeline.store.capacity)), dtype=bool)
             grown[: len(self._dirty)] = self._dirty
             self._dirty = grown
         self._dirty[rows] = True

@@ -38,7 +38,7 @@ from state.row_queue import RowQueue
 from state.profiles import ItemNames, segment_profiles
 from state.relabel import LABELS_SETTLED, LabelFollower
 from state.segments import SegmentModel, assign_bounds, squared_distances
-from state.user_store import UserStore, user_keys
+from state.user_store import MAX_PARTITION, UserStore, user_keys
 from stream.runtime.dedup import EventIdWindow
 from state.events import EventBatch, EventDecoder, Rejected
 from stream.runtime.pseudonym import Pseudonymiser
@@ -65,6 +65,7 @@ class SegmentChanges:
     event_time: np.ndarray  # float64, ts of the event that caused the change (model-caused: the batch's newest)
     source_index: np.ndarray  # int64, batch position of that event (-1: no event of this batch caused it)
     model_version: int
+    rows: np.ndarray | None = None  # int64, the users' store rows (None: not known, look the ids up)
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -138,7 +139,7 @@ class Pipeline:
         self._segment_users = np.zeros(0, dtype=np.int64)  # users per segment id
         self._stale = RowQueue()  # rows to (re-)assign: label not certified by the model, or restored without one
         self.reassign_per_batch = Settings.reassign_per_batch  # rows re-assigned per batch, besides its own
-        self._labels = LabelFollower()  # certifies held labels across model versions without re-embedding
+        self._labels = LabelFollower(store.capacity)  # certifies held labels across model versions without re-embedding
         self.item_names = ItemNames()
         self.events_seen = 0
         self.pseudonymiser: Pseudonymiser | None = None  # keyed hash of user ids before anything is stored
@@ -147,7 +148,7 @@ class Pipeline:
         # published or checkpointed: copies kept outside the pipeline (the drift monitor's embeddings)
         self.erasure_hooks: list[Callable[[np.ndarray], None]] = []
         # what the output contract keeps of evicted users (seq, segment, last change id)
-        self.tails = ContractTails()
+        self.tails = ContractTails(store.capacity)
         store.on_evict = self._on_evict
 
     @classmethod
@@ -232,6 +233,9 @@ class Pipeline:
         return self.process_decoded(*self.decoder.decode_objects(objs))
 
     def process(self, batch: EventBatch, partitions: np.ndarray | None = None) -> BatchResult:
+        if partitions is not None and len(partitions) and int(partitions.max()) > MAX_PARTITION:
+            raise ValueError(f"input partition {int(partitions.max())}: the user store names partitions up to "
+                             f"{MAX_PARTITION} (int16)")
         store, seg = self.store, self.segmenter
         erased: list[str] = []
         erased_sources: list[int] = []
@@ -495,7 +499,7 @@ class Pipeline:
         return SegmentChanges(
             user_ids=store.user_ids(crow), segments=new[changed], previous=prev, distances=dist[changed],
             seq=store.seq[crow].copy(), event_time=event_time[changed].astype(np.float64),
-            source_index=source[changed].astype(np.int64), model_version=model.version)
+            source_index=source[changed].astype(np.int64), model_version=model.version, rows=crow.astype(np.int64))
 
     # ----- eviction keeps the contract ----------------------------------------------
     def _on_evict(self, rows: np.ndarray, ids: list[str]) -> None:

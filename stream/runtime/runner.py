@@ -70,6 +70,7 @@ class StreamRunner:
         self._buffer: dict[TopicPartition, Records] = {}  # aligned batching: records not yet processed
         self._deadline: dict[TopicPartition, float] = {}
         self._last_checkpoint = time.monotonic()
+        self._checkpoint_seconds = 0.0  # how long the last checkpoint took: the share rule's measure
         self._reset: set[TopicPartition] = set()
         # back-pressure: the batch size shrinks while batches take too large a share of max_poll_interval_ms
         self._batch_cap = settings.batch_max_events
@@ -187,7 +188,7 @@ class StreamRunner:
         count = 0
         deadline: float | None = None
         while not stop.is_set():
-            timeout_ms = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            timeout_ms = self._idle_poll_ms() if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             got = self._poll(timeout_ms, max_n - count)
             if self._reset and blocks:
                 blocks = [self._void(Records.concat(blocks))]
@@ -200,6 +201,13 @@ class StreamRunner:
             if not count:
                 break  # idle tick: let the caller check stop / idle exit
         return Records.concat(blocks)
+
+    def _idle_poll_ms(self) -> int:
+        """How long a poll with nothing collected yet may wait: 200 ms, or only until the checkpoint interval
+        allows one when something waits for a checkpoint (with the changelog, the last batches' outputs)."""
+        if not self._checkpoint_offsets():
+            return 200
+        return int(min(200.0, max(0.0, self._checkpoint_due_in() * 1000.0)))
 
     def _void(self, records: Records) -> Records:
         """``records`` less those of partitions the last poll's rebalance reset: dropped partitions are
@@ -507,7 +515,7 @@ class StreamRunner:
         if result is None:
             return
         store = self.pipeline.store
-        parts = store.partition[store.rows_of(result.changes.user_ids)].tolist()
+        parts = store.partition[self._change_rows(result)].tolist()
         offs = [self._state_offsets.get(TopicPartition(self.settings.input_topic, p), 0) - 1 for p in parts]
         ids = change_ids(result.changes, (), (), reflected=(parts, offs))
         self.outputs.write(result, Records.empty(self.settings.input_topic), self.clock(), ids,
@@ -542,7 +550,9 @@ class StreamRunner:
                 self._state_offsets[tp] = nxt
         if self._restoring:
             self._check_restored()
-        if not self._maybe_checkpoint(force=False):
+        full = self._max_batch  # records are waiting: this batch, or the one already fetched, is full
+        busy = len(records) >= full or (self._ahead is not None and len(self._ahead) >= full)
+        if not self._maybe_checkpoint(force=False, busy=busy):
             self.publisher.confirm()
         confirmed_at = time.time()
         ts = records.timestamps.astype(np.float64)
@@ -557,8 +567,13 @@ class StreamRunner:
         under (the changelog partition its row is written to)."""
         store = self.pipeline.store
         tomb = records.partitions[np.asarray(result.erased_sources, dtype=np.int64)] if result.erased else []
-        rows = store.rows_of(result.changes.user_ids)
+        rows = self._change_rows(result)
         return np.concatenate([np.asarray(tomb, dtype=np.int64), store.partition[rows].astype(np.int64)])
+
+    def _change_rows(self, result: BatchResult) -> np.ndarray:
+        """The store rows of the batch's changed users (as the pipeline knew them, else looked up)."""
+        rows = result.changes.rows
+        return rows if rows is not None else self.pipeline.store.rows_of(result.changes.user_ids)
 
     def _note_changes(self, result: BatchResult, ids: list[str] | None) -> None:
         """Rows the batch changed, and each changed user's last change id, for the next changelog write."""
@@ -567,7 +582,7 @@ class StreamRunner:
         store = self.pipeline.store
         self.changelog.mark(result.touched)
         if ids:
-            rows = store.rows_of(result.changes.user_ids)
+            rows = self._change_rows(result)
             self.pipeline.tails.set_change_ids(rows, ids)
             self.changelog.mark(rows)
 
@@ -585,14 +600,43 @@ class StreamRunner:
         elif seconds < budget / 8 and self._batch_cap < self.settings.batch_max_events:
             self._batch_cap = min(self.settings.batch_max_events, 2 * self._batch_cap)
 
-    def _maybe_checkpoint(self, *, force: bool) -> bool:
-        due = (time.monotonic() - self._last_checkpoint) * 1000.0 >= self.settings.checkpoint_interval_ms
-        if not (force or due):
-            return False
+    def _checkpoint_gap_s(self, busy: bool) -> float:
+        """How long after the last checkpoint ended the next one may start: ``checkpoint_interval_ms``, and
+        while the loop is ``busy`` (its last micro-batch was full: records are waiting) also long enough that
+        checkpoints take at most ``checkpoint_share`` of the loop's time, judged by the last one, up to
+        ``checkpoint_max_gap_ms``.
+
+        Why: a checkpoint costs a fixed part (the model's records, the markers, three confirm round trips)
+        plus a part per changed user. A loop that keeps up checkpoints after every micro-batch, so its
+        outputs (which wait for their checkpoint) wait for nothing more; a loop with a backlog spaces its
+        checkpoints, pays the fixed part once for many batches and writes a user that changed in several
+        of them once, which is what lets it catch up.
+        """
+        s = self.settings
+        gap = s.checkpoint_interval_ms / 1000.0
+        if busy:
+            share = min(1.0, max(s.checkpoint_share, 1e-6))
+            gap = max(gap, min(self._checkpoint_seconds * (1.0 - share) / share, s.checkpoint_max_gap_ms / 1000.0))
+        return gap
+
+    def _checkpoint_offsets(self) -> dict[TopicPartition, int]:
+        """The offsets a checkpoint now would persist; empty when it would persist nothing new."""
         owned = self.rebalance.owned()
         offsets = {tp: off for tp, off in self._state_offsets.items() if tp in owned and off >= 0}
         held = self.changelog is not None and self.changelog.holds()
         if not offsets or (not held and all(self._positions.get(tp) == off for tp, off in offsets.items())):
+            return {}
+        return offsets
+
+    def _checkpoint_due_in(self, busy: bool = False) -> float:
+        """Seconds until the next checkpoint may start (<= 0: now)."""
+        return self._last_checkpoint + self._checkpoint_gap_s(busy) - time.monotonic()
+
+    def _maybe_checkpoint(self, *, force: bool, busy: bool = False) -> bool:
+        if not (force or self._checkpoint_due_in(busy) <= 0):
+            return False
+        offsets = self._checkpoint_offsets()
+        if not offsets:
             self.publisher.confirm()
             return True
         self.checkpoint(offsets)
@@ -649,7 +693,8 @@ class StreamRunner:
         if committed and self.checkpoints is not None:
             self.checkpoints.prune({tp.partition: off for tp, off in committed.items()})
         self._last_checkpoint = time.monotonic()
-        self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
+        self._checkpoint_seconds = time.perf_counter() - t0
+        self.metrics.checkpoint_duration.observe(self._checkpoint_seconds)
         meta = self.consumer.group_metadata()
         log.debug("checkpoint", extra={"generation": meta.generation_id, "member": meta.member_id,
                                        "offsets": {tp.partition: off for tp, off in offsets.items()}})

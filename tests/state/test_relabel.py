@@ -105,3 +105,33 @@ def test_centres_that_jitter_in_place_leave_labels_certified_over_hundreds_of_ve
         seg[r], d2, o2 = assign_bounds(model, x[r], seg[r], 0.05)
         b.set_exact(r, d2, o2, model)
         prev = model
+
+
+def test_float16_bounds_stay_bounds_and_certify_nothing_exact_float32_bounds_would_not():
+    # upper rounds up, lower down, so the stored pair is never tighter than the measured one; far
+    # distances (past float16's range) leave the label uncertified instead of wrapping
+    rng = np.random.default_rng(3)
+    upper = np.abs(rng.normal(size=5000)).astype(np.float32) * rng.choice([1e-3, 1.0, 100.0, 1e5], 5000).astype(np.float32)
+    lower = upper * rng.uniform(0.9, 1.1, 5000).astype(np.float32)
+    model = SegmentModel(1, np.zeros((2, 2), np.float32), np.arange(2), 0.0)
+    b = LabelBounds()
+    rows = np.arange(5000)
+    b.set_exact(rows, upper, lower, model)
+    assert b.upper.dtype == np.float16 and b.nbytes() == 5 * 5000
+    assert (b.upper.astype(np.float32) >= upper).all() and (b.lower.astype(np.float32) <= lower).all()
+    margin = np.float32(0.05)
+    stored = b.lower.astype(np.float32) >= b.upper.astype(np.float32) * (1 - margin)
+    exact = lower >= upper * (1 - margin)
+    assert not (stored & ~exact).any()
+    far = upper > 65504
+    assert not stored[far].any() and exact[far].any()
+    assert stored[~far].sum() > 0.99 * exact[~far].sum()  # the rounding costs next to no certified labels
+
+
+def test_per_row_arrays_grow_no_further_than_the_store_capacity():
+    model = SegmentModel(1, np.zeros((2, 2), np.float32), np.arange(2), 0.0)
+    capped, free = LabelBounds(capacity=1500), LabelBounds()
+    for b in (capped, free):
+        for top in (1000, 1200, 1500):
+            b.set_exact(np.arange(top), np.ones(top, np.float32), np.ones(top, np.float32), model)
+    assert len(capped.upper) == 1500 and len(free.upper) == 2000

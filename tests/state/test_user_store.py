@@ -232,3 +232,34 @@ def test_any_id_comes_back_as_given_non_ascii_and_lone_surrogates_included():
     assert store.user_ids(rows) == odd and sorted(store.held_ids()) == sorted(odd)
     assert [store.row_of(u) for u in odd] == rows.tolist() and store.row_of("e-u") is None
     assert store.delete("\ud800x") is not None and store.row_of("\ud800x") is None and len(store) == 4
+
+
+def test_per_row_change_ids_grow_no_further_than_the_store_capacity():
+    from state.contract_tail import ContractTails
+
+    capped, free = ContractTails(capacity=3000), ContractTails()
+    for t in (capped, free):
+        for top in (1000, 2500, 3000):
+            t.set_change_ids(np.array([top - 1]), ["00" * 15 + "2a"])
+    assert capped.row_nbytes() == 16 * 3000 and free.row_nbytes() == 16 * 5000
+    assert bytes(capped.change_ids(np.array([2999]))[0])[-1] == 42
+
+
+def test_ids_the_id_column_keeps_outside_survive_eviction_and_a_restore_onto_their_rows():
+    # a trailing NUL (numpy pads with NULs), a prefix of another id, one far longer than the rest
+    odd = ["a", "a\x00", "a\x00\x00", "ab", "z" * 200, "user-1"]
+    store = UserStore(SPEC, capacity=6)
+    store.apply(decode([{"user_id": u, "action": "view", "ts": 1.7e9 + i} for i, u in enumerate(odd)]))
+    rows = store.rows_of(odd)
+    assert len(set(rows.tolist())) == 6 and store.user_ids(rows) == odd
+    # a new user evicts the least recently active ("a"): its row goes to the newcomer
+    applied = store.apply(decode([{"user_id": "b\x00", "action": "view", "ts": 1.8e9}]))
+    assert applied.evicted_user_ids == ["a"] and store.row_of("a") is None
+    assert store.user_id(int(store.rows_of(["b\x00"])[0])) == "b\x00"
+    assert store.rows_of(odd[1:]).tolist() == rows[1:].tolist()
+    restored = UserStore(SPEC, capacity=6)
+    restored.import_rows(store.export_rows(store.live_rows()), keep_rows=True)
+    restored.set_layout(store.layout())
+    held = odd[1:] + ["b\x00"]
+    assert restored.rows_of(held).tolist() == store.rows_of(held).tolist()
+    assert sorted(restored.held_ids()) == sorted(held) and restored.row_of("a") is None

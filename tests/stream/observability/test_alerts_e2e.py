@@ -75,8 +75,6 @@ def _value(prom: PrometheusServer, q: str) -> float:
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=False, reason="known defect: since labels follow the model, the drift detectors "
-                   "(distance/churn) sometimes alarm on the stationary log too; see docs/known-limits.md")
 def test_alerts_fire_on_drift_down_and_stall_and_dashboard_queries_return_data(broker, tmp_path: Path) -> None:
     drift_t, still_t = _topics(), _topics()
     broker.create(drift_t)

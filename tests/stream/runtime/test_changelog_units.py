@@ -159,7 +159,7 @@ def test_state_kept_outside_the_pipeline_rides_in_the_model_record_and_comes_bac
     from stream.settings import Settings
 
     rng = np.random.default_rng(0)
-    before = DriftMonitor(reference_size=200, min_instances=5)
+    before = DriftMonitor(reference_size=200)
     for _ in range(30):
         before.observe(distances=rng.random(40), changed=2, updated=40, embeddings=rng.normal(size=(40, 4)))
     assert before.state()["shares"] is not None  # the reference is set
@@ -169,7 +169,7 @@ def test_state_kept_outside_the_pipeline_rides_in_the_model_record_and_comes_bac
                        extras={"drift": (before.state, before.load_state)})
     writer.write({0: 10})
     model = decode_partition(0, sent.log(0), len(sent.records), writer.dtype).model
-    after = DriftMonitor(reference_size=200, min_instances=5)
+    after = DriftMonitor(reference_size=200)
     reader = Changelog("cl", _Sent(), Pipeline.from_settings(Settings(), now=lambda: 2e9),  # type: ignore[arg-type]
                        extras={"drift": (after.state, after.load_state)})
     reader.restore([PartitionState(partition=0, offset=10, ck=1, model=model)])

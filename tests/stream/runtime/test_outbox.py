@@ -108,7 +108,8 @@ class FakeConsumer:
 
 
 SETTINGS = dict(segments=3, warmup_users=20, model_update_events=100, half_life_s=3600.0, batch_max_events=100,
-                input_topic=IN, output_topic=OUT, lineage_topic="lineage")
+                input_topic=IN, output_topic=OUT, lineage_topic="lineage",
+                checkpoint_share=1.0)  # a checkpoint per batch: the crash points are counted in checkpoints
 
 
 def _member(log: Log, commits: dict, seed: int) -> tuple[StreamRunner, FakePublisher]:

@@ -109,6 +109,19 @@ def test_invalid_records_are_returned_not_raised():
     assert len(r.changes) == 2 and np.all(r.changes.source_index == [0, 2])
 
 
+def test_a_partition_past_what_the_store_can_name_is_refused_before_anything_is_applied():
+    from state.user_store import MAX_PARTITION
+
+    p = Pipeline.from_settings(Settings(segments=2, warmup_users=2))
+    recs = [msgpack.packb({"user_id": u, "action": "view", "ts": 1.7e9}) for u in ("a", "b")]
+    p.process_records(recs, np.array([MAX_PARTITION, 0]))
+    assert p.store.partition[p.store.rows_of(["a", "b"])].tolist() == [MAX_PARTITION, 0]
+    with pytest.raises(ValueError, match="partition"):
+        p.process_records([msgpack.packb({"user_id": "c", "action": "view", "ts": 1.7e9})],
+                          np.array([MAX_PARTITION + 1]))
+    assert p.store.row_of("c") is None and p.events_seen == 2
+
+
 def test_changes_the_model_causes_carry_the_batch_event_time_not_the_users_last_activity(log):
     """Re-assignments (the user's segment ended or split; a restored user without one) are not caused by an
     event of that user: they carry the event time at which they are made, so that a recommender (and the
