@@ -11,7 +11,8 @@ Prometheus, so replays, benchmarks and tests drive it directly.
 - ``segments``: the published segment model and assignment (:class:`SegmentModel`)
 - ``kmeans`` / ``dbstream``: the online clusterers (river) with stable ids and lineage
 - ``identity``: id matching between model versions; ``global_model``: one model for a group
-  (``summary_merge``: its merge, weighted k-means over the members' summaries)
+  (``global_dbstream``: the same with DBSTREAM; ``summary_merge``: the merges, weighted k-means
+  over the members' centres or DBSTREAM's macro-clusters of their micro-clusters)
 - ``profiles``: segment profiles; ``quality``: ARI and contingency tables
 """
 
@@ -32,6 +33,7 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "LineageEvent": "state.kmeans",
     "OnlineDBSTREAM": "state.dbstream",
     "GlobalKMeans": "state.global_model",
+    "GlobalDBSTREAM": "state.global_dbstream",
     "segment_profiles": "state.profiles",
     "adjusted_rand_index": "state.quality",
 })

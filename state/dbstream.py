@@ -41,7 +41,27 @@ from state.identity import identify, match_thresholds
 from state.kmeans import LineageEvent
 from state.segments import SegmentModel, WarmupBuffer, nearest, squared_distances
 
-__all__ = ["OnlineDBSTREAM"]
+__all__ = ["OnlineDBSTREAM", "heavy_enough"]
+
+
+def heavy_enough(centres: np.ndarray, weights: np.ndarray, previous: np.ndarray | None, *, min_share: float,
+                 cap: float) -> np.ndarray:
+    """Which macro-clusters are segments (rows kept): ``min_share`` of the total weight, or half of it
+    for one near a segment of ``previous`` (its own Voronoi cell, within ``cap``); the heaviest always.
+
+    >>> heavy_enough(np.array([[0.0], [1.0], [5.0]]), np.array([90.0, 2.0, 8.0]), None, min_share=0.05, cap=1.0)
+    array([ True, False,  True])
+    """
+    share = weights / max(float(weights.sum()), 1e-12)
+    keep = share >= min_share
+    if previous is not None and len(centres) and len(previous):
+        near = nearest(centres, previous)
+        limit = match_thresholds(previous, cap=cap)[near]
+        dist = np.sqrt(squared_distances(centres, previous)[np.arange(len(centres)), near])
+        keep |= (dist <= limit) & (share >= 0.5 * min_share)
+    if len(keep):
+        keep[int(np.argmax(weights))] = True
+    return keep
 
 
 class OnlineDBSTREAM(WarmupBuffer):
@@ -105,16 +125,32 @@ class OnlineDBSTREAM(WarmupBuffer):
 
     def _segments(self, centres: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """The macro-clusters heavy enough to be segments (see the module docstring): kept rows."""
-        share = weights / max(float(weights.sum()), 1e-12)
-        keep = share >= self.min_share
-        if self.model is not None and len(centres) and self.model.k:
-            # a macro-cluster near a published segment (its own Voronoi cell) needs only half the share
-            near = nearest(centres, self.model.centroids)
-            limit = match_thresholds(self.model.centroids, cap=self.max_match_distance)[near]
-            dist = np.sqrt(squared_distances(centres, self.model.centroids)[np.arange(len(centres)), near])
-            keep |= (dist <= limit) & (share >= 0.5 * self.min_share)
-        keep[int(np.argmax(weights))] = True
-        return keep
+        previous = None if self.model is None else self.model.centroids
+        return heavy_enough(centres, weights, previous, min_share=self.min_share, cap=self.max_match_distance)
+
+    def adopt(self, centers: np.ndarray, version: int, event_time: float) -> None:
+        """Start the recluster schedule from given centres as model ``version`` (global mode: a member
+        with no user of its own yet when the first global version arrives, :mod:`state.global_dbstream`)."""
+        self.model = SegmentModel(version, centers.astype(np.float32), np.arange(len(centers), dtype=np.int64),
+                                  event_time)
+        self._next_id = max(self._next_id, len(centers))
+
+    def micro_summary(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The micro-clusters as a summary of this learner's users: centres [m, dim], weights faded to
+        now [m], and the pairs (rows) river's reclustering connects (shared density over
+        ``intersection_factor`` of the pair's mean weight, both heavier than ``minimum_weight``)."""
+        lr = self.learner
+        ids = sorted(lr._micro_clusters)
+        row = {j: r for r, j in enumerate(ids)}
+        mcs = [lr._micro_clusters[j] for j in ids]
+        centres = np.array([[mc.center.get(d, 0.0) for d in range(self.dim)] for mc in mcs],
+                           dtype=np.float32).reshape(len(mcs), self.dim)
+        fade = lr.fading_factor
+        weights = np.array([mc.weight * 2.0 ** (-fade * (lr._time_stamp - mc.last_update)) for mc in mcs],
+                           dtype=np.float64)
+        adjacency = lr._generate_weighted_adjacency_matrix()
+        links = sorted((row[i], row[j]) for i, near in adjacency.items() for j in near if i in row and j in row)
+        return centres, weights, np.array(links, dtype=np.int64).reshape(len(links), 2)
 
     def _recluster(self, event_time: float) -> SegmentModel | None:
         centres, weights = self.macro_clusters()

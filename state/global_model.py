@@ -49,8 +49,10 @@ Members never move a global centroid: their local learners' centres are
 private and only reach the model through a merge. A merge is deterministic
 given its inputs (members sorted by id, seeds fixed by version), but which
 summaries it sees depends on timing: replays use one instance.
-Global mode is k-means only (``SEGSTREAM_CLUSTERER=dbstream`` is refused with
-``SEGSTREAM_GLOBAL_MODEL``).
+This class is the protocol and its k-means flavour; :class:`~state.global_dbstream.GlobalDBSTREAM`
+(``SEGSTREAM_CLUSTERER=dbstream``) changes only what a summary holds (micro-clusters) and how the
+leader clusters their union (DBSTREAM's macro-clusters, :func:`state.summary_merge.connect_summaries`);
+records name their ``clusterer`` and a member ignores those of another.
 
     >>> import numpy as np
     >>> from state.kmeans import OnlineKMeans
@@ -115,6 +117,8 @@ class GlobalKMeans(WarmupBuffer):
     carry the sender's ``sent_at``, so a silence is measured the same on every member)."""
 
     name = "kmeans-global"
+    clusterer = "kmeans"  # named in every record: a member of another clusterer ignores it
+    fixed_k = True  # every version has k segments (DBSTREAM's versions have as many as its density finds)
 
     def __init__(self, local: OnlineKMeans, instance_id: str, *, k: int | None = None, first_wait_s: float = 10.0,
                  silent_after_s: float = 300.0, weight_decay: float = 0.5, restarts: int = 8,
@@ -123,6 +127,7 @@ class GlobalKMeans(WarmupBuffer):
         self.instance_id = instance_id
         self.k, self.dim = k or local.k, local.dim  # global segments; the local learner may keep more centres
         self.warmup_users = local.warmup_users
+        self.update_every = int(getattr(local, "update_every_events", 0))  # the local learner's consolidation schedule
         self.first_wait_s = first_wait_s
         self.silent_after_s = silent_after_s
         self.weight_decay = weight_decay
@@ -132,7 +137,7 @@ class GlobalKMeans(WarmupBuffer):
         self.model: SegmentModel | None = None
         self.lineage: list[LineageEvent] = []
         self._warm: dict[str, np.ndarray] = {}  # users updated before the first global model
-        self._counts = np.zeros(local.k, dtype=np.float64)  # decayed embeddings per local centre
+        self._counts = np.zeros(getattr(local, "k", 0), dtype=np.float64)  # decayed embeddings per local centre
         self._events = 0  # events this member has consumed (named in its summaries)
         self._summaries: dict[str, dict[str, Any]] = {}  # latest summary per member, as read from the topic
         self._new_since_merge: set[str] = set()  # members with a summary newer than the last merge
@@ -165,7 +170,7 @@ class GlobalKMeans(WarmupBuffer):
         self._events += events
         if self.local.model is None:
             self.local.add_warmup(user_ids, emb)
-            enough = len(self.local._warm) >= self.local.k and self._events >= self.local.update_every_events
+            enough = len(self.local._warm) >= self._min_points and self._events >= self.update_every
             if self.local.ready() or enough:
                 self._seed_local()
         elif len(emb):  # waiting for v1 with a seeded local learner: it keeps summarising this member's users
@@ -212,7 +217,34 @@ class GlobalKMeans(WarmupBuffer):
         out, self.lineage = self.lineage, []
         return out
 
-    # ----- the local summary -------------------------------------------------------
+    # ----- the local summary (what a clusterer's subclass changes) ---------------------
+    @property
+    def _min_points(self) -> int:
+        """Summary points needed before v1 (and users before a member seeds its learner early)."""
+        return self.k
+
+    @property
+    def _match_cap(self) -> float:
+        """The bound in embedding units on how far a centroid may move and keep its id (none for k-means)."""
+        return float("inf")
+
+    def _summary_body(self) -> dict[str, Any]:
+        """The summary's points: the local centres and their counts (decayed once sent)."""
+        assert self.local.model is not None
+        body = {"centroids": np.ascontiguousarray(self.local.model.centroids, dtype="<f4").tobytes(),
+                "weights": self._counts.tolist()}
+        self._counts *= self.weight_decay
+        return body
+
+    def _cluster_live(self, live: dict[str, dict[str, Any]], previous: SegmentModel | None,
+                      version: int) -> np.ndarray:
+        """The merge: weighted k-means over every live member's centres, from ``previous``'s centroids."""
+        x, w, _ = self._points(live)
+        if previous is None:
+            return cluster_summaries(x, w, self.k, rng=self._rng(version), restarts=self.restarts)
+        return cluster_summaries(x, w, self.k, init=previous.centroids, rng=self._rng(version),
+                                 restarts=self.restarts, restart_gain=self.restart_gain)
+
     def _time(self) -> float:
         return float(self._event_time) if np.isfinite(self._event_time) else 0.0
 
@@ -243,17 +275,14 @@ class GlobalKMeans(WarmupBuffer):
             self._summarise()
 
     def _summarise(self) -> None:
-        assert self.local.model is not None
         self._seq += 1
         now = self.clock()
-        msg = {"schema": SCHEMA, "kind": "summary", "instance": self.instance_id, "seq": self._seq,
-               "based_on": 0 if self.model is None else self.model.version, "k": self.k, "dim": self.dim,
-               "centroids": np.ascontiguousarray(self.local.model.centroids, dtype="<f4").tobytes(),
-               "weights": self._counts.tolist(), "events": int(self._events), "partitions": list(self._partitions),
-               "event_time": self._time(), "sent_at": float(now)}
+        msg = {"schema": SCHEMA, "kind": "summary", "clusterer": self.clusterer, "instance": self.instance_id,
+               "seq": self._seq, "based_on": 0 if self.model is None else self.model.version, "k": self.k,
+               "dim": self.dim, **self._summary_body(), "events": int(self._events),
+               "partitions": list(self._partitions), "event_time": self._time(), "sent_at": float(now)}
         self._outbox.append(msg)
         self._last_summary, self._last_sent = msg, now
-        self._counts *= self.weight_decay
 
     # ----- the protocol --------------------------------------------------------
     def outgoing(self, *, leader: bool, partitions: list[int] | None = None,
@@ -315,7 +344,7 @@ class GlobalKMeans(WarmupBuffer):
         ``first_wait_s`` has passed since the leader first had ``k`` points)."""
         live = self._live()
         x, w, members = self._points(live)
-        if len(x) < self.k:
+        if len(x) < self._min_points:
             return
         if self._first_wait_from is None:
             self._first_wait_from = now
@@ -323,10 +352,12 @@ class GlobalKMeans(WarmupBuffer):
         everyone = self._n_partitions > 0 and covered >= set(range(self._n_partitions))
         if not everyone and now - self._first_wait_from < self.first_wait_s:
             return
-        centroids = cluster_summaries(x, w, self.k, rng=self._rng(1), restarts=self.restarts)
-        ids = np.arange(self.k, dtype=np.int64)
+        centroids = self._cluster_live(live, None, 1)
+        if len(centroids) == 0:
+            return
+        ids = np.arange(len(centroids), dtype=np.int64)
         detail = f"seeded from the summaries of {len(members)} member(s)"
-        self._propose(1, centroids, ids, self.k, members, [Lineage("born", (int(i),), detail=detail) for i in ids])
+        self._propose(1, centroids, ids, len(ids), members, [Lineage("born", (int(i),), detail=detail) for i in ids])
 
     def _merge_due(self) -> bool:
         """At most one merge per round of summaries: when the leader's own summary, one from every live
@@ -343,12 +374,14 @@ class GlobalKMeans(WarmupBuffer):
         m = self.model
         assert m is not None
         self._new_since_merge = set()
-        x, w, members = self._points(self._live())
+        live = self._live()
+        x, _, members = self._points(live)
         if len(x) == 0:
             return
-        centroids = cluster_summaries(x, w, self.k, init=m.centroids, rng=self._rng(m.version + 1),
-                                      restarts=self.restarts, restart_gain=self.restart_gain)
-        match = match_to_previous(m.centroids, m.segment_ids, centroids, next_id=self._next_id)
+        centroids = self._cluster_live(live, m, m.version + 1)
+        if len(centroids) == 0:
+            return
+        match = match_to_previous(m.centroids, m.segment_ids, centroids, next_id=self._next_id, cap=self._match_cap)
         if np.array_equal(match.ids, m.segment_ids) and np.array_equal(centroids, m.centroids):
             return  # the same model again: no version
         self._propose(m.version + 1, centroids, match.ids, match.next_id, members, match.events)
@@ -361,8 +394,8 @@ class GlobalKMeans(WarmupBuffer):
                  members: dict[str, int], lineage: list[Lineage]) -> None:
         self._proposed = version
         self._outbox.append({
-            "schema": SCHEMA, "kind": "model", "version": version, "proposer": self.instance_id,
-            "k": self.k, "dim": self.dim, "segment_ids": [int(i) for i in ids],
+            "schema": SCHEMA, "kind": "model", "clusterer": self.clusterer, "version": version,
+            "proposer": self.instance_id, "k": len(ids), "dim": self.dim, "segment_ids": [int(i) for i in ids],
             "centroids": np.ascontiguousarray(centroids, dtype="<f4").tobytes(),
             "event_time": self._time(), "instances": sorted(members), "members": dict(sorted(members.items())),
             "next_id": int(next_id),
@@ -372,8 +405,9 @@ class GlobalKMeans(WarmupBuffer):
 
     def receive(self, msg: dict[str, Any]) -> SegmentModel | None:
         """One record of the model topic, in log order; returns the model if this record was applied."""
-        if msg.get("k") != self.k or msg.get("dim") != self.dim:
-            self.ignored += 1
+        if (msg.get("dim") != self.dim or msg.get("clusterer", "kmeans") != self.clusterer
+                or (self.fixed_k and msg.get("k") != self.k)):
+            self.ignored += 1  # a member configured otherwise (clusterer, k or encoder)
             return None
         if msg.get("kind") == "summary":
             n = len(msg.get("weights") or ())
@@ -390,8 +424,11 @@ class GlobalKMeans(WarmupBuffer):
         if self.model is not None and version <= self.model.version:
             self.ignored += 1  # a later record of a version already applied: the first one won
             return None
-        centroids = np.frombuffer(msg["centroids"], "<f4").reshape(self.k, self.dim).copy()
         ids = np.asarray(msg["segment_ids"], dtype=np.int64)
+        if len(ids) == 0 or len(msg.get("centroids") or b"") != 4 * len(ids) * self.dim:
+            self.ignored += 1
+            return None
+        centroids = np.frombuffer(msg["centroids"], "<f4").reshape(len(ids), self.dim).copy()
         event_time = float(msg["event_time"])
         first = self.model is None
         self.model = SegmentModel(version, centroids, ids, event_time)
@@ -422,6 +459,10 @@ class GlobalKMeans(WarmupBuffer):
         self._load_warm(state, "pending")
         self._events = int(state.get("events", 0))
         self._seq = max(self._seq, int(state.get("seq", 0)))
+        self._load_local(state)
+
+    def _load_local(self, state: dict[str, Any]) -> None:
+        """The local learner and its counts, from :meth:`state_dict`."""
         counts = np.asarray(state["counts"], np.float64)
         local = state["local"].get("model")
         if len(counts) != self.local.k or (local is not None and len(local["centroids"]) != self.local.k):

@@ -141,9 +141,9 @@ def identify(previous: SegmentModel | None, centroids: np.ndarray, *, next_id: i
 
 
 def match_to_previous(old_centroids: np.ndarray, old_ids: np.ndarray, new_centroids: np.ndarray, *,
-                      next_id: int) -> Matching:
+                      next_id: int, cap: float = float("inf")) -> Matching:
     """:func:`identify` for centres given as arrays (the global model's merges, :mod:`state.global_model`):
-    the same relative threshold, so that local and global versions keep ids by one rule.
+    the same relative threshold (and ``cap``, DBSTREAM's), so local and global versions keep ids by one rule.
 
     >>> old = np.array([[0.0, 0.0], [4.0, 0.0], [4.0, 1.0]], np.float32)  # 7 is far from the pair 8, 9
     >>> new = np.array([[1.5, 0.0], [4.0, 0.1], [4.0, 3.0]], np.float32)  # 7 moved 1.5: within its reach
@@ -152,4 +152,4 @@ def match_to_previous(old_centroids: np.ndarray, old_ids: np.ndarray, new_centro
     ([7, 8, 10], [('born', (10,)), ('retired', (9,))])
     """
     return match_ids(old_centroids, old_ids, new_centroids, next_id=next_id,
-                     max_distance=match_thresholds(np.asarray(old_centroids)))
+                     max_distance=match_thresholds(np.asarray(old_centroids), cap=cap))

@@ -1,15 +1,23 @@
-"""The global model's merge: weighted k-means over the members' summaries (:mod:`state.global_model`).
+"""The global model's merge: clustering the union of the members' summaries (:mod:`state.global_model`).
 
-A summary is a set of weighted points (one member's local centres, each with a decayed count of the
-embeddings nearest to it); the leader clusters the union of every member's points into the model's
-``k`` segments. Small inputs (a few dozen points), so float64 and plain loops over restarts.
+A summary is a set of weighted points. With k-means (:func:`cluster_summaries`) they are one member's
+local centres, each with a decayed count of the embeddings nearest to it, and the leader clusters the
+union of every member's points into the model's ``k`` segments by weighted k-means. With DBSTREAM
+(:func:`connect_summaries`) they are one member's micro-clusters with their faded weights and the pairs
+its shared-density graph connects, and the leader makes macro-clusters of the union the way DBSTREAM
+does. Small inputs (a few dozen to a few thousand points), so float64 and plain loops over restarts.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
-__all__ = ["cluster_summaries"]
+from state.dbstream import heavy_enough
+
+__all__ = ["cluster_summaries", "connect_summaries"]
 
 
 def _d2(x: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -113,3 +121,55 @@ def cluster_summaries(points: np.ndarray, weights: np.ndarray, k: int, *, init: 
             best = cand
     assert best is not None
     return best.astype(np.float32)
+
+
+def connect_summaries(points: np.ndarray, weights: np.ndarray, links: np.ndarray, member: np.ndarray, *,
+                      radius: float, minimum_weight: float, min_share: float, previous: np.ndarray | None = None,
+                      cap: float = float("inf")) -> np.ndarray:
+    """The segments' centres [s, dim] made of every member's micro-clusters, as DBSTREAM makes them.
+
+    Macro-clusters are the connected components of the micro-clusters heavier than ``minimum_weight``:
+    two of one member are connected when that member's DBSTREAM connects them (``links``: its shared
+    density graph, rows into ``points``); two of different members when their centres lie within
+    ``radius`` of each other (they cover the same region: DBSTREAM's own learner never keeps two centres
+    that close, it would feed both with the same points). A macro-cluster's centre is the weighted mean
+    of its micro-clusters (river's merge); :func:`state.dbstream.heavy_enough` then says which are
+    segments (``min_share`` of the total weight, half of it near a segment of ``previous``).
+
+    Two members whose micro-clusters cover different groups, and one group both see (its micro-clusters
+    interleaved, 0.2 apart at radius 0.3): three segments, the shared group one of them.
+
+    >>> line = lambda x0, n: np.c_[x0 + 0.4 * np.arange(n), np.zeros(n)]  # micro-clusters along a line
+    >>> a = np.vstack([line(0.0, 3), line(10.0, 3)])                    # member a: groups at 0 and 10
+    >>> b = np.vstack([line(20.0, 3), line(10.2, 3)])                   # member b: groups at 20 and 10
+    >>> chain = np.array([[0, 1], [1, 2], [3, 4], [4, 5]])              # each member's own connections
+    >>> c = connect_summaries(np.vstack([a, b]), np.full(12, 5.0), np.vstack([chain, chain + 6]),
+    ...                       np.repeat([0, 1], 6), radius=0.3, minimum_weight=1.0, min_share=0.05)
+    >>> [round(float(v), 1) for v in c[:, 0]]
+    [0.4, 10.5, 20.4]
+    """
+    x = np.asarray(points, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    links = np.asarray(links, dtype=np.int64).reshape(-1, 2)
+    heavy = w > minimum_weight
+    if not heavy.any():
+        return np.zeros((0, x.shape[1]), np.float32)
+    member = np.asarray(member)
+    # pairs within one radius from a k-d tree: members' micro-clusters can number thousands in all
+    near = cKDTree(x).query_pairs(radius, output_type="ndarray").reshape(-1, 2)
+    i, j = near[member[near[:, 0]] != member[near[:, 1]]].T
+    i, j = np.concatenate([links[:, 0], i]), np.concatenate([links[:, 1], j])
+    both = heavy[i] & heavy[j]
+    graph = coo_matrix((np.ones(int(both.sum())), (i[both], j[both])), shape=(len(x), len(x)))
+    _, label = connected_components(graph, directed=False)
+    rows = np.flatnonzero(heavy)
+    # components numbered by their first micro-cluster (members in id order): the same merge on every leader
+    _, first, label = np.unique(label[rows], return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))
+    label = order[label]
+    mass = np.bincount(label, weights=w[rows])
+    centres = np.zeros((len(mass), x.shape[1]))
+    np.add.at(centres, label, x[rows] * w[rows, None])
+    centres /= mass[:, None]
+    keep = heavy_enough(centres, mass, previous, min_share=min_share, cap=cap)
+    return centres[keep].astype(np.float32)

@@ -49,7 +49,7 @@ class Settings:
     heartbeat_interval_ms: int = _opt("SEGSTREAM_HEARTBEAT_INTERVAL_MS", 1000, "Consumer group heartbeat interval.", group="kafka")
     max_poll_interval_ms: int = _opt("SEGSTREAM_MAX_POLL_INTERVAL_MS", 300000, "Longest allowed gap between polls before the group evicts this member.", group="kafka")
     security_protocol: str = _opt("SEGSTREAM_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", group="kafka", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
-    kafka_client: str = _opt("SEGSTREAM_KAFKA_CLIENT", "kafka-python", "Kafka client of the run loop's consumer and producer: kafka-python, or confluent (confluent-kafka over librdkafka: pip install segstream[librdkafka]; stream/kafka/confluent.py). Topic set-up follows it; the lag probe and the model sync use kafka-python either way.", group="kafka", choices=("kafka-python", "confluent"))
+    kafka_client: str = _opt("SEGSTREAM_KAFKA_CLIENT", "kafka-python", "Kafka client of the run loop's consumer and producer: kafka-python, or confluent (confluent-kafka over librdkafka: pip install segstream[librdkafka]; stream/kafka/confluent.py). Topic set-up and the model sync follow it; the lag probe uses kafka-python either way.", group="kafka", choices=("kafka-python", "confluent"))
     sasl_mechanism: str = _opt("SEGSTREAM_SASL_MECHANISM", "", "SASL mechanism when a SASL protocol is used: PLAIN (the default), SCRAM-SHA-256, SCRAM-SHA-512; OAUTHBEARER (OIDC client credentials: SEGSTREAM_SASL_USERNAME is the client id, SEGSTREAM_SASL_PASSWORD the secret) and GSSAPI (Kerberos) with SEGSTREAM_KAFKA_CLIENT=confluent only.", group="kafka", choices=("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"))
     sasl_username: str = _opt("SEGSTREAM_SASL_USERNAME", "", "SASL user name.", group="kafka")
     sasl_password: str = _opt("SEGSTREAM_SASL_PASSWORD", "", "SASL password (prefer the environment over the command line).", group="kafka")
@@ -117,9 +117,9 @@ class Settings:
     profile_every_events: int = _opt("SEGSTREAM_PROFILE_EVERY_EVENTS", 50000, "Events between published segment profiles (0: never).", group="segments")
 
     # --- one segment model for several instances -----------------
-    global_model: bool = _opt("SEGSTREAM_GLOBAL_MODEL", False, "Share one segment model across the instances of the group through the model topic (kmeans only). Off: each instance learns its own model (one instance per group).", group="scale-out")
+    global_model: bool = _opt("SEGSTREAM_GLOBAL_MODEL", False, "Share one segment model across the instances of the group through the model topic (kmeans: weighted k-means over the members' centres; dbstream: DBSTREAM's macro-clusters of the members' micro-clusters). Off: each instance learns its own model (one instance per group).", group="scale-out")
     model_topic: str = _opt("SEGSTREAM_MODEL_TOPIC", "segment-model", "Single-partition topic of model summaries and announced global models (schema segstream.model/1; compacted when created here).", group="scale-out")
-    model_first_wait_ms: int = _opt("SEGSTREAM_MODEL_FIRST_WAIT_MS", 10000, "Global model: how long the leader waits, once it has k summary points, for summaries that cover every input partition before it proposes version 1 from those it has.", group="scale-out")
+    model_first_wait_ms: int = _opt("SEGSTREAM_MODEL_FIRST_WAIT_MS", 10000, "Global model: how long the leader waits, once it has k summary points (dbstream: one), for summaries that cover every input partition before it proposes version 1 from those it has.", group="scale-out")
     model_silent_after_s: float = _opt("SEGSTREAM_MODEL_SILENT_AFTER_S", 300.0, "Global model: a member whose latest summary is older than this is left out of merges (members re-send theirs every third of it; segstream_model_member_silent_seconds shows the age).", group="scale-out")
     instance_id: str = _opt("SEGSTREAM_INSTANCE_ID", "", "Name of this instance in the model protocol (empty: host-pid-random).", group="scale-out")
 
@@ -162,8 +162,6 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env(name)} must be > 0")
-        if self.global_model and self.clusterer != "kmeans":
-            raise SettingsError(f"{_env('global_model')} needs {_env('clusterer')}=kmeans")
         if self.model_first_wait_ms < 0 or self.model_silent_after_s <= 0:
             raise SettingsError(f"{_env('model_first_wait_ms')} must be >= 0, {_env('model_silent_after_s')} > 0")
         if self.warmup_users < self.segments:
@@ -180,9 +178,6 @@ class Settings:
         if self.sasl_mechanism in _LIBRDKAFKA_ONLY and self.kafka_client != "confluent":
             raise SettingsError(f"{_env('sasl_mechanism')}={self.sasl_mechanism} needs {_env('kafka_client')}=confluent "
                                 "(kafka-python is used here with PLAIN and SCRAM only)")
-        if self.sasl_mechanism in _LIBRDKAFKA_ONLY and self.global_model:
-            raise SettingsError(f"{_env('sasl_mechanism')}={self.sasl_mechanism} cannot go with {_env('global_model')}: "
-                                "the model sync reads its topic with kafka-python")
         if self.sasl_mechanism == "OAUTHBEARER" and not self.sasl_oauthbearer_token_url:
             raise SettingsError(f"{_env('sasl_mechanism')}=OAUTHBEARER needs {_env('sasl_oauthbearer_token_url')}")
         if not 0.0 < self.learning_rate <= 1.0:

@@ -111,12 +111,12 @@ ONE_CLIENT = {
     "tests/stream/contracts/test_segment_topics.py::test_dbstream_movielens_replay_publishes_lineage_that_explains_every_segment_id":
         "DBSTREAM lineage over 100k ratings; lineage and profiles topics are written on both clients by test_erasure_everywhere",
     "tests/stream/runtime/test_scaleout.py::test_three_instances_share_one_model_through_a_kill_a_join_and_a_restart":
-        "the model topic is read and written with kafka-python on either client; three members through a kill and "
+        "the model topic on both clients: tests/stream/runtime/test_model_sync.py; three members through a kill and "
         "a join on confluent: test_rebalance",
     "tests/stream/runtime/test_global_groups.py::test_three_members_share_a_model_that_keeps_every_partitions_groups":
-        "segmentation across members; the model topic is read and written with kafka-python on either client",
+        "segmentation across members; the model topic on both clients: tests/stream/runtime/test_model_sync.py",
     "tests/stream/runtime/test_global_groups.py::test_the_next_leader_continues_the_versions_and_a_late_member_starts_from_the_latest":
-        "leader hand-over on the model topic, read and written with kafka-python on either client",
+        "leader hand-over on the model topic (the model topic on both clients: tests/stream/runtime/test_model_sync.py)",
     "tests/stream/observability/test_endpoint.py::test_segstream_run_guards_metrics_with_the_password_from_the_environment":
         "the HTTP metrics endpoint, not Kafka",
     "tests/stream/observability/test_observability.py::test_prometheus_scrapes_live_consumer_and_dashboard_metrics_exist":

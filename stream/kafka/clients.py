@@ -28,7 +28,7 @@ from stream.settings import Settings
 if TYPE_CHECKING:  # annotations only: a reader of the topics (stream.client) need not import the metrics stack
     from stream.observability.metrics import Metrics
 
-__all__ = ["make_consumer", "make_producer", "make_stream_consumer", "make_stream_producer", "make_admin", "ensure_topics",
+__all__ = ["make_consumer", "make_producer", "make_stream_consumer", "make_reader_consumer", "make_stream_producer", "make_admin", "ensure_topics",
            "verify_topics", "Publisher", "PublishError", "wait_for_broker", "BrokerConnectionError", "tls_problem"]
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,17 @@ def make_stream_consumer(settings: Settings) -> Any:
 
         return ConfluentConsumer(settings)
     return make_consumer(settings)
+
+
+def make_reader_consumer(settings: Settings, client_id: str) -> Any:
+    """A consumer outside the group on ``settings.kafka_client``, for partitions it assigns itself (the model
+    topic): no group joined, nothing committed. Its ``poll`` gives ConsumerRecords or :class:`Records`
+    blocks (:func:`stream.kafka.records.as_records` reads either)."""
+    if settings.kafka_client == "confluent":
+        from stream.kafka.confluent import ConfluentConsumer
+
+        return ConfluentConsumer(settings, **{"group.id": None, "group.instance.id": None, "client.id": client_id})
+    return make_consumer(settings, group_id=None, group_instance_id=None, client_id=client_id)
 
 
 def make_stream_producer(settings: Settings) -> Any:

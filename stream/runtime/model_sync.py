@@ -26,7 +26,8 @@ import msgpack
 
 from state.global_model import SCHEMA, GlobalKMeans, model_digest
 from stream.kafka import Consumer, TopicPartition
-from stream.kafka.clients import Publisher, make_consumer
+from stream.kafka.clients import Publisher, make_reader_consumer
+from stream.kafka.records import as_records
 from stream.observability.metrics import Metrics
 from stream.settings import Settings
 
@@ -51,8 +52,9 @@ class ModelSync:
         self.publisher = publisher
         self.metrics = metrics
         self.tp = TopicPartition(settings.model_topic, 0)
-        self.consumer = consumer or make_consumer(settings, group_id=None, group_instance_id=None,
-                                                  client_id=f"{settings.client_id}-model")
+        # on the run loop's client (SEGSTREAM_KAFKA_CLIENT), so that its security options (OAUTHBEARER,
+        # GSSAPI: librdkafka only) reach the model topic too
+        self.consumer = consumer or make_reader_consumer(settings, f"{settings.client_id}-model")
         self.consumer.assign([self.tp])
         self.consumer.seek_to_beginning(self.tp)
         self.leader = False
@@ -120,10 +122,11 @@ class ModelSync:
     def _read(self, timeout_ms: int) -> int:
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=1000)
         n = 0
-        for records in polled.values():
-            for r in records:
+        for tp, fetched in polled.items():
+            block = as_records(tp, fetched)  # kafka-python's ConsumerRecords or librdkafka's columns
+            for i in range(len(block)):
                 n += 1
-                self._apply(r)
+                self._apply(block[i])
         return n
 
     def _apply(self, record: Any) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 from encoders.serving import Encoder, load_encoder
 from state.features import FeatureSpec
 from state.dbstream import OnlineDBSTREAM
+from state.global_dbstream import GlobalDBSTREAM
 from state.global_model import SUMMARY_FACTOR, GlobalKMeans
 from state.contract_tail import ContractTails
 from state.kmeans import LineageEvent, OnlineKMeans
@@ -186,9 +187,10 @@ class Pipeline:
                 warmup_users=settings.warmup_users, learn_sample=sample,
                 update_every_events=settings.model_update_events, seed=settings.seed)
         if settings.global_model:
-            segmenter = GlobalKMeans(segmenter, settings.instance_id or default_instance_id(), k=settings.segments,
-                                     first_wait_s=settings.model_first_wait_ms / 1000.0,
-                                     silent_after_s=settings.model_silent_after_s)
+            shared = GlobalDBSTREAM if settings.clusterer == "dbstream" else GlobalKMeans
+            segmenter = shared(segmenter, settings.instance_id or default_instance_id(), k=settings.segments,  # type: ignore[arg-type]
+                               first_wait_s=settings.model_first_wait_ms / 1000.0,
+                               silent_after_s=settings.model_silent_after_s)
         decoder = EventDecoder(spec, max_event_bytes=settings.max_event_bytes, min_ts=settings.min_event_ts,
                                max_clock_skew_s=settings.max_clock_skew_s, now=now)
         pipeline = cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis, dwell_s=settings.dwell_s,
@@ -335,14 +337,22 @@ class Pipeline:
 
     def assign_waiting(self) -> BatchResult | None:
         """Assign the users held back until the model arrived, without a batch of events (global mode:
-        the model can arrive after an instance's partitions ran dry); or hand on the lineage of a global
-        version applied between batches. None when there is nothing to do."""
+        the model can arrive after an instance's partitions ran dry); or, for a global version applied
+        between batches, hand on its lineage and re-assign a batch's share of the users it may have
+        re-labelled (those of ended segments first), so that an instance whose partitions ran dry publishes
+        no segment the model has ended. None when there is nothing to do."""
         seg = self.segmenter
         if not (seg.warming and seg.ready()):
-            if not seg.lineage:
+            if seg.model is None or (not seg.lineage and seg.model is self._labels.model and not len(self._stale)):
                 return None
             result = BatchResult(events=0, changes=SegmentChanges.empty(self._version()))
             self._take_lineage(result)
+            stale = self._take_stale(np.zeros(0, dtype=np.int64))
+            if len(stale):  # caused by the version, not by an event: they carry the version's event time
+                result.changes = self._assign(stale, self._embed(stale), np.full(len(stale), -1, dtype=np.int64),
+                                              np.full(len(stale), float(seg.model.event_time)),
+                                              np.ones(len(stale), dtype=bool))
+                result.reassigned = int(len(result.changes))
             return result
         rows, emb = self._seed_waiting(float("nan"))
         result = BatchResult(events=0, changes=SegmentChanges.empty(self._version()), new_model=seg.model)

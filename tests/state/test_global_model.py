@@ -10,79 +10,20 @@ import numpy as np
 import pytest
 
 from eventlogs.synthetic import SyntheticConfig, generate
+from global_model_topic import Topic, by_id, final_labels, mixing, pipelines, run
 from state.global_model import GlobalKMeans, model_digest
 from state.kmeans import OnlineKMeans
 from state.quality import adjusted_rand_index
 from state.segments import assign, best_of_restarts, nearest
 from state.summary_merge import cluster_summaries
-from stream.runtime.pipeline import Pipeline
-from stream.settings import Settings, SettingsError
-
-
-def _pipelines(n: int, prefix: str = "i", segments: int = 4, **kw) -> list[Pipeline]:
-    out = []
-    for i in range(n):
-        s = Settings(**{"segments": segments, "warmup_users": 60, "model_update_events": 400, "global_model": True,
-                        "instance_id": f"{prefix}{i}", "seed": i, **kw})
-        out.append(Pipeline.from_settings(s))
-    return out
-
-
-class Topic:
-    """The single-partition model topic: an append-only list every instance reads in order."""
-
-    def __init__(self, partitions: dict[str, list[int]] | None = None) -> None:
-        self.log: list[dict] = []
-        self.read: dict[str, int] = {}
-        self.partitions = partitions or {}  # input partitions each member owns
-        self.n = sum(len(p) for p in self.partitions.values()) or None
-
-    def pump(self, seg: GlobalKMeans, leader: bool) -> None:
-        pos = self.read.get(seg.instance_id, 0)
-        for msg in self.log[pos:]:
-            seg.receive(msg)
-        self.read[seg.instance_id] = len(self.log)
-        self.log.extend(seg.outgoing(leader=leader, partitions=self.partitions.get(seg.instance_id), n_partitions=self.n))
-
-    def announced(self) -> dict[int, dict]:
-        out: dict[int, dict] = {}
-        for m in self.log:
-            if m["kind"] == "model":
-                out.setdefault(m["version"], m)  # the first record of a version wins
-        return out
-
-
-def _by_id(e: dict, n: int) -> int:
-    return int(e["user_id"][1:]) % n
-
-
-def _run(pipes: list[Pipeline], topic: Topic, events: list[dict], batch: int = 200, part=_by_id,
-         leader=lambda i, step: i == 0) -> list[tuple[str, int, int]]:
-    """Users partitioned by ``part`` over the pipelines; ``leader(i, step)`` says who leads. Returns
-    (instance, version, changes) per batch that changed segments."""
-    parts: list[list[dict]] = [[] for _ in pipes]
-    for e in events:
-        parts[part(e, len(pipes))].append(e)
-    seen = []
-    for step, start in enumerate(range(0, max(len(p) for p in parts), batch)):
-        for i, p in enumerate(pipes):
-            topic.pump(p.segmenter, leader=leader(i, step))
-            chunk = parts[i][start:start + batch]
-            if chunk:
-                r = p.process_objects(chunk)
-                if len(r.changes):
-                    seen.append((p.segmenter.instance_id, r.changes.model_version, len(r.changes)))
-    for _ in range(2):
-        for i, p in enumerate(pipes):  # everyone reads the topic to its end
-            topic.pump(p.segmenter, leader=False)
-    return seen
+from stream.settings import Settings
 
 
 def test_instances_assign_only_with_announced_versions_and_agree_on_each_version():
-    pipes = _pipelines(3)
+    pipes = pipelines(3)
     topic = Topic({f"i{i}": [i] for i in range(3)})
     events = list(generate(SyntheticConfig(users=600, groups=4, events=24_000, seed=3)))
-    seen = _run(pipes, topic, events)
+    seen = run(pipes, topic, events)
     assert len({p.segmenter.model.version for p in pipes}) == 1
     announced = topic.announced()
     assert len(announced) >= 5, "the leader kept merging"
@@ -104,48 +45,22 @@ def test_instances_assign_only_with_announced_versions_and_agree_on_each_version
         assert sum(p.users_per_segment().values()) == len(p.store)
 
 
-def _final_labels(pipes: list[Pipeline], cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(planted group, segment under the final model, member) of every user held."""
-    group = cfg.group_of_users()
-    truth, labels, member = [], [], []
-    model = pipes[0].segmenter.model
-    for i, p in enumerate(pipes):
-        rows = p.store.live_rows()
-        seg, _ = assign(model, p._embed(rows), np.full(len(rows), -1), 0.0)
-        truth += [int(group[int(u[1:])]) for u in p.store.user_ids(rows)]
-        labels += seg.tolist()
-        member += [i] * len(rows)
-    return np.array(truth), np.array(labels), np.array(member)
-
-
-def _mixing(truth: np.ndarray, labels: np.ndarray, member: np.ndarray) -> list[int]:
-    """Segments whose planted groups (each over 5% of the segment) live with different members."""
-    home = {int(g): set(member[truth == g].tolist()) for g in np.unique(truth)}
-    bad = []
-    for s in np.unique(labels):
-        groups, n = np.unique(truth[labels == s], return_counts=True)
-        big = groups[n > 0.05 * n.sum()]
-        if len(set().union(*(home[int(g)] for g in big))) > 1:
-            bad.append(int(s))
-    return bad
-
-
 @pytest.mark.parametrize("keyed", [True, False], ids=["groups-keyed-to-partitions", "users-hashed"])
 def test_three_members_recover_every_partitions_groups(keyed):
     """Groups 0-1 live in partition 0, 2-3 in 1, 4-5 in 2 (or users hashed evenly): the merged model
     recovers them as one instance does, and no segment pairs groups of different partitions (the
     one-to-one averaging merge scored ARI 0.58-0.89 on the keyed log)."""
     cfg = SyntheticConfig(users=1800, groups=6, events=36_000, seed=4)
-    pipes = _pipelines(3, segments=6, warmup_users=100, model_update_events=1000)
+    pipes = pipelines(3, segments=6, warmup_users=100, model_update_events=1000)
     topic = Topic({f"i{i}": [i] for i in range(3)})
-    part = (lambda e, n: e["group"] // 2) if keyed else _by_id
-    _run(pipes, topic, list(generate(cfg)), part=part)
-    truth, labels, member = _final_labels(pipes, cfg)
+    part = (lambda e, n: e["group"] // 2) if keyed else by_id
+    run(pipes, topic, list(generate(cfg)), part=part)
+    truth, labels, member = final_labels(pipes, cfg)
     assert adjusted_rand_index(truth, labels) >= 0.95
     for i in range(3):
         assert adjusted_rand_index(truth[member == i], labels[member == i]) >= 0.95, i
     if keyed:
-        assert not _mixing(truth, labels, member)
+        assert not mixing(truth, labels, member)
     announced = topic.announced()
     assert len(announced) >= 5
     for v, m in announced.items():
@@ -303,11 +218,12 @@ def test_a_dead_global_segment_is_reseeded_from_the_summaries():
     assert np.abs(merged).max() < 10 and adjusted_rand_index(truth, nearest(x, merged)) >= 0.95
 
 
-def test_a_new_leader_continues_the_versions_without_gap_or_duplicate():
-    pipes = _pipelines(3)
+@pytest.mark.parametrize("clusterer", ["kmeans", "dbstream"])
+def test_a_new_leader_continues_the_versions_without_gap_or_duplicate(clusterer):
+    pipes = pipelines(3, clusterer=clusterer)
     topic = Topic({f"i{i}": [i] for i in range(3)})
     events = list(generate(SyntheticConfig(users=600, groups=4, events=24_000, seed=6)))
-    _run(pipes, topic, events, leader=lambda i, step: i == (0 if step < 20 else 1))  # i0 hands over at step 20
+    run(pipes, topic, events, leader=lambda i, step: i == (0 if step < 20 else 1))  # i0 hands over at step 20
     applied = [m for m in topic.log if m["kind"] == "model"]
     announced = topic.announced()
     assert sorted(announced) == list(range(1, len(announced) + 1))
@@ -332,28 +248,30 @@ def test_the_first_record_of_a_version_wins():
     assert g.receive(wrong) is None and g.model.version == 1
 
 
-def test_a_restarted_instance_starts_from_the_latest_version_and_does_not_reseed():
-    pipes = _pipelines(2)
+@pytest.mark.parametrize("clusterer", ["kmeans", "dbstream"])
+def test_a_restarted_instance_starts_from_the_latest_version_and_does_not_reseed(clusterer):
+    pipes = pipelines(2, clusterer=clusterer)
     topic = Topic({"i0": [0], "i1": [1]})
     events = list(generate(SyntheticConfig(users=300, groups=4, events=8_000, seed=5)))
-    _run(pipes, topic, events)
+    run(pipes, topic, events)
     latest = max(m["version"] for m in topic.log if m["kind"] == "model")
-    fresh = _pipelines(1, prefix="restarted")[0]
+    fresh = pipelines(1, prefix="restarted", clusterer=clusterer)[0]
     topic.pump(fresh.segmenter, leader=True)  # reads the whole log first, then may speak
     assert fresh.segmenter.model.version == latest
     assert not fresh.segmenter.warming
     assert all(m["version"] != 1 for m in topic.log[-3:] if m["kind"] == "model")
     r = fresh.process_objects(events[:500])
     assert len(r.changes) and r.changes.model_version == latest
+    assert fresh.segmenter.local.model is not None  # its local learner started: it summarises its users
 
 
 def test_checkpoint_round_trip_keeps_the_local_learner_and_pending_users():
-    p = _pipelines(1)[0]
+    p = pipelines(1)[0]
     p.process_objects(list(generate(SyntheticConfig(users=30, groups=4, events=300, seed=1))))
     state = p.segmenter.state_dict()
     assert len(state["pending_ids"]) == 30  # no global model yet: every user waits for one
     assert state["events"] == 300
-    q = _pipelines(1)[0]
+    q = pipelines(1)[0]
     q.segmenter.load_state_dict(state)
     assert q.segmenter.seed_model(0.0)[0] == p.segmenter.seed_model(0.0)[0]
     with pytest.raises(ValueError):
@@ -362,21 +280,16 @@ def test_checkpoint_round_trip_keeps_the_local_learner_and_pending_users():
 
 def test_a_checkpoint_whose_local_learner_has_k_centres_still_loads():
     """Written before summaries had 2k centres: the pending users stay, the local summary starts again."""
-    p = _pipelines(1)[0]
+    p = pipelines(1)[0]
     p.process_objects(list(generate(SyntheticConfig(users=80, groups=4, events=1000, seed=2))))
     state = p.segmenter.state_dict()
     assert state["local"]["model"] is not None and len(state["counts"]) == 8
     old = OnlineKMeans(4, p.encoder.dim, warmup_users=60)
     old.add_warmup([f"w{i}" for i in range(60)], np.random.default_rng(0).normal(size=(60, p.encoder.dim)))
     old.seed_model(0.0)
-    q = _pipelines(1)[0]
+    q = pipelines(1)[0]
     q.segmenter.load_state_dict({**state, "local": old.state_dict(), "counts": np.ones(4)})
     assert q.segmenter.waiting_users() == p.segmenter.waiting_users() and q.segmenter.local.model is None
-
-
-def test_global_model_needs_kmeans():
-    with pytest.raises(SettingsError):
-        Settings(global_model=True, clusterer="dbstream")
 
 
 class _ModelTopicConsumer:
@@ -395,7 +308,8 @@ class _ModelTopicConsumer:
         from types import SimpleNamespace
 
         new = self.log[self.pos:self.pos + max_records]
-        recs = [SimpleNamespace(value=v, topic=self.tp.topic, partition=0, offset=self.pos + i) for i, v in enumerate(new)]
+        recs = [SimpleNamespace(value=v, key=None, headers=[], timestamp=0, topic=self.tp.topic, partition=0,
+                                offset=self.pos + i) for i, v in enumerate(new)]
         self.pos += len(new)
         return {self.tp: recs} if recs else {}
 
@@ -449,3 +363,26 @@ def test_model_sync_shows_how_long_each_member_has_been_silent(caplog):
     sync_a.pump(leader=True, partitions=[0])  # a reads its own heartbeat back
     text = generate_latest(metrics.registry).decode()
     assert 'member="b"' not in text and 'segstream_model_member_silent_seconds{member="a"}' in text
+
+
+def test_a_member_whose_partitions_ran_dry_moves_its_users_off_a_segment_a_later_version_ended():
+    pipes = pipelines(2)
+    topic = Topic({"i0": [0], "i1": [1]})
+    run(pipes, topic, list(generate(SyntheticConfig(users=300, groups=4, events=8_000, seed=5))))
+    p = pipes[1]
+    m = p.segmenter.model
+    ended = int(max(p.users_per_segment(), key=p.users_per_segment().get))
+    centroids = m.centroids.copy()
+    centroids[list(m.segment_ids).index(ended)] = 100.0  # that segment ends, a new one far from every user begins
+    ids = np.where(m.segment_ids == ended, p.segmenter._next_id, m.segment_ids)
+    record = {**topic.announced()[m.version], "version": m.version + 1, "segment_ids": ids.tolist(),
+              "centroids": centroids.astype("<f4").tobytes(), "next_id": int(ids.max()) + 1,
+              "lineage": [{"kind": "retired", "segments": [ended], "parents": [], "detail": ""}]}
+    assert p.segmenter.receive(record) is not None
+    held = p.users_per_segment()[ended]
+    moved = 0
+    while (r := p.assign_waiting()) is not None and len(r.changes):  # idle ticks: no event arrives
+        assert r.changes.model_version == m.version + 1 and (r.changes.previous == ended).all()
+        moved += len(r.changes)
+    assert moved == held and ended not in p.users_per_segment()
+    assert p.assign_waiting() is None  # nothing left to do

@@ -127,9 +127,21 @@ def test_segstream_run_asking_for_confluent_without_it_exits_with_that_line():
     assert done.stderr.strip().splitlines()[-1] == MISSING_EXTRA
 
 
-def test_librdkafka_only_mechanisms_refuse_the_global_model_whose_sync_is_kafka_python():
-    with pytest.raises(SettingsError, match="SEGSTREAM_GLOBAL_MODEL"):
-        confluent(security_protocol="SASL_SSL", sasl_mechanism="GSSAPI", global_model=True)
+def test_the_model_topic_reader_follows_the_configured_client_outside_the_group():
+    """The model sync reads on librdkafka with confluent, so its mechanisms go with the global model."""
+    pytest.importorskip("confluent_kafka")
+    from stream.kafka.clients import make_reader_consumer
+    from stream.kafka.confluent import ConfluentConsumer
+
+    confluent(security_protocol="SASL_SSL", sasl_mechanism="GSSAPI", global_model=True)  # accepted: the model sync is on librdkafka too
+    reader = make_reader_consumer(confluent(group_id="g", group_instance_id="member-1"), "segstream-model")
+    try:
+        assert isinstance(reader, ConfluentConsumer)
+        cfg = reader.config
+        assert cfg["client.id"] == "segstream-model" and "group.instance.id" not in cfg
+        assert cfg["group.id"] != "g" and cfg["enable.auto.commit"] is False  # never joins nor commits the group
+    finally:
+        reader.close()
 
 
 class _Err:

@@ -1,7 +1,8 @@
 """Three ``segstream run --global-model true`` processes (separate local directories) over a log whose
 planted groups live in different partitions (or whose users are hashed evenly): the model they share
-recovers every partition's groups, every version merged every member's summary, and every member
-applied the same centroids for each version. Then the leader is killed while a late member joins: the
+recovers every partition's groups (k-means, and DBSTREAM at least as well as one DBSTREAM instance on
+the same log), every version merged every member's summary, and every member applied the same
+centroids for each version. Then the leader is killed while a late member joins: the
 next owner of partition 0 continues the versions, and the newcomer starts from the latest one."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from eventlogs.synthetic import SyntheticConfig, generate
+from global_model_topic import one_instance_ari
 from helpers import (SegstreamProcess, log_records, owned_partitions, produce_by_partition, read_topic,
                      wait_committed, wait_partitions_spread)
 from state.quality import adjusted_rand_index
@@ -36,20 +38,21 @@ def _first_records(bootstrap: str, topic: str) -> tuple[dict[int, dict], list[di
     return first, records
 
 
-def _args(topics: dict[str, str]) -> tuple[str, ...]:
-    return ("--global-model", "true", "--model-topic", "model-" + topics["group"],
+def _args(topics: dict[str, str], clusterer: str = "kmeans") -> tuple[str, ...]:
+    return ("--global-model", "true", "--clusterer", clusterer, "--model-topic", "model-" + topics["group"],
             "--lineage-topic", "lineage-" + topics["group"], "--segments", str(GROUPS), "--warmup-users", "60",
             "--batch-max-events", "200", "--model-update-events", "600", "--model-first-wait-ms", "30000",
             "--checkpoint-interval-ms", "2000", "--log-format", "json", "--decode-process", "false")
 
 
+@pytest.mark.parametrize("clusterer", ["kmeans", "dbstream"])
 @pytest.mark.parametrize("keyed", [True, False], ids=["groups-keyed-to-partitions", "users-hashed"])
-def test_three_members_share_a_model_that_keeps_every_partitions_groups(broker, topics, tmp_path, keyed):
+def test_three_members_share_a_model_that_keeps_every_partitions_groups(broker, topics, tmp_path, keyed, clusterer):
     model_topic, lineage_topic = "model-" + topics["group"], "lineage-" + topics["group"]
     ensure_topics(Settings(bootstrap=broker.bootstrap), {topics["input"]: P, topics["output"]: P, topics["dlq"]: 1})
     events = list(generate(CFG))
     part_of = (lambda e: e["group"] * P // GROUPS) if keyed else (lambda e: int(e["user_id"][1:]) % P)
-    common = _args(topics)
+    common = _args(topics, clusterer)
     names = ("a", "b", "c")
     group = [SegstreamProcess(broker.settings(topics), *common, "--instance-id", n, "--checkpoint-dir",
                               str(tmp_path / n)) for n in names]
@@ -96,7 +99,17 @@ def test_three_members_share_a_model_that_keeps_every_partitions_groups(broker, 
     overall = adjusted_rand_index(truth, labels)
     print(f"ARI {overall:.3f}, per partition {[round(s, 3) for s in scores]}, versions {latest}, "
           f"v1 members {first[1]['members']}, v{latest} members {first[latest]['members']}")
-    assert overall >= 0.95 and min(scores) >= 0.95, (overall, scores)
+    want, want_per = 0.95, [0.95] * P
+    if clusterer == "dbstream":
+        # DBSTREAM itself may keep a light extra segment (one instance on this log: ARI 0.97 over all users,
+        # 0.86 over one partition's): the bar is one DBSTREAM instance on the same log, less a small margin
+        one, one_per = one_instance_ari(CFG, lambda e, n: part_of(e), P, Settings(
+            clusterer="dbstream", segments=GROUPS, warmup_users=60, model_update_events=600))
+        want, want_per = min(want, one - 0.02), [min(0.95, s - 0.02) for s in one_per]
+        print(f"one DBSTREAM instance: ARI {one:.3f}, per partition {[round(s, 3) for s in one_per]}")
+    table = {int(s): dict(collections.Counter(truth[labels == s].tolist())) for s in np.unique(labels)}  # segment: groups
+    assert overall >= want and all(s >= w for s, w in zip(scores, want_per)), (overall, scores, want, want_per,
+                                                                                 str(table), first[latest]["segment_ids"])
     if keyed:  # no segment holds groups of two partitions (a group: over 5% of the segment's users)
         for s in np.unique(labels):
             groups, n = np.unique(truth[labels == s], return_counts=True)
