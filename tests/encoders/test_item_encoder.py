@@ -249,3 +249,14 @@ def test_co_occurrence_vectors_are_seeded_and_follow_shared_users():
 def test_unknown_item_table_is_refused():
     with pytest.raises(ValueError, match="table must be one of"):
         TrainConfig.for_kind("item-seq", table="lstm")
+
+
+def test_train_encoder_command_passes_the_item_table(items_log, tmp_path, capsys):
+    from stream.cli.main import run_cli
+
+    out = tmp_path / "co.pt"
+    assert run_cli(["train-encoder", "--log", str(items_log), "--out", str(out), "--table", "co-occurrence",
+                    "--dim", "4", "--item-history", "16"]) == 0
+    art = load_artifact(out)
+    assert art.kind == "item-seq" and art.metadata["train_config"]["table"] == "co-occurrence"
+    assert art.config["dim"] == 4 and "co-occurrence vectors" in capsys.readouterr().out
