@@ -553,6 +553,18 @@ def drift_table(results: Results) -> str:
 REFERENCE_NAMES = ("svd32-l2", "svd32")
 
 
+def _spread_note(chosen: dict[str, Any]) -> str:
+    """The chosen candidate's score with other training seeds of its encoder (``--spread-seeds``)."""
+    again = chosen.get("training_seeds") or []
+    if not again:
+        return ""
+    seeds = ", ".join(str(a["seed"]) for a in again)
+    scores = ", ".join(f"{a['score']:.4f}" for a in again)
+    return (f"The same candidate trained with training seed {seeds} (the table's: "
+            f"{chosen['train_config'].get('seed', 0)}) scores {scores}: the spread the encoder's own training seed "
+            f"gives. ")
+
+
 def selection_table(results: Results) -> str:
     """Candidates scored on the validation split (`segstream evaluate select`), the chosen one in bold."""
     r = results[0]
@@ -570,7 +582,7 @@ def selection_table(results: Results) -> str:
     note = (f"\n\nValidation: each user's last {pr['validation_share']:.0%} of history; global popularity HR@10 there "
             f"{r['popularity_hr10']:.3f}. Each figure is the mean over seeds {', '.join(map(str, pr['seeds']))}; "
             f"score = {pr['score']}. Chosen: candidate {r['chosen']['number']} (`{r['chosen']['kind']}`). "
-            f"Command: `segstream evaluate select`.")
+            + _spread_note(r["chosen"]) + "Command: `segstream evaluate select`.")
     return _table(("#", "Kind", "Settings", f"HR@10, held labels {per_k}", f"HR@10, final-model labels {per_k}",
                    "Score", "Training"), rows) + note
 

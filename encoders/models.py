@@ -127,17 +127,27 @@ class SequenceEncoder(ItemPoolEncoder):
 
     Trained self-supervised (:mod:`encoders.train_items`): the pooled context
     must predict the items of the user's next ``window`` events.
+
+    ``split > 0``: the table holds two item vectors side by side (columns
+    ``[:split]`` and ``[split:]``, e.g. the next-window ones and the log's
+    co-occurrence ones, :mod:`encoders.cooccurrence`); each half of the pooled
+    vector is L2-normalised on its own, so that each counts the same in a
+    distance, and the two are concatenated (divided by sqrt 2: unit length).
     """
 
     kind = "item-seq"
     uses_items = True
     ATTENTION = ("uniform", "salience", "salience+recency")
 
-    def __init__(self, spec: FeatureSpec, dim: int = 32, vocab_size: int = 1, attention: str = "uniform") -> None:
+    def __init__(self, spec: FeatureSpec, dim: int = 32, vocab_size: int = 1, attention: str = "uniform",
+                 split: int = 0) -> None:
         super().__init__(spec, dim=dim, vocab_size=vocab_size)
         if attention not in self.ATTENTION:
             raise ValueError(f"attention must be one of {self.ATTENTION}, not {attention!r}")
+        if not 0 <= split < dim:
+            raise ValueError(f"split must be in [0, dim={dim}), not {split}")
         self.attention_kind = attention
+        self.split = split
         self.salience = nn.Parameter(torch.zeros(vocab_size))
         self.recency = nn.Parameter(torch.zeros(1))
 
@@ -161,6 +171,10 @@ class SequenceEncoder(ItemPoolEncoder):
     def forward(self, dense: torch.Tensor, item_tokens: torch.Tensor, item_weights: torch.Tensor) -> torch.Tensor:
         idx, w = self.attention(item_tokens, item_weights)  # normalise(weighted sum) == normalise(weighted mean)
         pooled = nn.functional.embedding_bag(idx, self.embedding.weight, per_sample_weights=w, mode="sum")
+        if self.split:
+            a = nn.functional.normalize(pooled[:, : self.split], dim=1, eps=1e-12)
+            b = nn.functional.normalize(pooled[:, self.split :], dim=1, eps=1e-12)
+            return torch.cat([a, b], dim=1) * 0.5**0.5
         return nn.functional.normalize(pooled, dim=1, eps=1e-12)
 
 

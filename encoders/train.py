@@ -61,12 +61,18 @@ class TrainConfig:
     # item-seq only
     window: int = 1  # the context predicts the items of the next `window` events
     attention: str = "uniform"  # how recent items are weighted: uniform, salience, salience+recency (models.SequenceEncoder)
+    # the item vectors pooled: learned on next items, the log's co-occurrence SVD (no training), or both side by side
+    table: str = "next-window"
+
+    TABLES = ("next-window", "co-occurrence", "both")
 
     def __post_init__(self) -> None:
         if self.attention not in SequenceEncoder.ATTENTION:
             raise ValueError(f"attention must be one of {', '.join(SequenceEncoder.ATTENTION)}, not {self.attention!r}")
         if self.window < 1:
             raise ValueError("window must be >= 1")
+        if self.table not in self.TABLES:
+            raise ValueError(f"table must be one of {', '.join(self.TABLES)}, not {self.table!r}")
 
     @classmethod
     def for_kind(cls, kind: str = DEFAULT_KIND, **overrides: Any) -> TrainConfig:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from encoders.cooccurrence import co_occurrence_vectors
 from encoders.models import ItemPoolEncoder, SequenceEncoder
 from encoders.train import fit
 from eventlogs.recorded import read_event_chunks
@@ -206,15 +207,46 @@ def train_item_pool(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: An
 
 def train_sequence(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: Any,
                    progress: Progress) -> tuple[SequenceEncoder, dict[str, Any], dict[str, Any], int]:
-    """Train a :class:`SequenceEncoder` on next-window prediction; returns (model, config, metadata, examples).
+    """Train a :class:`SequenceEncoder`; returns (model, config, metadata, examples).
 
-    Each example's context (the user's recent items and time gaps before an event, as the consumer
-    holds them) must predict the items of that event and of the user's next ``cfg.window - 1``
-    events: softmax cross-entropy over the vocabulary (per-item bias for popularity), averaged over
-    the window. A window wider than one asks the embedding for the user's taste over the coming
-    events rather than for the very next item only.
+    ``cfg.table`` says which item vectors it pools. ``next-window``: each example's context (the
+    user's recent items and time gaps before an event, as the consumer holds them) must predict the
+    items of that event and of the user's next ``cfg.window - 1`` events: softmax cross-entropy over
+    the vocabulary (per-item bias for popularity), averaged over the window. A window wider than one
+    asks the embedding for the user's taste over the coming events rather than for the very next item
+    only. ``co-occurrence``: the items' truncated-SVD vectors of the log's user x item matrix
+    (:mod:`encoders.cooccurrence`; nothing is trained). ``both``: the two side by side, ``cfg.dim``
+    wide each, each half of the embedding normalised on its own.
     """
     vocab, ex = _vocabulary_and_examples(log_path, spec, cfg, progress)
+    info: dict[str, Any] = {"vocabulary": len(vocab), "loss_history": []}
+    tables = []
+    model = _fit_next_window(vocab, ex, spec, cfg, progress, info) if cfg.table != "co-occurrence" else None
+    if model is not None:
+        tables.append(model.embedding.weight.detach())
+    if cfg.table != "next-window":
+        co = co_occurrence_vectors(ex.sequence, ex.starts, ex.lengths, vocab_size=len(vocab), dim=cfg.dim, seed=cfg.seed)
+        progress(f"co-occurrence vectors: {cfg.dim} components of the {len(ex.lengths):,} users x {len(vocab):,} items matrix")
+        tables.append(torch.from_numpy(co))
+    if len(tables) == 1 and model is not None:
+        return model, {"dim": cfg.dim, "vocab_size": len(vocab), "attention": cfg.attention}, info, len(ex)
+    split = cfg.dim if len(tables) == 2 else 0
+    width = sum(t.shape[1] for t in tables)
+    out = SequenceEncoder(spec, dim=width, vocab_size=len(vocab), attention=cfg.attention, split=split)
+    with torch.no_grad():
+        out.tokens.copy_(torch.from_numpy(vocab.astype(np.int32)))
+        out.embedding.weight.copy_(torch.cat(tables, dim=1))
+        out.output.weight.zero_()  # the training head is not served
+        if model is not None:  # the learned attention, if any
+            out.salience.copy_(model.salience)
+            out.recency.copy_(model.recency)
+    out.eval()
+    return out, {"dim": width, "vocab_size": len(vocab), "attention": cfg.attention, "split": split}, info, len(ex)
+
+
+def _fit_next_window(vocab: np.ndarray, ex: NextItemExamples, spec: FeatureSpec, cfg: Any, progress: Progress,
+                     info: dict[str, Any]) -> SequenceEncoder:
+    """The next-window table (and attention): see :func:`train_sequence`; fills ``info``."""
     model = SequenceEncoder(spec, dim=cfg.dim, vocab_size=len(vocab), attention=cfg.attention)
     model.tokens.copy_(torch.from_numpy(vocab.astype(np.int32)))
     torch.nn.init.normal_(model.embedding.weight, std=0.1)
@@ -233,8 +265,8 @@ def train_sequence(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: Any
         mask = (t >= 0).to(logp.dtype)
         return -(logp.gather(1, t.clamp_min(0)) * mask).sum() / mask.sum()
 
-    history = fit(model, opt, loss_of, n=len(ex), epochs=cfg.epochs, batch_size=cfg.batch_size, rng=rng,
-                  progress=progress)
-    return model, {"dim": cfg.dim, "vocab_size": len(vocab), "attention": cfg.attention}, {
-        "loss_history": history, "vocabulary": len(vocab), "recency": float(model.recency.detach()[0]),
-        "salience_spread": float(model.salience.detach().std()) if len(vocab) > 1 else 0.0}, len(ex)
+    info["loss_history"] = fit(model, opt, loss_of, n=len(ex), epochs=cfg.epochs, batch_size=cfg.batch_size, rng=rng,
+                               progress=progress)
+    info["recency"] = float(model.recency.detach()[0])
+    info["salience_spread"] = float(model.salience.detach().std()) if len(vocab) > 1 else 0.0
+    return model

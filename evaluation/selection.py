@@ -25,7 +25,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,10 @@ CANDIDATES: list[tuple[str, dict[str, Any]]] = [
     ("item-seq", {"attention": "uniform", "window": 10, "dim": 64}),
     ("item-seq", {"attention": "uniform", "window": 10, "epochs": 10}),
     ("item-seq", {"attention": "uniform", "window": 3}),
+    # the item vectors: the log's co-occurrence SVD (the batch reference's, restricted to the recent items)
+    # instead of, or beside, the next-window ones
+    ("item-seq", {"attention": "uniform", "window": 10, "table": "co-occurrence"}),
+    ("item-seq", {"attention": "uniform", "window": 10, "table": "both"}),
 ]
 #: the item-seq base every item-seq candidate starts from (fixed, so that the search does not move
 #: when the chosen defaults are written into TrainConfig.for_kind)
@@ -66,6 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: each candidate's)")
     p.add_argument("--history-share", type=float, default=0.8)
     p.add_argument("--validation-share", type=float, default=0.1)
+    p.add_argument("--spread-seeds", nargs="*", type=int, default=[1, 2],
+                   help="training seeds the chosen candidate is trained again with (the spread of its score; none: an empty list)")
 
 
 def _config(kind: str, settings: dict[str, Any], epochs: int | None):  # -> TrainConfig
@@ -78,8 +84,8 @@ def _config(kind: str, settings: dict[str, Any], epochs: int | None):  # -> Trai
 
 def select(data: str, out: Path, ks: list[int], seeds: list[int], *, only: list[int] | None = None,
            epochs: int | None = None, history_share: float = 0.8, validation_share: float = 0.1,
-           progress=print) -> dict[str, Any]:  # noqa: ANN001
-    from encoders.train import train_encoder
+           spread_seeds: list[int] = (), progress=print) -> dict[str, Any]:  # noqa: ANN001
+    from encoders.train import TrainConfig, train_encoder
     from eventlogs.movielens import iter_movielens_events
     from eventlogs.recorded import write_events
     from evaluation.hitrate import hit_rate, split_by_time
@@ -102,13 +108,11 @@ def select(data: str, out: Path, ks: list[int], seeds: list[int], *, only: list[
                      "score": "mean HR@10 over k and seeds, of held and of final-model labels"},
         "popularity_hr10": popularity, "candidates": [],
     }
-    for i, (kind, settings) in enumerate(CANDIDATES):
-        if only is not None and i not in only:
-            continue
-        cfg = _config(kind, settings, epochs)
+    def scored(i: int, kind: str, cfg, name: str) -> tuple[dict[str, Any], float, float]:  # noqa: ANN001
+        """Train ``cfg``, replay for every k and seed: (validation figures per k, score, training seconds)."""
         t = time.perf_counter()
-        path = out / f"candidate-{i}.pt"
-        train_encoder(log, path, cfg, progress=lambda m, i=i: progress(f"  [{i} {kind}] {m}"))
+        path = out / f"{name}.pt"
+        train_encoder(log, path, cfg, progress=lambda m: progress(f"  [{i} {kind}] {m}"))
         train_s = time.perf_counter() - t
         per_k = {}
         for k in ks:
@@ -119,14 +123,28 @@ def select(data: str, out: Path, ks: list[int], seeds: list[int], *, only: list[
                              "hr10_final_model": float(np.mean(final)), "hr10_final_model_per_seed": final}
         score = float(np.mean([v["hr10"] for v in per_k.values()] + [v["hr10_final_model"] for v in per_k.values()]))
         by_k = ", ".join(f"k={k} {v['hr10']:.4f} / {v['hr10_final_model']:.4f}" for k, v in per_k.items())
-        progress(f"[{i}] {kind} {settings}: score {score:.4f} (held / final-model labels: {by_k}), "
-                 f"trained in {train_s:.0f}s")
+        progress(f"[{i}] {kind} {name}: score {score:.4f} (held / final-model labels: {by_k}), trained in {train_s:.0f}s")
+        return per_k, score, train_s
+
+    for i, (kind, settings) in enumerate(CANDIDATES):
+        if only is not None and i not in only:
+            continue
+        cfg = _config(kind, settings, epochs)
+        per_k, score, train_s = scored(i, kind, cfg, f"candidate-{i}")
         results["candidates"].append({"number": i, "kind": kind, "settings": settings, "train_config": asdict(cfg),
                                       "validation": per_k, "score": score, "train_seconds": round(train_s, 1)})
     if results["candidates"]:
         best = max(results["candidates"], key=lambda c: c["score"])
         results["chosen"] = {"number": best["number"], "kind": best["kind"], "train_config": best["train_config"],
                              "score": best["score"]}
+        # the encoder's own training seed moves the score too: the chosen candidate trained again with other
+        # seeds says how much of its lead over the others that alone could explain (these never choose)
+        spread = []
+        for s in spread_seeds:
+            cfg = replace(TrainConfig(**best["train_config"]), seed=s)
+            per_k, score, _ = scored(best["number"], best["kind"], cfg, f"candidate-{best['number']}-seed-{s}")
+            spread.append({"seed": s, "score": score, "validation": per_k})
+        results["chosen"]["training_seeds"] = spread
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results
 
@@ -137,7 +155,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     results = select(args.data or default_movielens_dir(), out, args.k, args.seeds, only=args.only, epochs=args.epochs,
                      history_share=args.history_share, validation_share=args.validation_share,
-                     progress=lambda m: print(m, flush=True, file=sys.stderr))
+                     spread_seeds=args.spread_seeds, progress=lambda m: print(m, flush=True, file=sys.stderr))
     (out / "select.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results))
     return 0

@@ -75,7 +75,9 @@ def main_parser() -> argparse.ArgumentParser:
                             ("--max-samples", int, "training examples kept (seeded reservoir)"),
                             ("--min-item-count", int, "item-pool, item-seq: occurrences for an item to get an embedding"),
                             ("--window", int, "item-seq: the context predicts the items of the next WINDOW events"),
-                            ("--attention", str, "item-seq: uniform, salience or salience+recency")):
+                            ("--attention", str, "item-seq: uniform, salience or salience+recency"),
+                            ("--table", str, "item-seq: the item vectors pooled: next-window (learned), co-occurrence "
+                             "(SVD of the log's user x item matrix) or both")):
         train.add_argument(flag, type=tp, default=None, help=f"{help_ + ' ' if help_ else ''}(default: the kind's)")
     train.add_argument("--seed", type=int, default=0)
 
@@ -189,7 +191,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from encoders.train import DEFAULT_KIND, TrainConfig, train_encoder
 
         names = ("dim", "hidden", "epochs", "lr", "half_life_s", "category_buckets", "item_history", "max_samples",
-                 "min_item_count", "window", "attention", "seed")
+                 "min_item_count", "window", "attention", "table", "seed")
         cfg = TrainConfig.for_kind(args.kind or DEFAULT_KIND,
                                    **{n: getattr(args, n) for n in names if getattr(args, n) is not None})
         train_encoder(args.log, args.out, cfg, progress=lambda m: print(m, flush=True))

@@ -202,3 +202,61 @@ def test_sequence_encoder_learns_its_attention_and_predicts_a_window(items_log, 
 def test_unknown_attention_is_refused():
     with pytest.raises(ValueError, match="attention must be one of"):
         _seq_model("lstm")
+
+
+@pytest.mark.parametrize("table", ["co-occurrence", "both"])
+def test_co_occurrence_item_vectors_put_users_of_related_items_together(items_log, tmp_path, table):
+    """The log's co-occurrence SVD vectors, alone or beside the next-window ones, recover the planted
+    groups from item ids alone; ``both`` serves each half of the embedding at unit length."""
+    cfg = TrainConfig.for_kind("item-seq", epochs=2, dim=8, item_history=16, max_samples=5_000, table=table)
+    lines: list[str] = []
+    art = train_encoder(items_log, tmp_path / "seq.pt", cfg, progress=lines.append)
+    assert art.metadata["train_config"]["table"] == table
+    assert any("co-occurrence vectors" in ln for ln in lines)
+    assert sum("epoch" in ln for ln in lines) == (2 if table == "both" else 0)  # co-occurrence alone trains nothing
+    assert art.config["dim"] == (16 if table == "both" else 8) and art.config["split"] == (8 if table == "both" else 0)
+    enc = load_encoder(tmp_path / "seq.pt", device="cpu")
+    f, groups = _final_states(items_log, enc.spec)
+    z = enc.encode(f)
+    known = np.abs(z).sum(1) > 0
+    assert known.mean() > 0.95
+    halves = (z[known, :8], z[known, 8:]) if table == "both" else (z[known],)
+    for h in halves:
+        np.testing.assert_allclose(np.linalg.norm(h, axis=1), (0.5 ** 0.5 if table == "both" else 1.0), rtol=1e-5)
+    labels = ((z[:, None, :] - best_of_restarts(z, 3, np.random.default_rng(0))[None]) ** 2).sum(-1).argmin(1)
+    assert adjusted_rand_index(groups, labels) > 0.8
+
+
+def test_co_occurrence_vectors_are_seeded_and_follow_shared_users():
+    from encoders.cooccurrence import co_occurrence_vectors
+
+    rng = np.random.default_rng(3)
+    # 40 users: the first 20 touch items 0-9, the others items 10-19 (each 6 of their group's items, some twice)
+    seqs = [rng.choice(10, 6) + (10 if u >= 20 else 0) for u in range(40)]
+    seq = np.concatenate(seqs)
+    lengths = np.array([len(s) for s in seqs])
+    starts = np.cumsum(lengths) - lengths
+    a = co_occurrence_vectors(seq, starts, lengths, vocab_size=21, dim=4, seed=0)
+    b = co_occurrence_vectors(seq, starts, lengths, vocab_size=21, dim=4, seed=0)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (21, 4) and not a[20].any()  # item 20: touched by nobody
+    u = a[:20] / np.linalg.norm(a[:20], axis=1, keepdims=True)
+    sim = u @ u.T
+    same = np.equal.outer(np.arange(20) < 10, np.arange(20) < 10)
+    assert sim[same].mean() > sim[~same].mean() + 0.3
+
+
+def test_unknown_item_table_is_refused():
+    with pytest.raises(ValueError, match="table must be one of"):
+        TrainConfig.for_kind("item-seq", table="lstm")
+
+
+def test_train_encoder_command_passes_the_item_table(items_log, tmp_path, capsys):
+    from stream.cli.main import run_cli
+
+    out = tmp_path / "co.pt"
+    assert run_cli(["train-encoder", "--log", str(items_log), "--out", str(out), "--table", "co-occurrence",
+                    "--dim", "4", "--item-history", "16"]) == 0
+    art = load_artifact(out)
+    assert art.kind == "item-seq" and art.metadata["train_config"]["table"] == "co-occurrence"
+    assert art.config["dim"] == 4 and "co-occurrence vectors" in capsys.readouterr().out

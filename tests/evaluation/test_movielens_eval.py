@@ -134,7 +134,7 @@ def test_the_batch_reference_groups_users_of_the_same_taste():
 def test_select_command_scores_candidates_on_validation_only(tiny_movielens, tmp_path):
     out = tmp_path / "select"
     proc = _cli("evaluate", "select", "--data", str(tiny_movielens), "--out", str(out), "--only", "0", "4",
-                "--k", "3", "--seeds", "0", "--epochs", "2")
+                "--k", "3", "--seeds", "0", "--epochs", "2", "--spread-seeds", "5")
     stored = json.loads((out / "select.json").read_text())
     assert stored == json.loads(proc.stdout.strip().splitlines()[-1])
     assert [c["number"] for c in stored["candidates"]] == [0, 4]
@@ -143,7 +143,14 @@ def test_select_command_scores_candidates_on_validation_only(tiny_movielens, tmp
     for c in stored["candidates"]:
         v = c["validation"]["3"]
         assert c["score"] == pytest.approx((v["hr10"] + v["hr10_final_model"]) / 2)
-    assert "selection" in report.RENDERERS and "Chosen" in report.selection_table([stored])
+    # the chosen candidate trained again with another training seed: scored, never chosen
+    again = stored["chosen"]["training_seeds"]
+    assert [a["seed"] for a in again] == [5] and set(again[0]["validation"]) == {"3"}
+    assert (out / f"candidate-{best['number']}-seed-5.pt").exists()
+    assert again[0]["score"] == pytest.approx(
+        (again[0]["validation"]["3"]["hr10"] + again[0]["validation"]["3"]["hr10_final_model"]) / 2)
+    table = report.selection_table([stored])
+    assert "selection" in report.RENDERERS and "Chosen" in table and "training seed 5" in table
     # only the history was written: 80% of each user's ratings, less the validation target
     assert not list(out.glob("*heldout*"))
 
