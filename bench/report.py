@@ -516,18 +516,23 @@ def changelog_table(results: Results) -> str:
         runs = f.get("throughput", [])
         for t in runs if isinstance(runs, list) else [runs]:
             ck = tuple(f"{t[k] / 1e3:,.1f} kB" if k in t else "—" for k in
-                       ("bytes_per_checkpoint", "model_bytes_per_checkpoint", "whole_model_bytes_per_checkpoint"))
-            tp.append((label, f"{t.get('batch_max_events', 5000):,}", f"{t['without_changelog_events_per_s']:,}",
-                       f"{t['with_changelog_events_per_s']:,}", f"{t['ratio']:.2f}", *ck,
+                       ("bytes_per_checkpoint", "model_bytes_per_checkpoint"))
+            cpu = tuple(f"{t[f'cpu_us_per_event_{w}_changelog'] + t[f'broker_cpu_us_per_event_{w}_changelog']:.1f}"
+                        if f"cpu_us_per_event_{w}_changelog" in t else "—" for w in ("without", "with"))
+            share = t.get("checkpoint_share", 1.0)  # the code before checkpointed after every batch
+            tp.append((label, f"{share:g}" + (" (every batch)" if share >= 1 else ""),
+                       f"{t.get('batch_max_events', 5000):,}", f"{t['without_changelog_events_per_s']:,}",
+                       f"{t['with_changelog_events_per_s']:,}", f"{t['ratio']:.2f}", *cpu, *ck,
                        f"{r['machine']['loadavg_at_start'][0]}"))
     out = []
     if rows:
         out.append(_table(("Code", "Users", "Changelog partitions", "Read", "Restore (read + load)", "Users/s",
                            "Bytes per user", "One full checkpoint written", "Load average (1 min) at start"), rows))
     if tp:
-        out.append(_table(("Code", "Batch (events)", "Events/s without changelog (median of 3)", "With changelog",
-                           "Ratio", "Changelog bytes per checkpoint", "Model bytes per checkpoint",
-                           "Model written whole", "Load average (1 min) at start"), tp))
+        out.append(_table(("Code", "Checkpoint share", "Batch (events)", "Events/s without changelog (median of 3)",
+                           "With changelog", "Ratio", "CPU µs per event without (process + broker)", "With",
+                           "Changelog bytes per checkpoint", "Model bytes per checkpoint",
+                           "Load average (1 min) at start"), tp))
     cmds = sorted({_cmd(r) for r in results})
     return "\n\n".join(out) + f"\n\nCommand: {', '.join(cmds)}."
 
