@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=5000.0)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--users", type=int, default=50_000)
-    p.add_argument("--batch-max-wait-ms", type=int, default=50)
+    p.add_argument("--batch-max-wait-ms", type=int, default=50, help="SEGSTREAM_BATCH_MAX_WAIT_MS of the consumer (the setting's default)")
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--reader", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args(argv)

@@ -232,6 +232,9 @@ def analyse(acks: np.ndarray, trace: np.ndarray, batches: np.ndarray, arrivals: 
     mine = arrivals[(arrivals[:, 1] >= start) & (arrivals[:, 1] <= end)]
     by_offset = {int(r[0]): r for r in trace}
     rows = np.array([[a[1], a[2], *by_offset[int(a[0])][1:]] for a in acks if int(a[0]) in by_offset])
+    if not len(rows):  # the child traced none of this phase's events (it stopped early): say so, measure nothing
+        return {"segment_events": int(len(mine)), "events_traced": 0, "end_to_end_ms": _pcts(mine[:, 0] - mine[:, 1]),
+                "stages_ms": {}}
     send, ack, fetched, closed, emitted, released = rows.T
     released_of = dict(zip(batches[:, 0].tolist(), batches[:, 1].tolist()))
     out_released = np.array([released_of.get(e, np.nan) for e in mine[:, 2].tolist()])
@@ -311,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=15.0, help="measured seconds per linger.ms phase")
     p.add_argument("--lingers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 5, 20])
     p.add_argument("--clients", type=lambda s: s.split(","), default=["kafka-python", "confluent"])
-    p.add_argument("--batch-max-wait-ms", type=int, default=50)
+    p.add_argument("--batch-max-wait-ms", type=int, default=50, help="SEGSTREAM_BATCH_MAX_WAIT_MS of the consumer (the setting's default)")
     p.add_argument("--drain-s", type=float, default=3.0)
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--out", help="append the JSON line to this file too (docs/bench/latency.jsonl)")

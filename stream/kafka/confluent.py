@@ -236,7 +236,13 @@ class ConfluentConsumer:
         ``KafkaError`` is raised.
         """
         n = max(1, min(max_records or self.max_records, 1_000_000))
-        msgs = self._consumer.consume(num_messages=n, timeout=max(0, timeout_ms) / 1000.0)
+        # librdkafka's batch consume waits for all n messages or the whole timeout: take what is ready, and
+        # when nothing is, wait for the first message only (then what came with it), as kafka-python's poll does
+        msgs = self._consumer.consume(num_messages=n, timeout=0)
+        if not msgs and timeout_ms > 0:
+            msgs = self._consumer.consume(num_messages=1, timeout=timeout_ms / 1000.0)
+            if msgs and n > 1:
+                msgs += self._consumer.consume(num_messages=n - 1, timeout=0)
         if not msgs:
             return {}
         bad = [m for m in msgs if m.error() is not None]
