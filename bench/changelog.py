@@ -26,17 +26,15 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import json
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.common import cpu_seconds, emit, note, synthetic_log
+from bench.output import command_line, write_result
 
 
 def _filled(settings: Any, users: int, partitions: int, seed: int = 0) -> Any:
@@ -198,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     out = emit("changelog", figures, users=a.users, partitions=a.partitions, events=a.events,
                throughput_users=a.throughput_users, batch_sizes=a.batch_sizes, checkpoint_shares=a.checkpoint_shares, encoder="raw", label=a.label)
     if a.out:
-        out["command"] = a.command or "python -m bench.changelog " + " ".join(argv if argv is not None else sys.argv[1:])
-        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+        write_result(a.out, out, a.command or command_line("bench.changelog", argv))
     return 0
 
 

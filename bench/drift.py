@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
-from pathlib import Path
 from typing import Any
+
+from bench.output import command_line, write_result
 
 GRACE_EVENTS = 10_000
 
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         figures["by_batch"].append({"batch": batch, **summary(runs), "runs": runs})
     out = emit("drift", figures, seeds=a.seeds, batch_sizes=a.batch_sizes, label=a.label)
     if a.out:
-        out["command"] = a.command or "python -m bench.drift " + " ".join(argv if argv is not None else sys.argv[1:])
-        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+        write_result(a.out, out, a.command or command_line("bench.drift", argv))
     return 0
 
 

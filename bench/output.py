@@ -30,3 +30,10 @@ def append_result(path: str | Path, result: dict[str, Any], command: str) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         fh.write(json.dumps({**result, "command": command}) + "\n")
+
+
+def write_result(path: str | Path, result: dict[str, Any], command: str) -> None:
+    """Write ``result`` (with ``command``) as one indented JSON document to ``path``, replacing it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result, "command": command}, indent=1) + "\n")

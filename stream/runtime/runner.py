@@ -615,7 +615,7 @@ class StreamRunner:
         s = self.settings
         gap = s.checkpoint_interval_ms / 1000.0
         if busy:
-            share = min(1.0, max(s.checkpoint_share, 1e-6))
+            share = s.checkpoint_share  # in (0, 1]: Settings refuses anything else
             gap = max(gap, min(self._checkpoint_seconds * (1.0 - share) / share, s.checkpoint_max_gap_ms / 1000.0))
         return gap
 
