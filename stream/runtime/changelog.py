@@ -275,14 +275,16 @@ class Changelog:
         if not keys:
             return
         partitions = np.asarray(partitions)
+        tombstones = None in values  # one scan in C; erasures are rare
         for p in np.unique(partitions).tolist():
             idx = np.flatnonzero(partitions == p).tolist()
             k, v = self._outbox.setdefault(int(p), ([], []))
             k.extend(keys[i] for i in idx)
             v.extend(values[i] for i in idx)
-            erased = {keys[i] for i in idx if values[i] is None}
-            if erased:
-                _drop_before_tombstones(k, v, erased)
+            if tombstones:
+                erased = {keys[i] for i in idx if values[i] is None}
+                if erased:
+                    _drop_before_tombstones(k, v, erased)
 
     def holds(self, partition: int | None = None) -> bool:
         """Whether records wait in an outbox (of ``partition``, or of any partition)."""
