@@ -15,7 +15,8 @@ from the model topic. The protocol, as plain messages
    with, per centre, a decayed count of the embeddings nearest to it; again
    each time the local model is consolidated (every ``model_update_events`` of
    its own events, before the first global version too), and at least every
-   third of ``silent_after_s`` (a heartbeat: the latest summary again). A
+   third of ``silent_after_s`` (a heartbeat: the latest summary again, marked
+   ``heartbeat``; it keeps the member live but does not call for a merge). A
    summary is a state, not a delta: the latest one per member is what counts.
    It names the input partitions the member owns and the events it has
    consumed in all.
@@ -298,7 +299,8 @@ class GlobalKMeans(WarmupBuffer):
         now = self.clock()
         if self._last_summary is not None and now - self._last_sent >= self.silent_after_s / 3:
             self._seq += 1  # heartbeat: the latest summary again, so a quiet member is not taken for dead
-            msg = {**self._last_summary, "seq": self._seq, "sent_at": float(now), "partitions": list(self._partitions)}
+            msg = {**self._last_summary, "seq": self._seq, "sent_at": float(now), "partitions": list(self._partitions),
+                   "heartbeat": True}
             self._outbox.append(msg)
             self._last_summary, self._last_sent = msg, now
         if not leader:
@@ -362,7 +364,10 @@ class GlobalKMeans(WarmupBuffer):
     def _merge_due(self) -> bool:
         """At most one merge per round of summaries: when the leader's own summary, one from every live
         member, or one from a member the current version did not merge has arrived since the last
-        merge (so versions follow traffic, not round trips, and a newcomer is merged at once)."""
+        merge (so versions follow traffic, not round trips, and a newcomer is merged at once), or when a
+        member the current version merged has fallen silent. Heartbeats are not new summaries."""
+        if self._merged_members - set(self._live()):
+            return True  # a member the current version merged fell silent: a version without it
         new = self._new_since_merge
         if not new:
             return False
@@ -414,8 +419,11 @@ class GlobalKMeans(WarmupBuffer):
             if len(msg.get("centroids") or b"") != 4 * n * self.dim:
                 self.ignored += 1
                 return None
-            self._summaries[str(msg["instance"])] = {**msg, "_at": float(msg.get("sent_at", self.clock()))}
-            self._new_since_merge.add(str(msg["instance"]))
+            member = str(msg["instance"])
+            known = member in self._summaries
+            self._summaries[member] = {**msg, "_at": float(msg.get("sent_at", self.clock()))}
+            if not (msg.get("heartbeat") and known):  # a heartbeat says "alive", not "new data": no merge for it
+                self._new_since_merge.add(member)
             return None
         if msg.get("kind") != "model":
             self.ignored += 1
