@@ -108,6 +108,7 @@ class Settings:
     clusterer: str = _opt("SEGSTREAM_CLUSTERER", "kmeans", "Online clusterer: kmeans (river KMeans, k-means++ warm-up, dead-cluster re-seeding) or dbstream (river DBSTREAM, reclustered every SEGSTREAM_MODEL_UPDATE_EVENTS events).", group="segments", choices=("kmeans", "dbstream"))
     dbstream_radius: float = _opt("SEGSTREAM_DBSTREAM_RADIUS", 0.3, "DBSTREAM micro-cluster radius (clustering_threshold), in embedding units.", group="segments")
     dbstream_fading: float = _opt("SEGSTREAM_DBSTREAM_FADING", 0.01, "DBSTREAM fading factor per learned point (weights halve every ~1/fading learned points).", group="segments")
+    dbstream_intersection: float = _opt("SEGSTREAM_DBSTREAM_INTERSECTION", 0.3, "DBSTREAM intersection factor: two micro-clusters connect when their shared density reaches this share of their mean weight (lower: fewer splits of one group, more risk of joining two).", group="segments")
     match_factor: float = _opt("SEGSTREAM_MATCH_FACTOR", 2.0, "DBSTREAM: a new centre keeps an old id only within this many radii of it (besides the bound every clusterer uses: half the old centre's distance to its nearest neighbour).", group="segments")
     dbstream_min_share: float = _opt("SEGSTREAM_DBSTREAM_MIN_SHARE", 0.03, "DBSTREAM: a macro-cluster becomes a new segment at this share of the total macro-cluster weight; a published segment stays one down to half of it.", group="segments")
     reassign_per_batch: int = _opt("SEGSTREAM_REASSIGN_PER_BATCH", 2000, "Users re-assigned per micro-batch after a new model version (ended segments first, then labels the model may have changed), besides the batch's own users.", group="segments")
@@ -166,6 +167,8 @@ class Settings:
             raise SettingsError(f"{_env('model_first_wait_ms')} must be >= 0, {_env('model_silent_after_s')} > 0")
         if self.warmup_users < self.segments:
             raise SettingsError(f"{_env('warmup_users')} must be >= {_env('segments')}")
+        if not 0.0 < self.dbstream_intersection <= 1.0:
+            raise SettingsError(f"{_env('dbstream_intersection')} must be in (0, 1]")
         if not 0.0 <= self.hysteresis < 1.0:
             raise SettingsError(f"{_env('hysteresis')} must be in [0, 1)")
         if bool(self.metrics_auth_user) != bool(self.metrics_auth_password):

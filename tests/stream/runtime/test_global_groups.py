@@ -38,8 +38,16 @@ def _first_records(bootstrap: str, topic: str) -> tuple[dict[int, dict], list[di
     return first, records
 
 
+# DBSTREAM at river's intersection factor (0.3) splits a planted group of this log into two heavy
+# macro-clusters in some runs and not others, one instance alone as well (its score over one partition
+# then swings between 0.75 and 1.0 with the learn sample); at 0.1 one instance keeps every group
+# whole from 16 sampled embeddings per batch up, so a shortfall here is the merge's own
+DBSTREAM_INTERSECTION = 0.1
+
+
 def _args(topics: dict[str, str], clusterer: str = "kmeans") -> tuple[str, ...]:
-    return ("--global-model", "true", "--clusterer", clusterer, "--model-topic", "model-" + topics["group"],
+    return ("--global-model", "true", "--clusterer", clusterer,
+            "--dbstream-intersection", str(DBSTREAM_INTERSECTION), "--model-topic", "model-" + topics["group"],
             "--lineage-topic", "lineage-" + topics["group"], "--segments", str(GROUPS), "--warmup-users", "60",
             "--batch-max-events", "200", "--model-update-events", "600", "--model-first-wait-ms", "30000",
             "--checkpoint-interval-ms", "2000", "--log-format", "json", "--decode-process", "false")
@@ -101,10 +109,10 @@ def test_three_members_share_a_model_that_keeps_every_partitions_groups(broker, 
           f"v1 members {first[1]['members']}, v{latest} members {first[latest]['members']}")
     want, want_per = 0.95, [0.95] * P
     if clusterer == "dbstream":
-        # DBSTREAM itself may keep a light extra segment (one instance on this log: ARI 0.97 over all users,
-        # 0.86 over one partition's): the bar is one DBSTREAM instance on the same log, less a small margin
+        # the bar is one DBSTREAM instance on the same log (1.000 at this intersection factor), less a small margin
         one, one_per = one_instance_ari(CFG, lambda e, n: part_of(e), P, Settings(
-            clusterer="dbstream", segments=GROUPS, warmup_users=60, model_update_events=600))
+            clusterer="dbstream", segments=GROUPS, warmup_users=60, model_update_events=600,
+            dbstream_intersection=DBSTREAM_INTERSECTION))
         want, want_per = min(want, one - 0.02), [min(0.95, s - 0.02) for s in one_per]
         print(f"one DBSTREAM instance: ARI {one:.3f}, per partition {[round(s, 3) for s in one_per]}")
     table = {int(s): dict(collections.Counter(truth[labels == s].tolist())) for s in np.unique(labels)}  # segment: groups
