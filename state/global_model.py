@@ -38,7 +38,10 @@ from the model topic. The protocol, as plain messages
    record, and the member that proposed it publishes it to
    ``segment-lineage`` (every member re-assigns its users of ended segments).
    A member silent for longer than ``silent_after_s`` is left out. The record
-   names the members merged and the events each had consumed (``members``).
+   names the members merged and the events each had consumed (``members``);
+   every member, reading it, counts as new only the summaries that cover
+   more events than it names, so the next leader does not merge again what a
+   version already holds (a re-merge can land elsewhere: a version for nothing).
 4. **first record wins**: a proposal takes effect only when it is read back
    from the (single-partition) model topic, and only the first record with
    version ``v`` is applied; later ones (a leader that lost its partitions but
@@ -143,6 +146,7 @@ class GlobalKMeans(WarmupBuffer):
         self._summaries: dict[str, dict[str, Any]] = {}  # latest summary per member, as read from the topic
         self._new_since_merge: set[str] = set()  # members with a summary newer than the last merge
         self._merged_members: set[str] = set()  # the members the current version merged
+        self._data_events: dict[str, int] = {}  # member -> events its latest summary (not a heartbeat) covers
         self._proposed = 0  # version of this instance's outstanding proposal (0: none)
         self._next_id = 0  # the next global segment id (carried by every model record)
         self._seq = 0
@@ -424,6 +428,7 @@ class GlobalKMeans(WarmupBuffer):
             self._summaries[member] = {**msg, "_at": float(msg.get("sent_at", self.clock()))}
             if not (msg.get("heartbeat") and known):  # a heartbeat says "alive", not "new data": no merge for it
                 self._new_since_merge.add(member)
+                self._data_events[member] = int(msg.get("events", 0))
             return None
         if msg.get("kind") != "model":
             self.ignored += 1
@@ -442,6 +447,11 @@ class GlobalKMeans(WarmupBuffer):
         self.model = SegmentModel(version, centroids, ids, event_time)
         self._next_id = int(msg.get("next_id", int(ids.max()) + 1))
         self._merged_members = set(msg.get("members") or msg.get("instances") or ())
+        merged = msg.get("members")
+        if isinstance(merged, dict):
+            # what is new is what this version did not merge, whoever proposed it: a member that takes the
+            # lead later (the next owner of partition 0) must not re-merge summaries a version already holds
+            self._new_since_merge = {i for i, n in self._data_events.items() if n > int(merged.get(i, -1))}
         mine = msg.get("proposer") == self.instance_id and self._proposed == version  # proposed in this life
         if self._proposed and version >= self._proposed:
             self._proposed = 0
