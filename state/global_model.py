@@ -27,7 +27,8 @@ from the model topic. The protocol, as plain messages
    every live member's centres, ids ``0..k-1``. Users that arrived before v1
    are held (state kept, no segment) but they are in their member's summary.
 3. **merge**: once per round of summaries (its own, or one from every live
-   member, has arrived since the last merge) the leader clusters the union
+   member, has arrived since the last merge; or one has waited
+   ``merge_wait_s`` for the rest of its round) the leader clusters the union
    of every live member's centres, weighted by their counts, seeded from the
    current version's centroids (plus seeded k-means++ restarts, kept only
    when clearly better), so a group that only one member sees keeps a
@@ -126,7 +127,8 @@ class GlobalKMeans(WarmupBuffer):
 
     def __init__(self, local: OnlineKMeans, instance_id: str, *, k: int | None = None, first_wait_s: float = 10.0,
                  silent_after_s: float = 300.0, weight_decay: float = 0.5, restarts: int = 8,
-                 restart_gain: float = 0.02, clock: Callable[[], float] = time.time) -> None:
+                 restart_gain: float = 0.02, merge_wait_s: float = 1.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.local = local
         self.instance_id = instance_id
         self.k, self.dim = k or local.k, local.dim  # global segments; the local learner may keep more centres
@@ -134,6 +136,7 @@ class GlobalKMeans(WarmupBuffer):
         self.update_every = int(getattr(local, "update_every_events", 0))  # the local learner's consolidation schedule
         self.first_wait_s = first_wait_s
         self.silent_after_s = silent_after_s
+        self.merge_wait_s = merge_wait_s
         self.weight_decay = weight_decay
         self.restarts = restarts
         self.restart_gain = restart_gain
@@ -147,6 +150,7 @@ class GlobalKMeans(WarmupBuffer):
         self._new_since_merge: set[str] = set()  # members with a summary newer than the last merge
         self._merged_members: set[str] = set()  # the members the current version merged
         self._data_events: dict[str, int] = {}  # member -> events its latest summary (not a heartbeat) covers
+        self._pending_since: float | None = None  # when a summary no version holds was first read (this clock)
         self._proposed = 0  # version of this instance's outstanding proposal (0: none)
         self._next_id = 0  # the next global segment id (carried by every model record)
         self._seq = 0
@@ -368,8 +372,10 @@ class GlobalKMeans(WarmupBuffer):
     def _merge_due(self) -> bool:
         """At most one merge per round of summaries: when the leader's own summary, one from every live
         member, or one from a member the current version did not merge has arrived since the last
-        merge (so versions follow traffic, not round trips, and a newcomer is merged at once), or when a
-        member the current version merged has fallen silent. Heartbeats are not new summaries."""
+        merge (so versions follow traffic, not round trips, and a newcomer is merged at once); when a
+        summary has waited ``merge_wait_s`` for the rest of its round (members whose partitions ran dry
+        send nothing more: the last summaries of a log are merged too); or when a member the current
+        version merged has fallen silent. Heartbeats are not new summaries."""
         if self._merged_members - set(self._live()):
             return True  # a member the current version merged fell silent: a version without it
         new = self._new_since_merge
@@ -377,12 +383,15 @@ class GlobalKMeans(WarmupBuffer):
             return False
         if self.instance_id in new or not new <= self._merged_members:
             return True
+        if self._pending_since is not None and self.clock() - self._pending_since >= self.merge_wait_s:
+            return True  # a round that will not complete (the other members' partitions ran dry)
         return set(self._live()) <= new
 
     def _merge(self) -> None:
         m = self.model
         assert m is not None
         self._new_since_merge = set()
+        self._pending_since = None
         live = self._live()
         x, _, members = self._points(live)
         if len(x) == 0:
@@ -429,6 +438,8 @@ class GlobalKMeans(WarmupBuffer):
             if not (msg.get("heartbeat") and known):  # a heartbeat says "alive", not "new data": no merge for it
                 self._new_since_merge.add(member)
                 self._data_events[member] = int(msg.get("events", 0))
+                if self._pending_since is None:
+                    self._pending_since = self.clock()
             return None
         if msg.get("kind") != "model":
             self.ignored += 1
@@ -452,6 +463,10 @@ class GlobalKMeans(WarmupBuffer):
             # what is new is what this version did not merge, whoever proposed it: a member that takes the
             # lead later (the next owner of partition 0) must not re-merge summaries a version already holds
             self._new_since_merge = {i for i, n in self._data_events.items() if n > int(merged.get(i, -1))}
+            if not self._new_since_merge:
+                self._pending_since = None
+            elif self._pending_since is None:
+                self._pending_since = self.clock()
         mine = msg.get("proposer") == self.instance_id and self._proposed == version  # proposed in this life
         if self._proposed and version >= self._proposed:
             self._proposed = 0

@@ -121,6 +121,7 @@ class Settings:
     global_model: bool = _opt("SEGSTREAM_GLOBAL_MODEL", False, "Share one segment model across the instances of the group through the model topic (kmeans: weighted k-means over the members' centres; dbstream: DBSTREAM's macro-clusters of the members' micro-clusters). Off: each instance learns its own model (one instance per group).", group="scale-out")
     model_topic: str = _opt("SEGSTREAM_MODEL_TOPIC", "segment-model", "Single-partition topic of model summaries and announced global models (schema segstream.model/1; compacted when created here).", group="scale-out")
     model_first_wait_ms: int = _opt("SEGSTREAM_MODEL_FIRST_WAIT_MS", 10000, "Global model: how long the leader waits, once it has k summary points (dbstream: one), for summaries that cover every input partition before it proposes version 1 from those it has.", group="scale-out")
+    model_merge_wait_ms: int = _opt("SEGSTREAM_MODEL_MERGE_WAIT_MS", 1000, "Global model: the leader merges once per round of summaries (its own, or one from every member); a summary that has waited this long for the rest of its round is merged without it.", group="scale-out")
     model_silent_after_s: float = _opt("SEGSTREAM_MODEL_SILENT_AFTER_S", 300.0, "Global model: a member whose latest summary is older than this is left out of merges (members re-send theirs every third of it; segstream_model_member_silent_seconds shows the age).", group="scale-out")
     instance_id: str = _opt("SEGSTREAM_INSTANCE_ID", "", "Name of this instance in the model protocol (empty: host-pid-random).", group="scale-out")
 
@@ -163,8 +164,9 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_env(name)} must be > 0")
-        if self.model_first_wait_ms < 0 or self.model_silent_after_s <= 0:
-            raise SettingsError(f"{_env('model_first_wait_ms')} must be >= 0, {_env('model_silent_after_s')} > 0")
+        if self.model_first_wait_ms < 0 or self.model_silent_after_s <= 0 or self.model_merge_wait_ms < 0:
+            raise SettingsError(f"{_env('model_first_wait_ms')} and {_env('model_merge_wait_ms')} must be >= 0, "
+                                f"{_env('model_silent_after_s')} > 0")
         if self.warmup_users < self.segments:
             raise SettingsError(f"{_env('warmup_users')} must be >= {_env('segments')}")
         if not 0.0 < self.dbstream_intersection <= 1.0:

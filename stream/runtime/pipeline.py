@@ -190,7 +190,8 @@ class Pipeline:
             shared = GlobalDBSTREAM if settings.clusterer == "dbstream" else GlobalKMeans
             segmenter = shared(segmenter, settings.instance_id or default_instance_id(), k=settings.segments,  # type: ignore[arg-type]
                                first_wait_s=settings.model_first_wait_ms / 1000.0,
-                               silent_after_s=settings.model_silent_after_s)
+                               silent_after_s=settings.model_silent_after_s,
+                               merge_wait_s=settings.model_merge_wait_ms / 1000.0)
         decoder = EventDecoder(spec, max_event_bytes=settings.max_event_bytes, min_ts=settings.min_event_ts,
                                max_clock_skew_s=settings.max_clock_skew_s, now=now)
         pipeline = cls(store, encoder, segmenter, decoder, hysteresis=settings.hysteresis, dwell_s=settings.dwell_s,

@@ -209,6 +209,30 @@ def test_a_member_taking_the_lead_proposes_nothing_until_a_summary_is_newer_than
     latest = topic.announced()[max(topic.announced())]
     assert latest["version"] == before + 1 and latest["proposer"] == "b" and latest["members"] == {"a": 800, "b": 800}
 
+
+def test_a_summary_whose_round_will_not_complete_is_merged_after_the_merge_wait():
+    now = [0.0]
+    x, truth = _blobs(13, k=4)
+    a, b = (_member(n, merge_wait_s=1.0, clock=lambda: now[0]) for n in ("a", "b"))
+    topic = Topic({"a": [0], "b": [1]})
+    _feed(a, x[truth < 2], "a")
+    _feed(b, x[truth >= 2], "b")
+    for _ in range(4):
+        topic.pump(a, leader=True)
+        topic.pump(b, leader=False)
+    before = max(topic.announced())
+    _feed(b, x[truth >= 2][:200], "b")  # b's last events; a's partition has run dry: no round completes
+    topic.pump(b, leader=False)
+    now[0] = 0.5
+    topic.pump(a, leader=True)
+    topic.pump(a, leader=True)
+    assert max(topic.announced()) == before  # within the wait: the round may still complete
+    now[0] = 1.5
+    topic.pump(a, leader=True)
+    topic.pump(a, leader=True)
+    latest = topic.announced()[max(topic.announced())]
+    assert latest["version"] == before + 1 and latest["members"] == {"a": 600, "b": 800}
+
 def test_global_lineage_is_announced_once_by_the_proposer_and_known_to_every_member():
     x, truth = _blobs(10, k=4)
     a, b = _member("a"), _member("b")
