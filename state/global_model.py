@@ -147,9 +147,10 @@ class GlobalKMeans(WarmupBuffer):
         self._counts = np.zeros(getattr(local, "k", 0), dtype=np.float64)  # decayed embeddings per local centre
         self._events = 0  # events this member has consumed (named in its summaries)
         self._summaries: dict[str, dict[str, Any]] = {}  # latest summary per member, as read from the topic
-        self._new_since_merge: set[str] = set()  # members with a summary newer than the last merge
-        self._merged_members: set[str] = set()  # the members the current version merged
+        # what is new is derived, never kept: a member's latest summary (not a heartbeat) covers more events
+        # than the current version (or this leader's latest merge) holds of it, whoever proposed that version
         self._data_events: dict[str, int] = {}  # member -> events its latest summary (not a heartbeat) covers
+        self._merged_events: dict[str, int] = {}  # member -> events of its summary the current version holds
         self._pending_since: float | None = None  # when a summary no version holds was first read (this clock)
         self._proposed = 0  # version of this instance's outstanding proposal (0: none)
         self._next_id = 0  # the next global segment id (carried by every model record)
@@ -376,23 +377,36 @@ class GlobalKMeans(WarmupBuffer):
         summary has waited ``merge_wait_s`` for the rest of its round (members whose partitions ran dry
         send nothing more: the last summaries of a log are merged too); or when a member the current
         version merged has fallen silent. Heartbeats are not new summaries."""
-        if self._merged_members - set(self._live()):
+        live = set(self._live())
+        if set(self._merged_events) - live:
             return True  # a member the current version merged fell silent: a version without it
-        new = self._new_since_merge
+        new = self._new_since_merge(live)
         if not new:
             return False
-        if self.instance_id in new or not new <= self._merged_members:
+        if self.instance_id in new or not new <= set(self._merged_events):
             return True
         if self._pending_since is not None and self.clock() - self._pending_since >= self.merge_wait_s:
             return True  # a round that will not complete (the other members' partitions ran dry)
-        return set(self._live()) <= new
+        return live <= new
+
+    def _new_since_merge(self, live: set[str] | None = None) -> set[str]:
+        """Live members whose latest summary covers more events than the current version holds of them."""
+        live = set(self._live()) if live is None else live
+        return {i for i in live if self._data_events.get(i, -1) > self._merged_events.get(i, -1)}
+
+    def _note_pending(self) -> None:
+        """Start the merge wait when a summary no version holds appears; stop it when none is left."""
+        if not self._new_since_merge():
+            self._pending_since = None
+        elif self._pending_since is None:
+            self._pending_since = self.clock()
 
     def _merge(self) -> None:
         m = self.model
         assert m is not None
-        self._new_since_merge = set()
-        self._pending_since = None
         live = self._live()
+        self._merged_events = {i: self._data_events.get(i, -1) for i in live}  # read back with the proposal
+        self._pending_since = None
         x, _, members = self._points(live)
         if len(x) == 0:
             return
@@ -436,10 +450,8 @@ class GlobalKMeans(WarmupBuffer):
             known = member in self._summaries
             self._summaries[member] = {**msg, "_at": float(msg.get("sent_at", self.clock()))}
             if not (msg.get("heartbeat") and known):  # a heartbeat says "alive", not "new data": no merge for it
-                self._new_since_merge.add(member)
                 self._data_events[member] = int(msg.get("events", 0))
-                if self._pending_since is None:
-                    self._pending_since = self.clock()
+                self._note_pending()
             return None
         if msg.get("kind") != "model":
             self.ignored += 1
@@ -457,16 +469,11 @@ class GlobalKMeans(WarmupBuffer):
         first = self.model is None
         self.model = SegmentModel(version, centroids, ids, event_time)
         self._next_id = int(msg.get("next_id", int(ids.max()) + 1))
-        self._merged_members = set(msg.get("members") or msg.get("instances") or ())
         merged = msg.get("members")
-        if isinstance(merged, dict):
-            # what is new is what this version did not merge, whoever proposed it: a member that takes the
-            # lead later (the next owner of partition 0) must not re-merge summaries a version already holds
-            self._new_since_merge = {i for i, n in self._data_events.items() if n > int(merged.get(i, -1))}
-            if not self._new_since_merge:
-                self._pending_since = None
-            elif self._pending_since is None:
-                self._pending_since = self.clock()
+        if not isinstance(merged, dict):  # a record that names its instances only: it holds what is known of them
+            merged = {i: self._data_events.get(i, -1) for i in msg.get("instances") or ()}
+        self._merged_events = {str(i): int(n) for i, n in merged.items()}
+        self._note_pending()
         mine = msg.get("proposer") == self.instance_id and self._proposed == version  # proposed in this life
         if self._proposed and version >= self._proposed:
             self._proposed = 0

@@ -171,7 +171,8 @@ class Pipeline:
         if settings.clusterer == "dbstream":
             segmenter = OnlineDBSTREAM(
                 encoder.dim, radius=settings.dbstream_radius, fading_factor=settings.dbstream_fading,
-                intersection_factor=settings.dbstream_intersection, warmup_users=settings.warmup_users, learn_sample=settings.learn_sample,
+                intersection_factor=settings.dbstream_intersection, warmup_users=settings.warmup_users,
+                learn_sample=settings.learn_sample,
                 recluster_events=settings.model_update_events, seed=settings.seed, match_factor=settings.match_factor,
                 min_share=settings.dbstream_min_share)
         else:

@@ -159,16 +159,23 @@ def test_v1_waits_for_every_partitions_summary_then_goes_with_what_it_has():
     assert v1["members"] == {"a": 600}
 
 
-def test_a_silent_member_is_visible_and_left_out_of_merges():
-    now = [0.0]
-    x, truth = _blobs(9, k=4)
-    a, b = _member("a", silent_after_s=30.0, clock=lambda: now[0]), _member("b", silent_after_s=30.0, clock=lambda: now[0])
+def _two_members(seed: int, rounds: int, **kw) -> tuple[np.ndarray, np.ndarray, GlobalKMeans, GlobalKMeans, Topic]:
+    """Members a (partition 0, the leader) and b (partition 1), each fed two of four planted groups, after
+    ``rounds`` turns of the model topic (a first)."""
+    x, truth = _blobs(seed, k=4)
+    a, b = _member("a", **kw), _member("b", **kw)
     topic = Topic({"a": [0], "b": [1]})
     _feed(a, x[truth < 2], "a")
     _feed(b, x[truth >= 2], "b")
-    for _ in range(3):
+    for _ in range(rounds):
         topic.pump(a, leader=True)
         topic.pump(b, leader=False)
+    return x, truth, a, b, topic
+
+
+def test_a_silent_member_is_visible_and_left_out_of_merges():
+    now = [0.0]
+    x, truth, a, b, topic = _two_members(9, 3, silent_after_s=30.0, clock=lambda: now[0])
     assert a.model is not None and set(topic.announced()[1]["members"]) == {"a", "b"}
     now[0] = 20.0  # both last sent a third of silent_after ago: both re-send (heartbeat)
     topic.pump(b, leader=False)
@@ -183,16 +190,8 @@ def test_a_silent_member_is_visible_and_left_out_of_merges():
     assert latest["members"] == {"a": 600} and latest["version"] > 1
 
 
-
 def test_a_member_taking_the_lead_proposes_nothing_until_a_summary_is_newer_than_the_latest_version():
-    x, truth = _blobs(12, k=4)
-    a, b = _member("a"), _member("b")
-    topic = Topic({"a": [0], "b": [1]})
-    _feed(a, x[truth < 2], "a")
-    _feed(b, x[truth >= 2], "b")
-    for _ in range(4):
-        topic.pump(a, leader=True)
-        topic.pump(b, leader=False)
+    x, truth, a, b, topic = _two_members(12, 4)
     before = max(topic.announced())
     assert set(topic.announced()[before]["members"]) == {"a", "b"}
     merges = []  # a re-merge of what a version holds may still land on other centres (k-means restarts)
@@ -212,14 +211,7 @@ def test_a_member_taking_the_lead_proposes_nothing_until_a_summary_is_newer_than
 
 def test_a_summary_whose_round_will_not_complete_is_merged_after_the_merge_wait():
     now = [0.0]
-    x, truth = _blobs(13, k=4)
-    a, b = (_member(n, merge_wait_s=1.0, clock=lambda: now[0]) for n in ("a", "b"))
-    topic = Topic({"a": [0], "b": [1]})
-    _feed(a, x[truth < 2], "a")
-    _feed(b, x[truth >= 2], "b")
-    for _ in range(4):
-        topic.pump(a, leader=True)
-        topic.pump(b, leader=False)
+    x, truth, a, b, topic = _two_members(13, 4, merge_wait_s=1.0, clock=lambda: now[0])
     before = max(topic.announced())
     _feed(b, x[truth >= 2][:200], "b")  # b's last events; a's partition has run dry: no round completes
     topic.pump(b, leader=False)
@@ -232,6 +224,7 @@ def test_a_summary_whose_round_will_not_complete_is_merged_after_the_merge_wait(
     topic.pump(a, leader=True)
     latest = topic.announced()[max(topic.announced())]
     assert latest["version"] == before + 1 and latest["members"] == {"a": 600, "b": 800}
+
 
 def test_global_lineage_is_announced_once_by_the_proposer_and_known_to_every_member():
     x, truth = _blobs(10, k=4)
