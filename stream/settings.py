@@ -67,7 +67,7 @@ class Settings:
 
     # --- micro-batching ----------------------------------------------------
     batch_max_events: int = _opt("SEGSTREAM_BATCH_MAX_EVENTS", 5000, "Largest micro-batch, in events.", group="batching")
-    batch_max_wait_ms: int = _opt("SEGSTREAM_BATCH_MAX_WAIT_MS", 50, "Longest a record waits for its micro-batch to fill (bounds latency).", group="batching")
+    batch_max_wait_ms: int = _opt("SEGSTREAM_BATCH_MAX_WAIT_MS", 50, "Longest a micro-batch waits to fill, counted from its oldest record's Kafka timestamp (a record that arrived while the loop was busy has already waited part of it); bounds latency.", group="batching")
     max_event_bytes: int = _opt("SEGSTREAM_MAX_EVENT_BYTES", 65536, "Records larger than this are dead-lettered as 'oversized'.", group="batching")
     max_clock_skew_s: float = _opt("SEGSTREAM_MAX_CLOCK_SKEW_S", 86400.0, "Events stamped further than this in the future (wall clock) are dead-lettered.", group="batching")
     min_event_ts: float = _opt("SEGSTREAM_MIN_EVENT_TS", 631152000.0, "Events stamped before this epoch second (default 1990-01-01) are dead-lettered.", group="batching")
@@ -100,6 +100,7 @@ class Settings:
     checkpoint_interval_ms: int = _opt("SEGSTREAM_CHECKPOINT_INTERVAL_MS", 0, "Checkpoint (confirm outputs, snapshot state, commit offsets) at most this often; 0: no lower bound (the share below decides). Snapshots cost time in proportion to users held.", group="recovery")
     checkpoint_share: float = _opt("SEGSTREAM_CHECKPOINT_SHARE", 0.2, "While records are waiting (full micro-batches), the most of the run loop's time checkpoints may take: after a checkpoint that took d seconds the next one waits d*(1-share)/share (at most SEGSTREAM_CHECKPOINT_MAX_GAP_MS), so a loop with a backlog writes each changed user once for many batches. A loop that keeps up checkpoints after every micro-batch. 1: always after every micro-batch.", group="recovery")
     checkpoint_max_gap_ms: int = _opt("SEGSTREAM_CHECKPOINT_MAX_GAP_MS", 2000, "The longest the share rule may hold a checkpoint back (with the changelog, outputs wait for their checkpoint: this bounds their extra latency under a backlog).", group="recovery")
+    commit_interval_ms: int = _opt("SEGSTREAM_COMMIT_INTERVAL_MS", 1000, "With the state changelog: commit the input offsets at most this often (0: at every checkpoint). A restore resumes at the offsets its partition's last checkpoint marker carries, so the committed offsets are only the group's lag and the start of a partition with no marker; committing them less often keeps a round trip per checkpoint off the run loop. Without the changelog every checkpoint commits.", group="recovery")
     aligned_batches: bool = _opt("SEGSTREAM_ALIGNED_BATCHES", False, "Cut micro-batches per partition at offset multiples of the batch size, so that a replay after a crash sees the very same batches (bit-exact recovery).", group="recovery")
     dedup_window: int = _opt("SEGSTREAM_DEDUP_WINDOW", 0, "Drop an event whose event_id is among the last N ids seen (0: off).", group="recovery")
     pseudonymise_key: str = _opt("SEGSTREAM_PSEUDONYMISE_KEY", "", "Replace user ids and event ids by HMAC-SHA-256(key, id) before they are stored or published (empty: off; docs/privacy.md).", group="recovery")
@@ -153,8 +154,9 @@ class Settings:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise SettingsError(f"{f.metadata['env']}={value!r}: expected one of {', '.join(choices)}")
-        if self.checkpoint_interval_ms < 0 or self.dedup_window < 0:
-            raise SettingsError(f"{_env('checkpoint_interval_ms')} and {_env('dedup_window')} must be >= 0")
+        if self.checkpoint_interval_ms < 0 or self.dedup_window < 0 or self.commit_interval_ms < 0:
+            raise SettingsError(f"{_env('checkpoint_interval_ms')}, {_env('commit_interval_ms')} and "
+                                f"{_env('dedup_window')} must be >= 0")
         if not 0.0 < self.checkpoint_share <= 1.0 or self.checkpoint_max_gap_ms < 0:
             raise SettingsError(f"{_env('checkpoint_share')} must be in (0, 1] and {_env('checkpoint_max_gap_ms')} >= 0")
         if self.gc_threshold < 0:

@@ -115,7 +115,7 @@ class Metrics:
         self.encoder_duration = Histogram("segstream_encoder_duration_seconds", "Encoder time per micro-batch.",
                                           buckets=LATENCY_BUCKETS, registry=r)
         self.event_to_publish = ArrayHistogram("segstream_event_to_publish_seconds",
-                                               "From a record's Kafka timestamp to its batch's outputs being confirmed.",
+                                               "From a record's Kafka timestamp to its batch's outputs leaving: sent after their checkpoint's commit point (state changelog on), confirmed (off).",
                                                LATENCY_BUCKETS, r)
         self.publish_failures = Counter("segstream_publish_failures", "Sends that failed (retried before any commit).", registry=r)
         self.commits = Counter("segstream_offset_commits", "Successful offset commits.", registry=r)
@@ -126,7 +126,7 @@ class Metrics:
         self.oldest_unprocessed_age = Gauge("segstream_oldest_unprocessed_event_age_seconds", "Now minus the Kafka timestamp of the record at the group's committed offset (the oldest record not yet checkpointed), per owned partition; 0 when none waits.",
                                             ["topic", "partition"], registry=r)
         self.lag_probe_time = Gauge("segstream_lag_probe_timestamp_seconds", "Wall time of the last successful broker lag probe (the process start until the first; 0: no probe, SEGSTREAM_LAG_PROBE_INTERVAL_S=0).", registry=r)
-        self.last_checkpoint = Gauge("segstream_last_checkpoint_timestamp_seconds", "Wall time of the last successful checkpoint: outputs confirmed, state persisted, offsets committed (0 before the first).", registry=r)
+        self.last_checkpoint = Gauge("segstream_last_checkpoint_timestamp_seconds", "Wall time of the last successful checkpoint: its markers confirmed (state changelog on), or outputs confirmed, state persisted and offsets committed (off); 0 before the first.", registry=r)
         self.loop_turn = Gauge("segstream_loop_turn_timestamp_seconds", "Wall time the run loop last turned (one poll and its batch); /healthz fails once it is SEGSTREAM_LIVENESS_TIMEOUT_S old.", registry=r)
         self.ready = Gauge("segstream_ready", "1 while /readyz answers 200 (in the group, every owned partition restored), else 0.", registry=r)
         self.lineage_events = Counter("segstream_segment_lineage_events", "Segment lineage events published, by kind (born, retired, merged, split): segment ids appearing and ending.", ["kind"], registry=r)

@@ -18,6 +18,7 @@ consumer seeks to the snapshot's offset.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -66,6 +67,8 @@ class StreamRunner:
         self.rebalance = RebalanceTracker(self._log_context)
         self.summary = RunSummary()
         self._positions: dict[TopicPartition, int] = {}  # last committed offset per owned partition
+        self._marked: dict[TopicPartition, int] = {}  # with the changelog: the offset of each partition's last marker
+        self._last_commit = -math.inf  # the first checkpoint commits at once, later ones at most every commit_interval_ms
         self._state_offsets: dict[TopicPartition, int] = {}  # next offset the in-memory state reflects
         self._buffer: dict[TopicPartition, Records] = {}  # aligned batching: records not yet processed
         self._deadline: dict[TopicPartition, float] = {}
@@ -181,9 +184,9 @@ class StreamRunner:
         return out
 
     def _collect(self, stop: threading.Event) -> Records:
-        """One micro-batch: up to ``batch_max_events`` records or ``batch_max_wait_ms`` after the first."""
+        """One micro-batch: up to ``batch_max_events`` records, or until its oldest record has waited
+        ``batch_max_wait_ms`` (:meth:`_batch_deadline`)."""
         max_n = self._max_batch
-        wait_s = self.settings.batch_max_wait_ms / 1000.0
         blocks: list[Records] = []
         count = 0
         deadline: float | None = None
@@ -195,12 +198,29 @@ class StreamRunner:
             blocks.extend(b for _, b in got)
             count = sum(len(b) for b in blocks)
             if count and deadline is None:
-                deadline = time.monotonic() + wait_s
+                deadline = self._batch_deadline([b for _, b in got if len(b)])
             if count >= max_n or (deadline is not None and time.monotonic() >= deadline):
                 break
             if not count:
                 break  # idle tick: let the caller check stop / idle exit
         return Records.concat(blocks)
+
+    def _batch_deadline(self, blocks: list[Records]) -> float:
+        """When a batch whose first records are ``blocks`` closes (``time.monotonic()`` clock):
+        ``batch_max_wait_ms`` after its oldest record's Kafka timestamp, and no later than that after now.
+
+        Why the timestamp: records that arrived while the loop was busy with the batch ahead have
+        already waited; charging them the whole wait again is what made small producer batches slow.
+        A record without a timestamp (or stamped in the future) counts as arriving now; a producer's
+        clock behind this host's only closes batches sooner (smaller batches, never a longer wait)."""
+        wait_s = self.settings.batch_max_wait_ms / 1000.0
+        now = time.monotonic()
+        stamps = [int(b.timestamps.min()) for b in blocks if len(b)]
+        oldest = min(stamps) if stamps else -1
+        if oldest <= 0:
+            return now + wait_s
+        waited = min(wait_s, max(0.0, self.clock() - oldest / 1000.0))
+        return now + wait_s - waited
 
     def _idle_poll_ms(self) -> int:
         """How long a poll with nothing collected yet may wait: 200 ms, or only until the checkpoint interval
@@ -333,7 +353,12 @@ class StreamRunner:
         """Whether the in-memory state of ``tp`` is exactly what was last committed (nothing to redo)."""
         if self.changelog is not None and self.changelog.holds(tp.partition):
             return False  # outputs not yet official: drop and restore from the last marker
-        return tp in self._state_offsets and self._state_offsets[tp] == self._positions.get(tp)
+        return tp in self._state_offsets and self._state_offsets[tp] == self._covered().get(tp)
+
+    def _covered(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset its last checkpoint covers: its marker's with the changelog (the
+        offsets are committed later, :meth:`_commit_marked`), the committed offset without."""
+        return self._marked if self.changelog is not None else self._positions
 
     def _position_processed(self, tp: TopicPartition) -> int:
         """The consumer's position less the records fetched ahead and not processed yet."""
@@ -360,6 +385,7 @@ class StreamRunner:
         n = self.pipeline.drop_partition(tp.partition)
         self._state_offsets.pop(tp, None)
         self._positions.pop(tp, None)
+        self._marked.pop(tp, None)
         self._buffer.pop(tp, None)
         self._deadline.pop(tp, None)
         self._restoring.pop(tp, None)
@@ -462,6 +488,8 @@ class StreamRunner:
                             tp, c, extra={"partition": tp.partition, "offset": c})
             self.consumer.seek(tp, start)
             self._state_offsets[tp] = start
+            if st.offset is not None:
+                self._marked[tp] = st.offset
             if c is not None and c > start:
                 self._restoring[tp] = c
         log.info("restored %d users of partitions %s from changelog %s (%d records, %d partitions from the local "
@@ -624,7 +652,8 @@ class StreamRunner:
         owned = self.rebalance.owned()
         offsets = {tp: off for tp, off in self._state_offsets.items() if tp in owned and off >= 0}
         held = self.changelog is not None and self.changelog.holds()
-        if not offsets or (not held and all(self._positions.get(tp) == off for tp, off in offsets.items())):
+        covered = self._covered()
+        if not offsets or (not held and all(covered.get(tp) == off for tp, off in offsets.items())):
             return {}
         return offsets
 
@@ -638,21 +667,25 @@ class StreamRunner:
         offsets = self._checkpoint_offsets()
         if not offsets:
             self.publisher.confirm()
+            self._commit_marked(force)
             return True
-        self.checkpoint(offsets)
+        self.checkpoint(offsets, final=force)
         return True
 
-    def checkpoint(self, offsets: dict[TopicPartition, int]) -> None:
+    def checkpoint(self, offsets: dict[TopicPartition, int], *, final: bool = False) -> None:
         """The checkpoint order, in one place. With the state changelog:
 
         1. the commit point: the changelog records of the users changed since the last checkpoint and the
            model are sent (with lineage, profiles and dead letters) and confirmed; then each partition's
            ``__checkpoint__`` marker, carrying the partition's **outbox** (the ``user-segments`` records,
            changes and tombstones, of its users since the last checkpoint), is sent and confirmed;
-        2. the outboxes are published to ``user-segments`` and confirmed;
-        3. exactly those offsets are committed, explicitly, for partitions this member still owns.
+        2. the outboxes are handed to the producer for ``user-segments``; they are confirmed by the next
+           confirm (step 1 of the next checkpoint, an idle turn, or step 3), not waited for here;
+        3. at most every ``commit_interval_ms`` (and on a ``final`` checkpoint, at shutdown): everything
+           sent is confirmed, then the offsets of the last markers are committed, explicitly, for
+           partitions this member still owns (:meth:`_commit_marked`).
 
-        (and, when a checkpoint directory is set, one local snapshot per owned partition between 2 and 3).
+        (and, when a checkpoint directory is set, one local snapshot per owned partition after 2).
         Any send that keeps failing raises, so nothing after it happens.
 
         Why a crash at any point keeps the output contract (``seq`` +1 per change, nothing repeated but
@@ -662,7 +695,10 @@ class StreamRunner:
         marker's outbox byte for byte (same ``change_id``, same ``seq``) before processing anything and
         resumes the input at the marker's offset, so each user's next change is ``seq`` + 1. Re-processing
         the batch instead would let another member's model publish a different change with the same ``seq``.
-        A crash between 2 and 3 only repeats the outbox (exact re-sends) at the next restore.
+        A crash after 1, before the outbox is confirmed or the offsets committed, only repeats the outbox
+        (exact re-sends) at the next restore: a restore resumes at the marker's offset, whatever was
+        committed. That is why steps 2 and 3 need not hold the loop back: a batch's segment events leave
+        one commit point after it, not four round trips.
 
         Without the changelog (``SEGSTREAM_CHANGELOG=false``): outputs are sent as the batch is processed
         and confirmed here, then the local snapshot is written, then the offsets committed; a crash
@@ -676,8 +712,9 @@ class StreamRunner:
         if self.changelog is not None:
             self.changelog.seal(changelog)  # the markers, each with its partition's outbox
             self.publisher.confirm()  # the commit point
+            self._marked.update(offsets)
+            self.metrics.last_checkpoint.set(time.time())
             self.outputs.publish(*self.changelog.release())
-            self.publisher.confirm()
         if self.checkpoints is not None:
             store = self.pipeline.store
             rows = {tp.partition: store.rows_of_partition(tp.partition) for tp in offsets}
@@ -687,17 +724,30 @@ class StreamRunner:
                 extra = {p: cache_extra(self.changelog, p, r, at.get(p)) for p, r in rows.items()}
             self.checkpoints.write({**self.pipeline.global_state(), "drift": self.metrics.drift.state()}, {
                 tp.partition: (off, store.export_rows(rows[tp.partition])) for tp, off in offsets.items()}, extra)
-        committed = self._commit(offsets)
-        if committed:
+        if self.changelog is not None:
+            self._commit_marked(final)
+        elif self._commit(offsets):
             self.metrics.last_checkpoint.set(time.time())
-        if committed and self.checkpoints is not None:
-            self.checkpoints.prune({tp.partition: off for tp, off in committed.items()})
         self._last_checkpoint = time.monotonic()
         self._checkpoint_seconds = time.perf_counter() - t0
         self.metrics.checkpoint_duration.observe(self._checkpoint_seconds)
         meta = self.consumer.group_metadata()
         log.debug("checkpoint", extra={"generation": meta.generation_id, "member": meta.member_id,
                                        "offsets": {tp.partition: off for tp, off in offsets.items()}})
+
+    def _commit_marked(self, force: bool) -> None:
+        """With the changelog: commit the offsets of the owned partitions' last markers, once
+        ``commit_interval_ms`` has passed since the last commit (or when ``force``d), after confirming
+        every record sent so far (the outboxes those markers released among them)."""
+        if self.changelog is None:
+            return
+        owned = self.rebalance.owned()
+        due = {tp: off for tp, off in self._marked.items() if tp in owned and self._positions.get(tp) != off}
+        if not due or (not force and time.monotonic() - self._last_commit < self.settings.commit_interval_ms / 1000.0):
+            return
+        self.publisher.confirm()  # outputs confirmed before the offsets that cover them are committed
+        self._commit(due)
+        self._last_commit = time.monotonic()
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         owned = self.rebalance.owned()
@@ -718,6 +768,8 @@ class StreamRunner:
         self._positions = {tp: pos for tp, pos in self._positions.items() if tp in owned}
         self._positions.update(done)
         self.summary.committed.update(done)
+        if self.checkpoints is not None:
+            self.checkpoints.prune({tp.partition: off for tp, off in done.items()})
         return done
 
     def _observe(self, result: BatchResult, records: Records, seconds: float) -> None:
