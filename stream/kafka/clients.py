@@ -97,12 +97,16 @@ def make_reader_consumer(settings: Settings, client_id: str) -> Any:
 
 
 def make_stream_producer(settings: Settings) -> Any:
-    """The run loop's producer (what :class:`Publisher` sends through) on ``settings.kafka_client``."""
+    """The run loop's producer (what :class:`Publisher` sends through) on ``settings.kafka_client``.
+
+    No linger: the run loop sends whole record batches (or a checkpoint's records, then confirms them at
+    once), and a checkpoint's outbox leaves without a confirm waiting on it; lingering would only hold
+    segment events back."""
     if settings.kafka_client == "confluent":
         from stream.kafka.confluent import ConfluentProducer
 
-        return ConfluentProducer(settings)
-    return make_producer(settings)
+        return ConfluentProducer(settings, **{"linger.ms": 0})
+    return make_producer(settings, linger_ms=0)
 
 
 def make_admin(settings: Settings, **overrides: Any) -> Any:

@@ -155,11 +155,17 @@ class StreamRunner:
         hand them to the child; returns this batch (less what a rebalance voided) and its columns, decoded
         in the child while the last batch was processed (``None``: decode in-process).
 
+        Only a full batch fetches ahead: records are waiting (a backlog), and decoding them in the child
+        while this batch is processed is what lets the loop catch up. A loop that keeps up gains nothing
+        from it and would pay in latency: the records fetched ahead wait for this batch, then form a
+        small batch of their own with its own checkpoint.
+
         The poll may run rebalance callbacks, so this batch's records of reset partitions are dropped
         first (:meth:`_void`, as in :meth:`_collect`), and with them the child's columns of this batch.
         """
         assert self.decode_ahead is not None
-        ahead = Records.concat([b for _, b in self._poll(0, self._max_batch)])
+        full = len(records) >= self._max_batch
+        ahead = Records.concat([b for _, b in self._poll(0, self._max_batch)]) if full else Records.empty()
         self._ahead = ahead if len(ahead) else None
         if self._reset:
             kept = self._void(records)

@@ -22,7 +22,7 @@ def test_sigterm_then_restart_skips_nothing(broker, topics, kafka_client):
     # small batches and a slow-ish encoder path so that SIGTERM lands mid-stream
     first = SegstreamProcess(settings, "--batch-max-events", "200", *client)
     try:
-        first.wait_metric("segstream_offset_commits_total", lambda v: v >= 3, timeout_s=120)
+        first.wait_metric("segstream_checkpoint_duration_seconds_count", lambda v: v >= 3, timeout_s=120)
         code, s1, err = first.terminate(timeout_s=30)
     finally:
         first.kill()
