@@ -640,7 +640,7 @@ class StreamRunner:
         checkpoints take at most ``checkpoint_share`` of the loop's time, judged by the last one, up to
         ``checkpoint_max_gap_ms``.
 
-        Why: a checkpoint costs a fixed part (the model's records, the markers, three confirm round trips)
+        Why: a checkpoint costs a fixed part (the model's records, the markers, two confirm round trips)
         plus a part per changed user. A loop that keeps up checkpoints after every micro-batch, so its
         outputs (which wait for their checkpoint) wait for nothing more; a loop with a backlog spaces its
         checkpoints, pays the fixed part once for many batches and writes a user that changed in several
