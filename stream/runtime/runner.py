@@ -1,11 +1,13 @@
-"""The Kafka run loop: poll a micro-batch, process it, publish, confirm, checkpoint.
+"""The Kafka run loop: poll a micro-batch, process it, checkpoint, publish.
 
 Delivery is at-least-once, and a checkpoint is one named sequence,
 :meth:`StreamRunner.checkpoint`: persist state, model and the interval's
 segment changes (the outbox) with the offsets they reflect, confirmed up to
-the partition's marker (the commit point), then publish the outbox, then
-commit those offsets explicitly. A stop request (SIGTERM/SIGINT) lets the current batch finish and
-checkpoint before the consumer leaves the group.
+the partition's marker (the commit point), then publish the outbox, and (at most every
+``commit_interval_ms``, after a confirm) commit the markers' offsets explicitly. A stop request
+(SIGTERM/SIGINT) lets the current batch finish and checkpoint before the consumer leaves the group.
+How batches are cut is in :mod:`stream.runtime.batching`, how partitions are restored in
+:mod:`stream.runtime.restore`.
 
 Rebalance callbacks run on kafka-python's IO thread, so the listener only
 queues what happened; the loop applies it right after the poll that ran the
@@ -22,13 +24,13 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from stream.kafka import CommitFailedError, Consumer, KafkaError, TopicPartition, commit_offsets
 
-from stream.runtime.changelog import Changelog, decode_partition
-from stream.runtime.changelog_cache import base_records, cache_extra, covers, marker_ck, model_of
+from stream.runtime.batching import MicroBatches
+from stream.runtime.changelog import Changelog
+from stream.runtime.changelog_cache import cache_extra
 from stream.runtime.checkpoints import CheckpointStore
 from stream.contracts.user_segments import change_ids
 from stream.runtime.decode_worker import DecodeAhead
@@ -38,9 +40,9 @@ from stream.observability.metrics import Metrics
 from stream.runtime.outputs import OutputWriter
 from stream.runtime.summary import RunSummary
 from stream.runtime.pipeline import BatchResult, Pipeline
-from stream.kafka.partition_reader import read_partitions
+from stream.runtime.restore import PartitionRestore
 from stream.kafka.rebalance import RebalanceTracker
-from stream.kafka.records import Records, as_records
+from stream.kafka.records import Records
 from stream.settings import Settings
 
 __all__ = ["StreamRunner"]
@@ -48,7 +50,7 @@ __all__ = ["StreamRunner"]
 log = logging.getLogger(__name__)
 
 
-class StreamRunner:
+class StreamRunner(MicroBatches, PartitionRestore):
     def __init__(self, settings: Settings, pipeline: Pipeline, consumer: Consumer, publisher: Publisher,
                  metrics: Metrics, *, clock: Callable[[], float] = time.time,
                  on_batch: Callable[[BatchResult, RunSummary], None] | None = None,
@@ -150,160 +152,6 @@ class StreamRunner:
         summary.seconds += time.perf_counter() - started
         return summary
 
-    def _prefetch(self, records: Records) -> tuple[Records, tuple[EventBatch, list[Rejected]] | None]:
-        """With a decode process: take the records already fetched as the next batch (``self._ahead``) and
-        hand them to the child; returns this batch (less what a rebalance voided) and its columns, decoded
-        in the child while the last batch was processed (``None``: decode in-process).
-
-        Only a full batch fetches ahead: records are waiting (a backlog), and decoding them in the child
-        while this batch is processed is what lets the loop catch up. A loop that keeps up gains nothing
-        from it and would pay in latency: the records fetched ahead wait for this batch, then form a
-        small batch of their own with its own checkpoint.
-
-        The poll may run rebalance callbacks, so this batch's records of reset partitions are dropped
-        first (:meth:`_void`, as in :meth:`_collect`), and with them the child's columns of this batch.
-        """
-        assert self.decode_ahead is not None
-        full = len(records) >= self._max_batch
-        ahead = Records.concat([b for _, b in self._poll(0, self._max_batch)]) if full else Records.empty()
-        self._ahead = ahead if len(ahead) else None
-        if self._reset:
-            kept = self._void(records)
-            if len(kept) < len(records):
-                records = kept
-                self.decode_ahead.discard()
-        return records, self.decode_ahead.exchange(None if self._ahead is None else self._ahead.values)
-
-    def _poll(self, timeout_ms: int, max_records: int) -> list[tuple[TopicPartition, Records]]:
-        """One poll (one block of columns per partition), with any rebalance it caused applied first."""
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        reset = self._reset = self._apply_rebalance()
-        owned = self.rebalance.owned()
-        out = []
-        for tp, fetched in polled.items():
-            block = as_records(tp, fetched)
-            if tp in owned and tp not in reset:
-                out.append((tp, block))
-            elif len(block):
-                log.info("dropped %d fetched records of partition %s (revoked or restored)", len(block), tp,
-                         extra={"topic": tp.topic, "partition": tp.partition})
-        return out
-
-    def _collect(self, stop: threading.Event) -> Records:
-        """One micro-batch: up to ``batch_max_events`` records, or until its oldest record has waited
-        ``batch_max_wait_ms`` (:meth:`_batch_deadline`)."""
-        max_n = self._max_batch
-        blocks: list[Records] = []
-        count = 0
-        deadline: float | None = None
-        while not stop.is_set():
-            timeout_ms = self._idle_poll_ms() if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            got = self._poll(timeout_ms, max_n - count)
-            if self._reset and blocks:
-                blocks = [self._void(Records.concat(blocks))]
-            blocks.extend(b for _, b in got)
-            count = sum(len(b) for b in blocks)
-            if count and deadline is None:
-                deadline = self._batch_deadline([b for _, b in got if len(b)])
-            if count >= max_n or (deadline is not None and time.monotonic() >= deadline):
-                break
-            if not count:
-                break  # idle tick: let the caller check stop / idle exit
-        return Records.concat(blocks)
-
-    def _batch_deadline(self, blocks: list[Records]) -> float:
-        """When a batch whose first records are ``blocks`` closes (``time.monotonic()`` clock):
-        ``batch_max_wait_ms`` after its oldest record's Kafka timestamp, and no later than that after now.
-
-        Why the timestamp: records that arrived while the loop was busy with the batch ahead have
-        already waited; charging them the whole wait again is what made small producer batches slow.
-        A record without a timestamp (or stamped in the future) counts as arriving now; a producer's
-        clock behind this host's only closes batches sooner (smaller batches, never a longer wait)."""
-        wait_s = self.settings.batch_max_wait_ms / 1000.0
-        now = time.monotonic()
-        stamps = [int(b.timestamps.min()) for b in blocks if len(b)]
-        oldest = min(stamps) if stamps else -1
-        if oldest <= 0:
-            return now + wait_s
-        waited = min(wait_s, max(0.0, self.clock() - oldest / 1000.0))
-        return now + wait_s - waited
-
-    def _idle_poll_ms(self) -> int:
-        """How long a poll with nothing collected yet may wait: 200 ms, or only until the checkpoint interval
-        allows one when something waits for a checkpoint (with the changelog, the last batches' outputs)."""
-        if not self._checkpoint_offsets():
-            return 200
-        return int(min(200.0, max(0.0, self._checkpoint_due_in() * 1000.0)))
-
-    def _void(self, records: Records) -> Records:
-        """``records`` less those of partitions the last poll's rebalance reset: dropped partitions are
-        re-read by their new owner, restored or kept ones from where this member's state stands."""
-        reset = [tp.partition for tp in self._reset if tp.topic == records.topic]
-        hit = np.isin(records.partitions, reset)
-        if not hit.any():
-            return records
-        owned = self.rebalance.owned()
-        for p in sorted(set(records.partitions[hit].tolist())):
-            tp = TopicPartition(records.topic, p)
-            if tp not in owned:
-                first = int(records.offsets[records.partitions == p][0])  # a partition's records ascend
-                log.warning("dropped records of a partition revoked during the batch (re-read by its new owner)",
-                            extra={**self._log_context(tp), "offset": first})
-        return records.select(~hit)
-
-    @property
-    def _max_batch(self) -> int:
-        """Records one batch may take: the configured size, or less under back-pressure (:meth:`_pace`)."""
-        return min(self.settings.batch_max_events, self._batch_cap)
-
-    def _collect_aligned(self, stop: threading.Event) -> Records:
-        """One partition's block of offsets [k*B, (k+1)*B), so that a replay cuts the very same batches.
-
-        A block is processed once its last offset (or a later one) has been fetched, or
-        ``batch_max_wait_ms`` after its first record arrived (the tail of a partition).
-        """
-        B = self.settings.batch_max_events
-        wait_s = self.settings.batch_max_wait_ms / 1000.0
-        while True:
-            block = self._ready_block(B)
-            if len(block) or stop.is_set():
-                return block
-            if self._deadline:
-                timeout_ms = max(0, int((min(self._deadline.values()) - time.monotonic()) * 1000))
-            else:
-                timeout_ms = 200
-            got = self._poll(min(timeout_ms, 200), B)
-            now = time.monotonic()
-            for tp, block in got:
-                buf = self._buffer.get(tp)
-                if buf is None or not len(buf):
-                    self._deadline[tp] = now + wait_s
-                    self._buffer[tp] = block
-                else:
-                    self._buffer[tp] = Records.concat([buf, block])
-            if not got and not self._deadline:
-                return Records.empty()  # idle tick
-
-    def _ready_block(self, B: int) -> Records:
-        now = time.monotonic()
-        for tp in sorted(self._buffer, key=lambda t: (t.topic, t.partition)):
-            buf = self._buffer[tp]
-            if not len(buf):
-                continue
-            end = (buf.offset // B + 1) * B
-            n = int(np.searchsorted(buf.offsets, end))  # a partition's offsets ascend
-            complete = n < len(buf) or int(buf.offsets[n - 1]) == end - 1
-            if complete or now >= self._deadline.get(tp, now):
-                block, rest = buf.select(slice(0, n)), buf.select(slice(n, None))
-                if len(rest):
-                    self._buffer[tp] = rest
-                    self._deadline[tp] = now + self.settings.batch_max_wait_ms / 1000.0
-                else:
-                    del self._buffer[tp]
-                    self._deadline.pop(tp, None)
-                return block
-        return Records.empty()
-
     # ----- rebalances ----------------------------------------------------
     def _apply_rebalance(self) -> set[TopicPartition]:
         """Act on queued rebalance events; returns partitions whose fetched records must be dropped."""
@@ -386,160 +234,6 @@ class StreamRunner:
                 del self._restoring[tp]
                 log.info("partition %s caught up with its committed offset %d", tp, target,
                          extra={"partition": tp.partition, "offset": target})
-
-    def _drop(self, tp: TopicPartition, kind: str) -> None:
-        n = self.pipeline.drop_partition(tp.partition)
-        self._state_offsets.pop(tp, None)
-        self._positions.pop(tp, None)
-        self._marked.pop(tp, None)
-        self._buffer.pop(tp, None)
-        self._deadline.pop(tp, None)
-        self._restoring.pop(tp, None)
-        if self.changelog is not None:
-            self.changelog.forget_partition(tp.partition)
-        log.info("partition %s %s: dropped the state of %d users%s", tp, kind, n,
-                 "" if kind == "revoked" else " (not committed)", extra={"partition": tp.partition})
-
-    def _restore(self, tps: set[TopicPartition]) -> None:
-        """Load each partition's snapshot at or before its committed offset, then seek there.
-
-        The state is complete once the consumer's position reaches the committed offset:
-        records between the snapshot and the commit (normally none) are processed again as
-        usual, and their outputs carry the same change ids as the first time.
-        """
-        t0 = time.perf_counter()
-        committed = {tp: self.consumer.committed(tp) for tp in tps}
-        for tp in tps:
-            self._buffer.pop(tp, None)
-            self._deadline.pop(tp, None)
-            # a partition may come back while this member still holds users of it: start clean
-            if len(self.pipeline.store.rows_of_partition(tp.partition)):
-                self.pipeline.drop_partition(tp.partition)
-        # with the changelog, a local snapshot is only a cache of it (read in _restore_changelog)
-        chosen = {tp: (self.checkpoints.best(tp.partition, c) if self.checkpoints and self.changelog is None else None)
-                  for tp, c in committed.items()}
-        snaps = [s for s in chosen.values() if s is not None]
-        fresh = self.pipeline.model is None and len(self.pipeline.store) == 0 and self.pipeline.events_seen == 0
-        exact = None
-        layout = None
-        if fresh and snaps and self.checkpoints is not None:
-            newest = max(snaps, key=lambda s: s.ckpt)
-            state = self.checkpoints.load_global(newest.ckpt)
-            if state is not None:
-                self.pipeline.load_global_state(state)
-                self.metrics.drift.load_state(state.get("drift"))
-                exact, layout = newest.ckpt, state["layout"]
-        users = 0
-        from_log = {tp for tp, snap in chosen.items() if snap is None} if self.changelog is not None else set()
-        if from_log:
-            users += self._restore_changelog(from_log, committed)
-        for tp, snap in sorted(chosen.items(), key=lambda x: x[0].partition):
-            if committed[tp] is not None:
-                self._positions[tp] = committed[tp]
-            if tp in from_log:
-                continue
-            if snap is None:
-                c = committed[tp]
-                self._state_offsets[tp] = c if c is not None else -1
-                # records fetched along with this assignment were dropped: rewind to where they started
-                if c is not None:
-                    self.consumer.seek(tp, c)
-                else:
-                    self.consumer.seek_to_beginning(tp)
-                if c is not None and self.checkpoints is not None:
-                    log.warning("no snapshot of partition %s at or before committed offset %d: its users start empty",
-                                tp, c, extra={"partition": tp.partition, "offset": c})
-                continue
-            users += self.pipeline.import_users(snap.load()["users"], keep_rows=snap.ckpt == exact)
-            self.consumer.seek(tp, snap.offset)
-            self._state_offsets[tp] = snap.offset
-            if committed[tp] is not None and committed[tp] > snap.offset:
-                self._restoring[tp] = committed[tp]
-        self.pipeline.finish_restore(layout)
-        self.metrics.restores.inc(len(tps))
-        self.metrics.users_tracked.set(len(self.pipeline.store))
-        log.info("restored %d partitions (%d users) in %.3fs", len(tps), users, time.perf_counter() - t0, extra={
-            "partitions": sorted(tp.partition for tp in tps),
-            "offsets": {tp.partition: (s.offset if s else committed[tp]) for tp, s in chosen.items()}})
-
-    def _restore_changelog(self, tps: set[TopicPartition], committed: dict[TopicPartition, int | None]) -> int:
-        """Restore partitions from the state changelog, with nothing local: read each changelog partition
-        to its end, load the last complete checkpoint (:mod:`stream.runtime.changelog`), seek the input to
-        the offset that checkpoint covers. Without a checkpoint: from the committed offset with an empty
-        state (or from the beginning when nothing was committed either)."""
-        assert self.changelog is not None
-        parts = sorted(tp.partition for tp in tps)
-        t0 = time.perf_counter()
-        states, cached = self._read_changelog(parts)
-        read_s = time.perf_counter() - t0
-        # the last marker's outbox first, before any input: its writer may have died before publishing it
-        resend = [s.outbox for s in states if s.outbox[0]]
-        if resend:
-            self.outputs.publish([k for keys, _ in resend for k in keys], [v for _, vals in resend for v in vals])
-            self.publisher.confirm()
-            log.info("re-published the outbox of the last checkpoint of partitions %s (%d records)",
-                     [s.partition for s in states if s.outbox[0]], sum(len(k) for k, _ in resend),
-                     extra={"partitions": parts})
-        users = self.changelog.restore(states)
-        for st in states:
-            tp = TopicPartition(self.settings.input_topic, st.partition)
-            c = committed[tp]
-            start = st.offset if st.offset is not None else c
-            if start is None:
-                self._state_offsets[tp] = -1
-                self.consumer.seek_to_beginning(tp)
-                continue
-            if st.offset is None:
-                log.warning("no changelog checkpoint of partition %s at committed offset %d: its users start empty",
-                            tp, c, extra={"partition": tp.partition, "offset": c})
-            self.consumer.seek(tp, start)
-            self._state_offsets[tp] = start
-            if st.offset is not None:
-                self._marked[tp] = st.offset
-            if c is not None and c > start:
-                self._restoring[tp] = c
-        log.info("restored %d users of partitions %s from changelog %s (%d records, %d partitions from the local "
-                 "cache and the changelog after it, read in %.3fs, loaded in %.3fs)",
-                 users, parts, self.changelog.topic, sum(s.records for s in states), cached, read_s,
-                 time.perf_counter() - t0 - read_s, extra={
-                     "partitions": parts, "offsets": {s.partition: s.offset for s in states}})
-        return users
-
-    def _read_changelog(self, parts: list[int]) -> tuple[list[Any], int]:
-        """Each partition's restored state: from the local cache (the newest snapshot, standing for the
-        changelog up to the marker it names) and the changelog from that marker on when the marker is
-        there (:mod:`stream.runtime.changelog_cache`), otherwise from the whole changelog. Returns the states
-        and how many partitions the cache served."""
-        assert self.changelog is not None
-        cl, dtype = self.changelog, self.changelog.dtype
-        cache: dict[int, tuple[Any, dict[str, Any], int]] = {}
-        for p in parts if self.checkpoints is not None else ():
-            snaps = self.checkpoints.snapshots(p)  # type: ignore[union-attr]
-            if snaps:
-                doc = snaps[-1].load()
-                at = covers(doc, cl.topic)
-                if at is not None:
-                    cache[p] = (snaps[-1], doc, at)
-        starts = {p: c[2] for p, c in cache.items()}
-        records, ends = read_partitions(self.settings, cl.topic, parts, **({"start": starts} if starts else {}))
-        states, full = [], []
-        for p in parts:
-            if p not in cache:
-                states.append(decode_partition(p, records[p], ends.get(p, 0), dtype))
-                continue
-            snap, doc, at = cache[p]
-            model = model_of(self.checkpoints.load_global(snap.ckpt))  # type: ignore[union-attr]
-            if model is None or marker_ck(records[p], at) != doc["changelog"]["ck"]:
-                log.info("the local snapshot of partition %d does not match changelog offset %d: reading the whole "
-                         "changelog partition", p, at, extra={"partition": p})
-                full.append(p)
-                continue
-            states.append(decode_partition(p, Records.concat([base_records(cl, doc, model, p), records[p]]),
-                                           ends.get(p, 0), dtype))
-        if full:
-            records, ends = read_partitions(self.settings, cl.topic, full)
-            states += [decode_partition(p, records[p], ends.get(p, 0), dtype) for p in full]
-        return sorted(states, key=lambda s: s.partition), len(cache) - len(full)
 
     def _assign_waiting(self) -> None:
         """Global model: users held back until the first model was announced get their segment

@@ -20,7 +20,7 @@ from stream.contracts.user_segments import decode_segment_event
 from stream.kafka import TopicPartition
 from stream.kafka.records import Records
 from stream.observability.metrics import Metrics
-from stream.runtime import runner as runner_module
+from stream.runtime import restore as restore_module
 from stream.runtime.changelog import MARKER_KEY, Changelog, decode_partition, row_dtype
 from stream.runtime.checkpoints import pack
 from stream.runtime.pipeline import Pipeline
@@ -171,7 +171,7 @@ def test_a_member_dying_in_a_checkpoint_leaves_one_version_of_each_change(monkey
     The second member holds its own model (partition 1) when partition 0 moves to it."""
     log = Log()
     commits: dict[TopicPartition, int] = {}
-    monkeypatch.setattr(runner_module, "read_partitions", lambda settings, topic, parts: (
+    monkeypatch.setattr(restore_module, "read_partitions", lambda settings, topic, parts: (
         {p: log.records(topic, p) for p in parts}, {p: len(log.topics[topic][p]) for p in parts}))
 
     first, pub1 = _member(log, commits, seed=1, commit_interval_ms=commit_interval_ms)
