@@ -38,17 +38,19 @@ class MicroBatches:
         hand them to the child; returns this batch (less what a rebalance voided) and its columns, decoded
         in the child while the last batch was processed (``None``: decode in-process).
 
-        Only a full batch fetches ahead: records are waiting (a backlog), and decoding them in the child
-        while this batch is processed is what lets the loop catch up. A loop that keeps up gains nothing
-        from it and would pay in latency: the records fetched ahead wait for this batch, then form a
-        small batch of their own with its own checkpoint.
+        Only under a backlog (this batch is full, or the broker holds a full batch's worth past the
+        consumer's position) does it fetch ahead: decoding the next batch in the child while this one is
+        processed is what lets the loop catch up. A loop that keeps up gains nothing from it and would
+        pay in latency: the records fetched ahead wait for this batch, then form a small batch of their
+        own with its own checkpoint.
 
         The poll may run rebalance callbacks, so this batch's records of reset partitions are dropped
         first (:meth:`_void`, as in :meth:`_collect`), and with them the child's columns of this batch.
         """
         assert self.decode_ahead is not None
-        full = len(records) >= self._max_batch
-        ahead = Records.concat([b for _, b in self._poll(0, self._max_batch)]) if full else Records.empty()
+        backlog = len(records) >= self._max_batch or \
+            self._waiting_at_broker(sorted(self.rebalance.owned(), key=lambda tp: tp.partition)) >= self._max_batch
+        ahead = Records.concat([b for _, b in self._poll(0, self._max_batch)]) if backlog else Records.empty()
         self._ahead = ahead if len(ahead) else None
         if self._reset:
             kept = self._void(records)
@@ -87,29 +89,45 @@ class MicroBatches:
             blocks.extend(b for _, b in got)
             count = sum(len(b) for b in blocks)
             if count and deadline is None:
-                deadline = self._batch_deadline([b for _, b in got if len(b)])
+                deadline = self._batch_deadline(got, max_n - count)
             if count >= max_n or (deadline is not None and time.monotonic() >= deadline):
                 break
             if not count:
                 break  # idle tick: let the caller check stop / idle exit
         return Records.concat(blocks)
 
-    def _batch_deadline(self, blocks: list[Records]) -> float:
-        """When a batch whose first records are ``blocks`` closes (``time.monotonic()`` clock):
-        ``batch_max_wait_ms`` after its oldest record's Kafka timestamp, and no later than that after now.
+    def _batch_deadline(self, got: list[tuple[TopicPartition, Records]], room: int) -> float:
+        """When a batch whose first records came as ``got`` closes (``time.monotonic()`` clock), ``room``
+        records short of full: ``batch_max_wait_ms`` after its oldest record's Kafka timestamp, and no
+        later than that after now; the whole wait from now while the broker already holds enough
+        records to fill it (a backlog).
 
         Why the timestamp: records that arrived while the loop was busy with the batch ahead have
         already waited; charging them the whole wait again is what made small producer batches slow.
+        Why not under a backlog: there every record is old, and closing each batch at once would cut it
+        at whatever one poll returned; full batches are what lets the loop catch up.
         A record without a timestamp (or stamped in the future) counts as arriving now; a producer's
         clock behind this host's only closes batches sooner (smaller batches, never a longer wait)."""
         wait_s = self.settings.batch_max_wait_ms / 1000.0
         now = time.monotonic()
-        stamps = [int(b.timestamps.min()) for b in blocks if len(b)]
+        if self._waiting_at_broker([tp for tp, _ in got]) >= room:
+            return now + wait_s
+        stamps = [int(b.timestamps.min()) for _, b in got if len(b)]
         oldest = min(stamps) if stamps else -1
         if oldest <= 0:
             return now + wait_s
         waited = min(wait_s, max(0.0, self.clock() - oldest / 1000.0))
         return now + wait_s - waited
+
+    def _waiting_at_broker(self, tps: list[TopicPartition]) -> int:
+        """Records of ``tps`` the broker holds past the consumer's position, as the last fetch responses
+        told (0 where a partition's end is not known yet)."""
+        waiting = 0
+        for tp in tps:
+            end = self.consumer.highwater(tp)
+            if end is not None:
+                waiting += max(0, end - self.consumer.position(tp))
+        return waiting
 
     def _idle_poll_ms(self) -> int:
         """How long a poll with nothing collected yet may wait: 200 ms, or only until the checkpoint interval

@@ -28,18 +28,31 @@ def _block(ages_ms: list[float]) -> Records:
 
 
 class PollRecorder:
-    """Hands out the given blocks one poll at a time (then nothing) and records each poll's timeout."""
+    """Hands out the given blocks one poll at a time (then nothing) and records each poll's timeout; the
+    broker holds ``behind`` records past the position (``None``: its end not known yet)."""
 
-    def __init__(self, blocks: list[Records]) -> None:
+    def __init__(self, blocks: list[Records], behind: int | None = None) -> None:
         self.blocks = list(blocks)
         self.timeouts: list[int] = []
+        self.behind = behind
+        self.handed = 0
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None if self.behind is None else self.handed + self.behind
+
+    def position(self, tp: TopicPartition) -> int:
+        return self.handed
 
     def poll(self, timeout_ms: int, max_records: int) -> dict:
         self.timeouts.append(timeout_ms)
-        return {TopicPartition(T, 0): [self.blocks.pop(0)]} if self.blocks else {}
+        if not self.blocks:
+            return {}
+        self.handed += len(self.blocks[0])
+        return {TopicPartition(T, 0): [self.blocks.pop(0)]}
 
 
-def _runner(consumer: object = None, wait_ms: int = 50) -> StreamRunner:
+def _runner(consumer: object | None = None, wait_ms: int = 50) -> StreamRunner:
+    consumer = consumer if consumer is not None else PollRecorder([])
     settings = Settings(input_topic=T, batch_max_wait_ms=wait_ms, batch_max_events=1000)
     runner = StreamRunner(settings, None, consumer, None, Metrics(CollectorRegistry()),  # type: ignore[arg-type]
                           clock=lambda: NOW_S)
@@ -58,7 +71,7 @@ def _runner(consumer: object = None, wait_ms: int = 50) -> StreamRunner:
 def test_a_batch_waits_only_what_its_oldest_record_has_not_waited_yet(ages_ms, left_ms):
     runner = _runner()
     before = time.monotonic()
-    deadline = runner._batch_deadline([_block(ages_ms)])
+    deadline = runner._batch_deadline([(TopicPartition(T, 0), _block(ages_ms))], room=1000)
     after = time.monotonic()
     assert before + left_ms / 1000 - 1e-3 <= deadline <= after + left_ms / 1000 + 1e-3
 
@@ -77,3 +90,13 @@ def test_fresh_records_wait_for_the_batch_to_fill():
     batch = runner._collect(threading.Event())
     assert len(batch) == 2  # the second poll's records joined the batch
     assert consumer.timeouts[1] > 200  # it waited (up to) the rest of the 300 ms for them
+
+
+def test_a_backlog_fills_its_batches_however_old_its_records():
+    """Records the broker already holds are no reason to close a batch at once: under a backlog every
+    record is old, and the batch takes what the next polls bring."""
+    consumer = PollRecorder([_block([120.0, 90.0]), _block([80.0])], behind=5_000)
+    runner = _runner(consumer, wait_ms=300)
+    batch = runner._collect(threading.Event())
+    assert len(batch) == 3  # the second poll's records joined the batch
+    assert consumer.timeouts[1] > 200
