@@ -210,12 +210,18 @@ def wait_partitions_spread(group: list[SegstreamProcess], partitions: int, timeo
     raise AssertionError(f"the group did not settle on one assignment within {timeout_s}s: {owned}")
 
 
-def freeze_partition_owner(group: list[SegstreamProcess]) -> tuple[int, set[int]]:
-    """SIGSTOP the member owning the most input partitions; returns its index and those partitions.
-    Records that land on them afterwards stay there until it is killed and the group rebalances,
-    however fast the other members drain theirs."""
+def partition_owner(group: list[SegstreamProcess]) -> int:
+    """The index of the member owning the most input partitions."""
     owned = [owned_partitions(p) for p in group]
-    victim = max(range(len(group)), key=lambda i: len(owned[i]))
+    return max(range(len(group)), key=lambda i: len(owned[i]))
+
+
+def freeze_partition_owner(group: list[SegstreamProcess], victim: int | None = None) -> tuple[int, set[int]]:
+    """SIGSTOP the member owning the most input partitions (or member ``victim``); returns its index and
+    its partitions. Records that land on them afterwards stay there until it is killed and the group
+    rebalances, however fast the other members drain theirs."""
+    owned = [owned_partitions(p) for p in group]
+    victim = partition_owner(group) if victim is None else victim
     assert owned[victim], "no member owns a partition"
     group[victim].proc.send_signal(signal.SIGSTOP)
     return victim, owned[victim]

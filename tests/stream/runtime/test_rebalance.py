@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from helpers import (SegstreamProcess, committed, contract_history, contract_violations, freeze_partition_owner,
-                     log_records, produce_by_partition, read_topic, wait_committed, wait_partitions_spread)
+                     log_records, partition_owner, produce_by_partition, read_topic, wait_committed,
+                     wait_partitions_spread)
 from state.features import FeatureSpec
 from state.user_store import UserStore
 from stream.kafka.records import Records
@@ -84,8 +85,14 @@ def test_three_consumers_with_a_kill_and_a_join_match_one_uninterrupted_consumer
         # after it: its partitions' share of the second half is work it leaves unfinished however fast
         # the others drain theirs (picking a member by its lag raced them); then a fourth joins
         wait_partitions_spread(group, P)
-        victim, frozen = freeze_partition_owner(group)
-        want.update(_produce(broker.bootstrap, topics["input"], events[N // 2:]))
+        # the member to be frozen first processes records of its own partitions, so that each of them
+        # is processed by it before the kill and by another member after it (the move under test)
+        victim = partition_owner(group)
+        before = group[victim].metrics()["segstream_events_consumed_total"]
+        want.update(_produce(broker.bootstrap, topics["input"], events[N // 2: 2 * N // 3]))
+        group[victim].wait_metric("segstream_events_consumed_total", lambda v: v > before)
+        victim, frozen = freeze_partition_owner(group, victim)
+        want.update(_produce(broker.bootstrap, topics["input"], events[2 * N // 3:]))
         want = dict(want)
         assert len(want) == P
         at_kill = committed(broker.bootstrap, topics["group"], topics["input"], P)
