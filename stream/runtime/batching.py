@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -48,8 +49,7 @@ class MicroBatches:
         first (:meth:`_void`, as in :meth:`_collect`), and with them the child's columns of this batch.
         """
         assert self.decode_ahead is not None
-        backlog = len(records) >= self._max_batch or \
-            self._waiting_at_broker(sorted(self.rebalance.owned(), key=lambda tp: tp.partition)) >= self._max_batch
+        backlog = len(records) >= self._max_batch or self._broker_holds(self.rebalance.owned(), self._max_batch)
         ahead = Records.concat([b for _, b in self._poll(0, self._max_batch)]) if backlog else Records.empty()
         self._ahead = ahead if len(ahead) else None
         if self._reset:
@@ -110,7 +110,7 @@ class MicroBatches:
         clock behind this host's only closes batches sooner (smaller batches, never a longer wait)."""
         wait_s = self.settings.batch_max_wait_ms / 1000.0
         now = time.monotonic()
-        if self._waiting_at_broker([tp for tp, _ in got]) >= room:
+        if self._broker_holds([tp for tp, _ in got], room):
             return now + wait_s
         stamps = [int(b.timestamps.min()) for _, b in got if len(b)]
         oldest = min(stamps) if stamps else -1
@@ -119,15 +119,17 @@ class MicroBatches:
         waited = min(wait_s, max(0.0, self.clock() - oldest / 1000.0))
         return now + wait_s - waited
 
-    def _waiting_at_broker(self, tps: list[TopicPartition]) -> int:
-        """Records of ``tps`` the broker holds past the consumer's position, as the last fetch responses
-        told (0 where a partition's end is not known yet)."""
+    def _broker_holds(self, tps: Iterable[TopicPartition], n: int) -> bool:
+        """Whether the broker holds at least ``n`` records of ``tps`` past the consumer's position (a
+        backlog), as the last fetch responses told (a partition whose end is not known yet counts none)."""
         waiting = 0
         for tp in tps:
             end = self.consumer.highwater(tp)
             if end is not None:
                 waiting += max(0, end - self.consumer.position(tp))
-        return waiting
+                if waiting >= n:
+                    return True
+        return waiting >= n
 
     def _idle_poll_ms(self) -> int:
         """How long a poll with nothing collected yet may wait: 200 ms, or only until the checkpoint interval

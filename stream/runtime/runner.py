@@ -366,8 +366,8 @@ class StreamRunner(MicroBatches, PartitionRestore):
             return False
         offsets = self._checkpoint_offsets()
         if not offsets:
-            self.publisher.confirm()
-            self._commit_marked(force)
+            if not self._commit_marked(force):  # (which confirms first when it commits)
+                self.publisher.confirm()
             return True
         self.checkpoint(offsets, final=force)
         return True
@@ -435,19 +435,21 @@ class StreamRunner(MicroBatches, PartitionRestore):
         log.debug("checkpoint", extra={"generation": meta.generation_id, "member": meta.member_id,
                                        "offsets": {tp.partition: off for tp, off in offsets.items()}})
 
-    def _commit_marked(self, force: bool) -> None:
+    def _commit_marked(self, force: bool) -> bool:
         """With the changelog: commit the offsets of the owned partitions' last markers, once
         ``commit_interval_ms`` has passed since the last commit (or when ``force``d), after confirming
-        every record sent so far (the outboxes those markers released among them)."""
+        every record sent so far (the outboxes those markers released among them). Returns whether it
+        did (and so confirmed)."""
         if self.changelog is None:
-            return
+            return False
         owned = self.rebalance.owned()
         due = {tp: off for tp, off in self._marked.items() if tp in owned and self._positions.get(tp) != off}
         if not due or (not force and time.monotonic() - self._last_commit < self.settings.commit_interval_ms / 1000.0):
-            return
+            return False
         self.publisher.confirm()  # outputs confirmed before the offsets that cover them are committed
         self._commit(due)
         self._last_commit = time.monotonic()
+        return True
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         owned = self.rebalance.owned()
