@@ -19,19 +19,27 @@ through unchanged: the baseline every learned kind must beat.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from encoders.artifact import EncoderArtifact, load_artifact
-from encoders.models import build_model
 from state.features import FeatureSpec
 from state.user_store import Features
+
+if TYPE_CHECKING:
+    import torch
+
+    from encoders.artifact import EncoderArtifact
+
+# torch is imported by the encoders that run it, not here: a consumer on the raw encoder starts
+# without it (about 1.6 s of import on the reference machine, at every start and restart)
 
 __all__ = ["Encoder", "load_encoder", "resolve_device"]
 
 
 def resolve_device(device: str) -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -49,7 +57,7 @@ class Encoder:
         self.version = version
         self.dim = dim
         self.max_batch = max_batch
-        self.device = resolve_device(device)
+        self.device: Any = resolve_device(device) if module is not None else "cpu"
         self.module = module.to(self.device).eval() if module is not None else None
         #: whether the model reads the recent-item columns of :class:`Features` (the raw encoder and the
         #: state autoencoder do not: callers may leave them empty, ``UserStore.features(rows, items=False)``)
@@ -61,6 +69,8 @@ class Encoder:
 
     @classmethod
     def from_artifact(cls, art: EncoderArtifact, *, device: str = "auto", max_batch: int = 1024) -> Encoder:
+        from encoders.models import build_model
+
         module = build_model(art.kind, art.feature_spec, art.config)
         module.load_state_dict(art.state_dict)
         dim = int(art.config.get("dim", 0)) or _probe_dim(module, art.feature_spec)
@@ -70,6 +80,8 @@ class Encoder:
         """Embeddings (float32, one row per user) of a batch of features."""
         if self.module is None:
             return f.dense.astype(np.float32, copy=False)
+        import torch
+
         n = len(f)
         out = np.empty((n, self.dim), dtype=np.float32)
         dev = self.device
@@ -86,6 +98,8 @@ class Encoder:
 
 
 def _probe_dim(module: torch.nn.Module, spec: FeatureSpec) -> int:
+    import torch
+
     with torch.inference_mode():
         z = module(torch.zeros(1, spec.feature_width), torch.full((1, spec.item_history), -1, dtype=torch.int32),
                    torch.zeros(1, spec.item_history))
@@ -97,4 +111,6 @@ def load_encoder(path: str | os.PathLike[str] | None, *, expected_spec: FeatureS
     """The encoder the consumer runs: the artifact at ``path``, or the raw encoder when no path is given."""
     if not path:
         return Encoder.raw(expected_spec or default_spec or FeatureSpec())
+    from encoders.artifact import load_artifact
+
     return Encoder.from_artifact(load_artifact(path, expected_spec=expected_spec), device=device, max_batch=max_batch)

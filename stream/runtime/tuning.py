@@ -19,9 +19,10 @@ def tune_process(settings: Settings) -> None:
     consumers too, so that a comparison does not hinge on which ran first in the process.
     """
     if settings.encoder_threads > 0:
-        import torch
+        if settings.encoder:  # the raw encoder runs no torch: importing it only to cap its threads costs 1.6 s
+            import torch
 
-        torch.set_num_threads(settings.encoder_threads)
+            torch.set_num_threads(settings.encoder_threads)
         # numpy's BLAS too (segment assignment, consolidation): a multi-threaded OpenBLAS spin-waits on a
         # busy machine; measured 0.06-0.57 s instead of ~20 ms per consolidation at load 5 on 2 cores
         from threadpoolctl import threadpool_limits

@@ -134,3 +134,19 @@ def test_the_state_autoencoder_embeds_without_recent_items(trained):
     lean = store.features(rows, items=False)
     assert lean.item_tokens.shape == (len(rows), 0)
     np.testing.assert_array_equal(enc.encode(lean), enc.encode(store.features(rows)))
+
+
+def test_a_pipeline_on_the_raw_encoder_starts_without_importing_torch():
+    # every start and restart of a raw-encoder consumer would otherwise pay torch's import (seconds)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    code = ("import sys; from stream.runtime.pipeline import Pipeline; from stream.settings import Settings; "
+            "p = Pipeline.from_settings(Settings()); assert p.encoder.kind == 'raw'; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr[-2000:]
