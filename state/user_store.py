@@ -65,6 +65,14 @@ def _raw(user_ids: Iterable[str]) -> list[bytes]:
     return [u.encode("utf-8", "surrogatepass") for u in user_ids]
 
 
+def _any_in(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether any value of ``a`` is in ``b`` (sort and search: ``np.isin`` hashes, several times slower)."""
+    if not len(a) or not len(b):
+        return False
+    s = np.sort(b)
+    return bool((s[np.minimum(np.searchsorted(s, a), len(s) - 1)] == a).any())
+
+
 def user_keys(user_ids: Iterable[str]) -> np.ndarray:
     """uint64 key of each user id (the first 8 bytes of its BLAKE2b digest), to tag per-user rows that
     live in plain numpy buffers (recent-embedding rings) so that an erasure can find and drop them.
@@ -74,9 +82,13 @@ def user_keys(user_ids: Iterable[str]) -> np.ndarray:
     >>> k = user_keys(["a", "b", "a"]); k.dtype.name, bool(k[0] == k[2] != k[1])
     ('uint64', True)
     """
+    return raw_user_keys(_raw(user_ids))
+
+
+def raw_user_keys(raw: Iterable[bytes]) -> np.ndarray:
+    """:func:`user_keys` of ids already UTF-8 encoded (as the store and the changelog hold them)."""
     b2 = hashlib.blake2b
-    raw = b"".join([b2(u.encode("utf-8", "surrogatepass"), digest_size=8).digest() for u in user_ids])
-    return np.frombuffer(raw, dtype="<u8").astype(np.uint64)
+    return np.frombuffer(b"".join([b2(u, digest_size=8).digest() for u in raw]), dtype="<u8").astype(np.uint64)
 
 
 @dataclass
@@ -233,14 +245,14 @@ class UserStore:
         available = len(self._free) + (self.capacity - self._used)
         if available < len(missing):
             evicted = self._evict(len(missing) - available, rows[rows >= 0])
-        self._give_rows(rows, missing, user_ids, raw)
+        self._give_rows(rows, missing, raw)
         return rows, len(missing), evicted
 
-    def _give_rows(self, rows: np.ndarray, missing: np.ndarray, user_ids: list[str], raw: list[bytes],
+    def _give_rows(self, rows: np.ndarray, missing: np.ndarray, raw: list[bytes],
                    keys: np.ndarray | None = None) -> None:
         """Rows for the users at ``missing`` (free rows first, newest freed first; then never used rows),
         written into ``rows`` and the id maps (``raw``: the ids as :func:`_raw` gives them). The caller has
-        made room (eviction). ``keys``: the :func:`user_keys` of every user of ``user_ids`` when known (else
+        made room (eviction). ``keys``: the :func:`user_keys` of every user of ``raw`` when known (else
         computed here)."""
         free = self._free
         taken = [free.pop() for _ in range(min(len(missing), len(free)))]
@@ -252,14 +264,10 @@ class UserStore:
             self._used += fresh
         rows[missing] = taken
         # whole-list work, no step per user in Python: a restore gives a million rows at once
-        if len(missing) == len(user_ids):
-            new_ids, new = user_ids, raw
-        else:
-            at = missing.tolist()
-            new_ids, new = [user_ids[i] for i in at], [raw[i] for i in at]
+        new = raw if len(missing) == len(raw) else [raw[i] for i in missing.tolist()]
         self._ids.set_many(taken, new)
         self._index.insert_many(new, taken)  # after the ids: the index confirms a hit against them
-        self.key[taken] = user_keys(new_ids) if keys is None else keys[missing]
+        self.key[taken] = raw_user_keys(new) if keys is None else keys[missing]
 
     def _evict(self, needed: int, protect: np.ndarray) -> ApplyResult:
         count = max(needed, self.capacity // 100, 1)
@@ -516,23 +524,26 @@ class UserStore:
     def import_rows(self, block: dict, *, keep_rows: bool = False) -> list[str]:
         """Add users saved by :meth:`export_rows`; returns the ids evicted to make room.
 
+        ``block["ids"]``: the user ids, as ``str`` or already UTF-8 encoded (``bytes``, as the changelog
+        keys them: a restore of a million users then decodes and re-encodes none).
         ``keep_rows`` puts each user back on its saved row when that row is free.
         Each row keeps the decay reference it was saved against (``ref``, or the block's ``t0``).
         ``block["key"]`` (optional): the users' :func:`user_keys`. The rows given are left in
         :attr:`imported_rows`.
         """
-        ids: list[str] = list(block["ids"])
+        given = list(block["ids"])
+        raw = given if given and isinstance(given[0], bytes) else _raw(given)
         t0b = block["t0"]
-        if not ids:
+        if not raw:
             self.imported_rows = np.zeros(0, dtype=np.int64)
             return []
         for name in COLUMNS:
             want = getattr(self, name).shape[1:]
-            if np.shape(block[name])[1:] != want or len(block[name]) != len(ids):
+            if np.shape(block[name])[1:] != want or len(block[name]) != len(raw):
                 raise ValueError(f"saved column {name!r} has shape {np.shape(block[name])}, this store needs "
-                                 f"({len(ids)}, {', '.join(map(str, want))}): another feature configuration?")
+                                 f"({len(raw)}, {', '.join(map(str, want))}): another feature configuration?")
         ref = np.asarray(block["ref"], dtype=np.float64) if block.get("ref") is not None else \
-            np.full(len(ids), -np.inf if t0b is None else t0b, dtype=np.float64)
+            np.full(len(raw), -np.inf if t0b is None else t0b, dtype=np.float64)
         newest = float(ref.max()) if len(ref) and np.isfinite(ref.max()) else t0b
         if self.t0 is None:
             self.t0 = newest
@@ -544,13 +555,18 @@ class UserStore:
             top = int(saved_rows.max()) + 1
             if top > len(self.dense):
                 self._alloc(min(self.capacity, max(top, 2 * len(self.dense))))
-        rows = np.empty(len(ids), dtype=np.int64)
+        n = len(raw)
+        rows = np.empty(n, dtype=np.int64)
         missing: list[int] | np.ndarray = []
-        raw = _raw(ids)
-        # an empty index (a restore) holds none of them: no lookup, whose hashing costs a million ids
-        held = self._index.get_many(raw) if len(self._index) else np.full(len(ids), -1, dtype=np.int64)
+        # an empty index (a restore) holds none of them: no lookup, whose hashing costs a million ids; nor
+        # does a store none of whose users has any of their keys (same id, same key), as when a restore
+        # brings partition after partition
+        held = np.full(n, -1, dtype=np.int64)
+        keys = block.get("key")
+        if len(self._index) and (keys is None or _any_in(np.asarray(keys, dtype=np.uint64), self.key[self.live_rows()])):
+            held = self._index.get_many(raw)
         if not keep_rows and held.max() < 0:  # none held yet (a restore): all new rows
-            missing = np.arange(len(ids))
+            missing = np.arange(n)
         back: list[bytes] = []  # users put back on their saved rows (their keys are still to set)
         back_rows: list[int] = []
         placed: list[int] = []  # their positions in ``ids``
@@ -573,22 +589,26 @@ class UserStore:
             self._index.insert_many(back, back_rows)
         if len(missing):
             if keep_rows:
-                taken = set(rows[np.setdiff1d(np.arange(len(ids)), missing)].tolist())
+                taken = set(rows[np.setdiff1d(np.arange(n), missing)].tolist())
                 self._free = [r for r in self._free if r not in taken]
             available = len(self._free) + (self.capacity - self._used)
             if available < len(missing):
-                known = np.setdiff1d(np.arange(len(ids)), missing)
+                known = np.setdiff1d(np.arange(n), missing)
                 evicted = self._evict(len(missing) - available, rows[known]).evicted_user_ids
-            self._give_rows(rows, np.asarray(missing, dtype=np.int64), ids, raw,
+            self._give_rows(rows, np.asarray(missing, dtype=np.int64), raw,
                             None if block.get("key") is None else np.asarray(block["key"], dtype=np.uint64))
         elif keep_rows:
             taken = set(rows.tolist())
             self._free = [r for r in self._free if r not in taken]
+        # rows handed out in one run (a restore into fresh rows) take slice copies, not a scatter per column
+        at: np.ndarray | slice = rows
+        if n and int(rows[-1]) - int(rows[0]) == n - 1 and bool((np.diff(rows) == 1).all()):
+            at = slice(int(rows[0]), int(rows[0]) + n)
         for name in COLUMNS:
-            getattr(self, name)[rows] = block[name]
+            getattr(self, name)[at] = block[name]
         if placed:  # rows given by _give_rows have their keys, rows already held kept theirs
-            self.key[rows[placed]] = user_keys([ids[i] for i in placed])
-        self.ref[rows] = ref
+            self.key[rows[placed]] = raw_user_keys([raw[i] for i in placed])
+        self.ref[at] = ref
         self.imported_rows = rows
         return evicted
 

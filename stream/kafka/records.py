@@ -256,6 +256,13 @@ def _uniform_sizes(payload: bytes, n: int) -> tuple[np.ndarray, np.ndarray] | No
     return starts, body
 
 
+def _pieces(payload: bytes, at: np.ndarray, length: np.ndarray) -> list[bytes | None]:
+    """``payload[at:at + length]`` of each record, None where the length is -1 (null)."""
+    if len(length) and length.min() >= 0:  # no nulls: a quarter faster without the test per record
+        return [payload[a:b] for a, b in zip(at.tolist(), (at + length).tolist())]
+    return [payload[a:a + n] if n >= 0 else None for a, n in zip(at.tolist(), length.tolist())]
+
+
 def decode_batch(batch: bytes | bytearray, tp: TopicPartition, min_offset: int = 0) -> Records:
     """The records of one v2 record batch (its bytes, header included) at offsets ≥ ``min_offset``.
 
@@ -327,9 +334,7 @@ def decode_batch(batch: bytes | bytearray, tp: TopicPartition, min_offset: int =
         timestamps = np.full(n, max_timestamp, dtype=np.int64)
     else:
         timestamps = first_timestamp + ts_delta
-    kl, ka, vl, va = key_len.tolist(), key_at.tolist(), value_len.tolist(), value_at.tolist()
-    keys = [payload[a:a + n_] if n_ >= 0 else None for a, n_ in zip(ka, kl)]
-    values = [payload[a:a + n_] if n_ >= 0 else None for a, n_ in zip(va, vl)]
+    keys, values = _pieces(payload, key_at, key_len), _pieces(payload, value_at, value_len)
     out = Records.single(tp.topic, tp.partition, offsets, timestamps, keys, values, headers)
     if n and offsets[0] < min_offset:
         out = out.select(offsets >= min_offset)

@@ -111,15 +111,6 @@ def encode_rows(dtype: np.dtype, columns: Mapping[str, np.ndarray], t0: np.ndarr
     return framed.tobytes()
 
 
-def _decode_ids(keys: list[bytes]) -> list[str]:
-    """User ids from their key bytes: one decode of all of them joined (a separator no key contains), not
-    one call per key."""
-    blob = b"\x00".join(keys)
-    if keys and blob.count(b"\x00") == len(keys) - 1:
-        return blob.decode("utf-8", "surrogatepass").split("\x00")
-    return [k.decode("utf-8", "surrogatepass") for k in keys]
-
-
 @dataclass
 class PartitionState:
     """What a changelog partition restores to: its newest complete checkpoint."""
@@ -131,7 +122,9 @@ class PartitionState:
     void: list[list[int]] = field(default_factory=list)
     end: int = 0  # changelog offset where the read stopped
     marker_at: int = -1  # changelog offset of the marker used
-    users: dict[str, np.ndarray] | None = None  # full rows (columns) keyed by "ids"
+    # full rows (columns), and "ids": the users' ids as the changelog keys them (UTF-8 bytes; the store
+    # takes them so, and a restore of a million users decodes none)
+    users: dict[str, Any] | None = None
     tails: dict[str, tuple[int, int, bytes, int]] = field(default_factory=dict)
     stale: list[str | bytes] = field(default_factory=list)  # users queued for re-assignment, in queue order
     records: int = 0
@@ -207,7 +200,7 @@ def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype
     for i in np.flatnonzero(kinds == TAIL[0]).tolist():
         t = np.frombuffer(vals[i][1:], dtype=TAIL_DTYPE)[0]
         tails[held[i].decode("utf-8", "surrogatepass")] = (int(t["seq"]), int(t["segment"]), bytes(t["cid"]), partition)
-    users = {"ids": _decode_ids(full_ids), **{name: rows[name] for name in dtype.names}}
+    users = {"ids": full_ids, **{name: rows[name] for name in dtype.names}}
     return PartitionState(partition, int(doc["offset"]), ck=int(doc["ck"]), model=model, void=void,
                           end=end, marker_at=int(offsets[last]), users=users, tails=tails, records=len(keys),
                           stale=list(doc.get("stale", [])), outbox=_outbox(doc))

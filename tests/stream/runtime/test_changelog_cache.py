@@ -72,7 +72,7 @@ def test_a_restore_from_the_cache_and_the_changelog_after_it_equals_one_from_the
     tail = sent.log(0, start=at)
     assert marker_ck(tail, at) == doc["changelog"]["ck"]
     cached = decode_partition(0, Records.concat([base_records(cl, doc, model_of(shared), 0), tail]), end, cl.dtype)
-    assert whole.offset == 12 and "u3" not in whole.users["ids"]
+    assert whole.offset == 12 and b"u3" not in whole.users["ids"]
     assert _state(cached) == _state(whole)
 
     # and loaded into fresh pipelines: the same users, tails and model

@@ -42,7 +42,7 @@ def test_the_last_marker_ends_the_state_and_the_last_record_per_key_wins():
                   (b"a", _full(2, 1)), (b"c", _tail(4, 5)), (b"b", None), (MARKER_KEY, _marker(200)),
                   (b"a", _full(9, 9))])  # after the last marker: a checkpoint cut short
     assert st.offset == 200 and st.marker_at == 6
-    assert st.users["ids"] == ["a"] and st.users["seq"].tolist() == [2] and st.users["segment"].tolist() == [1]
+    assert st.users["ids"] == [b"a"] and st.users["seq"].tolist() == [2] and st.users["segment"].tolist() == [1]
     assert st.tails == {"c": (4, 5, b"\x01" * 16, 3)}  # b was erased: gone
 
 
@@ -51,7 +51,7 @@ def test_a_cut_short_checkpoint_stays_ignored_behind_a_later_marker_that_names_i
                   (b"a", _full(5, 3)),  # offset 2: written, never sealed (the writer was killed)
                   (b"b", _full(1, 1)), (MARKER_KEY, _marker(150, void=[(2, 3)]))])
     assert st.offset == 150
-    assert dict(zip(st.users["ids"], st.users["seq"].tolist())) == {"a": 1, "b": 1}
+    assert dict(zip(st.users["ids"], st.users["seq"].tolist())) == {b"a": 1, b"b": 1}
 
 
 def test_no_marker_means_no_checkpoint():
