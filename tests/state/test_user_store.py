@@ -263,3 +263,32 @@ def test_ids_the_id_column_keeps_outside_survive_eviction_and_a_restore_onto_the
     held = odd[1:] + ["b\x00"]
     assert restored.rows_of(held).tolist() == store.rows_of(held).tolist()
     assert sorted(restored.held_ids()) == sorted(held) and restored.row_of("a") is None
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_importing_blocks_one_after_another_replaces_held_users_and_adds_the_others(as_bytes):
+    # a restore imports partition after partition: a user held already (same id, so same key) must
+    # land on its own row again, never on a second one, whether ids come as str or as the changelog's bytes
+    events = [{"user_id": u, "action": "view", "ts": 1.7e9 + i, "item_id": i} for i, u in enumerate("abcd")]
+    src = UserStore(SPEC, 10)
+    src.apply(decode(events))
+    src.apply(decode([{"user_id": "b", "action": "click", "ts": 1.7e9 + 10}]))
+
+    def block(users):
+        rows = np.array([src.row_of(u) for u in users])
+        b = src.export_rows(rows)
+        b["key"] = src.key[rows].copy()
+        if as_bytes:
+            b["ids"] = [u.encode() for u in b["ids"]]
+        return b
+
+    dst = UserStore(SPEC, 10)
+    dst.import_rows(block(["a", "b"]))
+    dst.import_rows(block(["c", "d"]))  # no key in common: no lookup needed
+    dst.import_rows(block(["b", "d"]))  # both held: replaced in place
+    assert len(dst) == 4 and sorted(dst.held_ids()) == ["a", "b", "c", "d"]
+    assert len({dst.row_of(u) for u in "abcd"}) == 4
+    for u in "abcd":
+        np.testing.assert_array_equal(dst.features(np.array([dst.row_of(u)])).dense,
+                                      src.features(np.array([src.row_of(u)])).dense)
+    assert dst.key[dst.row_of("b")] == src.key[src.row_of("b")]
