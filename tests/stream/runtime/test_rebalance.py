@@ -59,7 +59,7 @@ def _state(bootstrap, group, topic, want: dict[int, int]) -> dict[str, tuple]:
         scale = np.exp2(-(b["last_ts"] - b["t0"]) / HALF_LIFE)
         dense = b["dense"].astype(np.float64) * scale[:, None]
         item_w = b["item_w"].astype(np.float64) * scale[:, None]
-        for i, uid in enumerate(b["ids"]):
+        for i, uid in enumerate(k.decode() for k in b["ids"]):  # (the changelog's keys: UTF-8 bytes)
             assert uid not in out  # every user in exactly one partition's snapshot
             # the recent-items ring: same content whatever the batching (its rotation depends on batch cuts)
             ring = sorted(zip(b["items"][i].tolist(), item_w[i].tolist()))
