@@ -99,7 +99,7 @@ def restore_rate(bootstrap: str, users: int, partitions: int) -> dict[str, Any]:
 
 
 def run_rate(bootstrap: str, topic: str, expect: int, users: int, *, changelog: bool,
-             batch_max_events: int = 5000, checkpoint_share: float = 0.1, broker_pid: int = 0) -> dict[str, Any]:
+             batch_max_events: int, checkpoint_share: float, broker_pid: int = 0) -> dict[str, Any]:
     from stream.runtime.app import run_consumer
     from stream.settings import Settings
 
@@ -133,8 +133,8 @@ def run_rate(bootstrap: str, topic: str, expect: int, users: int, *, changelog: 
     return out
 
 
-def throughput(bootstrap: str, users: int, events: int, batch_max_events: int = 5000,
-               checkpoint_share: float = 0.1, broker_pid: int = 0) -> dict[str, Any]:
+def throughput(bootstrap: str, users: int, events: int, batch_max_events: int,
+               checkpoint_share: float, broker_pid: int = 0) -> dict[str, Any]:
     """The loop's events/s with and without the changelog: three runs each, interleaved, medians compared."""
     from stream.cli.producer import produce_log
     from stream.kafka import ensure_topics

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from state.user_keys import encode_ids, raw_user_keys
+from state.user_keys import as_encoded_ids, raw_user_keys
 
 __all__ = ["SavedRows", "COLUMNS"]
 
@@ -63,8 +63,7 @@ class SavedRows:
         ``block["key"]`` (optional): the users' :func:`user_keys`. The rows given are left in
         :attr:`imported_rows`.
         """
-        given = list(block["ids"])
-        raw = given if given and isinstance(given[0], bytes) else encode_ids(given)
+        raw = as_encoded_ids(list(block["ids"]))
         t0b = block["t0"]
         if not raw:
             self.imported_rows = np.zeros(0, dtype=np.int64)
@@ -94,8 +93,8 @@ class SavedRows:
         # does a store none of whose users has any of their keys (same id, same key), as when a restore
         # brings partition after partition
         held = np.full(n, -1, dtype=np.int64)
-        keys = block.get("key")
-        if len(self._index) and (keys is None or _any_in(np.asarray(keys, dtype=np.uint64), self.key[self.live_rows()])):
+        keys = None if block.get("key") is None else np.asarray(block["key"], dtype=np.uint64)
+        if len(self._index) and (keys is None or _any_in(keys, self.key[self.live_rows()])):
             held = self._index.get_many(raw)
         if not keep_rows and held.max() < 0:  # none held yet (a restore): all new rows
             missing = np.arange(n)
@@ -127,8 +126,7 @@ class SavedRows:
             if available < len(missing):
                 known = np.setdiff1d(np.arange(n), missing)
                 evicted = self._evict(len(missing) - available, rows[known]).evicted_user_ids
-            self._give_rows(rows, np.asarray(missing, dtype=np.int64), raw,
-                            None if block.get("key") is None else np.asarray(block["key"], dtype=np.uint64))
+            self._give_rows(rows, np.asarray(missing, dtype=np.int64), raw, keys)
         elif keep_rows:
             taken = set(rows.tolist())
             self._free = [r for r in self._free if r not in taken]

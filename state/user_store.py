@@ -45,8 +45,7 @@ from state.events import EventBatch
 from state.id_column import IdColumn
 from state.id_index import IdIndex
 from state.saved_rows import COLUMNS, SavedRows
-from state.user_keys import encode_ids as _raw
-from state.user_keys import raw_user_keys, user_keys
+from state.user_keys import encode_ids, raw_user_keys, user_keys
 
 __all__ = ["UserStore", "Features", "ApplyResult", "user_keys", "MAX_PARTITION", "COLUMNS"]
 
@@ -105,7 +104,7 @@ class UserStore(SavedRows):
         self.spec = spec
         self.capacity = capacity
         self.t0: float | None = None
-        self._ids = IdColumn()  # row -> user id, UTF-8 (see _raw), inline in numpy (a list costs ~55 bytes a user)
+        self._ids = IdColumn()  # row -> user id, UTF-8 (see encode_ids), inline in numpy (a list costs ~55 bytes a user)
         self._index = IdIndex(self._ids)  # UTF-8 id -> row, in numpy (a dict costs ~74 bytes a user)
         self._free: list[int] = []
         self.imported_rows = np.zeros(0, dtype=np.int64)  # rows the last import_rows gave its users
@@ -167,11 +166,11 @@ class UserStore(SavedRows):
 
     def rows_or_missing(self, user_ids: Sequence[str]) -> np.ndarray:
         """Row of each user (int64), -1 for a user not held, at once."""
-        return self._index.get_many(_raw(user_ids))
+        return self._index.get_many(encode_ids(user_ids))
 
     def rows_of(self, user_ids: list[str]) -> np.ndarray:
         """Rows of users known to be held (KeyError otherwise), at once."""
-        rows = self._index.get_many(_raw(user_ids))
+        rows = self._index.get_many(encode_ids(user_ids))
         if len(rows) and rows.min() < 0:
             raise KeyError(user_ids[int(np.argmin(rows))])
         return rows
@@ -205,7 +204,7 @@ class UserStore(SavedRows):
 
     # ----- rows ------------------------------------------------------------
     def _rows_for(self, user_ids: list[str]) -> tuple[np.ndarray, int, ApplyResult | None]:
-        raw = _raw(user_ids)
+        raw = encode_ids(user_ids)
         rows = self._index.get_many(raw)
         missing = np.flatnonzero(rows < 0)
         if len(missing) == 0:
@@ -220,7 +219,7 @@ class UserStore(SavedRows):
     def _give_rows(self, rows: np.ndarray, missing: np.ndarray, raw: list[bytes],
                    keys: np.ndarray | None = None) -> None:
         """Rows for the users at ``missing`` (free rows first, newest freed first; then never used rows),
-        written into ``rows`` and the id maps (``raw``: the ids as :func:`_raw` gives them). The caller has
+        written into ``rows`` and the id maps (``raw``: the ids as :func:`encode_ids` gives them). The caller has
         made room (eviction). ``keys``: the :func:`user_keys` of every user of ``raw`` when known (else
         computed here)."""
         free = self._free
@@ -398,7 +397,7 @@ class UserStore(SavedRows):
         kept = np.flatnonzero(keep_user[inv])
         renumber = np.cumsum(keep_user) - 1  # kept users stay in first-appearance order
         dropped_ids = [uniq[i] for i in dropped.tolist()]
-        held = self._index.get_many(_raw(dropped_ids))
+        held = self._index.get_many(encode_ids(dropped_ids))
         held = held[held >= 0]
         if len(held):
             # every other held row protected: exactly the held users left out are evicted

@@ -32,7 +32,7 @@ from kafka import codec
 from kafka.errors import CorruptRecordError
 from kafka.structs import TopicPartition
 
-__all__ = ["Records", "RecordView", "decode_batch", "as_records"]
+__all__ = ["Records", "RecordView", "decode_batch", "as_records", "pieces"]
 
 # the v2 record batch header (KIP-98): 61 bytes before the records
 _HEADER = 61
@@ -256,8 +256,12 @@ def _uniform_sizes(payload: bytes, n: int) -> tuple[np.ndarray, np.ndarray] | No
     return starts, body
 
 
-def _pieces(payload: bytes, at: np.ndarray, length: np.ndarray) -> list[bytes | None]:
-    """``payload[at:at + length]`` of each record, None where the length is -1 (null)."""
+def pieces(payload: bytes, at: np.ndarray, length: np.ndarray) -> list[bytes | None]:
+    """``payload[at:at + length]`` of each piece, None where the length is -1 (null).
+
+    >>> pieces(b"abcdef", np.array([0, 2, 3]), np.array([2, -1, 3]))
+    [b'ab', None, b'def']
+    """
     if len(length) and length.min() >= 0:  # no nulls: a quarter faster without the test per record
         return [payload[a:b] for a, b in zip(at.tolist(), (at + length).tolist())]
     return [payload[a:a + n] if n >= 0 else None for a, n in zip(at.tolist(), length.tolist())]
@@ -334,7 +338,7 @@ def decode_batch(batch: bytes | bytearray, tp: TopicPartition, min_offset: int =
         timestamps = np.full(n, max_timestamp, dtype=np.int64)
     else:
         timestamps = first_timestamp + ts_delta
-    keys, values = _pieces(payload, key_at, key_len), _pieces(payload, value_at, value_len)
+    keys, values = pieces(payload, key_at, key_len), pieces(payload, value_at, value_len)
     out = Records.single(tp.topic, tp.partition, offsets, timestamps, keys, values, headers)
     if n and offsets[0] < min_offset:
         out = out.select(offsets >= min_offset)

@@ -65,9 +65,10 @@ from typing import Any
 
 import numpy as np
 
+from state.user_keys import as_encoded_ids
 from state.user_store import UserStore
 from stream.kafka.clients import Publisher
-from stream.kafka.records import Records
+from stream.kafka.records import Records, pieces
 from stream.runtime.checkpoints import pack, unpack
 from stream.runtime.model_record import CHUNK_KIND, ModelWriter, join
 from stream.runtime.pipeline import Pipeline
@@ -133,9 +134,9 @@ class PartitionState:
 
 def _pieces(flat: bytes, lengths: np.ndarray) -> list[bytes | None]:
     """Consecutive pieces of ``flat`` (length ``-1``: None, a tombstone)."""
-    ends = np.cumsum(np.maximum(lengths, 0))
-    starts = (ends - np.maximum(lengths, 0)).tolist()
-    return [None if n < 0 else flat[a:b] for a, b, n in zip(starts, ends.tolist(), np.asarray(lengths).tolist())]
+    lengths = np.asarray(lengths, dtype=np.int64)
+    sizes = np.maximum(lengths, 0)
+    return pieces(flat, np.cumsum(sizes) - sizes, lengths)
 
 
 def _outbox(doc: dict[str, Any]) -> tuple[list[bytes], list[bytes | None]]:
@@ -355,7 +356,7 @@ class Changelog:
 
             def add(ids: list[str] | list[bytes], values: bytes, value_lengths: np.ndarray) -> None:
                 # the users' rows come as stored bytes; tails and tombstones are few and come as str
-                enc = ids if ids and isinstance(ids[0], bytes) else [u.encode("utf-8", "surrogatepass") for u in ids]
+                enc = as_encoded_ids(ids)
                 kparts.append(b"".join(enc))
                 klens.append(np.fromiter(map(len, enc), dtype=np.int64, count=len(enc)))
                 vparts.append(values)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from state.user_keys import as_encoded_ids
 from stream.kafka.records import Records
 from stream.runtime.changelog import (MARKER_KEY, MODEL_KEY, ROW_COLUMNS, TAIL, TAIL_DTYPE, Changelog, encode_rows)
 from stream.runtime.checkpoints import pack, unpack
@@ -56,7 +57,7 @@ def base_records(changelog: Changelog, doc: dict[str, Any], model: dict[str, Any
     """The snapshot as the records a compacted changelog holds before its marker: users' full rows, tails,
     the model (core and chunks). Negative offsets: no void range of a later marker reaches them."""
     users = doc["users"]
-    ids = [u.encode("utf-8", "surrogatepass") for u in users["ids"]]
+    ids = as_encoded_ids(users["ids"])
     # each row's own decay reference; a snapshot without one has all its rows stored against its t0
     ref = users.get("ref")
     if ref is None:
@@ -70,9 +71,8 @@ def base_records(changelog: Changelog, doc: dict[str, Any], model: dict[str, Any
     trows = np.zeros(len(tails["ids"]), dtype=TAIL_DTYPE)
     for name in ("seq", "segment", "cid"):
         trows[name] = tails[name]
-    for i, uid in enumerate(tails["ids"]):
-        keys.append(uid.encode("utf-8", "surrogatepass"))
-        values.append(TAIL + trows[i: i + 1].tobytes())
+    keys += as_encoded_ids(list(tails["ids"]))
+    values += [TAIL + trows[i: i + 1].tobytes() for i in range(len(trows))]
     if model is not None:
         core, chunks = ModelWriter().split(model)
         keys += [k for k, _, _ in chunks] + [MODEL_KEY]

@@ -6,6 +6,8 @@ whole process, not one pipeline: the benchmarks apply it to their reference cons
 
 from __future__ import annotations
 
+import sys
+
 from state.events import set_gc_threshold
 from stream.settings import Settings
 
@@ -19,7 +21,9 @@ def tune_process(settings: Settings) -> None:
     consumers too, so that a comparison does not hinge on which ran first in the process.
     """
     if settings.encoder_threads > 0:
-        if settings.encoder:  # the raw encoder runs no torch: importing it only to cap its threads costs 1.6 s
+        # torch's threads when torch runs here (a trained encoder, or torch already loaded); the raw encoder
+        # runs none, and importing torch only to cap its threads costs 1.6 s at every start
+        if settings.encoder or "torch" in sys.modules:
             import torch
 
             torch.set_num_threads(settings.encoder_threads)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -138,11 +143,6 @@ def test_the_state_autoencoder_embeds_without_recent_items(trained):
 
 def test_a_pipeline_on_the_raw_encoder_starts_without_importing_torch():
     # every start and restart of a raw-encoder consumer would otherwise pay torch's import (seconds)
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     repo = Path(__file__).resolve().parents[2]
     code = ("import sys; from stream.runtime.pipeline import Pipeline; from stream.settings import Settings; "
             "p = Pipeline.from_settings(Settings()); assert p.encoder.kind == 'raw'; "
