@@ -92,6 +92,10 @@ class ContractTails:
         ev = self.evicted
         return [(u, ev[u]) for u in dict.fromkeys(new) if u in ev]
 
+    def write_again(self, ids: Iterable[str]) -> None:
+        """Have the next :meth:`drain_new` give these evicted users' tails again."""
+        self._new.extend(ids)
+
     def take(self, ids: Iterable[str]) -> dict[str, Tail]:
         """Remove and return the tails of these users (those who come back)."""
         pop = self.evicted.pop

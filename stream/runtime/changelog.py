@@ -130,6 +130,8 @@ class PartitionState:
     stale: list[str | bytes] = field(default_factory=list)  # users queued for re-assignment, in queue order
     records: int = 0
     outbox: tuple[list[bytes], list[bytes | None]] = ([], [])  # the marker's user-segments records, to re-send
+    # users with records after the marker (a checkpoint a crash cut short): written again by the next checkpoint
+    redo: list[bytes] = field(default_factory=list)
 
 
 def _pieces(flat: bytes, lengths: np.ndarray) -> list[bytes | None]:
@@ -154,7 +156,7 @@ def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype
     try:
         last = len(keys) - 1 - keys[::-1].index(MARKER_KEY)
     except ValueError:
-        return PartitionState(partition, None, end=end, records=len(keys))
+        return PartitionState(partition, None, end=end, records=len(keys), redo=_user_keys_of(keys))
     doc = unpack(values[last])
     void = [list(map(int, v)) for v in doc.get("void", [])]
     n = last
@@ -204,7 +206,12 @@ def decode_partition(partition: int, records: Records, end: int, dtype: np.dtype
     users = {"ids": full_ids, **{name: rows[name] for name in dtype.names}}
     return PartitionState(partition, int(doc["offset"]), ck=int(doc["ck"]), model=model, void=void,
                           end=end, marker_at=int(offsets[last]), users=users, tails=tails, records=len(keys),
-                          stale=list(doc.get("stale", [])), outbox=_outbox(doc))
+                          stale=list(doc.get("stale", [])), outbox=_outbox(doc), redo=_user_keys_of(keys[last + 1:]))
+
+
+def _user_keys_of(keys: list[bytes]) -> list[bytes]:
+    """The user keys among ``keys`` (not the marker's, the model's or its chunks'), each once."""
+    return [k for k in dict.fromkeys(keys) if k != MARKER_KEY and not k.startswith(MODEL_KEY)]
 
 
 def _drop_before_tombstones(keys: list[bytes], values: list[bytes | None], erased: set[bytes]) -> None:
@@ -430,10 +437,8 @@ class Changelog:
         users = 0
         for s in states:
             self.models.forget(s.partition)  # its changelog holds the previous writer's model: rewrite it whole
-            if s.offset is not None and s.end > s.marker_at + 1:  # a cut-short checkpoint's records
-                self._void[s.partition] = s.void + [[s.marker_at + 1, s.end]]
-            elif s.offset is not None:
-                self._void[s.partition] = list(s.void)
+            # a cut-short checkpoint's records (all of them when no marker was ever confirmed)
+            self._void[s.partition] = s.void + ([[s.marker_at + 1, s.end]] if s.end > s.marker_at + 1 else [])
             p_.tails.evicted.update(s.tails)
         store.reserve(sum(len(s.users["ids"]) for s in states if s.users))  # one allocation for them all
         for s in states:
@@ -452,4 +457,24 @@ class Changelog:
         queued = store.rows_or_missing([x.decode("utf-8", "surrogatepass") if isinstance(x, bytes) else x
                                         for s in states for x in s.stale])
         p_.requeue(queued[queued >= 0])
+        for s in states:
+            if s.redo:
+                self._write_again(s.partition, s.redo)
         return users
+
+    def _write_again(self, partition: int, keys: list[bytes]) -> None:
+        """Have the next checkpoint write these users' records again: the row of a user restored, the tail
+        of a user evicted, a tombstone for any other (erased, or first seen in the cut-short checkpoint).
+
+        Why: the records a crash left after the last marker are ignored by every restore (the ``void``
+        ranges), but compaction keeps only the last record per key, so in time it would drop the user's
+        last valid record in favour of an ignored one, and the user would be lost on a later restore.
+        Written again after the void range, the user's valid record is the last one."""
+        p_ = self.pipeline
+        rows = p_.store.rows_or_missing([k.decode("utf-8", "surrogatepass") for k in keys])
+        self.mark(rows[rows >= 0])
+        others = [k.decode("utf-8", "surrogatepass") for k, r in zip(keys, rows.tolist()) if r < 0]
+        evicted = [u for u in others if u in p_.tails.evicted]
+        p_.tails.write_again(evicted)
+        held = set(evicted)
+        self._erased.setdefault(partition, []).extend(u for u in others if u not in held)
