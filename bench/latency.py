@@ -83,11 +83,14 @@ def _event(rng: random.Random, user: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stream.settings import Settings
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=5000.0)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--users", type=int, default=50_000)
-    p.add_argument("--batch-max-wait-ms", type=int, default=50, help="SEGSTREAM_BATCH_MAX_WAIT_MS of the consumer (the setting's default)")
+    p.add_argument("--batch-max-wait-ms", type=int, default=Settings().batch_max_wait_ms,
+                   help="SEGSTREAM_BATCH_MAX_WAIT_MS of the consumer (default: the setting's default)")
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--reader", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args(argv)

@@ -309,12 +309,15 @@ def run_transport(broker: Any, client: str, encoder: Path, a: argparse.Namespace
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stream.settings import Settings
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", type=float, default=5000.0)
     p.add_argument("--seconds", type=float, default=15.0, help="measured seconds per linger.ms phase")
     p.add_argument("--lingers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 5, 20])
     p.add_argument("--clients", type=lambda s: s.split(","), default=["kafka-python", "confluent"])
-    p.add_argument("--batch-max-wait-ms", type=int, default=50, help="SEGSTREAM_BATCH_MAX_WAIT_MS of the consumer (the setting's default)")
+    p.add_argument("--batch-max-wait-ms", type=int, default=Settings().batch_max_wait_ms,
+                   help="SEGSTREAM_BATCH_MAX_WAIT_MS of the consumer (default: the setting's default)")
     p.add_argument("--drain-s", type=float, default=3.0)
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--out", help="append the JSON line to this file too (docs/bench/latency.jsonl)")

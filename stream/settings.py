@@ -67,7 +67,7 @@ class Settings:
 
     # --- micro-batching ----------------------------------------------------
     batch_max_events: int = _opt("SEGSTREAM_BATCH_MAX_EVENTS", 5000, "Largest micro-batch, in events.", group="batching")
-    batch_max_wait_ms: int = _opt("SEGSTREAM_BATCH_MAX_WAIT_MS", 50, "Longest a micro-batch waits to fill, counted from its oldest record's Kafka timestamp (a record that arrived while the loop was busy has already waited part of it); bounds latency.", group="batching")
+    batch_max_wait_ms: int = _opt("SEGSTREAM_BATCH_MAX_WAIT_MS", 20, "Longest a micro-batch waits to fill, counted from its oldest record's Kafka timestamp (a record that arrived while the loop was busy has already waited part of it); bounds latency. Under a backlog batches fill by count; a loop that keeps up runs more, smaller batches, each with its checkpoint.", group="batching")
     max_event_bytes: int = _opt("SEGSTREAM_MAX_EVENT_BYTES", 65536, "Records larger than this are dead-lettered as 'oversized'.", group="batching")
     max_clock_skew_s: float = _opt("SEGSTREAM_MAX_CLOCK_SKEW_S", 86400.0, "Events stamped further than this in the future (wall clock) are dead-lettered.", group="batching")
     min_event_ts: float = _opt("SEGSTREAM_MIN_EVENT_TS", 631152000.0, "Events stamped before this epoch second (default 1990-01-01) are dead-lettered.", group="batching")

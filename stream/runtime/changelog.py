@@ -52,7 +52,9 @@ contract allows. Records after the
 last marker belong to a checkpoint that a crash cut
 short; they are ignored, and the next marker lists their range in ``void`` so
 that a later restore ignores them too (otherwise they would precede a newer
-marker while reflecting input the new owner had not reached).
+marker while reflecting input the new owner had not reached); the next checkpoint
+also writes each of their users again (:meth:`Changelog._write_again`), so that
+compaction cannot leave an ignored record as a user's only one.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def test_consumer_config_matches_the_kafka_python_consumer_choices():
         "bootstrap.servers": "b1:9092,b2:9092", "client.id": "c", "group.id": "g", "group.instance.id": "pod-0",
         "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
         "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "max.poll.interval.ms": 60000,
-        "fetch.wait.max.ms": 20, "security.protocol": "PLAINTEXT"}
+        "fetch.wait.max.ms": 100, "security.protocol": "PLAINTEXT"}
     assert "group.instance.id" not in consumer_config(confluent())  # dynamic membership by default
     private = consumer_config(s, **{"group.id": None, "group.instance.id": None})
     assert private["group.id"].startswith("segstream-nogroup-") and "group.instance.id" not in private
