@@ -45,7 +45,7 @@ from state.events import EventBatch
 from state.id_column import IdColumn
 from state.id_index import IdIndex
 from state.saved_rows import COLUMNS, SavedRows
-from state.user_keys import encode_ids, raw_user_keys, user_keys
+from state.user_keys import as_encoded_ids, encode_ids, raw_user_keys, user_keys
 
 __all__ = ["UserStore", "Features", "ApplyResult", "user_keys", "MAX_PARTITION", "COLUMNS"]
 
@@ -164,9 +164,10 @@ class UserStore(SavedRows):
     def row_of(self, user_id: str) -> int | None:
         return self._index.get(user_id.encode("utf-8", "surrogatepass"))
 
-    def rows_or_missing(self, user_ids: Sequence[str]) -> np.ndarray:
-        """Row of each user (int64), -1 for a user not held, at once."""
-        return self._index.get_many(encode_ids(user_ids))
+    def rows_or_missing(self, user_ids: list[str] | list[bytes]) -> np.ndarray:
+        """Row of each user (int64), -1 for a user not held, at once; ids as ``str`` or already UTF-8
+        encoded (as the changelog keys them)."""
+        return self._index.get_many(as_encoded_ids(user_ids))
 
     def rows_of(self, user_ids: list[str]) -> np.ndarray:
         """Rows of users known to be held (KeyError otherwise), at once."""

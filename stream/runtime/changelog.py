@@ -456,7 +456,8 @@ class Changelog:
             p_.import_users(block, keep_rows=False)
             p_.tails.set_raw_change_ids(store.imported_rows, u["cid"])
             users += len(u["ids"])
-        queued = store.rows_or_missing([x.decode("utf-8", "surrogatepass") if isinstance(x, bytes) else x
+        # markers name queued users by their key bytes (older ones by str)
+        queued = store.rows_or_missing([x if isinstance(x, bytes) else x.encode("utf-8", "surrogatepass")
                                         for s in states for x in s.stale])
         p_.requeue(queued[queued >= 0])
         for s in states:
@@ -472,11 +473,9 @@ class Changelog:
         ranges), but compaction keeps only the last record per key, so in time it would drop the user's
         last valid record in favour of an ignored one, and the user would be lost on a later restore.
         Written again after the void range, the user's valid record is the last one."""
-        p_ = self.pipeline
-        rows = p_.store.rows_or_missing([k.decode("utf-8", "surrogatepass") for k in keys])
+        rows = self.pipeline.store.rows_or_missing(keys)
         self.mark(rows[rows >= 0])
         others = [k.decode("utf-8", "surrogatepass") for k, r in zip(keys, rows.tolist()) if r < 0]
-        evicted = [u for u in others if u in p_.tails.evicted]
-        p_.tails.write_again(evicted)
-        held = set(evicted)
-        self._erased.setdefault(partition, []).extend(u for u in others if u not in held)
+        tails = self.pipeline.tails
+        tails.write_again([u for u in others if u in tails.evicted])
+        self._erased.setdefault(partition, []).extend(u for u in others if u not in tails.evicted)
