@@ -21,7 +21,7 @@ import sys
 import time
 from typing import IO
 
-__all__ = ["configure_logging", "JsonFormatter"]
+__all__ = ["configure_logging", "JsonFormatter", "StderrHandler"]
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -52,9 +52,27 @@ class TextFormatter(logging.Formatter):
         return base
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is at each record, not as it was when the handler was made.
+
+    Why: a process that swaps ``sys.stderr`` (a test harness capturing output, an application embedding
+    ``run_cli``) and later closes the old stream would otherwise fail every record logged afterwards,
+    the client libraries' background threads' among them, with "I/O operation on closed file".
+    """
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)  # (StreamHandler's own would pin the stream)
+
+    @property
+    def stream(self) -> IO[str]:  # type: ignore[override]
+        return sys.stderr
+
+
 def configure_logging(fmt: str = "text", level: str = "INFO", *, stream: IO[str] | None = None,
                       name: str | None = None) -> logging.Logger:
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """Send ``name``'s records (the root logger's when None) to ``stream`` (default: ``sys.stderr``, looked
+    up at each record), as text or JSON lines."""
+    handler = logging.StreamHandler(stream) if stream is not None else StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger(name)
     logger.handlers[:] = [handler]

@@ -37,3 +37,21 @@ def test_partition_lost_warning_is_structured() -> None:
     assert [(r["topic"], r["partition"], r["offset"], r["generation"]) for r in warnings] == [
         ("events", 2, 1234, 7), ("events", 5, None, 7)]
     assert tracker.owned() == set()
+
+
+def test_default_handler_writes_to_stderr_as_it_is_when_the_record_is_logged(monkeypatch) -> None:
+    """A harness that swaps and closes sys.stderr after start-up (pytest's capture does) must not leave
+    a handler pointing at the closed stream: later records go to the stderr of their time."""
+    first, later = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    logger = configure_logging("text", "INFO", name="segstream.test.stderr")
+    try:
+        logger.warning("before the swap")
+        first.close()
+        monkeypatch.setattr("sys.stderr", later)
+        logger.warning("after the swap")
+    finally:
+        logger.handlers[:] = []
+        logger.propagate = True
+    lines = later.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].endswith("WARNING segstream.test.stderr: after the swap"), lines
