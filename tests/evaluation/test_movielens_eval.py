@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import report
+from bench import report, report_evaluation
 from encoders.train import DEFAULT_KIND, TrainConfig
 from evaluation.hitrate import hit_rate, split_by_time
 from evaluation.movielens import REFERENCE_VARIANTS, batch_reference, evaluate, validation_split
@@ -117,7 +117,7 @@ def test_evaluate_command_writes_json_and_plot(tiny_movielens, tmp_path):
     assert (out / "hr10.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "epoch 3/3" in proc.stderr  # training progress is shown
     # the table renders from it
-    assert "batch reference" in report.movielens_table([stored])
+    assert "batch reference" in report_evaluation.movielens_table([stored])
 
 
 def test_the_batch_reference_groups_users_of_the_same_taste():
@@ -149,7 +149,7 @@ def test_select_command_scores_candidates_on_validation_only(tiny_movielens, tmp
     assert (out / f"candidate-{best['number']}-seed-5.pt").exists()
     assert again[0]["score"] == pytest.approx(
         (again[0]["validation"]["3"]["hr10"] + again[0]["validation"]["3"]["hr10_final_model"]) / 2)
-    table = report.selection_table([stored])
+    table = report_evaluation.selection_table([stored])
     assert "selection" in report.RENDERERS and "Chosen" in table and "training seed 5" in table
     # only the history was written: 80% of each user's ratings, less the validation target
     assert not list(out.glob("*heldout*"))
