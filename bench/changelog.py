@@ -10,7 +10,9 @@ rows). ``users_per_s`` = users / (read + load) seconds; ``bytes_per_user`` = key
 written / users. ``throughput``: one synthetic log produced into the embedded broker, consumed by
 ``segstream run``'s loop six times in the same process, changelog off or on (each with its own group),
 in alternating order (off, on, on, off, off, on); the medians of the three runs each are compared.
-Events/s counted after the first batch, as in ``bench.throughput``; each run also reports the CPU it
+Events/s counted from the end of the first batch to the end of the run's last checkpoint (outputs and
+changelog confirmed, offsets committed: a run with the changelog is not done before its last rows are
+written); each run also reports the CPU it
 took per event, of this process and of the broker (a busy machine moves those less than the rate).
 Once per ``--checkpoint-shares`` entry (``SEGSTREAM_CHECKPOINT_SHARE``; 1: a checkpoint per micro-batch)
 and ``--batch-sizes`` entry: with small batches few ring slots change per checkpoint.
@@ -99,7 +101,7 @@ def restore_rate(bootstrap: str, users: int, partitions: int) -> dict[str, Any]:
 
 
 def run_rate(bootstrap: str, topic: str, expect: int, users: int, *, changelog: bool,
-             batch_max_events: int, checkpoint_share: float, broker_pid: int = 0) -> dict[str, Any]:
+             batch_max_events: int, checkpoint_share: float, broker_pid: int = 0, **settings: Any) -> dict[str, Any]:
     from stream.runtime.app import run_consumer
     from stream.settings import Settings
 
@@ -109,13 +111,28 @@ def run_rate(bootstrap: str, topic: str, expect: int, users: int, *, changelog: 
     settings = Settings(bootstrap=bootstrap, input_topic=topic, output_topic=f"{topic}-segments-{tag}",
                         dlq_topic=f"{topic}-dlq", lineage_topic=f"{topic}-lineage-{tag}",
                         profiles_topic=f"{topic}-profiles-{tag}", group_id=f"bench-{tag}", metrics_port=0,
-                        max_users=users * 2, changelog=changelog, batch_max_events=batch_max_events, checkpoint_share=checkpoint_share)
+                        max_users=users * 2, changelog=changelog, batch_max_events=batch_max_events, checkpoint_share=checkpoint_share,
+                        **settings)
+    checkpoints: list[tuple[float, int]] = []
+
+    def ready(runner: Any) -> None:
+        # the run's last checkpoint (its outputs and changelog confirmed, offsets committed) comes after the
+        # last batch: the run ends there, whether it writes the changelog or not
+        runners.append(runner)
+        plain = runner.checkpoint
+
+        def timed(*args: Any, **kwargs: Any) -> None:
+            plain(*args, **kwargs)
+            checkpoints.append((time.perf_counter(), runner.summary.events))
+
+        runner.checkpoint = timed
+
     me = os.getpid()
     cpu0, bcpu0 = cpu_seconds(me, reaped=True), cpu_seconds(broker_pid) if broker_pid else 0.0
-    summary = run_consumer(settings, max_events=expect, idle_exit_s=30, stop=threading.Event(), on_ready=runners.append,
+    summary = run_consumer(settings, max_events=expect, idle_exit_s=30, stop=threading.Event(), on_ready=ready,
                            on_batch=lambda result, s: marks.append((time.perf_counter(), s.events)))
     cpu1, bcpu1 = cpu_seconds(me, reaped=True), cpu_seconds(broker_pid) if broker_pid else 0.0
-    (t0, n0), (t1, n1) = marks[0], marks[-1]
+    (t0, n0), (t1, n1) = marks[0], max(marks[-1], checkpoints[-1] if checkpoints else marks[-1])
     out = {"changelog": changelog, "events": summary.events, "seconds": round(t1 - t0, 3),
            "events_per_s": round((n1 - n0) / (t1 - t0)), "batches": summary.batches,
            # CPU of the whole run (start-up and group join too), which a busy machine changes less than the rate
@@ -134,7 +151,7 @@ def run_rate(bootstrap: str, topic: str, expect: int, users: int, *, changelog: 
 
 
 def throughput(bootstrap: str, users: int, events: int, batch_max_events: int,
-               checkpoint_share: float, broker_pid: int = 0) -> dict[str, Any]:
+               checkpoint_share: float, broker_pid: int = 0, checkpoint_max_gap_ms: int | None = None) -> dict[str, Any]:
     """The loop's events/s with and without the changelog: three runs each, interleaved, medians compared."""
     from stream.cli.producer import produce_log
     from stream.kafka import ensure_topics
@@ -149,7 +166,8 @@ def throughput(bootstrap: str, users: int, events: int, batch_max_events: int,
     for on in (False, True, True, False, False, True):
         gc.collect()
         runs.append(run_rate(bootstrap, topic, produced, users, changelog=on, batch_max_events=batch_max_events,
-                             checkpoint_share=checkpoint_share, broker_pid=broker_pid))
+                             checkpoint_share=checkpoint_share, broker_pid=broker_pid,
+                             **({} if checkpoint_max_gap_ms is None else {"checkpoint_max_gap_ms": checkpoint_max_gap_ms})))
         note(f"run {runs[-1]}")
     off = np.median([r["events_per_s"] for r in runs if not r["changelog"]])
     on = np.median([r["events_per_s"] for r in runs if r["changelog"]])
@@ -159,7 +177,9 @@ def throughput(bootstrap: str, users: int, events: int, batch_max_events: int,
     per_ck = {k: round(float(np.median([r[k] for r in with_cl]))) for k in
               ("bytes_per_checkpoint", "model_bytes_per_checkpoint", "whole_model_bytes_per_checkpoint") if k in with_cl[0]}
     return {"users": users, "events": produced, "batch_max_events": batch_max_events,
-            "checkpoint_share": checkpoint_share, "runs": runs,
+            "checkpoint_share": checkpoint_share,
+            "checkpoint_max_gap_ms": Settings().checkpoint_max_gap_ms if checkpoint_max_gap_ms is None else checkpoint_max_gap_ms,
+            "runs": runs,
             "without_changelog_events_per_s": round(off), "with_changelog_events_per_s": round(on),
             "ratio": round(on / off, 3), **cpu, **per_ck}
 
@@ -173,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", default="5000,500", help="SEGSTREAM_BATCH_MAX_EVENTS of the throughput runs")
     p.add_argument("--checkpoint-shares", default="",
                    help="SEGSTREAM_CHECKPOINT_SHARE of the throughput runs, comma-separated (default: the setting's default)")
+    p.add_argument("--checkpoint-max-gap-ms", type=int, default=None,
+                   help="SEGSTREAM_CHECKPOINT_MAX_GAP_MS of the throughput runs (default: the setting's default)")
     p.add_argument("--out", default="", help="also write the result (one JSON document) to this file")
     p.add_argument("--label", default="", help="what the figures are of (another version of the code, say)")
     p.add_argument("--command", default="", help="the command line to record with the figures")
@@ -191,10 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.events:
             shares = [float(x) for x in a.checkpoint_shares.split(",") if x] or [Settings().checkpoint_share]
             figures["throughput"] = [throughput(broker.bootstrap, a.throughput_users, a.events, int(b), share,
-                                                broker.proc.pid if broker.proc else 0)
+                                                broker.proc.pid if broker.proc else 0, a.checkpoint_max_gap_ms)
                                      for share in shares for b in a.batch_sizes.split(",")]
     out = emit("changelog", figures, users=a.users, partitions=a.partitions, events=a.events,
-               throughput_users=a.throughput_users, batch_sizes=a.batch_sizes, checkpoint_shares=a.checkpoint_shares, encoder="raw", label=a.label)
+               throughput_users=a.throughput_users, batch_sizes=a.batch_sizes, checkpoint_shares=a.checkpoint_shares,
+               checkpoint_max_gap_ms=a.checkpoint_max_gap_ms, encoder="raw", label=a.label)
     if a.out:
         write_result(a.out, out, a.command or command_line("bench.changelog", argv))
     return 0
