@@ -368,7 +368,9 @@ def changelog_table(results: Results) -> str:
             cpu = tuple(f"{t[f'cpu_us_per_event_{w}_changelog'] + t[f'broker_cpu_us_per_event_{w}_changelog']:.1f}"
                         if f"cpu_us_per_event_{w}_changelog" in t else "—" for w in ("without", "with"))
             share = t.get("checkpoint_share", 1.0)  # the code before checkpointed after every batch
+            gap = t.get("checkpoint_max_gap_ms")  # recorded since the gap became a bench parameter
             tp.append((label, f"{share:g}" + (" (every batch)" if share >= 1 else ""),
+                       "—" if gap is None or share >= 1 else f"{gap / 1000:g} s",
                        f"{t.get('batch_max_events', 5000):,}", f"{t['without_changelog_events_per_s']:,}",
                        f"{t['with_changelog_events_per_s']:,}", f"{t['ratio']:.2f}", *cpu, *ck,
                        f"{r['machine']['loadavg_at_start'][0]}"))
@@ -377,7 +379,7 @@ def changelog_table(results: Results) -> str:
         out.append(_table(("Code", "Users", "Changelog partitions", "Read", "Restore (read + load)", "Users/s",
                            "Bytes per user", "One full checkpoint written", "Load average (1 min) at start"), rows))
     if tp:
-        out.append(_table(("Code", "Checkpoint share", "Batch (events)", "Events/s without changelog (median of 3)",
+        out.append(_table(("Code", "Checkpoint share", "Most time between checkpoints", "Batch (events)", "Events/s without changelog (median of 3)",
                            "With changelog", "Ratio", "CPU µs per event without (process + broker)", "With",
                            "Changelog bytes per checkpoint", "Model bytes per checkpoint",
                            "Load average (1 min) at start"), tp))
