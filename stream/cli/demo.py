@@ -25,7 +25,7 @@ from stream.runtime.app import run_consumer
 from stream.contracts.user_segments import decode_segment_event
 from stream.kafka.embedded_broker import EmbeddedBroker
 from stream.kafka.clients import ensure_topics, make_consumer
-from stream.runtime.pipeline import BatchResult
+from stream.runtime.batch_result import BatchResult
 from stream.cli.producer import produce_log
 from stream.runtime.summary import RunSummary
 from stream.settings import Settings

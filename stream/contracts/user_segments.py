@@ -28,7 +28,7 @@ byte for byte; headers say why (``segstream.dlq.reason``, ``.detail``) and
 where it came from (``segstream.source.topic``, ``.partition``, ``.offset``).
 
     >>> import numpy as np
-    >>> from stream.runtime.pipeline import SegmentChanges
+    >>> from stream.runtime.batch_result import SegmentChanges
     >>> ch = SegmentChanges(["u1"], np.array([3]), np.array([-1]), np.array([0.5], np.float32),
     ...                     np.array([1], np.uint32), np.array([1.7e9]), np.array([0]), 2)
     >>> (key, value), = encode_segment_changes(ch, emitted_at=1.7e9 + 1)
@@ -92,7 +92,7 @@ def change_ids(changes: Any, partitions: Any, offsets: Any,
     by default the batch's last record. A replay or a re-run after a crash makes the same ids.
 
     >>> import numpy as np
-    >>> from stream.runtime.pipeline import SegmentChanges
+    >>> from stream.runtime.batch_result import SegmentChanges
     >>> ch = SegmentChanges(["a", "b"], np.array([1, 2]), np.array([-1, -1]), np.zeros(2, np.float32),
     ...                     np.ones(2, np.uint32), np.zeros(2), np.array([0, -1]), 1)
     >>> change_ids(ch, [3, 3], [40, 41]) == [change_id("a", 3, 40, 1), change_id("b", 3, 41, 2)]
@@ -163,7 +163,7 @@ def encode_user_segments(changes: Any, erased: Sequence[str], emitted_at: float,
     through this one rule.
 
     >>> import numpy as np
-    >>> from stream.runtime.pipeline import SegmentChanges
+    >>> from stream.runtime.batch_result import SegmentChanges
     >>> ch = SegmentChanges(["u1"], np.array([3]), np.array([-1]), np.array([0.5], np.float32),
     ...                     np.array([1], np.uint32), np.array([1.7e9]), np.array([4]), 2)
     >>> [(key, value is None) for key, value in encode_user_segments(ch, ["u1", "u2"], 1.7e9 + 1)]

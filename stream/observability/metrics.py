@@ -37,7 +37,8 @@ from stream.settings import Settings
 if TYPE_CHECKING:
     from state.kmeans import LineageEvent
     from state.segments import SegmentModel
-    from stream.runtime.pipeline import BatchResult, Pipeline
+    from stream.runtime.batch_result import BatchResult
+    from stream.runtime.pipeline import Pipeline
 
 __all__ = ["Metrics", "ArrayHistogram", "LATENCY_BUCKETS"]
 

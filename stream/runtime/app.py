@@ -28,7 +28,8 @@ from stream.kafka.lag import LagMonitor
 from stream.kafka.topics import topic_plan
 from stream.observability.metrics import Metrics
 from stream.runtime.health import Health
-from stream.runtime.pipeline import BatchResult, Pipeline
+from stream.runtime.batch_result import BatchResult
+from stream.runtime.pipeline import Pipeline
 from stream.runtime.runner import StreamRunner
 from stream.runtime.summary import RunSummary
 from stream.settings import Settings

@@ -21,7 +21,7 @@ import numpy as np
 from stream.contracts.user_segments import change_ids, dead_letter_headers, encode_user_segments
 from stream.kafka.clients import Publisher
 from stream.contracts.lineage_profiles import encode_lineage, encode_profiles
-from stream.runtime.pipeline import BatchResult
+from stream.runtime.batch_result import BatchResult
 from stream.kafka.records import Records
 from stream.settings import Settings
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,12 +31,13 @@ from state.dbstream import OnlineDBSTREAM
 from state.global_dbstream import GlobalDBSTREAM
 from state.global_model import SUMMARY_FACTOR, GlobalKMeans
 from state.contract_tail import ContractTails
-from state.kmeans import LineageEvent, OnlineKMeans
+from state.kmeans import OnlineKMeans
 from state.row_queue import RowQueue
 from state.profiles import ItemNames, segment_profiles
 from state.relabel import LABELS_SETTLED, LabelFollower
 from state.segments import SegmentModel, assign_bounds, squared_distances
 from state.user_store import MAX_PARTITION, UserStore, user_keys
+from stream.runtime.batch_result import BatchResult, SegmentChanges
 from stream.runtime.dedup import EventIdWindow
 from state.events import EventBatch, EventDecoder, Rejected
 from stream.runtime.pipeline_state import PipelineState
@@ -45,60 +45,12 @@ from stream.runtime.pseudonym import Pseudonymiser
 from stream.runtime.tuning import tune_process
 from stream.settings import Settings
 
-__all__ = ["Pipeline", "BatchResult", "SegmentChanges", "spec_from_settings", "tune_process"]
+__all__ = ["Pipeline", "spec_from_settings", "tune_process"]
 
 log = logging.getLogger(__name__)
 
 #: a batch with more users than max_users is a configuration matter, not news: said once per process
 _overflow_warned = False
-
-
-@dataclass
-class SegmentChanges:
-    """Users whose segment changed in one batch (columnar)."""
-
-    user_ids: list[str]
-    segments: np.ndarray  # int64
-    previous: np.ndarray  # int64, -1 = no previous segment
-    distances: np.ndarray  # float32
-    seq: np.ndarray  # uint32, per-user change counter after this change
-    event_time: np.ndarray  # float64, ts of the event that caused the change (model-caused: the batch's newest)
-    source_index: np.ndarray  # int64, batch position of that event (-1: no event of this batch caused it)
-    model_version: int
-    rows: np.ndarray | None = None  # int64, the users' store rows (None: not known, look the ids up)
-
-    def __len__(self) -> int:
-        return len(self.user_ids)
-
-    @classmethod
-    def empty(cls, version: int = 0) -> SegmentChanges:
-        z = np.zeros(0, np.int64)
-        return cls([], z, z, z.astype(np.float32), z.astype(np.uint32), z.astype(np.float64), z, version)
-
-
-@dataclass
-class BatchResult:
-    events: int
-    changes: SegmentChanges
-    rejected: list[Rejected] = field(default_factory=list)
-    erased: list[str] = field(default_factory=list)  # users deleted: publish tombstones
-    erased_sources: list[int] = field(default_factory=list)  # per erased user: batch index of its delete
-    touched: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # store rows the events updated
-    users_updated: int = 0
-    new_users: int = 0
-    evicted: int = 0
-    new_model: SegmentModel | None = None
-    lineage: list[LineageEvent] = field(default_factory=list)
-    profiles: list[dict[str, Any]] = field(default_factory=list)  # segment profiles due this batch
-    encode_seconds: float = 0.0
-    max_event_time: float = float("nan")
-    duplicates: int = 0  # events dropped as repeats of a recent event_id
-    # drift metrics: distances to the assigned centroid and embeddings of this batch's updated users
-    distances: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    embeddings: np.ndarray | None = None
-    embedding_keys: np.ndarray | None = None  # user key (state.user_store.user_keys) of each embedding row
-    label_agreement: float | None = None  # when a model version was published: see Pipeline.label_agreement
-    reassigned: int = 0  # the last ones of ``changes``: users re-assigned after a new model version, not by an event
 
 
 def default_instance_id() -> str:

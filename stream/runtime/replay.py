@@ -17,7 +17,8 @@ import numpy as np
 
 from eventlogs.recorded import read_event_chunks
 from stream.contracts.user_segments import change_ids, encode_user_segments
-from stream.runtime.pipeline import BatchResult, Pipeline
+from stream.runtime.batch_result import BatchResult
+from stream.runtime.pipeline import Pipeline
 from stream.runtime.summary import RunSummary
 from stream.settings import Settings
 

@@ -39,7 +39,8 @@ from stream.kafka.clients import Publisher
 from stream.observability.metrics import Metrics
 from stream.runtime.outputs import OutputWriter
 from stream.runtime.summary import RunSummary
-from stream.runtime.pipeline import BatchResult, Pipeline
+from stream.runtime.batch_result import BatchResult
+from stream.runtime.pipeline import Pipeline
 from stream.runtime.restore import PartitionRestore
 from stream.kafka.rebalance import RebalanceTracker
 from stream.kafka.records import Records

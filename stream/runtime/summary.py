@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from stream.runtime.pipeline import BatchResult
+    from stream.runtime.batch_result import BatchResult
 
 __all__ = ["RunSummary"]
 

@@ -7,7 +7,7 @@ import pytest
 
 from stream.contracts.user_segments import change_id, change_ids, decode_segment_event, encode_segment_changes
 from stream.kafka.clients import make_consumer
-from stream.runtime.pipeline import SegmentChanges
+from stream.runtime.batch_result import SegmentChanges
 from stream.settings import Settings
 
 
