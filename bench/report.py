@@ -230,6 +230,15 @@ def producer_latency_table(results: Results) -> str:
 # --- scale-out and sizing --------------------------------------------------------------------------
 
 
+def fetch_wait_table(results: Results) -> str:
+    """`bench.fetch_wait`: how long a caught-up consumer's records wait in the embedded broker, per fetch max wait."""
+    r = results[-1]
+    rows = [(f"{x['fetch_max_wait_ms']:,}", f"{x['records']}", f"{x['delay_ms']['p50']:.1f}",
+             f"{x['delay_ms']['p90']:.1f}", f"{x['delay_ms']['max']:.1f}") for x in r["figures"]["runs"]]
+    return _table(("Consumer's fetch max wait (ms)", "Records", "Send to poll, p50 (ms)", "p90", "max"), rows) + \
+        f"\n\nOne record every {r['params']['gap_ms']:g} ms to a caught-up kafka-python consumer; command: {_cmd(r)}."
+
+
 def scaleout_table(results: Results) -> str:
     rows = []
     for r in _of(results, "scaleout"):
@@ -408,7 +417,7 @@ def drift_table(results: Results) -> str:
 RENDERERS: dict[str, Callable[[Results], str]] = {
     "changelog": changelog_table, "drift": drift_table,
     "machine": machine_line, "suite": suite_table, "memory": memory_table, "goals": goals_table, "encoders": encoders_table,
-    "scaleout": scaleout_table, "transports": transports_table, "producer-latency": producer_latency_table, "sizing": sizing_table, "plan": plan_table,
+    "scaleout": scaleout_table, "fetch-wait": fetch_wait_table, "transports": transports_table, "producer-latency": producer_latency_table, "sizing": sizing_table, "plan": plan_table,
     "planted": planted_table, "movielens": movielens_table, "selection": selection_table,
 }
 
