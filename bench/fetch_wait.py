@@ -4,8 +4,9 @@
 
 A consumer that has read everything sends a fetch that finds nothing; the broker holds it ("parks" it) for
 up to the fetch's max wait. Apache Kafka answers a parked fetch as soon as ``fetch.min.bytes`` have
-arrived. The embedded broker (Tansu) does not: it answers when the wait has passed, whatever arrived
-meanwhile. The fetch max wait is then a floor under a caught-up consumer's latency: kafka-python's in
+arrived. The embedded broker (Tansu) does not: its fetch handler re-reads the log on its own timer, so a
+record that arrives meanwhile waits for it (measured here: up to about half of the max wait). The fetch
+max wait then sets a floor under a caught-up consumer's latency: kafka-python's in
 ``segstream run`` follows ``SEGSTREAM_BATCH_MAX_WAIT_MS`` (20 ms), librdkafka's is fixed at 100 ms
 (``stream/kafka/confluent.py``; shorter waits mean more fetches, which slowed the embedded broker down
 run after run, docs/performance.md).

@@ -116,9 +116,11 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "max.poll.interval.ms": settings.max_poll_interval_ms,
         "fetch.max.bytes": 64 << 20,
         "max.partition.fetch.bytes": 8 << 20,
-        # librdkafka fetches in its own thread, ahead of consume(): a broker answers a fetch as soon as it
-        # holds a record, so this only bounds an idle fetch; tied to the short batch wait, it made more
-        # fetch round trips and slower runs (docs/performance.md)
+        # librdkafka fetches in its own thread, ahead of consume(). Apache Kafka answers a waiting fetch as
+        # soon as a record arrives, so there this only bounds an idle fetch; the embedded broker answers it
+        # on its own timer (records wait up to about half of this, bench/fetch_wait.py), yet shorter waits
+        # (tied to the batch wait, or 30-50 ms) made it answer so many fetches that runs slowed down phase
+        # after phase (docs/performance.md)
         "fetch.wait.max.ms": 100,
     }
     if settings.group_instance_id:
