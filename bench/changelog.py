@@ -101,7 +101,8 @@ def restore_rate(bootstrap: str, users: int, partitions: int) -> dict[str, Any]:
 
 
 def run_rate(bootstrap: str, topic: str, expect: int, users: int, *, changelog: bool,
-             batch_max_events: int, checkpoint_share: float, broker_pid: int = 0, **settings: Any) -> dict[str, Any]:
+             batch_max_events: int, checkpoint_share: float, checkpoint_max_gap_ms: int,
+             broker_pid: int = 0) -> dict[str, Any]:
     from stream.runtime.app import run_consumer
     from stream.settings import Settings
 
@@ -112,7 +113,7 @@ def run_rate(bootstrap: str, topic: str, expect: int, users: int, *, changelog: 
                         dlq_topic=f"{topic}-dlq", lineage_topic=f"{topic}-lineage-{tag}",
                         profiles_topic=f"{topic}-profiles-{tag}", group_id=f"bench-{tag}", metrics_port=0,
                         max_users=users * 2, changelog=changelog, batch_max_events=batch_max_events, checkpoint_share=checkpoint_share,
-                        **settings)
+                        checkpoint_max_gap_ms=checkpoint_max_gap_ms)
     checkpoints: list[tuple[float, int]] = []
 
     def ready(runner: Any) -> None:
@@ -151,7 +152,7 @@ def run_rate(bootstrap: str, topic: str, expect: int, users: int, *, changelog: 
 
 
 def throughput(bootstrap: str, users: int, events: int, batch_max_events: int,
-               checkpoint_share: float, broker_pid: int = 0, checkpoint_max_gap_ms: int | None = None) -> dict[str, Any]:
+               checkpoint_share: float, checkpoint_max_gap_ms: int, broker_pid: int = 0) -> dict[str, Any]:
     """The loop's events/s with and without the changelog: three runs each, interleaved, medians compared."""
     from stream.cli.producer import produce_log
     from stream.kafka import ensure_topics
@@ -166,8 +167,8 @@ def throughput(bootstrap: str, users: int, events: int, batch_max_events: int,
     for on in (False, True, True, False, False, True):
         gc.collect()
         runs.append(run_rate(bootstrap, topic, produced, users, changelog=on, batch_max_events=batch_max_events,
-                             checkpoint_share=checkpoint_share, broker_pid=broker_pid,
-                             **({} if checkpoint_max_gap_ms is None else {"checkpoint_max_gap_ms": checkpoint_max_gap_ms})))
+                             checkpoint_share=checkpoint_share, checkpoint_max_gap_ms=checkpoint_max_gap_ms,
+                             broker_pid=broker_pid))
         note(f"run {runs[-1]}")
     off = np.median([r["events_per_s"] for r in runs if not r["changelog"]])
     on = np.median([r["events_per_s"] for r in runs if r["changelog"]])
@@ -177,9 +178,7 @@ def throughput(bootstrap: str, users: int, events: int, batch_max_events: int,
     per_ck = {k: round(float(np.median([r[k] for r in with_cl]))) for k in
               ("bytes_per_checkpoint", "model_bytes_per_checkpoint", "whole_model_bytes_per_checkpoint") if k in with_cl[0]}
     return {"users": users, "events": produced, "batch_max_events": batch_max_events,
-            "checkpoint_share": checkpoint_share,
-            "checkpoint_max_gap_ms": Settings().checkpoint_max_gap_ms if checkpoint_max_gap_ms is None else checkpoint_max_gap_ms,
-            "runs": runs,
+            "checkpoint_share": checkpoint_share, "checkpoint_max_gap_ms": checkpoint_max_gap_ms, "runs": runs,
             "without_changelog_events_per_s": round(off), "with_changelog_events_per_s": round(on),
             "ratio": round(on / off, 3), **cpu, **per_ck}
 
@@ -205,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tune_process(Settings())
     figures: dict[str, Any] = {"restore": []}
+    gap = Settings().checkpoint_max_gap_ms if a.checkpoint_max_gap_ms is None else a.checkpoint_max_gap_ms
     with EmbeddedBroker() as broker:
         for n in (int(x) for x in a.users.split(",") if x):
             figures["restore"].append(restore_rate(broker.bootstrap, n, a.partitions))
@@ -212,12 +212,12 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
         if a.events:
             shares = [float(x) for x in a.checkpoint_shares.split(",") if x] or [Settings().checkpoint_share]
-            figures["throughput"] = [throughput(broker.bootstrap, a.throughput_users, a.events, int(b), share,
-                                                broker.proc.pid if broker.proc else 0, a.checkpoint_max_gap_ms)
+            figures["throughput"] = [throughput(broker.bootstrap, a.throughput_users, a.events, int(b), share, gap,
+                                                broker.proc.pid if broker.proc else 0)
                                      for share in shares for b in a.batch_sizes.split(",")]
     out = emit("changelog", figures, users=a.users, partitions=a.partitions, events=a.events,
                throughput_users=a.throughput_users, batch_sizes=a.batch_sizes, checkpoint_shares=a.checkpoint_shares,
-               checkpoint_max_gap_ms=a.checkpoint_max_gap_ms, encoder="raw", label=a.label)
+               checkpoint_max_gap_ms=gap, encoder="raw", label=a.label)
     if a.out:
         write_result(a.out, out, a.command or command_line("bench.changelog", argv))
     return 0
