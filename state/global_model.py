@@ -7,48 +7,32 @@ mode) as a *summary* of its own users, and assigns users **only with the
 global model**: a :class:`~state.segments.SegmentModel` that it has read back
 from the model topic. The protocol, as plain messages
 (:mod:`stream.runtime.model_sync` carries them over Kafka, schema
-``segstream.model/1``):
+``segstream.model/1``; docs/scaling.md says it step by step, with timings):
 
 1. **summaries**: every member (the leader too) seeds its local learner from
-   its own first users (``warmup_users`` of them, or at least ``k`` once it has
-   consumed ``model_update_events`` events) and sends the learner's centres
-   with, per centre, a decayed count of the embeddings nearest to it; again
-   each time the local model is consolidated (every ``model_update_events`` of
-   its own events, before the first global version too), and at least every
-   third of ``silent_after_s`` (a heartbeat: the latest summary again, marked
-   ``heartbeat``; it keeps the member live but does not call for a merge). A
-   summary is a state, not a delta: the latest one per member is what counts.
-   It names the input partitions the member owns and the events it has
-   consumed in all.
-2. **v1**: the leader (the member that owns partition 0 of the input topic)
-   waits until the members' summaries cover every input partition, or
-   ``first_wait_s`` after it first had ``k`` summary points, then proposes
-   version 1: weighted k-means (:func:`state.summary_merge.cluster_summaries`) over the union of
-   every live member's centres, ids ``0..k-1``. Users that arrived before v1
-   are held (state kept, no segment) but they are in their member's summary.
-3. **merge**: once per round of summaries (its own, or one from every live
-   member, has arrived since the last merge; or one has waited
-   ``merge_wait_s`` for the rest of its round) the leader clusters the union
-   of every live member's centres, weighted by their counts, seeded from the
-   current version's centroids (plus seeded k-means++ restarts, kept only
-   when clearly better), so a group that only one member sees keeps a
-   segment of its own. A segment left without weight is re-seeded by
-   splitting the segment with the largest error. Ids carry over by the
-   matching local versions use (:func:`state.identity.match_to_previous`);
-   what it says (born, split, merged, retired) travels in the version's
-   record, and the member that proposed it publishes it to
-   ``segment-lineage`` (every member re-assigns its users of ended segments).
-   A member silent for longer than ``silent_after_s`` is left out. The record
-   names the members merged and the events each had consumed (``members``);
-   every member, reading it, counts as new only the summaries that cover
-   more events than it names, so the next leader does not merge again what a
-   version already holds (a re-merge can land elsewhere: a version for nothing).
-4. **first record wins**: a proposal takes effect only when it is read back
-   from the (single-partition) model topic, and only the first record with
-   version ``v`` is applied; later ones (a leader that lost its partitions but
-   has not noticed yet) are ignored. Every member reads the same log in the
-   same order, so all of them hold the same centroids for a version, and no
-   segment event names a version that is not on the topic.
+   its own first users and sends the learner's centres, each with a decayed
+   count of the embeddings nearest to it, after each local consolidation and
+   at least every third of ``silent_after_s`` (a ``heartbeat``: it keeps the
+   member live but does not call for a merge). A summary is a state, not a
+   delta; it names the member's input partitions and its events consumed.
+2. **v1**: the leader (the owner of input partition 0) proposes version 1
+   once the summaries cover every input partition, or ``first_wait_s`` after
+   it first had ``k`` summary points: weighted k-means
+   (:func:`state.summary_merge.cluster_summaries`) over every live member's
+   centres, ids ``0..k-1``. Users that arrive before v1 are held (state
+   kept, no segment).
+3. **merge**: once per round of summaries (or after ``merge_wait_s``) the
+   leader clusters the union of the live members' centres, weighted by their
+   counts and seeded from the current centroids; ids carry over by
+   :func:`state.identity.match_to_previous`, and what changed (born, split,
+   merged, retired) travels in the record. Members silent for longer than
+   ``silent_after_s`` are left out. The record names the events each member
+   had consumed (``members``), so that the next leader does not merge again
+   what a version already holds.
+4. **first record wins**: a proposal takes effect only when read back from
+   the single-partition model topic, and only the first record of a version
+   is applied. Every member reads the same log in the same order, so all hold
+   the same centroids for a version.
 
 Members never move a global centroid: their local learners' centres are
 private and only reach the model through a merge. A merge is deterministic
