@@ -111,13 +111,42 @@ def movielens_table(results: Results) -> str:
                f"It does **not** beat the batch reference at any k ({', '.join(ks)})" if not beats else
                f"It beats the batch reference at k = {', '.join(beats)}, **not** at k = "
                f"{', '.join(k for k in ks if k not in beats)}")
-            + ". Reference variant chosen on validation"
+            + ". " + _training_seed_note(r["default"], default, ks, pr["default_train_config"].get("seed", 0)) + "Reference variant chosen on validation"
             + (f" (validation HR@10 of `{others[0]}`: {slash([ref['validation'][others[0]][k]['hr10'] for k in ks])})"
                if others else "") + f". Run time {r['seconds'] / 60:.0f} min.")
-    return table(head, rows) + note + f" Command: `{' '.join(cmd)}`."
+    return table(head, rows) + note + f" Command: `{' '.join(cmd)}`." + _by_last_activity(r["default"], default, ks)
+
+
+_QUARTILES = ("least recently active quarter", "second quarter", "third quarter", "most recently active quarter")
+
+
+def _by_last_activity(default: dict[str, Any], kind: str, ks: list[str]) -> str:
+    """Held-out HR@10 of the default path and of the reference per quarter of users by last activity."""
+    by = default.get("by_last_activity")
+    if not by:
+        return ""
+    head = ("Users, by the time of their last history rating", "users", "global popularity",
+            *(f"k={k}: default / reference" for k in ks))
+    rows = [(name, str(by["users"][g]), f"{by['popularity'][g]:.3f}",
+             *(f"{by['k'][k]['default'][g]:.3f} / {by['k'][k]['reference'][g]:.3f}" for k in ks))
+            for g, name in enumerate(_QUARTILES)]
+    return (f"\n\nThe same held-out HR@10 (mean over the seeds) within each quarter of the users, ordered by when "
+            f"they were last active in the history: where the default path (`{kind}`, held labels) gains on the batch "
+            f"reference and where it loses.\n\n" + table(head, rows))
 
 
 REFERENCE_NAMES = ("svd32-l2", "svd32")
+
+
+def _training_seed_note(default: dict[str, Any], kind: str, ks: list[str], seed: int) -> str:
+    """The default path with the encoder trained from other seeds (``--spread-seeds``); empty without them."""
+    again = default.get("training_seeds") or []
+    if not again:
+        return ""
+    figures = "; ".join(f"seed {a['seed']}: {slash([a['heldout'][k]['vs_popularity'] for k in ks], '.2f')}×" for a in again)
+    return (f"With `{kind}` trained from other seeds (the table's: {seed}), the default path gives, against global "
+            f"popularity (k = {' / '.join(ks)}), {figures}: the spread the encoder's own training seed gives "
+            f"(those runs choose nothing). ")
 
 
 def _spread_note(chosen: dict[str, Any]) -> str:

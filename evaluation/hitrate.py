@@ -25,7 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Split", "split_by_time", "recommend", "hit_rate", "segment_item_counts"]
+__all__ = ["Split", "split_by_time", "recommend", "hit_rate", "user_hits", "hit_rate_by_group", "last_activity_quartile",
+           "segment_item_counts"]
 
 
 @dataclass
@@ -86,9 +87,39 @@ def recommend(segment_of: Mapping[str, int], history_items: Mapping[str, set[int
     return out
 
 
+def user_hits(segment_of: Mapping[str, int], split: Split, n: int = 10) -> dict[str, bool]:
+    """Whether each user has at least one held-out item among their ``n`` recommendations."""
+    recs = recommend(segment_of, split.history_items, n)
+    return {u: bool(split.heldout[u].intersection(recs[u])) for u in split.users}
+
+
 def hit_rate(segment_of: Mapping[str, int], split: Split, n: int = 10) -> float:
     """HR@n: share of users with at least one held-out item among their ``n`` recommendations."""
-    recs = recommend(segment_of, split.history_items, n)
-    users = split.users
-    hits = sum(1 for u in users if split.heldout[u].intersection(recs[u]))
-    return hits / len(users) if users else 0.0
+    hits = user_hits(segment_of, split, n)
+    return sum(hits.values()) / len(hits) if hits else 0.0
+
+
+def last_activity_quartile(split: Split) -> dict[str, int]:
+    """Each user's quartile of the time of their last history event: 0 the least recently active, 3 the most.
+
+    >>> s = split_by_time([{"user_id": u, "item_id": i, "ts": 10 * u + i} for u in range(8) for i in range(5)])
+    >>> [last_activity_quartile(s)[str(u)] for u in range(8)]
+    [0, 0, 1, 1, 2, 2, 3, 3]
+    """
+    last: dict[str, float] = {}
+    for e in split.history:
+        uid = str(e["user_id"])
+        last[uid] = max(last.get(uid, float("-inf")), float(e["ts"]))
+    order = sorted(last, key=lambda u: (last[u], u))
+    return {u: min(4 * rank // len(order), 3) for rank, u in enumerate(order)}
+
+
+def hit_rate_by_group(segment_of: Mapping[str, int], split: Split, group_of: Mapping[str, int], groups: int,
+                      n: int = 10) -> list[float]:
+    """HR@n within each group of users (``group_of``: user -> 0..groups-1); NaN for an empty group."""
+    hits = user_hits(segment_of, split, n)
+    out = []
+    for g in range(groups):
+        members = [hits[u] for u in split.users if group_of.get(u) == g]
+        out.append(sum(members) / len(members) if members else float("nan"))
+    return out

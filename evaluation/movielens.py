@@ -26,6 +26,10 @@ validation), then ``sklearn.cluster.KMeans`` (k-means++, 10 restarts) with the
 same k and seeds. It sees every user's whole history at once; the streaming
 path sees each user's state as the consumer keeps it.
 
+The default kind is also trained again with other training seeds (``--spread-seeds``) and its
+held-out figures reported beside the headline: how far the encoder's own seed moves them (those
+runs never choose anything).
+
 Writes ``results.json`` and ``hr10.png``; ``python -m bench.report`` renders
 the table in docs/encoders-and-evaluation.md from the committed JSON.
 """
@@ -71,6 +75,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     p.add_argument("--batch-events", type=int, default=None,
                    help="micro-batch size of the replay (default: segstream run's, SEGSTREAM_BATCH_MAX_EVENTS)")
+    p.add_argument("--spread-seeds", nargs="*", type=int, default=[1, 2],
+                   help="training seeds the default kind is trained again with on the held-out phase: how far the "
+                        "encoder's own seed moves its figures (never chooses; none: an empty list)")
 
 
 def validation_split(history: Sequence[dict[str, Any]], share: float = 0.1):  # -> Split
@@ -86,12 +93,14 @@ def validation_split(history: Sequence[dict[str, Any]], share: float = 0.1):  # 
     return split_by_time(history, 1.0 - share)
 
 
-def _train(kind: str, log: Path, path: Path, epochs: int | None, progress: Progress) -> Path:
+def _train(kind: str, log: Path, path: Path, epochs: int | None, progress: Progress, seed: int | None = None) -> Path:
     from encoders.train import TrainConfig, train_encoder
 
     cfg = TrainConfig.for_kind(kind)
     if epochs is not None:
         cfg = replace(cfg, epochs=epochs)
+    if seed is not None:
+        cfg = replace(cfg, seed=seed)
     train_encoder(log, path, cfg, progress=progress)
     return path
 
@@ -164,11 +173,12 @@ def _summary(hrs: list[float], popularity: float) -> dict[str, Any]:
 
 def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[int], *, epochs: int | None = None,
              history_share: float = 0.8, validation_share: float = 0.1, phases: Sequence[str] = PHASES,
-             batch_events: int | None = None, progress: Progress = print) -> dict[str, Any]:
+             batch_events: int | None = None, spread_seeds: Sequence[int] = (),
+             progress: Progress = print) -> dict[str, Any]:
     from encoders.train import DEFAULT_KIND, TrainConfig
     from eventlogs.movielens import iter_movielens_events
     from eventlogs.recorded import write_events
-    from evaluation.hitrate import hit_rate, split_by_time
+    from evaluation.hitrate import hit_rate, hit_rate_by_group, last_activity_quartile, split_by_time
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -199,6 +209,7 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
     if "heldout" in popularity:
         results["global_popularity_hr10"] = popularity["heldout"]
 
+    held_labels: dict[tuple[str, str, int], list[dict[str, int]]] = {}  # (phase, kind or variant, k) -> per seed
     # the batch reference: its variant chosen on validation
     variants = list(REFERENCE_VARIANTS)
     for phase in phases:
@@ -209,8 +220,9 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
         for variant in variants:
             per_k = {}
             for k in ks:
-                hrs = [hit_rate(batch_reference(splits[phase], k, seed, normalise=REFERENCE_VARIANTS[variant]), splits[phase])
-                       for seed in seeds]
+                labels = [batch_reference(splits[phase], k, seed, normalise=REFERENCE_VARIANTS[variant]) for seed in seeds]
+                held_labels[(phase, variant, k)] = labels
+                hrs = [hit_rate(segs, splits[phase]) for segs in labels]
                 per_k[str(k)] = _summary(hrs, popularity[phase])
                 progress(f"[{phase}] reference {variant:>9} k={k:<3} HR@10 = {np.mean(hrs):.4f} "
                          f"(per seed {', '.join(f'{h:.3f}' for h in hrs)})")
@@ -230,6 +242,7 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
             for k in ks:
                 runs = [replay_segments(logs[phase], run_settings(k, seed, encoder, batch_events=batch_events,
                                                                   warmup_users=warmup)) for seed in seeds]
+                held_labels[(phase, kind, k)] = [r["held"] for r in runs]
                 hrs = [hit_rate(r["held"], splits[phase]) for r in runs]
                 hrs_final = [hit_rate(r["final"], splits[phase]) for r in runs]
                 per_k[str(k)] = {
@@ -254,6 +267,33 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
                                  "reference_hr10": theirs[str(k)]["hr10"],
                                  "beats_reference": mine[str(k)]["hr10"] > theirs[str(k)]["hr10"]} for k in ks}
         results["default"] = d
+        if "heldout" in phases:
+            # who the default serves better or worse than the reference: users by when they were last active
+            quartile = last_activity_quartile(test)
+
+            def by_group(labels: list[dict[str, int]]) -> list[float]:  # mean over seeds, per quartile
+                return np.mean([hit_rate_by_group(x, test, quartile, 4) for x in labels], axis=0).tolist()
+
+            d["by_last_activity"] = {
+                "users": [sum(1 for q in quartile.values() if q == g) for g in range(4)],
+                "popularity": hit_rate_by_group({}, test, quartile, 4),
+                "k": {str(k): {"default": by_group(held_labels[("heldout", DEFAULT_KIND, k)]),
+                               "reference": by_group(held_labels[("heldout", ref["chosen"], k)])} for k in ks}}
+            # the encoder's own training seed moves the figures too: the default kind trained again with other
+            # seeds says how much (these runs never choose anything, and the headline stays the default's seed)
+            d["training_seeds"] = []
+            for train_seed in spread_seeds:
+                encoder = _train(DEFAULT_KIND, logs["heldout"], out / f"encoder-{DEFAULT_KIND}-heldout-seed-{train_seed}.pt",
+                                 epochs, lambda m, t=train_seed: progress(f"  [heldout {DEFAULT_KIND} seed {t}] {m}"),
+                                 seed=train_seed)
+                per_k = {}
+                for k in ks:
+                    hrs = [hit_rate(replay_segments(logs["heldout"], run_settings(
+                        k, seed, encoder, batch_events=batch_events, warmup_users=warmup))["held"], test) for seed in seeds]
+                    per_k[str(k)] = _summary(hrs, popularity["heldout"])
+                    progress(f"[heldout] {DEFAULT_KIND} trained with seed {train_seed}, k={k:<3} HR@10 = {np.mean(hrs):.4f} "
+                             f"= {np.mean(hrs) / popularity['heldout']:.3f}x popularity")
+                d["training_seeds"].append({"seed": train_seed, "heldout": per_k})
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results
 
@@ -292,7 +332,8 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     results = evaluate(args.data or default_movielens_dir(), out, args.kinds, args.k, args.seeds, epochs=args.epochs,
                        history_share=args.history_share, validation_share=args.validation_share, phases=args.phases,
-                       batch_events=args.batch_events, progress=lambda m: print(m, flush=True, file=sys.stderr))
+                       batch_events=args.batch_events, spread_seeds=args.spread_seeds,
+                       progress=lambda m: print(m, flush=True, file=sys.stderr))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "hr10.png")
     print(json.dumps(results))

@@ -93,7 +93,7 @@ def test_validation_split_is_cut_from_the_history_only():
 def test_evaluate_command_writes_json_and_plot(tiny_movielens, tmp_path):
     out = tmp_path / "eval"
     proc = _cli("evaluate", "movielens", "--data", str(tiny_movielens), "--out", str(out), "--kinds", "raw", "item-seq",
-                "--k", "3", "--seeds", "0", "1", "--epochs", "3", "--batch-events", "200")
+                "--k", "3", "--seeds", "0", "1", "--epochs", "3", "--batch-events", "200", "--spread-seeds", "7")
     printed = json.loads(proc.stdout.strip().splitlines()[-1])
     stored = json.loads((out / "results.json").read_text())
     assert printed == stored
@@ -114,10 +114,25 @@ def test_evaluate_command_writes_json_and_plot(tiny_movielens, tmp_path):
     d = stored["default"]["heldout"]["3"]
     assert stored["default"]["encoder"] == "item-seq" == DEFAULT_KIND
     assert d["beats_reference"] == (d["hr10"] > d["reference_hr10"])
+    # the default kind trained again from another seed, on the held-out phase: reported beside, never the headline
+    again, = stored["default"]["training_seeds"]
+    assert again["seed"] == 7 and len(again["heldout"]["3"]["hr10_per_seed"]) == 2
+    assert again["heldout"]["3"]["vs_popularity"] == pytest.approx(again["heldout"]["3"]["hr10"] / stored["popularity"]["heldout"])
+    assert (out / "encoder-item-seq-heldout-seed-7.pt").is_file()
+    # held-out HR@10 per quarter of the users by last activity: the quarters partition the users, and their
+    # user-weighted mean is the headline figure
+    by = stored["default"]["by_last_activity"]
+    assert sum(by["users"]) == 120 and min(by["users"]) >= 29
+    weighted = lambda hrs: sum(h * n for h, n in zip(hrs, by["users"])) / 120  # noqa: E731
+    assert weighted(by["popularity"]) == pytest.approx(stored["popularity"]["heldout"])
+    assert weighted(by["k"]["3"]["default"]) == pytest.approx(d["hr10"])
+    assert weighted(by["k"]["3"]["reference"]) == pytest.approx(d["reference_hr10"])
+    assert "[heldout] item-seq trained with seed 7" in proc.stderr
     assert (out / "hr10.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "epoch 3/3" in proc.stderr  # training progress is shown
     # the table renders from it
-    assert "batch reference" in report_evaluation.movielens_table([stored])
+    table = report_evaluation.movielens_table([stored])
+    assert "batch reference" in table and "seed 7: " in table and "most recently active quarter" in table
 
 
 def test_the_batch_reference_groups_users_of_the_same_taste():
