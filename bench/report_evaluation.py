@@ -93,6 +93,12 @@ def movielens_table(results: Results) -> str:
                  slash([h[k]["vs_popularity"] for k in ks], ".2f"),
                  "; ".join(", ".join(f"{x:.3f}" for x in h[k]["hr10_per_seed"]) for k in ks),
                  slash([v[k]["hr10"] for k in ks]), "", ""))
+    act = r.get("activity_only")
+    if act:
+        h = act["heldout"]
+        rows.append(("k groups of users by when they were last active, nothing else", *(f"{h[k]['hr10']:.3f}" for k in ks),
+                     slash([h[k]["vs_popularity"] for k in ks], ".2f"), "", slash([act["validation"][k]["hr10"] for k in ks]),
+                     "", ""))
     pop = r["popularity"]
     rows.append(("global popularity (one segment)", f"{pop['heldout']:.3f}", *[""] * (len(ks) - 1), "", "",
                  f"{pop['validation']:.3f}", "", ""))

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Split", "split_by_time", "recommend", "hit_rate", "user_hits", "hit_rate_by_group", "last_activity_quartile",
+__all__ = ["Split", "split_by_time", "recommend", "hit_rate", "user_hits", "hit_rate_by_group", "last_activity_groups",
            "segment_item_counts"]
 
 
@@ -99,11 +99,12 @@ def hit_rate(segment_of: Mapping[str, int], split: Split, n: int = 10) -> float:
     return sum(hits.values()) / len(hits) if hits else 0.0
 
 
-def last_activity_quartile(split: Split) -> dict[str, int]:
-    """Each user's quartile of the time of their last history event: 0 the least recently active, 3 the most.
+def last_activity_groups(split: Split, groups: int = 4) -> dict[str, int]:
+    """Each user's group by the time of their last history event: ``groups`` equal groups, 0 the least
+    recently active (ties: user id).
 
     >>> s = split_by_time([{"user_id": u, "item_id": i, "ts": 10 * u + i} for u in range(8) for i in range(5)])
-    >>> [last_activity_quartile(s)[str(u)] for u in range(8)]
+    >>> [last_activity_groups(s)[str(u)] for u in range(8)]
     [0, 0, 1, 1, 2, 2, 3, 3]
     """
     last: dict[str, float] = {}
@@ -111,7 +112,7 @@ def last_activity_quartile(split: Split) -> dict[str, int]:
         uid = str(e["user_id"])
         last[uid] = max(last.get(uid, float("-inf")), float(e["ts"]))
     order = sorted(last, key=lambda u: (last[u], u))
-    return {u: min(4 * rank // len(order), 3) for rank, u in enumerate(order)}
+    return {u: min(groups * rank // len(order), groups - 1) for rank, u in enumerate(order)}
 
 
 def hit_rate_by_group(segment_of: Mapping[str, int], split: Split, group_of: Mapping[str, int], groups: int,

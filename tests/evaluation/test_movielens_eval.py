@@ -3,6 +3,7 @@ defaults agreeing with the committed selection, and the claim on the real data s
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from bench import report, report_evaluation
 from encoders.train import DEFAULT_KIND, TrainConfig
-from evaluation.hitrate import hit_rate, split_by_time
+from evaluation.hitrate import hit_rate, last_activity_groups, split_by_time
 from evaluation.movielens import REFERENCE_VARIANTS, batch_reference, evaluate, validation_split
 from eventlogs.synthetic import SyntheticConfig, generate
 from stream.settings import Settings
@@ -67,6 +68,20 @@ def test_segments_matching_tastes_beat_global_popularity():
     assert hit_rate(by_taste, s) > hit_rate({}, s)
 
 
+def test_activity_groups_follow_the_time_of_each_users_last_history_rating():
+    # two periods of a log: users 0-9 rate items 0-29 early, users 10-19 items 100-129 late; the late users'
+    # last ratings are later, so two activity groups are the two periods (and their own popularity wins)
+    evs = []
+    for u in range(20):
+        base, t0 = (0, 0) if u < 10 else (100, 1000)
+        evs += [{"user_id": u, "item_id": base + (u * 3 + j) % 30, "ts": t0 + u + j} for j in range(8)]
+    s = split_by_time(evs, history_share=0.75)
+    groups = last_activity_groups(s, 2)
+    assert {groups[str(u)] for u in range(10)} == {0} and {groups[str(u)] for u in range(10, 20)} == {1}
+    assert sorted(collections.Counter(last_activity_groups(s, 3).values()).values()) == [6, 7, 7]
+    assert hit_rate(groups, s) > hit_rate({}, s)
+
+
 @pytest.fixture(scope="module")
 def tiny_movielens(tmp_path_factory):
     data = tmp_path_factory.mktemp("tiny") / "ml"
@@ -114,6 +129,11 @@ def test_evaluate_command_writes_json_and_plot(tiny_movielens, tmp_path):
     d = stored["default"]["heldout"]["3"]
     assert stored["default"]["encoder"] == "item-seq" == DEFAULT_KIND
     assert d["beats_reference"] == (d["hr10"] > d["reference_hr10"])
+    # the activity-only baseline: k groups of users by last activity, one figure per phase and k
+    for phase in ("validation", "heldout"):
+        act = stored["activity_only"][phase]["3"]
+        assert len(act["hr10_per_seed"]) == 1 and 0.0 <= act["hr10"] <= 1.0
+        assert act["vs_popularity"] == pytest.approx(act["hr10"] / stored["popularity"][phase])
     # the default kind trained again from another seed, on the held-out phase: reported beside, never the headline
     again, = stored["default"]["training_seeds"]
     assert again["seed"] == 7 and len(again["heldout"]["3"]["hr10_per_seed"]) == 2
@@ -133,6 +153,7 @@ def test_evaluate_command_writes_json_and_plot(tiny_movielens, tmp_path):
     # the table renders from it
     table = report_evaluation.movielens_table([stored])
     assert "batch reference" in table and "seed 7: " in table and "most recently active quarter" in table
+    assert "by when they were last active, nothing else" in table
 
 
 def test_the_batch_reference_groups_users_of_the_same_taste():
