@@ -23,7 +23,7 @@ from torch import nn
 
 from state.features import FeatureSpec
 
-__all__ = ["StateAutoencoder", "ItemPoolEncoder", "SequenceEncoder", "ENCODER_KINDS", "build_model"]
+__all__ = ["StateAutoencoder", "ItemPoolEncoder", "SequenceEncoder", "RecurrentEncoder", "ENCODER_KINDS", "build_model"]
 
 
 class StateAutoencoder(nn.Module):
@@ -178,10 +178,70 @@ class SequenceEncoder(ItemPoolEncoder):
         return nn.functional.normalize(pooled, dim=1, eps=1e-12)
 
 
+class RecurrentEncoder(ItemPoolEncoder):
+    """Recurrent sequence encoder: a GRU over the user's recent items, oldest first, with their time gaps.
+
+    The state keeps, per user, the last ``item_history`` items with their decayed weights
+    ``w = 2 ** (-gap / half_life)``; the gap to the user's newest event is read back from ``w``. The
+    known items are put in time order (oldest first; items outside the vocabulary and empty slots are
+    left out), and each step reads the item's embedding and ``log1p`` of its gap in half-lives. The
+    embedding is the L2-normalised last hidden state (a user with no known item embeds as 0). Rows are
+    packed by their own length, so a user's embedding never depends on who else is in the batch.
+
+    Trained like ``item-seq`` (:mod:`encoders.train_items`): the hidden state must predict the items
+    of the user's next ``window`` events. It reads the order and the gaps that ``item-seq``'s pooling
+    ignores, at the cost of a recurrent step per recent item (docs/performance.md#encoders).
+
+        >>> from state.features import FeatureSpec
+        >>> m = RecurrentEncoder(FeatureSpec(item_history=4), dim=8, vocab_size=3).eval()
+        >>> _ = m.tokens.copy_(torch.tensor([5, 7, 9], dtype=torch.int32))
+        >>> tokens = torch.tensor([[7, 5, -1, -1], [-1, -1, -1, -1]], dtype=torch.int32)
+        >>> weights = torch.tensor([[1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+        >>> with torch.no_grad():
+        ...     out = m(torch.zeros(2, 0), tokens, weights)
+        >>> out.shape, round(float(out[0].norm()), 4), float(out[1].abs().sum())
+        (torch.Size([2, 8]), 1.0, 0.0)
+    """
+
+    kind = "item-gru"
+    uses_items = True
+
+    READOUT = ("last", "mean")
+
+    def __init__(self, spec: FeatureSpec, dim: int = 32, vocab_size: int = 1, readout: str = "last") -> None:
+        super().__init__(spec, dim=dim, vocab_size=vocab_size)
+        if readout not in self.READOUT:
+            raise ValueError(f"readout must be one of {self.READOUT}, not {readout!r}")
+        self.readout = readout
+        self.gru = nn.GRU(dim + 1, dim, batch_first=True)
+
+    def pool(self, item_tokens: torch.Tensor, item_weights: torch.Tensor) -> torch.Tensor:
+        """The last hidden state of each row (unnormalised; zeros for a row with no known item)."""
+        idx, known = self.lookup(item_tokens)
+        # oldest first: known items by ascending decayed weight (stable on ties), then the rest
+        key = torch.where(known, item_weights, torch.full_like(item_weights, 2.0))
+        order = torch.argsort(key, dim=1, stable=True)
+        idx, known, w = idx.gather(1, order), known.gather(1, order), item_weights.gather(1, order)
+        gap = torch.log1p(-torch.log2(w.clamp(1e-38, 1.0)))  # half-lives to the newest event, compressed
+        x = torch.cat([self.embedding(idx), gap.unsqueeze(-1)], dim=-1) * known.unsqueeze(-1)
+        lengths = known.sum(1)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
+        out, h = self.gru(packed)
+        if self.readout == "last":
+            return h[-1] * (lengths > 0).unsqueeze(-1)
+        seq, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        mask = (torch.arange(x.shape[1]) < lengths.unsqueeze(1)).to(seq.dtype)
+        return (seq * mask.unsqueeze(-1)).sum(1) / lengths.clamp_min(1).unsqueeze(-1).to(seq.dtype)
+
+    def forward(self, dense: torch.Tensor, item_tokens: torch.Tensor, item_weights: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.pool(item_tokens, item_weights), dim=1, eps=1e-12)
+
+
 ENCODER_KINDS: dict[str, type[nn.Module]] = {
     StateAutoencoder.kind: StateAutoencoder,
     ItemPoolEncoder.kind: ItemPoolEncoder,
     SequenceEncoder.kind: SequenceEncoder,
+    RecurrentEncoder.kind: RecurrentEncoder,
 }
 
 

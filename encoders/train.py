@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from encoders.artifact import EncoderArtifact, save_artifact
-from encoders.models import SequenceEncoder, StateAutoencoder
+from encoders.models import RecurrentEncoder, SequenceEncoder, StateAutoencoder
 from eventlogs.recorded import read_event_chunks, read_events
 from state.features import DEFAULT_HALF_LIFE_S, FeatureSpec
 from state.user_store import Features, UserStore
@@ -63,6 +63,8 @@ class TrainConfig:
     attention: str = "uniform"  # how recent items are weighted: uniform, salience, salience+recency (models.SequenceEncoder)
     # the item vectors pooled: learned on next items, the log's co-occurrence SVD (no training), or both side by side
     table: str = "next-window"
+    # item-gru only: the embedding is the GRU's outputs averaged over the recent items, or its last state
+    readout: str = "mean"
 
     TABLES = ("next-window", "co-occurrence", "both")
 
@@ -73,6 +75,8 @@ class TrainConfig:
             raise ValueError("window must be >= 1")
         if self.table not in self.TABLES:
             raise ValueError(f"table must be one of {', '.join(self.TABLES)}, not {self.table!r}")
+        if self.readout not in RecurrentEncoder.READOUT:
+            raise ValueError(f"readout must be one of {', '.join(RecurrentEncoder.READOUT)}, not {self.readout!r}")
 
     @classmethod
     def for_kind(cls, kind: str = DEFAULT_KIND, **overrides: Any) -> TrainConfig:
@@ -84,7 +88,7 @@ class TrainConfig:
         base: dict[str, Any] = {"kind": kind}
         if kind == "item-pool":
             base.update(dim=32, epochs=10, batch_size=512, lr=1e-2, item_history=64)
-        elif kind == "item-seq":
+        elif kind in ("item-seq", "item-gru"):  # item-gru: item-seq's chosen settings; its readout chosen on validation
             base.update(dim=32, epochs=5, batch_size=512, lr=1e-2, item_history=64, window=10)
         base.update(overrides)
         return cls(**base)
@@ -196,9 +200,15 @@ def _train_sequence(log_path, spec, cfg, progress):  # type: ignore[no-untyped-d
     return train_sequence(log_path, spec, cfg, progress)
 
 
+def _train_recurrent(log_path, spec, cfg, progress):  # type: ignore[no-untyped-def]
+    from encoders.train_items import train_recurrent
+
+    return train_recurrent(log_path, spec, cfg, progress)
+
+
 Trainer = Callable[[str, FeatureSpec, TrainConfig, Progress], "tuple[torch.nn.Module, dict[str, Any], dict[str, Any], int]"]
 TRAINERS: dict[str, Trainer] = {"state-ae": train_state_autoencoder, "item-pool": _train_item_pool,
-                               "item-seq": _train_sequence}
+                               "item-seq": _train_sequence, "item-gru": _train_recurrent}
 
 
 def train_encoder(log_path: str | os.PathLike[str], out_path: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(),

@@ -40,14 +40,15 @@ import numpy as np
 import torch
 
 from encoders.cooccurrence import co_occurrence_vectors
-from encoders.models import ItemPoolEncoder, SequenceEncoder
+from encoders.models import ItemPoolEncoder, RecurrentEncoder, SequenceEncoder
 from encoders.train import fit
 from eventlogs.recorded import read_event_chunks
 from state.features import FeatureSpec
 from state.user_store import UserStore
 from state.events import EventDecoder
 
-__all__ = ["item_vocabulary", "next_item_examples", "NextItemExamples", "train_item_pool", "train_sequence"]
+__all__ = ["item_vocabulary", "next_item_examples", "NextItemExamples", "train_item_pool", "train_sequence",
+           "train_recurrent"]
 
 Progress = Callable[[str], None]
 
@@ -248,12 +249,23 @@ def _fit_next_window(vocab: np.ndarray, ex: NextItemExamples, spec: FeatureSpec,
                      info: dict[str, Any]) -> SequenceEncoder:
     """The next-window table (and attention): see :func:`train_sequence`; fills ``info``."""
     model = SequenceEncoder(spec, dim=cfg.dim, vocab_size=len(vocab), attention=cfg.attention)
-    model.tokens.copy_(torch.from_numpy(vocab.astype(np.int32)))
-    torch.nn.init.normal_(model.embedding.weight, std=0.1)
-    torch.nn.init.normal_(model.output.weight, std=0.1)
     learned = {"uniform": (), "salience": ("salience",), "salience+recency": ("salience", "recency")}[cfg.attention]
     for name in ("salience", "recency"):
         getattr(model, name).requires_grad_(name in learned)
+    _fit_window(model, vocab, ex, cfg, progress, info)
+    info["recency"] = float(model.recency.detach()[0])
+    info["salience_spread"] = float(model.salience.detach().std()) if len(vocab) > 1 else 0.0
+    return model
+
+
+def _fit_window(model: ItemPoolEncoder, vocab: np.ndarray, ex: NextItemExamples, cfg: Any, progress: Progress,
+                info: dict[str, Any]) -> None:
+    """Train ``model`` (its trainable parameters) so that its pooled context predicts the items of each
+    example's next ``cfg.window`` events: softmax over the vocabulary, per-item bias, loss averaged over
+    the window. Fills ``info["loss_history"]``."""
+    model.tokens.copy_(torch.from_numpy(vocab.astype(np.int32)))
+    torch.nn.init.normal_(model.embedding.weight, std=0.1)
+    torch.nn.init.normal_(model.output.weight, std=0.1)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     tokens, weights = torch.from_numpy(ex.tokens), torch.from_numpy(ex.weights)
     window = torch.from_numpy(ex.window(cfg.window))
@@ -267,6 +279,15 @@ def _fit_next_window(vocab: np.ndarray, ex: NextItemExamples, spec: FeatureSpec,
 
     info["loss_history"] = fit(model, opt, loss_of, n=len(ex), epochs=cfg.epochs, batch_size=cfg.batch_size, rng=rng,
                                progress=progress)
-    info["recency"] = float(model.recency.detach()[0])
-    info["salience_spread"] = float(model.salience.detach().std()) if len(vocab) > 1 else 0.0
-    return model
+
+
+def train_recurrent(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: Any,
+                    progress: Progress) -> tuple[RecurrentEncoder, dict[str, Any], dict[str, Any], int]:
+    """Train a :class:`RecurrentEncoder` (``item-gru``) on the same next-window target as ``item-seq``
+    (:func:`train_sequence`); returns (model, config, metadata, examples)."""
+    vocab, ex = _vocabulary_and_examples(log_path, spec, cfg, progress)
+    model = RecurrentEncoder(spec, dim=cfg.dim, vocab_size=len(vocab), readout=cfg.readout)
+    info: dict[str, Any] = {"vocabulary": len(vocab)}
+    _fit_window(model, vocab, ex, cfg, progress, info)
+    model.eval()
+    return model, {"dim": cfg.dim, "vocab_size": len(vocab), "readout": cfg.readout}, info, len(ex)

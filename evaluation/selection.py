@@ -53,8 +53,11 @@ CANDIDATES: list[tuple[str, dict[str, Any]]] = [
     # instead of, or beside, the next-window ones
     ("item-seq", {"attention": "uniform", "window": 10, "table": "co-occurrence"}),
     ("item-seq", {"attention": "uniform", "window": 10, "table": "both"}),
+    # a recurrent sequence encoder on the same base and target: a GRU over the recent items in time order
+    ("item-gru", {"window": 10, "readout": "last"}),
+    ("item-gru", {"window": 10, "readout": "mean"}),
 ]
-#: the item-seq base every item-seq candidate starts from (fixed, so that the search does not move
+#: the base every item-seq and item-gru candidate starts from (fixed, so that the search does not move
 #: when the chosen defaults are written into TrainConfig.for_kind)
 SEQ_BASE: dict[str, Any] = {"dim": 32, "epochs": 5, "batch_size": 512, "lr": 1e-2, "item_history": 64}
 
@@ -77,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _config(kind: str, settings: dict[str, Any], epochs: int | None):  # -> TrainConfig
     from encoders.train import TrainConfig
 
-    base = {**SEQ_BASE} if kind == "item-seq" else {}
+    base = {**SEQ_BASE} if kind in ("item-seq", "item-gru") else {}
     over = {**base, **settings, **({"epochs": epochs} if epochs is not None else {})}
     return TrainConfig.for_kind(kind, **over)
 

@@ -67,17 +67,20 @@ def main_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="artifact path to write")
     train.add_argument("--kind", default=None, help="item-seq (the default: item embeddings learned from the next items "
                        "of each user's sequence, pooled over the recent items), item-pool (next-item embeddings pooled "
-                       "with time decay) or state-ae (autoencoder over the state vector)")
+                       "with time decay), item-gru (a GRU over the recent items in time order, with their gaps; trained like item-seq) "
+                       "or state-ae (autoencoder over the state vector)")
     for flag, tp, help_ in (("--dim", int, "embedding width"), ("--hidden", int, "state-ae hidden width"),
                             ("--epochs", int, None), ("--lr", float, "Adam learning rate"),
                             ("--half-life-s", float, "event-time half-life of the state"),
                             ("--category-buckets", int, None), ("--item-history", int, "recent items kept per user"),
                             ("--max-samples", int, "training examples kept (seeded reservoir)"),
-                            ("--min-item-count", int, "item-pool, item-seq: occurrences for an item to get an embedding"),
-                            ("--window", int, "item-seq: the context predicts the items of the next WINDOW events"),
+                            ("--min-item-count", int, "item kinds: occurrences for an item to get an embedding"),
+                            ("--window", int, "item-seq, item-gru: the context predicts the items of the next WINDOW events"),
                             ("--attention", str, "item-seq: uniform, salience or salience+recency"),
                             ("--table", str, "item-seq: the item vectors pooled: next-window (learned), co-occurrence "
-                             "(SVD of the log's user x item matrix) or both")):
+                             "(SVD of the log's user x item matrix) or both"),
+                            ("--readout", str, "item-gru: mean (the GRU's outputs averaged over the recent items) or last "
+                             "(its last state)")):
         train.add_argument(flag, type=tp, default=None, help=f"{help_ + ' ' if help_ else ''}(default: the kind's)")
     train.add_argument("--seed", type=int, default=0)
 
@@ -191,7 +194,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from encoders.train import DEFAULT_KIND, TrainConfig, train_encoder
 
         names = ("dim", "hidden", "epochs", "lr", "half_life_s", "category_buckets", "item_history", "max_samples",
-                 "min_item_count", "window", "attention", "table", "seed")
+                 "min_item_count", "window", "attention", "table", "readout", "seed")
         cfg = TrainConfig.for_kind(args.kind or DEFAULT_KIND,
                                    **{n: getattr(args, n) for n in names if getattr(args, n) is not None})
         train_encoder(args.log, args.out, cfg, progress=lambda m: print(m, flush=True))

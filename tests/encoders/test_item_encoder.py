@@ -1,4 +1,4 @@
-"""The item-aware encoders (``item-pool``, ``item-seq``): learn, round-trip, refuse bad artifacts, are
+"""The item-aware encoders (``item-pool``, ``item-seq``, ``item-gru``): learn, round-trip, refuse bad artifacts, are
 batch-invariant, and put users who touch related items together even when nothing else tells them apart."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def items_log(tmp_path_factory):
     return log
 
 
-@pytest.fixture(scope="module", params=["item-pool", "item-seq"])
+@pytest.fixture(scope="module", params=["item-pool", "item-seq", "item-gru"])
 def trained(request, items_log, tmp_path_factory):
     d = tmp_path_factory.mktemp(request.param)
     lines: list[str] = []
@@ -260,3 +260,38 @@ def test_train_encoder_command_passes_the_item_table(items_log, tmp_path, capsys
     art = load_artifact(out)
     assert art.kind == "item-seq" and art.metadata["train_config"]["table"] == "co-occurrence"
     assert art.config["dim"] == 4 and "co-occurrence vectors" in capsys.readouterr().out
+
+
+def test_the_recurrent_encoder_reads_the_order_of_the_recent_items_and_the_pooling_does_not():
+    from encoders.models import RecurrentEncoder, SequenceEncoder
+
+    spec = FeatureSpec(item_history=4)
+    torch.manual_seed(0)
+    gru, pool = RecurrentEncoder(spec, dim=8, vocab_size=3).eval(), SequenceEncoder(spec, dim=8, vocab_size=3).eval()
+    for m in (gru, pool):
+        m.tokens.copy_(torch.tensor([5, 7, 9], dtype=torch.int32))
+    tokens = torch.tensor([[5, 7, 9, -1], [5, 7, 9, -1]], dtype=torch.int32)
+    # the same three items, newest first in row 0 and oldest first in row 1 (the weights say when each was)
+    weights = torch.tensor([[1.0, 0.5, 0.25, 0.0], [0.25, 0.5, 1.0, 0.0]])
+    with torch.no_grad():
+        g, p = gru(torch.zeros(2, 0), tokens, weights), pool(torch.zeros(2, 0), tokens, weights)
+        # the ring's slot order alone changes nothing: the same items at the same times, slots shuffled
+        shuffled = gru(torch.zeros(1, 0), tokens[:1, [2, 0, 3, 1]], weights[:1, [2, 0, 3, 1]])
+    assert (g[0] - g[1]).abs().max() > 1e-3
+    torch.testing.assert_close(p[0], p[1])
+    torch.testing.assert_close(shuffled[0], g[0])
+
+
+def test_unknown_readout_is_refused():
+    with pytest.raises(ValueError, match="readout must be one of"):
+        TrainConfig.for_kind("item-gru", readout="first")
+
+
+def test_train_encoder_command_trains_the_recurrent_kind(items_log, tmp_path):
+    from stream.cli.main import run_cli
+
+    out = tmp_path / "gru.pt"
+    assert run_cli(["train-encoder", "--log", str(items_log), "--out", str(out), "--kind", "item-gru", "--readout", "last",
+                    "--dim", "4", "--item-history", "16", "--epochs", "1"]) == 0
+    art = load_artifact(out)
+    assert art.kind == "item-gru" and art.config["readout"] == "last" and art.config["dim"] == 4
