@@ -147,7 +147,8 @@ def encoders_table(results: Results) -> str:
         if not isinstance(row, dict):
             continue
         what = f"`{kind}` ({row['dim']}-d" + (f", {row['item_history']} recent items" if "item_history" in row and kind != "state-ae" else "")
-        what += (f", {row['attention']} attention)" if "attention" in row else ")")
+        what += (f", {row['attention']} attention)" if "attention" in row else
+                 f", GRU, {row['readout']} readout)" if "readout" in row else ")")
         what += " (default)" if kind == f.get("default_kind") else ""
         for dev in p["devices"]:
             rows.append((what, f"{dev}, batch {p['batch']:,}, {p['threads']} torch thread(s)",
@@ -156,9 +157,6 @@ def encoders_table(results: Results) -> str:
             rows.append((f"`{kind}` with salience+recency attention (not offered as default)",
                          f"cpu, batch {p['batch']:,}, {p['threads']} torch thread(s)",
                          f"{row['cpu_salience_recency_states_per_s']:,} states/s", _cmd(r)))
-            rows.append((f"a one-layer GRU ({row['dim']}-d) over the same {row['item_history']} items' embeddings "
-                         "(timing only)", f"cpu, batch {p['batch']:,}, {p['threads']} torch thread(s)",
-                         f"{row['cpu_gru_states_per_s']:,} states/s", _cmd(r)))
         if "cpu_int8_states_per_s" in row:
             rows.append((what + ", dynamic int8 quantisation", f"cpu, batch {p['batch']:,}",
                          f"{row['cpu_int8_states_per_s']:,} states/s, embeddings off by up to "

@@ -56,7 +56,7 @@ __all__ = ["add_arguments", "main", "evaluate", "validation_split", "replay_segm
            "REFERENCE_VARIANTS", "KINDS"]
 
 #: encoders compared (``raw``: no encoder, the normalised state itself)
-KINDS = ("raw", "state-ae", "item-pool", "item-seq")
+KINDS = ("raw", "state-ae", "item-pool", "item-seq", "item-gru")
 #: batch-reference variants (name -> L2-normalise each user's SVD factors); the one used on the
 #: held-out part is the better on validation
 REFERENCE_VARIANTS = {"svd32-l2": True, "svd32": False}
