@@ -4,7 +4,7 @@ The log is replayed through the consumer's own decoder and
 :class:`~state.user_store.UserStore` (same code, same feature configuration),
 so training and serving see identical features. ``state-ae`` trains on the
 features of users changed in each micro-batch (a seeded reservoir, uniform
-over the replay); ``item-pool`` on next-item examples
+over the replay); ``item-pool``, ``item-seq`` and ``item-gru`` on next-item examples
 (:mod:`encoders.train_items`). :meth:`TrainConfig.for_kind` holds each kind's
 defaults.
 """
