@@ -230,7 +230,7 @@ class RecurrentEncoder(ItemPoolEncoder):
         if self.readout == "last":
             return h[-1] * (lengths > 0).unsqueeze(-1)
         seq, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        mask = (torch.arange(x.shape[1]) < lengths.unsqueeze(1)).to(seq.dtype)
+        mask = (torch.arange(x.shape[1], device=seq.device) < lengths.unsqueeze(1)).to(seq.dtype)
         return (seq * mask.unsqueeze(-1)).sum(1) / lengths.clamp_min(1).unsqueeze(-1).to(seq.dtype)
 
     def forward(self, dense: torch.Tensor, item_tokens: torch.Tensor, item_weights: torch.Tensor) -> torch.Tensor:
