@@ -185,8 +185,9 @@ class RecurrentEncoder(ItemPoolEncoder):
     ``w = 2 ** (-gap / half_life)``; the gap to the user's newest event is read back from ``w``. The
     known items are put in time order (oldest first; items outside the vocabulary and empty slots are
     left out), and each step reads the item's embedding and ``log1p`` of its gap in half-lives. The
-    embedding is the L2-normalised last hidden state (a user with no known item embeds as 0). Rows are
-    packed by their own length, so a user's embedding never depends on who else is in the batch.
+    embedding is the L2-normalised mean of the GRU's outputs over those items (``readout="mean"``, the
+    kind's default) or its last hidden state (``"last"``); a user with no known item embeds as 0. Rows
+    are packed by their own length, so a user's embedding never depends on who else is in the batch.
 
     Trained like ``item-seq`` (:mod:`encoders.train_items`): the hidden state must predict the items
     of the user's next ``window`` events. It reads the order and the gaps that ``item-seq``'s pooling
@@ -208,7 +209,7 @@ class RecurrentEncoder(ItemPoolEncoder):
 
     READOUT = ("last", "mean")
 
-    def __init__(self, spec: FeatureSpec, dim: int = 32, vocab_size: int = 1, readout: str = "last") -> None:
+    def __init__(self, spec: FeatureSpec, dim: int = 32, vocab_size: int = 1, readout: str = "mean") -> None:
         super().__init__(spec, dim=dim, vocab_size=vocab_size)
         if readout not in self.READOUT:
             raise ValueError(f"readout must be one of {self.READOUT}, not {readout!r}")
@@ -216,7 +217,8 @@ class RecurrentEncoder(ItemPoolEncoder):
         self.gru = nn.GRU(dim + 1, dim, batch_first=True)
 
     def pool(self, item_tokens: torch.Tensor, item_weights: torch.Tensor) -> torch.Tensor:
-        """The last hidden state of each row (unnormalised; zeros for a row with no known item)."""
+        """Each row's readout, unnormalised: the mean of the GRU's outputs or its last state (zeros for a
+        row with no known item)."""
         idx, known = self.lookup(item_tokens)
         # oldest first: known items by ascending decayed weight (stable on ties), then the rest
         key = torch.where(known, item_weights, torch.full_like(item_weights, 2.0))
@@ -228,10 +230,11 @@ class RecurrentEncoder(ItemPoolEncoder):
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.clamp_min(1).cpu(), batch_first=True, enforce_sorted=False)
         out, h = self.gru(packed)
         if self.readout == "last":
-            return h[-1] * (lengths > 0).unsqueeze(-1)
-        seq, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        mask = (torch.arange(x.shape[1], device=seq.device) < lengths.unsqueeze(1)).to(seq.dtype)
-        return (seq * mask.unsqueeze(-1)).sum(1) / lengths.clamp_min(1).unsqueeze(-1).to(seq.dtype)
+            pooled = h[-1]
+        else:  # unpacking pads each row's outputs past its length with zeros: their sum is the row's own
+            pooled = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)[0].sum(1)
+            pooled = pooled / lengths.clamp_min(1).unsqueeze(-1).to(pooled.dtype)
+        return pooled * (lengths > 0).unsqueeze(-1)  # a row with no known item ran one step on zeros
 
     def forward(self, dense: torch.Tensor, item_tokens: torch.Tensor, item_weights: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.pool(item_tokens, item_weights), dim=1, eps=1e-12)

@@ -288,6 +288,5 @@ def train_recurrent(log_path: str | os.PathLike[str], spec: FeatureSpec, cfg: An
     vocab, ex = _vocabulary_and_examples(log_path, spec, cfg, progress)
     model = RecurrentEncoder(spec, dim=cfg.dim, vocab_size=len(vocab), readout=cfg.readout)
     info: dict[str, Any] = {"vocabulary": len(vocab)}
-    _fit_window(model, vocab, ex, cfg, progress, info)
-    model.eval()
+    _fit_window(model, vocab, ex, cfg, progress, info)  # (fit leaves the model in eval mode)
     return model, {"dim": cfg.dim, "vocab_size": len(vocab), "readout": cfg.readout}, info, len(ex)
