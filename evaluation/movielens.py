@@ -213,7 +213,13 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
     if "heldout" in popularity:
         results["global_popularity_hr10"] = popularity["heldout"]
 
-    held_labels: dict[tuple[str, str, int], list[dict[str, int]]] = {}  # (phase, kind or variant, k) -> per seed
+    heldout_labels: dict[tuple[str, int], list[dict[str, int]]] = {}  # (kind or reference variant, k) -> per seed
+
+    def replays(phase: str, encoder: Path | None, k: int) -> list[dict[str, Any]]:
+        """The log of ``phase`` streamed through ``segstream run``'s defaults with k segments, once per seed."""
+        return [replay_segments(logs[phase], run_settings(k, seed, encoder, batch_events=batch_events, warmup_users=warmup))
+                for seed in seeds]
+
     # the batch reference: its variant chosen on validation
     variants = list(REFERENCE_VARIANTS)
     for phase in phases:
@@ -225,7 +231,8 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
             per_k = {}
             for k in ks:
                 labels = [batch_reference(splits[phase], k, seed, normalise=REFERENCE_VARIANTS[variant]) for seed in seeds]
-                held_labels[(phase, variant, k)] = labels
+                if phase == "heldout":
+                    heldout_labels[(variant, k)] = labels
                 hrs = [hit_rate(segs, splits[phase]) for segs in labels]
                 per_k[str(k)] = _summary(hrs, popularity[phase])
                 progress(f"[{phase}] reference {variant:>9} k={k:<3} HR@10 = {np.mean(hrs):.4f} "
@@ -248,9 +255,9 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
             entry["train_seconds"][phase] = round(time.perf_counter() - t, 1)
             per_k: dict[str, Any] = {}
             for k in ks:
-                runs = [replay_segments(logs[phase], run_settings(k, seed, encoder, batch_events=batch_events,
-                                                                  warmup_users=warmup)) for seed in seeds]
-                held_labels[(phase, kind, k)] = [r["held"] for r in runs]
+                runs = replays(phase, encoder, k)
+                if phase == "heldout":
+                    heldout_labels[(kind, k)] = [r["held"] for r in runs]
                 hrs = [hit_rate(r["held"], splits[phase]) for r in runs]
                 hrs_final = [hit_rate(r["final"], splits[phase]) for r in runs]
                 per_k[str(k)] = {
@@ -285,8 +292,8 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
             d["by_last_activity"] = {
                 "users": [sum(1 for q in quartile.values() if q == g) for g in range(4)],
                 "popularity": hit_rate_by_group({}, test, quartile, 4),
-                "k": {str(k): {"default": by_group(held_labels[("heldout", DEFAULT_KIND, k)]),
-                               "reference": by_group(held_labels[("heldout", ref["chosen"], k)])} for k in ks}}
+                "k": {str(k): {"default": by_group(heldout_labels[(DEFAULT_KIND, k)]),
+                               "reference": by_group(heldout_labels[(ref["chosen"], k)])} for k in ks}}
             # the encoder's own training seed moves the figures too: the default kind trained again with other
             # seeds says how much (these runs never choose anything, and the headline stays the default's seed)
             d["training_seeds"] = []
@@ -296,8 +303,7 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
                                  seed=train_seed)
                 per_k = {}
                 for k in ks:
-                    hrs = [hit_rate(replay_segments(logs["heldout"], run_settings(
-                        k, seed, encoder, batch_events=batch_events, warmup_users=warmup))["held"], test) for seed in seeds]
+                    hrs = [hit_rate(r["held"], test) for r in replays("heldout", encoder, k)]
                     per_k[str(k)] = _summary(hrs, popularity["heldout"])
                     progress(f"[heldout] {DEFAULT_KIND} trained with seed {train_seed}, k={k:<3} HR@10 = {np.mean(hrs):.4f} "
                              f"= {np.mean(hrs) / popularity['heldout']:.3f}x popularity")
