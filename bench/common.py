@@ -57,6 +57,19 @@ def emit(bench: str, figures: dict[str, Any], **params: Any) -> dict[str, Any]:
     return out
 
 
+def percentiles_ms(seconds: Any) -> dict[str, float]:
+    """p50 / p90 / p99 / max of durations in seconds, as milliseconds (non-finite values left out; {} if none)."""
+    import numpy as np
+
+    x = np.asarray(seconds, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {}
+    q = np.percentile(x, [50, 90, 99]) * 1e3
+    return {"p50": round(float(q[0]), 1), "p90": round(float(q[1]), 1), "p99": round(float(q[2]), 1),
+            "max": round(float(x.max()) * 1e3, 1)}
+
+
 def note(msg: str) -> None:
     """Progress on stderr, so stdout stays one JSON object."""
     print(f"[bench] {msg}", file=sys.stderr, flush=True)

@@ -26,9 +26,7 @@ import time
 import uuid
 from typing import Any
 
-import numpy as np
-
-from bench.common import emit, note
+from bench.common import emit, note, percentiles_ms
 from bench.output import append_result, command_line
 
 
@@ -56,21 +54,18 @@ def trickle(bootstrap: str, wait_ms: int, gap_ms: float, records: int) -> dict[s
 
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
-    delays: list[float] = []
+    delays: list[float] = []  # seconds
     deadline = time.monotonic() + records * gap_ms / 1000.0 + 10.0
     try:
         while len(delays) < records and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=1000).values():
                 now = time.time()
-                delays += [(now - struct.unpack("<d", r.value)[0]) * 1000.0 for r in batch]
+                delays += [now - struct.unpack("<d", r.value)[0] for r in batch]
     finally:
         sender.join()
         consumer.close()
         producer.close()
-    d = np.array(delays)
-    return {"fetch_max_wait_ms": wait_ms, "gap_ms": gap_ms, "records": len(d),
-            "delay_ms": {"p50": round(float(np.median(d)), 1), "p90": round(float(np.percentile(d, 90)), 1),
-                         "max": round(float(d.max()), 1)}}
+    return {"fetch_max_wait_ms": wait_ms, "gap_ms": gap_ms, "records": len(delays), "delay_ms": percentiles_ms(delays)}
 
 
 def main(argv: list[str] | None = None) -> int:

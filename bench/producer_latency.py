@@ -46,7 +46,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from bench.common import CACHE, bench_encoder, emit, note, scrape_samples, synthetic_log
+from bench.common import CACHE, bench_encoder, emit, note, percentiles_ms, scrape_samples, synthetic_log
 from bench.output import append_result, command_line
 
 ACTIONS = ("view", "click", "add_to_cart", "purchase", "rate")
@@ -217,15 +217,6 @@ def _timer_means(before: dict[str, float], after: dict[str, float]) -> dict[str,
     return out
 
 
-def _pcts(x: np.ndarray) -> dict[str, float]:
-    x = x[np.isfinite(x)]
-    if not len(x):
-        return {}
-    q = np.percentile(x, [50, 90, 99]) * 1e3
-    return {"p50": round(float(q[0]), 1), "p90": round(float(q[1]), 1), "p99": round(float(q[2]), 1),
-            "max": round(float(x.max()) * 1e3, 1)}
-
-
 def analyse(acks: np.ndarray, trace: np.ndarray, batches: np.ndarray, arrivals: np.ndarray) -> dict[str, Any]:
     """End to end per segment event, and the stages per input event, for the events of one phase."""
     start, end = acks[:, 1].min(), acks[:, 1].max()
@@ -233,16 +224,16 @@ def analyse(acks: np.ndarray, trace: np.ndarray, batches: np.ndarray, arrivals: 
     by_offset = {int(r[0]): r for r in trace}
     rows = np.array([[a[1], a[2], *by_offset[int(a[0])][1:]] for a in acks if int(a[0]) in by_offset])
     if not len(rows):  # the child traced none of this phase's events (it stopped early): say so, measure nothing
-        return {"segment_events": int(len(mine)), "events_traced": 0, "end_to_end_ms": _pcts(mine[:, 0] - mine[:, 1]),
+        return {"segment_events": int(len(mine)), "events_traced": 0, "end_to_end_ms": percentiles_ms(mine[:, 0] - mine[:, 1]),
                 "stages_ms": {}}
     send, ack, fetched, closed, emitted, released = rows.T
     released_of = dict(zip(batches[:, 0].tolist(), batches[:, 1].tolist()))
     out_released = np.array([released_of.get(e, np.nan) for e in mine[:, 2].tolist()])
     return {"segment_events": int(len(mine)), "events_traced": int(len(rows)),
-            "end_to_end_ms": _pcts(mine[:, 0] - mine[:, 1]),
-            "stages_ms": {"produce": _pcts(ack - send), "fetch": _pcts(fetched - ack), "batch_wait": _pcts(closed - fetched),
-                          "processing": _pcts(emitted - closed), "publish": _pcts(released - emitted),
-                          "delivery": _pcts(mine[:, 0] - out_released)}}
+            "end_to_end_ms": percentiles_ms(mine[:, 0] - mine[:, 1]),
+            "stages_ms": {"produce": percentiles_ms(ack - send), "fetch": percentiles_ms(fetched - ack), "batch_wait": percentiles_ms(closed - fetched),
+                          "processing": percentiles_ms(emitted - closed), "publish": percentiles_ms(released - emitted),
+                          "delivery": percentiles_ms(mine[:, 0] - out_released)}}
 
 
 def run_transport(broker: Any, client: str, encoder: Path, a: argparse.Namespace) -> dict[str, Any]:
