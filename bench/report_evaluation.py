@@ -79,26 +79,25 @@ def movielens_table(results: Results) -> str:
     head = ("Segments from", *(f"held-out HR@10 k={k}" for k in ks), f"× global popularity {per_k}",
             "held-out HR@10 per seed (k = " + "; ".join(ks) + ")", f"validation HR@10 {per_k}",
             f"held-out, every user re-assigned to the final model {per_k}", f"silhouette, final model {per_k}")
+    def hr_cells(h: dict[str, Any], v: dict[str, Any], per_seed: bool = True) -> tuple[str, ...]:
+        """Held-out HR@10 per k, × global popularity, per seed (blank for a figure without seeds), validation."""
+        seeds = "; ".join(", ".join(f"{x:.3f}" for x in h[k]["hr10_per_seed"]) for k in ks) if per_seed else ""
+        return (*(f"{h[k]['hr10']:.3f}" for k in ks), slash([h[k]["vs_popularity"] for k in ks], ".2f"), seeds,
+                slash([v[k]["hr10"] for k in ks]))
+
     rows = []
     for kind, e in enc.items():
-        h, v = e["heldout"], e["validation"]
+        h = e["heldout"]
         name = _KIND_NAMES.get(kind, f"`{kind}`") + (" (**default**)" if kind == default else "")
-        rows.append((name, *(f"{h[k]['hr10']:.3f}" for k in ks), slash([h[k]["vs_popularity"] for k in ks], ".2f"),
-                     "; ".join(", ".join(f"{x:.3f}" for x in h[k]["hr10_per_seed"]) for k in ks),
-                     slash([v[k]["hr10"] for k in ks]), slash([h[k]["hr10_final_model"] for k in ks]),
+        rows.append((name, *hr_cells(h, e["validation"]), slash([h[k]["hr10_final_model"] for k in ks]),
                      slash([h[k]["silhouette"] for k in ks], ".2f")))
     chosen = ref["chosen"]
-    h, v = ref["heldout"][chosen], ref["validation"][chosen]
-    rows.append((f"batch reference: k-means on SVD embeddings (`{chosen}`)", *(f"{h[k]['hr10']:.3f}" for k in ks),
-                 slash([h[k]["vs_popularity"] for k in ks], ".2f"),
-                 "; ".join(", ".join(f"{x:.3f}" for x in h[k]["hr10_per_seed"]) for k in ks),
-                 slash([v[k]["hr10"] for k in ks]), "", ""))
+    rows.append((f"batch reference: k-means on SVD embeddings (`{chosen}`)",
+                 *hr_cells(ref["heldout"][chosen], ref["validation"][chosen]), "", ""))
     act = r.get("activity_only")
     if act:
-        h = act["heldout"]
-        rows.append(("k groups of users by when they were last active, nothing else", *(f"{h[k]['hr10']:.3f}" for k in ks),
-                     slash([h[k]["vs_popularity"] for k in ks], ".2f"), "", slash([act["validation"][k]["hr10"] for k in ks]),
-                     "", ""))
+        rows.append(("k groups of users by when they were last active, nothing else",
+                     *hr_cells(act["heldout"], act["validation"], per_seed=False), "", ""))
     pop = r["popularity"]
     rows.append(("global popularity (one segment)", f"{pop['heldout']:.3f}", *[""] * (len(ks) - 1), "", "",
                  f"{pop['validation']:.3f}", "", ""))
