@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["int8_max_abs_diff"] = float(np.abs(q.encode(f) - ref).max())
             note(f"{kind} int8 on cpu: {row['cpu_int8_states_per_s']:,} states/s")
         if kind == "item-seq":
-            # what the learned attention would cost (not the default; see docs/encoders-and-evaluation.md)
+            # what the learned attention would cost (not the default; see docs/encoders.md)
             a = load_encoder(path, device="cpu", max_batch=args.batch)
             a.module.attention_kind = "salience+recency"
             row["cpu_salience_recency_states_per_s"] = round(_rate(lambda: a.encode(f), len(f), args.seconds))

@@ -33,7 +33,7 @@ __all__ = ["TrainConfig", "train_encoder", "replay_features", "category_vocabula
 Progress = Callable[[str], None]
 
 #: what ``segstream train-encoder`` trains without ``--kind`` (and the demo uses): the kind that won on the
-#: validation split of ml-latest-small (``segstream evaluate select``, :mod:`evaluation.selection`; docs/encoders-and-evaluation.md)
+#: validation split of ml-latest-small (``segstream evaluate select``, :mod:`evaluation.selection`; docs/encoders.md)
 DEFAULT_KIND = "item-seq"
 
 

@@ -35,7 +35,7 @@ held-out figures reported beside the headline: how far the encoder's own seed mo
 runs never choose anything).
 
 Writes ``results.json`` and ``hr10.png``; ``python -m bench.report`` renders
-the table in docs/encoders-and-evaluation.md from the committed JSON.
+the table in docs/encoders.md from the committed JSON.
 """
 
 from __future__ import annotations
