@@ -116,7 +116,8 @@ def movielens_table(results: Results) -> str:
                f"It does **not** beat the batch reference at any k ({', '.join(ks)})" if not beats else
                f"It beats the batch reference at k = {', '.join(beats)}, **not** at k = "
                f"{', '.join(k for k in ks if k not in beats)}")
-            + ". " + _training_seed_note(r["default"], default, ks, pr["default_train_config"].get("seed", 0)) + "Reference variant chosen on validation"
+            + ". " + _uncertainty_note(d, ks) + _training_seed_note(r["default"], default, ks, pr["default_train_config"].get("seed", 0))
+            + "Reference variant chosen on validation"
             + (f" (validation HR@10 of `{others[0]}`: {slash([ref['validation'][others[0]][k]['hr10'] for k in ks])})"
                if others else "") + f". Run time {r['seconds'] / 60:.0f} min.")
     return table(head, rows) + note + f" Command: `{' '.join(cmd)}`." + _by_last_activity(r["default"], default, ks)
@@ -141,6 +142,19 @@ def _by_last_activity(default: dict[str, Any], kind: str, ks: list[str]) -> str:
 
 
 REFERENCE_NAMES = ("svd32-l2", "svd32")
+
+
+def _uncertainty_note(d: dict[str, Any], ks: list[str]) -> str:
+    """How far the choice of users alone moves the default's figures (``paired_uncertainty``); empty in older runs."""
+    u = {k: d[k]["uncertainty"] for k in ks if "uncertainty" in d[k]}
+    if not u:
+        return ""
+    first = next(iter(u.values()))
+    ci = "; ".join(f"k = {k}: {x['vs_popularity_ci95'][0]:.2f}–{x['vs_popularity_ci95'][1]:.2f}×" for k, x in u.items())
+    diff = "; ".join(f"k = {k}: {x['minus_reference']:+.3f} ± {x['minus_reference_se']:.3f}" for k, x in u.items())
+    return (f"How far the choice of the {first['users']:,} users alone moves these figures: 95% interval of the "
+            f"default's × global popularity (users drawn with replacement, {first['resamples']:,} times) {ci}; default "
+            f"minus reference, held-out HR@10 with its paired standard error over users, {diff}. ")
 
 
 def _training_seed_note(default: dict[str, Any], kind: str, ks: list[str], seed: int) -> str:

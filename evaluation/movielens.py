@@ -182,7 +182,7 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
     from encoders.train import DEFAULT_KIND, TrainConfig
     from eventlogs.movielens import iter_movielens_events
     from eventlogs.recorded import write_events
-    from evaluation.hitrate import hit_rate, hit_rate_by_group, last_activity_groups, split_by_time
+    from evaluation.hitrate import hit_rate, hit_rate_by_group, last_activity_groups, paired_uncertainty, split_by_time
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +213,8 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
     if "heldout" in popularity:
         results["global_popularity_hr10"] = popularity["heldout"]
 
-    heldout_labels: dict[tuple[str, int], list[dict[str, int]]] = {}  # (kind or reference variant, k) -> per seed
+    # (phase, kind or reference variant, k) -> labels per seed: what the default's comparisons are recomputed from
+    labels_of: dict[tuple[str, str, int], list[dict[str, int]]] = {}
 
     def replays(phase: str, encoder: Path | None, k: int) -> list[dict[str, Any]]:
         """The log of ``phase`` streamed through ``segstream run``'s defaults with k segments, once per seed."""
@@ -231,8 +232,7 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
             per_k = {}
             for k in ks:
                 labels = [batch_reference(splits[phase], k, seed, normalise=REFERENCE_VARIANTS[variant]) for seed in seeds]
-                if phase == "heldout":
-                    heldout_labels[(variant, k)] = labels
+                labels_of[(phase, variant, k)] = labels
                 hrs = [hit_rate(segs, splits[phase]) for segs in labels]
                 per_k[str(k)] = _summary(hrs, popularity[phase])
                 progress(f"[{phase}] reference {variant:>9} k={k:<3} HR@10 = {np.mean(hrs):.4f} "
@@ -256,8 +256,7 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
             per_k: dict[str, Any] = {}
             for k in ks:
                 runs = replays(phase, encoder, k)
-                if phase == "heldout":
-                    heldout_labels[(kind, k)] = [r["held"] for r in runs]
+                labels_of[(phase, kind, k)] = [r["held"] for r in runs]
                 hrs = [hit_rate(r["held"], splits[phase]) for r in runs]
                 hrs_final = [hit_rate(r["final"], splits[phase]) for r in runs]
                 per_k[str(k)] = {
@@ -280,7 +279,12 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
             mine, theirs = results["encoders"][DEFAULT_KIND][phase], ref[phase][ref["chosen"]]
             d[phase] = {str(k): {"hr10": mine[str(k)]["hr10"], "vs_popularity": mine[str(k)]["vs_popularity"],
                                  "reference_hr10": theirs[str(k)]["hr10"],
-                                 "beats_reference": mine[str(k)]["hr10"] > theirs[str(k)]["hr10"]} for k in ks}
+                                 "beats_reference": mine[str(k)]["hr10"] > theirs[str(k)]["hr10"],
+                                 # how far the 610-odd users alone move these comparisons
+                                 "uncertainty": paired_uncertainty(
+                                     _mean_hits(labels_of[(phase, DEFAULT_KIND, k)], splits[phase]),
+                                     _mean_hits(labels_of[(phase, ref["chosen"], k)], splits[phase]),
+                                     _mean_hits([{}], splits[phase]))} for k in ks}
         results["default"] = d
         if "heldout" in phases:
             # who the default serves better or worse than the reference: users by when they were last active
@@ -292,8 +296,8 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
             d["by_last_activity"] = {
                 "users": [sum(1 for q in quartile.values() if q == g) for g in range(4)],
                 "popularity": hit_rate_by_group({}, test, quartile, 4),
-                "k": {str(k): {"default": by_group(heldout_labels[(DEFAULT_KIND, k)]),
-                               "reference": by_group(heldout_labels[(ref["chosen"], k)])} for k in ks}}
+                "k": {str(k): {"default": by_group(labels_of[("heldout", DEFAULT_KIND, k)]),
+                               "reference": by_group(labels_of[("heldout", ref["chosen"], k)])} for k in ks}}
             # the encoder's own training seed moves the figures too: the default kind trained again with other
             # seeds says how much (these runs never choose anything, and the headline stays the default's seed)
             d["training_seeds"] = []
@@ -310,6 +314,14 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
                 d["training_seeds"].append({"seed": train_seed, "heldout": per_k})
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results
+
+
+def _mean_hits(labels: list[dict[str, int]], split) -> list[float]:  # noqa: ANN001
+    """Each user's hit (users in ``split.users`` order), the mean over the seeds' labels."""
+    from evaluation.hitrate import user_hits
+
+    per_seed = [user_hits(x, split) for x in labels]
+    return [float(np.mean([h[u] for h in per_seed])) for u in split.users]
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -12,11 +12,12 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench import report, report_evaluation
 from encoders.train import DEFAULT_KIND, TrainConfig
-from evaluation.hitrate import hit_rate, last_activity_groups, split_by_time
+from evaluation.hitrate import hit_rate, last_activity_groups, paired_uncertainty, split_by_time
 from evaluation.movielens import REFERENCE_VARIANTS, batch_reference, evaluate, validation_split
 from eventlogs.synthetic import SyntheticConfig, generate
 from stream.settings import Settings
@@ -129,6 +130,13 @@ def test_evaluate_command_writes_json_and_plot(tiny_movielens, tmp_path):
     d = stored["default"]["heldout"]["3"]
     assert stored["default"]["encoder"] == "item-seq" == DEFAULT_KIND
     assert d["beats_reference"] == (d["hr10"] > d["reference_hr10"])
+    # the uncertainty is recomputed from the same labels per user: its difference is the headline's difference
+    for phase in ("validation", "heldout"):
+        dd = stored["default"][phase]["3"]
+        u = dd["uncertainty"]
+        assert u["users"] == 120 and u["minus_reference"] == pytest.approx(dd["hr10"] - dd["reference_hr10"])
+        lo, hi = u["vs_popularity_ci95"]
+        assert lo <= dd["vs_popularity"] <= hi and u["minus_reference_se"] >= 0
     # the activity-only baseline: k groups of users by last activity, one figure per phase and k
     for phase in ("validation", "heldout"):
         act = stored["activity_only"][phase]["3"]
@@ -208,3 +216,19 @@ def test_default_segments_beat_popularity_on_movielens(movielens_dir, tmp_path):
     r = evaluate(str(movielens_dir), tmp_path, [DEFAULT_KIND], [8], [0], phases=["heldout"], progress=lambda m: None)
     mine = r["default"]["heldout"]["8"]
     assert mine["vs_popularity"] >= SLOW_FLOOR, r
+
+
+def test_paired_uncertainty_shrinks_with_users_and_is_seeded():
+    rng = np.random.default_rng(5)
+    def draw(n):
+        pop = (rng.random(n) < 0.3).astype(float)
+        return (rng.random(n) < 0.45).astype(float), (rng.random(n) < 0.40).astype(float), pop
+    small, large = paired_uncertainty(*draw(100)), paired_uncertainty(*draw(10_000))
+    width = lambda u: u["vs_popularity_ci95"][1] - u["vs_popularity_ci95"][0]  # noqa: E731
+    assert width(large) < width(small) / 5 and large["minus_reference_se"] < small["minus_reference_se"] / 5
+    assert large["minus_reference"] == pytest.approx(0.05, abs=0.03)
+    assert 1.35 < large["vs_popularity_ci95"][0] < 1.5 < large["vs_popularity_ci95"][1] < 1.65
+    a, b, p = draw(50)
+    assert paired_uncertainty(a, b, p) == paired_uncertainty(a, b, p)
+    with pytest.raises(ValueError):
+        paired_uncertainty(a, b[:-1], p)
