@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Split", "split_by_time", "recommend", "hit_rate", "user_hits", "hit_rate_by_group", "last_activity_groups",
+__all__ = ["Split", "split_by_time", "recommend", "hit_rate", "user_hits", "mean_by_group", "last_activity_groups",
            "segment_item_counts", "paired_uncertainty"]
 
 
@@ -87,16 +87,17 @@ def recommend(segment_of: Mapping[str, int], history_items: Mapping[str, set[int
     return out
 
 
-def user_hits(segment_of: Mapping[str, int], split: Split, n: int = 10) -> dict[str, bool]:
-    """Whether each user has at least one held-out item among their ``n`` recommendations."""
+def user_hits(segment_of: Mapping[str, int], split: Split, n: int = 10) -> list[bool]:
+    """Whether each user (in ``split.users`` order) has at least one held-out item among their ``n``
+    recommendations: what :func:`hit_rate` averages, kept per user for breakdowns and intervals."""
     recs = recommend(segment_of, split.history_items, n)
-    return {u: bool(split.heldout[u].intersection(recs[u])) for u in split.users}
+    return [bool(split.heldout[u].intersection(recs[u])) for u in split.users]
 
 
 def hit_rate(segment_of: Mapping[str, int], split: Split, n: int = 10) -> float:
     """HR@n: share of users with at least one held-out item among their ``n`` recommendations."""
     hits = user_hits(segment_of, split, n)
-    return sum(hits.values()) / len(hits) if hits else 0.0
+    return sum(hits) / len(hits) if hits else 0.0
 
 
 def last_activity_groups(split: Split, groups: int = 4) -> dict[str, int]:
@@ -115,15 +116,18 @@ def last_activity_groups(split: Split, groups: int = 4) -> dict[str, int]:
     return {u: min(groups * rank // len(order), groups - 1) for rank, u in enumerate(order)}
 
 
-def hit_rate_by_group(segment_of: Mapping[str, int], split: Split, group_of: Mapping[str, int], groups: int,
-                      n: int = 10) -> list[float]:
-    """HR@n within each group of users (``group_of``: user -> 0..groups-1); NaN for an empty group."""
-    hits = user_hits(segment_of, split, n)
-    out = []
-    for g in range(groups):
-        members = [hits[u] for u in split.users if group_of.get(u) == g]
-        out.append(sum(members) / len(members) if members else float("nan"))
-    return out
+def mean_by_group(values: Sequence[float], group: Sequence[int], groups: int) -> list[float]:
+    """The mean of ``values`` within each group ``0..groups-1`` (``group``: each value's); NaN for an empty one.
+
+    >>> mean_by_group([1, 0, 1, 1], [0, 0, 1, 1], 3)
+    [0.5, 1.0, nan]
+    """
+    import numpy as np
+
+    v, g = np.asarray(values, dtype=np.float64), np.asarray(group)
+    n = np.bincount(g, minlength=groups)[:groups]
+    total = np.bincount(g, weights=v, minlength=groups)[:groups]
+    return [float(t / c) if c else float("nan") for t, c in zip(total, n)]
 
 
 def paired_uncertainty(hits: Sequence[float], reference: Sequence[float], popularity: Sequence[float], *,

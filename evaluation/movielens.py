@@ -182,7 +182,8 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
     from encoders.train import DEFAULT_KIND, TrainConfig
     from eventlogs.movielens import iter_movielens_events
     from eventlogs.recorded import write_events
-    from evaluation.hitrate import hit_rate, hit_rate_by_group, last_activity_groups, paired_uncertainty, split_by_time
+    from evaluation.hitrate import (hit_rate, last_activity_groups, mean_by_group, paired_uncertainty, split_by_time,
+                                    user_hits)
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +199,10 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
              f"{n_heldout:,} held out")
     settings = run_settings(ks[0], seeds[0], None, batch_events=batch_events)
     warmup = min(settings.warmup_users, len(test.users) // 2)  # the consumer's default, unless the data set is tiny
-    popularity = {phase: hit_rate({}, splits[phase]) for phase in phases}
+    # each user's hit (users in split.users order): per phase for global popularity, and per seed (rows) for the
+    # segmentations the default is compared with, (phase, kind or reference variant, k); HR@10 is their mean
+    popularity_hits = {phase: np.array(user_hits({}, splits[phase]), np.float64) for phase in phases}
+    popularity = {phase: float(h.mean()) for phase, h in popularity_hits.items()}
     progress("global popularity HR@10: " + ", ".join(f"{p} {v:.4f}" for p, v in popularity.items()))
     results: dict[str, Any] = {
         "protocol": {"data": os.path.basename(os.path.normpath(data)), "history_share": history_share,
@@ -213,8 +217,13 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
     if "heldout" in popularity:
         results["global_popularity_hr10"] = popularity["heldout"]
 
-    # (phase, kind or reference variant, k) -> labels per seed: what the default's comparisons are recomputed from
-    labels_of: dict[tuple[str, str, int], list[dict[str, int]]] = {}
+    hits_of: dict[tuple[str, str, int], np.ndarray] = {}
+
+    def scored(phase: str, name: str, k: int, labels: list[dict[str, int]]) -> list[float]:
+        """HR@10 of each seed's labels; their per-user hits are kept in ``hits_of``."""
+        hits = np.array([user_hits(x, splits[phase]) for x in labels], np.float64)
+        hits_of[(phase, name, k)] = hits
+        return hits.mean(axis=1).tolist()
 
     def replays(phase: str, encoder: Path | None, k: int) -> list[dict[str, Any]]:
         """The log of ``phase`` streamed through ``segstream run``'s defaults with k segments, once per seed."""
@@ -231,9 +240,8 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
         for variant in variants:
             per_k = {}
             for k in ks:
-                labels = [batch_reference(splits[phase], k, seed, normalise=REFERENCE_VARIANTS[variant]) for seed in seeds]
-                labels_of[(phase, variant, k)] = labels
-                hrs = [hit_rate(segs, splits[phase]) for segs in labels]
+                hrs = scored(phase, variant, k, [batch_reference(splits[phase], k, seed, normalise=REFERENCE_VARIANTS[variant])
+                                                 for seed in seeds])
                 per_k[str(k)] = _summary(hrs, popularity[phase])
                 progress(f"[{phase}] reference {variant:>9} k={k:<3} HR@10 = {np.mean(hrs):.4f} "
                          f"(per seed {', '.join(f'{h:.3f}' for h in hrs)})")
@@ -256,8 +264,7 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
             per_k: dict[str, Any] = {}
             for k in ks:
                 runs = replays(phase, encoder, k)
-                labels_of[(phase, kind, k)] = [r["held"] for r in runs]
-                hrs = [hit_rate(r["held"], splits[phase]) for r in runs]
+                hrs = scored(phase, kind, k, [r["held"] for r in runs])
                 hrs_final = [hit_rate(r["final"], splits[phase]) for r in runs]
                 per_k[str(k)] = {
                     **_summary(hrs, popularity[phase]),
@@ -280,24 +287,25 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
             d[phase] = {str(k): {"hr10": mine[str(k)]["hr10"], "vs_popularity": mine[str(k)]["vs_popularity"],
                                  "reference_hr10": theirs[str(k)]["hr10"],
                                  "beats_reference": mine[str(k)]["hr10"] > theirs[str(k)]["hr10"],
-                                 # how far the 610-odd users alone move these comparisons
+                                 # how far the choice of users alone moves these comparisons
                                  "uncertainty": paired_uncertainty(
-                                     _mean_hits(labels_of[(phase, DEFAULT_KIND, k)], splits[phase]),
-                                     _mean_hits(labels_of[(phase, ref["chosen"], k)], splits[phase]),
-                                     _mean_hits([{}], splits[phase]))} for k in ks}
+                                     hits_of[(phase, DEFAULT_KIND, k)].mean(axis=0),
+                                     hits_of[(phase, ref["chosen"], k)].mean(axis=0), popularity_hits[phase])}
+                        for k in ks}
         results["default"] = d
         if "heldout" in phases:
             # who the default serves better or worse than the reference: users by when they were last active
-            quartile = last_activity_groups(test, 4)
+            group_of = last_activity_groups(test, 4)
+            quartile = np.array([group_of[u] for u in test.users])  # the order of every hits row
 
-            def by_group(labels: list[dict[str, int]]) -> list[float]:  # mean over seeds, per quartile
-                return np.mean([hit_rate_by_group(x, test, quartile, 4) for x in labels], axis=0).tolist()
+            def by_group(hits: np.ndarray) -> list[float]:  # per quartile, mean over users and seeds
+                return mean_by_group(hits.mean(axis=0), quartile, 4)
 
             d["by_last_activity"] = {
-                "users": [sum(1 for q in quartile.values() if q == g) for g in range(4)],
-                "popularity": hit_rate_by_group({}, test, quartile, 4),
-                "k": {str(k): {"default": by_group(labels_of[("heldout", DEFAULT_KIND, k)]),
-                               "reference": by_group(labels_of[("heldout", ref["chosen"], k)])} for k in ks}}
+                "users": np.bincount(quartile, minlength=4).tolist(),
+                "popularity": by_group(popularity_hits["heldout"][None, :]),
+                "k": {str(k): {"default": by_group(hits_of[("heldout", DEFAULT_KIND, k)]),
+                               "reference": by_group(hits_of[("heldout", ref["chosen"], k)])} for k in ks}}
             # the encoder's own training seed moves the figures too: the default kind trained again with other
             # seeds says how much (these runs never choose anything, and the headline stays the default's seed)
             d["training_seeds"] = []
@@ -314,14 +322,6 @@ def evaluate(data: str, out: Path, kinds: list[str], ks: list[int], seeds: list[
                 d["training_seeds"].append({"seed": train_seed, "heldout": per_k})
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results
-
-
-def _mean_hits(labels: list[dict[str, int]], split) -> list[float]:  # noqa: ANN001
-    """Each user's hit (users in ``split.users`` order), the mean over the seeds' labels."""
-    from evaluation.hitrate import user_hits
-
-    per_seed = [user_hits(x, split) for x in labels]
-    return [float(np.mean([h[u] for h in per_seed])) for u in split.users]
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
