@@ -28,13 +28,15 @@ from state.features import DEFAULT_HALF_LIFE_S, FeatureSpec
 from state.user_store import Features, UserStore
 from state.events import EventDecoder
 
-__all__ = ["TrainConfig", "train_encoder", "replay_features", "category_vocabulary", "TRAINERS", "DEFAULT_KIND"]
+__all__ = ["TrainConfig", "train_encoder", "replay_features", "category_vocabulary", "TRAINERS", "DEFAULT_KIND", "NEXT_WINDOW_KINDS"]
 
 Progress = Callable[[str], None]
 
 #: what ``segstream train-encoder`` trains without ``--kind`` (and the demo uses): the kind that won on the
 #: validation split of ml-latest-small (``segstream evaluate select``, :mod:`evaluation.selection`; docs/encoders.md)
 DEFAULT_KIND = "item-seq"
+#: the kinds trained on the next-window target (:func:`encoders.train_items.train_sequence`), with the same settings
+NEXT_WINDOW_KINDS = ("item-seq", "item-gru")
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class TrainConfig:
         base: dict[str, Any] = {"kind": kind}
         if kind == "item-pool":
             base.update(dim=32, epochs=10, batch_size=512, lr=1e-2, item_history=64)
-        elif kind in ("item-seq", "item-gru"):  # item-gru: item-seq's chosen settings; its readout chosen on validation
+        elif kind in NEXT_WINDOW_KINDS:  # item-gru: item-seq's chosen settings; its readout chosen on validation
             base.update(dim=32, epochs=5, batch_size=512, lr=1e-2, item_history=64, window=10)
         base.update(overrides)
         return cls(**base)

@@ -78,9 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _config(kind: str, settings: dict[str, Any], epochs: int | None):  # -> TrainConfig
-    from encoders.train import TrainConfig
+    from encoders.train import NEXT_WINDOW_KINDS, TrainConfig
 
-    base = {**SEQ_BASE} if kind in ("item-seq", "item-gru") else {}
+    base = {**SEQ_BASE} if kind in NEXT_WINDOW_KINDS else {}
     over = {**base, **settings, **({"epochs": epochs} if epochs is not None else {})}
     return TrainConfig.for_kind(kind, **over)
 
