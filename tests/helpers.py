@@ -87,7 +87,13 @@ def produce_by_partition(bootstrap: str, topic: str, events: Iterable[dict],
 def read_topic(bootstrap: str, topic: str, *, expected: int | None = None, timeout_s: float = 60.0,
                idle_s: float = 3.0, **client: Any) -> list[Any]:
     """Every record of ``topic`` from the beginning, as an independent client (manual assignment, no group);
-    ``client``: more kafka-python options (security)."""
+    ``client``: more kafka-python options (security).
+
+    The end of the topic: no record for ``idle_s`` (0.5 s once ``expected`` records are in) *and* every
+    partition read up to the high watermark its last fetch response reported. Quiet alone is not the end:
+    on a loaded machine a fetch can take longer than ``idle_s`` to come back, and a read cut there misses
+    the tail of the log. (The fetch's high watermark is right on the embedded broker; its ListOffsets,
+    behind ``end_offsets``, is not for multi-record batches.)"""
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", **client)
     deadline = time.monotonic() + timeout_s
     parts = None
@@ -98,7 +104,12 @@ def read_topic(bootstrap: str, topic: str, *, expected: int | None = None, timeo
     if not parts:
         c.close()
         return []
-    c.assign([TopicPartition(topic, p) for p in sorted(parts)])
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    c.assign(tps)
+
+    def read_to_high_watermark() -> bool:
+        return all((hw := c.highwater(tp)) is not None and c.position(tp) >= hw for tp in tps)
+
     out: list[Any] = []
     last = time.monotonic()
     while time.monotonic() < deadline:
@@ -108,9 +119,9 @@ def read_topic(bootstrap: str, topic: str, *, expected: int | None = None, timeo
             out.extend(recs)
         if got:
             last = time.monotonic()
-        if expected is not None and len(out) >= expected and time.monotonic() - last > 0.5:
-            break
-        if expected is None and time.monotonic() - last > idle_s:
+        enough = expected is None or len(out) >= expected
+        quiet_s = idle_s if expected is None else 0.5
+        if enough and time.monotonic() - last > quiet_s and read_to_high_watermark():
             break
     c.close()
     return out

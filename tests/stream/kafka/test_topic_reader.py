@@ -1,10 +1,11 @@
-"""TopicReader: a whole topic to its end, as the fetch responses report it (correct on Tansu's multi-record batches)."""
+"""TopicReader, and the tests' own reader (``helpers.read_topic``): a whole topic to its end, as the fetch responses
+report it (correct on Tansu's multi-record batches)."""
 
 from __future__ import annotations
 
 import pytest
 
-from helpers import produce
+from helpers import produce, read_topic
 from stream.kafka.clients import ensure_topics
 from stream.kafka.topic_reader import TopicReader
 
@@ -40,3 +41,15 @@ def test_reads_multi_record_batches_to_their_end_then_what_arrives(broker, topic
         assert reader.read_to_end(got.extend, timeout_s=30) == 0 and reader.positions() == {0: 0}
     finally:
         reader.close()
+
+
+@pytest.mark.integration
+def test_the_tests_own_reader_stops_at_the_high_watermark_not_at_the_first_quiet_moment(broker, topics):
+    """``helpers.read_topic``, which most integration tests read outputs with: with no idle time at all it
+    still returns every record (more than one poll's worth), so a slow fetch cannot cut a read short."""
+    ensure_topics(broker.settings(topics), {topics["output"]: 2})
+    for part in (0, 1):
+        produce(broker.bootstrap, topics["output"], [b"v%d" % i for i in range(700)], partition=part)
+    got = read_topic(broker.bootstrap, topics["output"], idle_s=0.0)
+    assert sorted((r.partition, r.offset) for r in got) == [(p, o) for p in (0, 1) for o in range(700)]
+    assert len(read_topic(broker.bootstrap, topics["output"], expected=1)) == 1400

@@ -14,7 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from eventlogs.synthetic import SyntheticConfig, generate
+from eventlogs.synthetic import SyntheticConfig, generate, user_name
 from global_model_topic import one_instance_ari
 from helpers import (SegstreamProcess, log_records, owned_partitions, produce_by_partition, read_topic,
                      wait_committed, wait_partitions_spread)
@@ -65,6 +65,7 @@ def test_three_members_share_a_model_that_keeps_every_partitions_groups(broker, 
     group = [SegstreamProcess(broker.settings(topics), *common, "--instance-id", n, "--checkpoint-dir",
                               str(tmp_path / n)) for n in names]
     errs: dict[str, str] = {}
+    changes = 0  # segment changes the members say they published
     try:
         wait_partitions_spread(group, P)  # one partition each before the log goes in
         want = produce_by_partition(broker.bootstrap, topics["input"], events, part_of)
@@ -72,9 +73,9 @@ def test_three_members_share_a_model_that_keeps_every_partitions_groups(broker, 
         quiet, _ = _first_records(broker.bootstrap, model_topic)  # read once the topic was idle for 2 s
         time.sleep(2.0)  # every member pumps the model topic each turn of its loop (idle turns: 200 ms)
         for n, p in zip(names, group):
-            code, _, err = p.terminate()
+            code, summary, err = p.terminate()
             assert code == 0, err[-3000:]
-            errs[n] = err
+            errs[n], changes = err, changes + summary["segment_changes"]
     finally:
         for p in group:
             p.kill()
@@ -93,13 +94,15 @@ def test_three_members_share_a_model_that_keeps_every_partitions_groups(broker, 
         assert all(a["digest"] == first[a["model_version"]]["digest"] for a in applied), n
         assert applied and applied[-1]["model_version"] == latest, (n, applied[-1:])
 
-    out = [msgpack.unpackb(r.value) for r in read_topic(broker.bootstrap, topics["output"], idle_s=2.0)
+    out = [msgpack.unpackb(r.value) for r in read_topic(broker.bootstrap, topics["output"], expected=changes)
            if r.value is not None]
+    assert len(out) >= changes
     assert all(e["model_version"] in first for e in out)  # only announced versions
     final = {e["user_id"]: e["segment"] for e in out}  # the last segment each user was given
     planted = CFG.group_of_users()
     users = sorted(final)
-    assert len(users) == CFG.users
+    missing = sorted({user_name(u) for u in range(CFG.users)} - set(users))
+    assert not missing, (len(missing), missing[:10], len(out), changes)
     truth = np.array([planted[int(u[1:])] for u in users])
     labels = np.array([final[u] for u in users])
     part = np.array([part_of({"group": int(g), "user_id": u}) for g, u in zip(truth, users)])
