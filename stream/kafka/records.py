@@ -250,7 +250,10 @@ def _uniform_sizes(payload: bytes, n: int) -> tuple[np.ndarray, np.ndarray] | No
         return None
     ends = np.cumsum(total)
     starts = ends - body
-    lengths, after = _varints(np.frombuffer(payload + b"\0" * 10, dtype=np.uint8), ends - total)
+    try:
+        lengths, after = _varints(np.frombuffer(payload + b"\0" * 10, dtype=np.uint8), ends - total)
+    except CorruptRecordError:  # a guessed prefix fell inside some record's bytes: the sizes differ after all
+        return None
     if not (np.array_equal(lengths, body) and np.array_equal(after, starts)):
         return None
     return starts, body
