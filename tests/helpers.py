@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream.kafka.embedded_broker import free_port
 from stream.kafka.clients import ensure_topics
 from stream.kafka.records import Records
+from stream.kafka.topic_reader import TopicNotFound, TopicReader, TopicRecord
 from stream.settings import Settings
 
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
@@ -85,45 +86,34 @@ def produce_by_partition(bootstrap: str, topic: str, events: Iterable[dict],
 
 
 def read_topic(bootstrap: str, topic: str, *, expected: int | None = None, timeout_s: float = 60.0,
-               idle_s: float = 3.0, **client: Any) -> list[Any]:
-    """Every record of ``topic`` from the beginning, as an independent client (manual assignment, no group);
-    ``client``: more kafka-python options (security).
+               idle_s: float = 3.0, **client: Any) -> list[TopicRecord]:
+    """Every record of ``topic`` from the beginning, as an independent client (:class:`TopicReader`: every
+    partition, no group); ``client``: more kafka-python options (security). ``[]`` if the topic does not exist.
 
-    The end of the topic: no record for ``idle_s`` (0.5 s once ``expected`` records are in) *and* every
-    partition read up to the high watermark its last fetch response reported. Quiet alone is not the end:
-    on a loaded machine a fetch can take longer than ``idle_s`` to come back, and a read cut there misses
-    the tail of the log. (The fetch's high watermark is right on the embedded broker; its ListOffsets,
-    behind ``end_offsets``, is not for multi-record batches.)"""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", **client)
+    Read to the end the fetch responses report (:meth:`TopicReader.read_to_end`), then on until nothing more
+    arrives for ``idle_s``; with ``expected``, on to ``timeout_s`` until that many records are in, then 0.5 s
+    of quiet. Quiet alone does not end a read: under load a fetch can take longer than ``idle_s``."""
     deadline = time.monotonic() + timeout_s
-    parts = None
-    while parts is None and time.monotonic() < deadline:
-        parts = c.partitions_for_topic(topic)
-        if parts is None:
-            time.sleep(0.2)
-    if not parts:
-        c.close()
-        return []
-    tps = [TopicPartition(topic, p) for p in sorted(parts)]
-    c.assign(tps)
-
-    def read_to_high_watermark() -> bool:
-        return all((hw := c.highwater(tp)) is not None and c.position(tp) >= hw for tp in tps)
-
-    out: list[Any] = []
-    last = time.monotonic()
-    while time.monotonic() < deadline:
-        polled = c.poll(timeout_ms=300)
-        got = sum(len(v) for v in polled.values())
-        for recs in polled.values():
-            out.extend(recs)
-        if got:
-            last = time.monotonic()
-        enough = expected is None or len(out) >= expected
-        quiet_s = idle_s if expected is None else 0.5
-        if enough and time.monotonic() - last > quiet_s and read_to_high_watermark():
-            break
-    c.close()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest", **client)
+    try:
+        reader = TopicReader(Settings(bootstrap=bootstrap), topic, timeout_s=timeout_s, consumer=consumer)
+    except TopicNotFound:
+        return []  # the reader closed its consumer
+    out: list[TopicRecord] = []
+    try:
+        while True:
+            reader.read_to_end(out.extend, timeout_s=max(deadline - time.monotonic(), 0.0))
+            enough = expected is None or len(out) >= expected
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            quiet_s = idle_s if expected is None else 0.5
+            more = reader.poll(min(quiet_s, left) if enough else left)  # returns at the first record
+            if not more and enough:
+                break
+            out.extend(more)
+    finally:
+        reader.close()
     return out
 
 

@@ -40,6 +40,7 @@ class TopicRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     timestamp_ms: int
+    headers: list[tuple[str, bytes | None]]
 
 
 class TopicReader:
@@ -78,7 +79,8 @@ class TopicReader:
         polled = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         out: list[TopicRecord] = []
         for records in polled.values():
-            out.extend(TopicRecord(r.partition, r.offset, r.key, r.value, r.timestamp) for r in records)
+            out.extend(TopicRecord(r.partition, r.offset, r.key, r.value, r.timestamp, list(r.headers))
+                       for r in records)
         return out
 
     def positions(self) -> dict[int, int]:

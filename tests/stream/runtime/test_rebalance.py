@@ -51,7 +51,7 @@ def _state(bootstrap, group, topic, want: dict[int, int]) -> dict[str, tuple]:
     out = {}
     for p, off in want.items():
         mine = [r for r in records if r.partition == p]
-        block = Records.single(topic, p, np.array([r.offset for r in mine]), np.array([r.timestamp for r in mine]),
+        block = Records.single(topic, p, np.array([r.offset for r in mine]), np.array([r.timestamp_ms for r in mine]),
                                [r.key for r in mine], [r.value for r in mine])
         st = decode_partition(p, block, len(mine), dtype)
         assert st.offset == off, (p, st.offset, off)
