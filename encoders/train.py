@@ -190,27 +190,24 @@ def train_state_autoencoder(log_path: str | os.PathLike[str], spec: FeatureSpec,
     return model, {"dim": cfg.dim, "hidden": cfg.hidden}, {"loss_history": history}, len(features)
 
 
-def _train_item_pool(log_path, spec, cfg, progress):  # type: ignore[no-untyped-def]
-    from encoders.train_items import train_item_pool
-
-    return train_item_pool(log_path, spec, cfg, progress)
-
-
-def _train_sequence(log_path, spec, cfg, progress):  # type: ignore[no-untyped-def]
-    from encoders.train_items import train_sequence
-
-    return train_sequence(log_path, spec, cfg, progress)
-
-
-def _train_recurrent(log_path, spec, cfg, progress):  # type: ignore[no-untyped-def]
-    from encoders.train_items import train_recurrent
-
-    return train_recurrent(log_path, spec, cfg, progress)
-
-
 Trainer = Callable[[str, FeatureSpec, TrainConfig, Progress], "tuple[torch.nn.Module, dict[str, Any], dict[str, Any], int]"]
-TRAINERS: dict[str, Trainer] = {"state-ae": train_state_autoencoder, "item-pool": _train_item_pool,
-                               "item-seq": _train_sequence, "item-gru": _train_recurrent}
+
+
+def _from_train_items(name: str) -> Trainer:
+    """The trainer ``name`` of :mod:`encoders.train_items`, imported when first called (that module imports
+    :func:`fit` from this one)."""
+    def train(log_path, spec, cfg, progress):  # type: ignore[no-untyped-def]
+        import encoders.train_items
+
+        return getattr(encoders.train_items, name)(log_path, spec, cfg, progress)
+
+    train.__name__ = name
+    return train
+
+
+TRAINERS: dict[str, Trainer] = {"state-ae": train_state_autoencoder, "item-pool": _from_train_items("train_item_pool"),
+                               "item-seq": _from_train_items("train_sequence"),
+                               "item-gru": _from_train_items("train_recurrent")}
 
 
 def train_encoder(log_path: str | os.PathLike[str], out_path: str | os.PathLike[str], cfg: TrainConfig = TrainConfig(),
