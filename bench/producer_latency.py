@@ -224,16 +224,17 @@ def analyse(acks: np.ndarray, trace: np.ndarray, batches: np.ndarray, arrivals: 
     by_offset = {int(r[0]): r for r in trace}
     rows = np.array([[a[1], a[2], *by_offset[int(a[0])][1:]] for a in acks if int(a[0]) in by_offset])
     if not len(rows):  # the child traced none of this phase's events (it stopped early): say so, measure nothing
-        return {"segment_events": int(len(mine)), "events_traced": 0, "end_to_end_ms": percentiles_ms(mine[:, 0] - mine[:, 1]),
-                "stages_ms": {}}
+        return {"segment_events": int(len(mine)), "events_traced": 0,
+                "end_to_end_ms": percentiles_ms(mine[:, 0] - mine[:, 1]), "stages_ms": {}}
     send, ack, fetched, closed, emitted, released = rows.T
     released_of = dict(zip(batches[:, 0].tolist(), batches[:, 1].tolist()))
     out_released = np.array([released_of.get(e, np.nan) for e in mine[:, 2].tolist()])
     return {"segment_events": int(len(mine)), "events_traced": int(len(rows)),
             "end_to_end_ms": percentiles_ms(mine[:, 0] - mine[:, 1]),
-            "stages_ms": {"produce": percentiles_ms(ack - send), "fetch": percentiles_ms(fetched - ack), "batch_wait": percentiles_ms(closed - fetched),
-                          "processing": percentiles_ms(emitted - closed), "publish": percentiles_ms(released - emitted),
-                          "delivery": percentiles_ms(mine[:, 0] - out_released)}}
+            "stages_ms": {stage: percentiles_ms(d) for stage, d in (
+                ("produce", ack - send), ("fetch", fetched - ack), ("batch_wait", closed - fetched),
+                ("processing", emitted - closed), ("publish", released - emitted),
+                ("delivery", mine[:, 0] - out_released))}}
 
 
 def run_transport(broker: Any, client: str, encoder: Path, a: argparse.Namespace) -> dict[str, Any]:

@@ -79,6 +79,7 @@ def movielens_table(results: Results) -> str:
     head = ("Segments from", *(f"held-out HR@10 k={k}" for k in ks), f"× global popularity {per_k}",
             "held-out HR@10 per seed (k = " + "; ".join(ks) + ")", f"validation HR@10 {per_k}",
             f"held-out, every user re-assigned to the final model {per_k}", f"silhouette, final model {per_k}")
+
     def hr_cells(h: dict[str, Any], v: dict[str, Any], per_seed: bool = True) -> tuple[str, ...]:
         """Held-out HR@10 per k, × global popularity, per seed (blank for a figure without seeds), validation."""
         seeds = "; ".join(", ".join(f"{x:.3f}" for x in h[k]["hr10_per_seed"]) for k in ks) if per_seed else ""

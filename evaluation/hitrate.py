@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 __all__ = ["Split", "split_by_time", "recommend", "hit_rate", "user_hits", "mean_by_group", "last_activity_groups",
            "segment_item_counts", "paired_uncertainty"]
 
@@ -122,8 +124,6 @@ def mean_by_group(values: Sequence[float], group: Sequence[int], groups: int) ->
     >>> mean_by_group([1, 0, 1, 1], [0, 0, 1, 1], 3)
     [0.5, 1.0, nan]
     """
-    import numpy as np
-
     v, g = np.asarray(values, dtype=np.float64), np.asarray(group)
     n = np.bincount(g, minlength=groups)[:groups]
     total = np.bincount(g, weights=v, minlength=groups)[:groups]
@@ -146,8 +146,6 @@ def paired_uncertainty(hits: Sequence[float], reference: Sequence[float], popula
     >>> lo, hi = u["vs_popularity_ci95"]; lo <= 3.0 <= hi
     True
     """
-    import numpy as np
-
     a, b, p = (np.asarray(x, dtype=np.float64) for x in (hits, reference, popularity))
     if not len(a) == len(b) == len(p) or len(a) < 2:
         raise ValueError(f"need the same users (at least two) in all three: {len(a)}, {len(b)}, {len(p)}")
